@@ -1,0 +1,196 @@
+//! API keys and roles. Every HTTP route but `/healthz` names the role it
+//! needs; `admin` satisfies every role.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use rand::Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Agents pushing events.
+    Ingest,
+    /// Consumers and views.
+    Query,
+    /// Operators: everything.
+    Admin,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Ingest, Role::Query, Role::Admin];
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingest => "ingest",
+            Self::Query => "query",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// The environment variable giving the default datastore's key of this role.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Self::Ingest => "WEIR_INGEST_KEY",
+            Self::Query => "WEIR_QUERY_KEY",
+            Self::Admin => "WEIR_ADMIN_KEY",
+        }
+    }
+
+    fn satisfies(self, needed: Role) -> bool {
+        self == Role::Admin || self == needed
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One configured key (the secret itself is not kept, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The role.
+    pub role: Role,
+    /// The datastore it belongs to.
+    pub datastore: String,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `X-API-Key` header.
+    #[error("missing X-API-Key header")]
+    Missing,
+    /// A key nobody configured.
+    #[error("unknown API key")]
+    Unknown,
+    /// A key whose role or datastore does not fit.
+    #[error("this API key has role `{has}` for datastore `{datastore}`; the route needs `{needed}`")]
+    Forbidden {
+        /// The key's role.
+        has: Role,
+        /// The role needed.
+        needed: Role,
+        /// The key's datastore.
+        datastore: String,
+    },
+}
+
+/// A key printed at start because it was generated, not given.
+#[derive(Debug, Clone)]
+pub struct GeneratedKey {
+    /// Its role.
+    pub role: Role,
+    /// The secret, to show the operator once.
+    pub secret: String,
+}
+
+/// The configured keys, by secret hash.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    by_hash: HashMap<[u8; 32], ApiKey>,
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+impl Keys {
+    /// No keys: every protected route answers 401.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a key.
+    pub fn insert(&mut self, secret: &str, role: Role, datastore: &str) {
+        self.by_hash.insert(
+            digest(secret),
+            ApiKey {
+                role,
+                datastore: datastore.to_string(),
+            },
+        );
+    }
+
+    /// Keys of the `default` datastore, one per role, from `lookup(env var)`
+    /// (normally the environment) or generated. Returns the generated ones so
+    /// that the caller can print them.
+    pub fn for_default_datastore(lookup: impl Fn(&str) -> Option<String>) -> (Self, Vec<GeneratedKey>) {
+        let mut keys = Self::new();
+        let mut generated = Vec::new();
+        for role in Role::ALL {
+            let secret = match lookup(role.env_var()).filter(|s| !s.trim().is_empty()) {
+                Some(s) => s,
+                None => {
+                    let s = generate_secret(role);
+                    generated.push(GeneratedKey {
+                        role,
+                        secret: s.clone(),
+                    });
+                    s
+                }
+            };
+            keys.insert(&secret, role, "default");
+        }
+        (keys, generated)
+    }
+
+    /// Checks a presented key against the role a route needs, and (when the
+    /// route is scoped to one) the datastore.
+    pub fn authorize(&self, presented: Option<&str>, needed: Role, datastore: Option<&str>) -> Result<&ApiKey, AuthError> {
+        let presented = presented.filter(|s| !s.is_empty()).ok_or(AuthError::Missing)?;
+        let key = self.by_hash.get(&digest(presented)).ok_or(AuthError::Unknown)?;
+        let datastore_fits = datastore.is_none_or(|d| d == key.datastore);
+        if key.role.satisfies(needed) && datastore_fits {
+            Ok(key)
+        } else {
+            Err(AuthError::Forbidden {
+                has: key.role,
+                needed,
+                datastore: key.datastore.clone(),
+            })
+        }
+    }
+}
+
+fn generate_secret(role: Role) -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    format!("weir_{}_{}", role.as_str(), hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_datastores() {
+        let mut keys = Keys::new();
+        keys.insert("q", Role::Query, "default");
+        keys.insert("a", Role::Admin, "default");
+        keys.insert("other", Role::Query, "lab");
+        assert_eq!(keys.authorize(None, Role::Query, None), Err(AuthError::Missing));
+        assert_eq!(keys.authorize(Some("nope"), Role::Query, None), Err(AuthError::Unknown));
+        assert!(keys.authorize(Some("q"), Role::Query, Some("default")).is_ok());
+        assert!(matches!(keys.authorize(Some("q"), Role::Admin, None), Err(AuthError::Forbidden { .. })));
+        assert!(keys.authorize(Some("a"), Role::Ingest, None).is_ok());
+        assert!(matches!(keys.authorize(Some("other"), Role::Query, Some("default")), Err(AuthError::Forbidden { .. })));
+    }
+
+    #[test]
+    fn default_keys_from_env_or_generated() {
+        let (keys, generated) = Keys::for_default_datastore(|v| (v == "WEIR_QUERY_KEY").then(|| "given".to_string()));
+        assert_eq!(generated.len(), 2);
+        assert!(keys.authorize(Some("given"), Role::Query, Some("default")).is_ok());
+        for g in generated {
+            assert!(g.secret.starts_with(&format!("weir_{}_", g.role)));
+            assert_eq!(keys.authorize(Some(&g.secret), g.role, None).unwrap().role, g.role);
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The `weir` command line: `serve`, and the plugin author's and operator's
+//! `plugins inspect | validate | test`. [`run`] takes the arguments and the
+//! output streams so that tests drive it in-process.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::auth::Keys;
+use crate::host::{Host, HostConfig, PluginLoadError};
+use crate::plugin::{EngineConfig, Limits, LoadedPlugin, Outcome, Params, RawEvent};
+use crate::registry::{Function, KeyDefinition, OutputSchema, params};
+
+/// Weir: a WebAssembly-pluggable event processing host.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the host daemon.
+    Serve(ServeArgs),
+    /// Inspect, validate and try plugin components.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of `weir serve`; each also as an environment variable.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Directory of plugin components (`*.wasm`). Default: the example
+    /// plugins built with this binary.
+    #[arg(long, env = "WEIR_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Directory for compiled components (keyed by content hash).
+    #[arg(long, env = "WEIR_COMPILE_CACHE")]
+    compile_cache: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// Default limits of plugin calls.
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Deadline of one `matches` call, in milliseconds.
+    #[arg(long, env = "WEIR_MATCHES_DEADLINE_MS", default_value_t = 50)]
+    matches_deadline_ms: u64,
+    /// Deadline of every other plugin call, in milliseconds.
+    #[arg(long, env = "WEIR_CALL_DEADLINE_MS", default_value_t = 5000)]
+    call_deadline_ms: u64,
+    /// Linear memory cap per plugin instance, in MiB.
+    #[arg(long, env = "WEIR_PLUGIN_MEMORY_MIB", default_value_t = 64)]
+    plugin_memory_mib: usize,
+    /// Largest output of one event, in KiB.
+    #[arg(long, env = "WEIR_MAX_OUTPUT_KIB", default_value_t = 1024)]
+    max_output_kib: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            matches_deadline: Duration::from_millis(self.matches_deadline_ms),
+            call_deadline: Duration::from_millis(self.call_deadline_ms),
+            memory_bytes: self.plugin_memory_mib * 1024 * 1024,
+            max_output_bytes: self.max_output_kib * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// List the keys of a component with their params, types, defaults and values.
+    Inspect {
+        /// The component.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a component against every registration rule; exit 1 on any broken rule.
+    Validate {
+        /// The component.
+        file: PathBuf,
+    },
+    /// Run events through one key like a consumer would see them: one JSON line per event.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// The component.
+    file: PathBuf,
+    /// The key to run.
+    #[arg(long)]
+    key: String,
+    /// A parameter, `name=value`; repeat for more.
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// Newline-delimited JSON events: `{event_id?, event_type, source_time?, payload}`.
+    #[arg(long)]
+    events: PathBuf,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not name=value"))
+}
+
+/// Runs the command line `args` (including the program name), writing to
+/// `out` and `err`; returns the exit code.
+pub fn run(args: impl IntoIterator<Item = String>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = if e.use_stderr() { write!(err, "{e}") } else { write!(out, "{e}") };
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Plugins(PluginsCommand::Inspect { file, json }) => inspect(&file, json, out),
+        Command::Plugins(PluginsCommand::Validate { file }) => validate(&file, out),
+        Command::Plugins(PluginsCommand::Test(args)) => test(&args, out),
+    };
+    match result {
+        Ok(code) => code,
+        // A closed pipe (`weir plugins test ... | head`) is a normal end.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            1
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    init_tracing(args.log_format);
+    let plugin_dir = args.plugins.unwrap_or_else(|| PathBuf::from(crate::EXAMPLE_PLUGIN_DIR));
+    let (keys, generated) = Keys::for_default_datastore(|var| std::env::var(var).ok());
+    for g in &generated {
+        // Printed once so that the operator can use them; set the
+        // environment variable to keep a key across restarts.
+        eprintln!("generated {} key for datastore `default`: {}  (set {} to choose it)", g.role, g.secret, g.role.env_var());
+    }
+    let config = HostConfig {
+        plugin_dir: Some(plugin_dir),
+        engine: EngineConfig {
+            limits: args.limits.limits(),
+            cache_dir: args.compile_cache,
+            ..EngineConfig::default()
+        },
+        keys,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let host = Arc::new(tokio::task::spawn_blocking(move || Host::new(config)).await??);
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, keys = host.registry().len(), "weir serving");
+        crate::run(listener, host, shutdown_signal()).await?;
+        tracing::info!("weir stopped");
+        anyhow::Ok(0)
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// A host with no plugin directory and no keys, for the plugin commands.
+fn offline_host(limits: Limits) -> anyhow::Result<Host> {
+    Host::new(HostConfig {
+        plugin_dir: None,
+        engine: EngineConfig {
+            limits,
+            // One short-lived process: the pool's address-space reservation
+            // buys nothing here.
+            pooling: false,
+            ..EngineConfig::default()
+        },
+        keys: Keys::new(),
+    })
+}
+
+fn load(host: &Host, file: &Path) -> anyhow::Result<LoadedPlugin> {
+    Ok(host.engine().load_file(file)?)
+}
+
+fn inspect(file: &Path, as_json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let host = offline_host(Limits::default())?;
+    let plugin = load(&host, file)?;
+    if as_json {
+        let doc = json!({ "plugin": plugin.name(), "sha256": plugin.hash(), "keys": plugin.definitions() });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(0);
+    }
+    writeln!(out, "plugin {} (sha256 {})", plugin.name(), plugin.hash())?;
+    for def in plugin.definitions() {
+        write_definition(out, def)?;
+    }
+    Ok(0)
+}
+
+fn write_definition(out: &mut dyn Write, def: &KeyDefinition) -> std::io::Result<()> {
+    writeln!(out, "\nkey {}{}", def.key, if def.display_name.is_empty() { String::new() } else { format!(" ({})", def.display_name) })?;
+    if !def.description.is_empty() {
+        writeln!(out, "  {}", def.description)?;
+    }
+    writeln!(out, "  event type: {}", def.event_type)?;
+    let functions: Vec<&str> = def.implements.iter().map(|f| f.as_str()).collect();
+    writeln!(out, "  functions:  {}", if functions.is_empty() { "none".to_string() } else { functions.join(", ") })?;
+    let schema = match &def.schema {
+        OutputSchema::Native => "native (payload in the envelope)".to_string(),
+        OutputSchema::Custom { json_schema } => format!("custom {}", json_schema.split_whitespace().collect::<Vec<_>>().join(" ")),
+    };
+    writeln!(out, "  schema:     {schema}")?;
+    writeln!(out, "  buffer {} events, {} worker(s)", def.effective_buffer_size(), def.effective_workers())?;
+    for (label, list) in [("scopes", &def.scopes), ("auth types", &def.auth_types), ("console events", &def.required_console_events)] {
+        if !list.is_empty() {
+            writeln!(out, "  {label}: {}", list.join(", "))?;
+        }
+    }
+    if def.params.is_empty() {
+        writeln!(out, "  params: none")?;
+    } else {
+        writeln!(out, "  params:")?;
+    }
+    for p in &def.params {
+        let mut flags = vec![if p.required { "required" } else { "optional" }.to_string()];
+        if let Some(d) = &p.default {
+            flags.push(format!("default `{d}`"));
+        }
+        if p.subscription_key {
+            flags.push("subscription key".into());
+        }
+        writeln!(out, "    {} ({}, {}): {}", p.name, p.ty.as_str(), flags.join(", "), p.description)?;
+        for v in &p.values {
+            writeln!(out, "      {} - {}", v.value, v.description)?;
+        }
+    }
+    Ok(())
+}
+
+fn validate(file: &Path, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let host = offline_host(Limits::default())?;
+    match host.load_file(file) {
+        Ok(keys) => {
+            writeln!(out, "ok: {} defines {} key(s): {}", file.display(), keys.len(), keys.join(", "))?;
+            Ok(0)
+        }
+        Err(PluginLoadError::Rejected(errors)) => {
+            for e in &errors {
+                writeln!(out, "{e}")?;
+            }
+            writeln!(out, "invalid: {} rule(s) broken", errors.len())?;
+            Ok(1)
+        }
+        Err(e) => {
+            writeln!(out, "{e}")?;
+            writeln!(out, "invalid: not loadable")?;
+            Ok(1)
+        }
+    }
+}
+
+/// One NDJSON input line.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputEvent {
+    event_id: Option<String>,
+    event_type: String,
+    source_time: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    payload: Value,
+}
+
+fn test(args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let host = offline_host(args.limits.limits())?;
+    let plugin = Arc::new(load(&host, &args.file)?);
+    // Registered so that the plugin's own `GET /v1/keys` sees its keys; the
+    // rules are reported, not fatal, so that a broken plugin can be tried.
+    if let Err(e) = host.register(plugin.clone()) {
+        anyhow::bail!("{e}");
+    }
+    let def = plugin
+        .definition(&args.key)
+        .with_context(|| {
+            let keys: Vec<_> = plugin.definitions().iter().map(|d| d.key.as_str()).collect();
+            format!("{} defines no key `{}` (keys: {})", args.file.display(), args.key, keys.join(", "))
+        })?
+        .clone();
+    let resolved = params::resolve(&def, &args.params)?;
+    let normalized = plugin
+        .normalize_params(&def.key, &resolved)
+        .map_err(|f| anyhow::anyhow!("normalize-params failed ({}): {f}", f.kind()))?;
+    params::verify_normalized(&def, &normalized)?;
+    // Like a consumer's subscription: pre-consume before the first event,
+    // cleanup after the last.
+    let subscription = params::subscription_id(&def, &normalized);
+    plugin
+        .pre_consume(&def.key, &subscription, &normalized)
+        .map_err(|f| anyhow::anyhow!("pre-consume failed ({}): {f}", f.kind()))?;
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(&args.events).with_context(|| format!("cannot open {}", args.events.display()))?,
+    );
+    for (index, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = run_one(&plugin, &def, &normalized, index + 1, &line);
+        writeln!(out, "{record}")?;
+    }
+    plugin
+        .cleanup(&def.key, &subscription, &normalized)
+        .map_err(|f| anyhow::anyhow!("cleanup failed ({}): {f}", f.kind()))?;
+    Ok(0)
+}
+
+fn run_one(plugin: &LoadedPlugin, def: &KeyDefinition, params: &Params, line_no: usize, line: &str) -> Value {
+    let input: InputEvent = match serde_json::from_str(line) {
+        Ok(e) => e,
+        Err(e) => return json!({ "line": line_no, "result": "error", "kind": "bad_event", "message": e.to_string() }),
+    };
+    let event_id = input.event_id.unwrap_or_else(|| format!("line-{line_no}"));
+    let with = |fields: Value| {
+        let mut record = json!({ "line": line_no, "event_id": event_id });
+        if let (Value::Object(target), Value::Object(extra)) = (&mut record, fields) {
+            target.extend(extra);
+        }
+        record
+    };
+    if !def.accepts_event_type(&input.event_type) {
+        return with(json!({ "result": "dropped", "by": "event_type", "message": format!("`{}` does not match `{}`", input.event_type, def.event_type) }));
+    }
+    let event = RawEvent {
+        event_id: event_id.clone(),
+        event_type: input.event_type,
+        source_time: input.source_time,
+        timestamp_ms: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        payload: input.payload.to_string(),
+    };
+    let _ = input.source;
+    let fault = |stage: Function, f: crate::plugin::PluginFault| {
+        with(json!({ "result": "error", "stage": stage.as_str(), "kind": f.kind(), "message": f.to_string() }))
+    };
+    match plugin.matches(&def.key, params, &event) {
+        Ok(false) => return with(json!({ "result": "dropped", "by": "matches" })),
+        Ok(true) => {}
+        Err(f) => return fault(Function::Matches, f),
+    }
+    match plugin.process(&def.key, params, &event) {
+        Ok(Outcome::Emit(data)) => {
+            let data: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+            with(json!({ "result": "emitted", "data": data }))
+        }
+        Ok(Outcome::Drop) => with(json!({ "result": "dropped", "by": "process" })),
+        Err(f) => fault(Function::Process, f),
+    }
+}

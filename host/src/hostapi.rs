@@ -1,0 +1,147 @@
+//! The host API that plugins reach through `call-api`: a small in-process
+//! route table, not HTTP. The identity behind a call is the host's; the
+//! plugin only learns the answer.
+//!
+//! Routes: `GET /v1/keys`, `GET /v1/keys/{key}`, `ANY /v1/echo[...]` (answers
+//! what it was sent, for tests and plugin authors) and a key-value state per
+//! plugin at `GET|PUT|DELETE /v1/state/{name}`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use serde_json::{Value, json};
+
+use crate::registry::Registry;
+
+/// Who is calling: the plugin and the key it is serving.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// Plugin name (file stem).
+    pub plugin: &'a str,
+    /// Key being served.
+    pub key: &'a str,
+}
+
+/// An answer other than success, with an HTTP-like status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    /// 400, 403, 404, 405, 413...
+    pub status: u16,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// What plugins can call. Implementations must be cheap to call from the
+/// blocking threads that run plugins.
+pub trait HostApi: Send + Sync + 'static {
+    /// Answers `method path` with an optional JSON body.
+    fn call(&self, caller: &Caller<'_>, method: &str, path: &str, body: Option<&str>) -> Result<String, ApiError>;
+}
+
+/// Largest value one plugin may store under one name.
+pub const MAX_STATE_VALUE: usize = 64 * 1024;
+/// Most names one plugin may store.
+pub const MAX_STATE_ENTRIES: usize = 10_000;
+
+/// The built-in route set.
+pub struct BuiltinApi {
+    registry: Arc<RwLock<Registry>>,
+    /// Per plugin, per name: a JSON value.
+    state: Mutex<HashMap<String, HashMap<String, Value>>>,
+}
+
+impl BuiltinApi {
+    /// Routes over `registry`.
+    pub fn new(registry: Arc<RwLock<Registry>>) -> Self {
+        Self {
+            registry,
+            state: Mutex::default(),
+        }
+    }
+
+    /// A plugin's stored value, as the host sees it (for tests and admin).
+    pub fn state_of(&self, plugin: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.get(plugin)?.get(name).cloned()
+    }
+
+    fn keys(&self) -> Value {
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        Value::Array(
+            registry
+                .list()
+                .map(|k| serde_json::to_value(&*k.def).unwrap_or(Value::Null))
+                .collect(),
+        )
+    }
+
+    fn key(&self, key: &str) -> Result<Value, ApiError> {
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        let k = registry
+            .lookup(key)
+            .ok_or_else(|| ApiError::new(404, format!("no key `{key}`")))?;
+        serde_json::to_value(&*k.def).map_err(|e| ApiError::new(500, e.to_string()))
+    }
+
+    fn state(&self, caller: &Caller<'_>, method: &str, name: &str, body: Option<&str>) -> Result<Value, ApiError> {
+        if name.is_empty() || name.len() > 256 || name.contains('/') {
+            return Err(ApiError::new(400, "state name must be 1 to 256 characters without '/'"));
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = state.entry(caller.plugin.to_string()).or_default();
+        match method {
+            "GET" => mine
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ApiError::new(404, format!("no state `{name}`"))),
+            "PUT" => {
+                let body = body.ok_or_else(|| ApiError::new(400, "PUT needs a JSON body"))?;
+                if body.len() > MAX_STATE_VALUE {
+                    return Err(ApiError::new(413, format!("state values are limited to {MAX_STATE_VALUE} bytes")));
+                }
+                let value: Value = serde_json::from_str(body)
+                    .map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))?;
+                if !mine.contains_key(name) && mine.len() >= MAX_STATE_ENTRIES {
+                    return Err(ApiError::new(413, format!("a plugin may store at most {MAX_STATE_ENTRIES} names")));
+                }
+                mine.insert(name.to_string(), value.clone());
+                Ok(value)
+            }
+            "DELETE" => Ok(json!({ "deleted": mine.remove(name).is_some() })),
+            _ => Err(ApiError::new(405, format!("{method} is not allowed on /v1/state (GET, PUT, DELETE)"))),
+        }
+    }
+}
+
+impl HostApi for BuiltinApi {
+    fn call(&self, caller: &Caller<'_>, method: &str, path: &str, body: Option<&str>) -> Result<String, ApiError> {
+        let method = method.to_ascii_uppercase();
+        let route = path.split('?').next().unwrap_or(path);
+        let segments: Vec<&str> = route.trim_matches('/').split('/').collect();
+        let value = match (method.as_str(), segments.as_slice()) {
+            ("GET", ["v1", "keys"]) => self.keys(),
+            ("GET", ["v1", "keys", key]) => self.key(key)?,
+            (_, ["v1", "keys", ..]) => return Err(ApiError::new(405, format!("{method} is not allowed on {route} (GET)"))),
+            (_, ["v1", "echo", ..]) => {
+                let body = match body {
+                    Some(b) => serde_json::from_str(b).unwrap_or_else(|_| Value::String(b.to_string())),
+                    None => Value::Null,
+                };
+                json!({ "method": method, "path": path, "body": body, "plugin": caller.plugin, "key": caller.key })
+            }
+            (m, ["v1", "state", name]) => self.state(caller, m, name, body)?,
+            _ => return Err(ApiError::new(404, format!("no host API route {method} {route}"))),
+        };
+        Ok(value.to_string())
+    }
+}

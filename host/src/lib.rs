@@ -1,0 +1,27 @@
+//! # weir-host
+//!
+//! The Weir host: loads EventKey plugins (WebAssembly components) into a
+//! sandboxed engine, registers their keys, and serves them over HTTP.
+//!
+//! Module map (one concept each; only `api` knows HTTP):
+//! - [`plugin`]: the wasmtime engine, loaded plugins, faults.
+//! - [`registry`]: key definitions, registration rules, parameter checks.
+//! - [`hostapi`]: the routes plugins reach through `call-api`.
+//! - [`auth`]: API keys and roles.
+//! - [`host`]: the assembled core (registry + engine + plugin directory).
+//! - [`api`]: the axum router over the core, and [`run`].
+//! - [`cli`]: the `weir` command line.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod host;
+pub mod hostapi;
+pub mod plugin;
+pub mod registry;
+
+pub use api::run;
+
+/// Where the host's build script put the example plugins (`plugins/`),
+/// compiled for `wasm32-wasip2`: the default plugin directory.
+pub const EXAMPLE_PLUGIN_DIR: &str = env!("WEIR_EXAMPLE_PLUGIN_DIR");

@@ -1,0 +1,691 @@
+//! The plugin engine: compiles WebAssembly components once, instantiates them
+//! in sandboxed stores and calls their exports with deadlines and memory caps.
+//!
+//! - [`PluginEngine`] owns the wasmtime `Engine` (pooling allocator, epoch
+//!   interruption driven by a ticker thread), the `Linker` with WASI and the
+//!   `weir:plugin/host` imports, and an optional on-disk compiled cache.
+//! - [`LoadedPlugin`] is one component file: its `InstancePre`, the key
+//!   definitions `describe` returned, and a pool of idle instances. Every call
+//!   checks out an instance, resets its epoch deadline, runs, and returns the
+//!   instance to the pool, unless the call faulted: then that instance alone
+//!   is dropped and the next call gets a fresh one.
+//!
+//! Calls are synchronous and CPU-bound: async callers run them on blocking
+//! threads.
+
+mod bindings;
+mod fault;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+pub use bindings::types::RawEvent;
+
+/// Parameters as name/value pairs, the shape every key function takes.
+pub type Params = Vec<(String, String)>;
+pub use fault::{FaultKind, PluginFault};
+
+use crate::hostapi::HostApi;
+use crate::registry::{Function, KeyDefinition, OutputSchema, ParamDef, ParamType, ParamValue};
+use state::{Running, StoreState};
+
+/// How often the epoch advances; deadlines are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Resource limits of one plugin's calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Deadline of one `matches` call (and of a `matches-batch`).
+    pub matches_deadline: Duration,
+    /// Deadline of every other call.
+    pub call_deadline: Duration,
+    /// Linear memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Largest output one event may emit, in bytes.
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            matches_deadline: Duration::from_millis(50),
+            call_deadline: Duration::from_secs(5),
+            memory_bytes: 64 * 1024 * 1024,
+            max_output_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Default limits for every plugin.
+    pub limits: Limits,
+    /// Use the pooling instance allocator (falls back to on-demand if the
+    /// machine refuses the address-space reservation).
+    pub pooling: bool,
+    /// Directory for compiled components, keyed by content hash; `None`
+    /// compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Idle instances kept per plugin.
+    pub max_idle_instances: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            pooling: true,
+            cache_dir: None,
+            max_idle_instances: 8,
+        }
+    }
+}
+
+/// Why a plugin file could not be loaded (before any registration rule).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not a valid component, or it does not target the `weir:plugin` world.
+    #[error("{file}: not a loadable weir:plugin component: {reason}")]
+    Compile {
+        /// The file.
+        file: String,
+        /// Compiler or linker message.
+        reason: String,
+    },
+    /// `describe` faulted.
+    #[error("{file}: describe failed: {fault}")]
+    Describe {
+        /// The file.
+        file: String,
+        /// The fault.
+        fault: PluginFault,
+    },
+}
+
+/// What `process` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// JSON text to deliver.
+    Emit(String),
+    /// Nothing to deliver.
+    Drop,
+}
+
+/// Compiles and runs plugin components.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Arc<Linker<StoreState>>,
+    config: EngineConfig,
+    api: Arc<dyn HostApi>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginEngine {
+    /// An engine whose plugins call `api`.
+    pub fn new(config: EngineConfig, api: Arc<dyn HostApi>) -> anyhow::Result<Self> {
+        let engine = build_engine(&config)?;
+        let mut linker = Linker::<StoreState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), ticker_stop.clone())?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            config,
+            api,
+            ticker_stop,
+        })
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Loads the component at `path` with the default limits.
+    pub fn load_file(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let name = plugin_name(path);
+        let mut plugin = self.load_bytes(&name, &bytes, self.config.limits.clone())?;
+        plugin.path = Some(path.to_path_buf());
+        Ok(plugin)
+    }
+
+    /// Compiles `bytes`, instantiates it once and asks it to `describe`
+    /// itself. The definitions are not checked against the rules here: that
+    /// is the registry's job.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<LoadedPlugin, LoadError> {
+        let hash = hex::encode(Sha256::digest(bytes));
+        let compile_err = |reason: String| LoadError::Compile {
+            file: name.to_string(),
+            reason,
+        };
+        let component = self.compile(bytes, &hash).map_err(|e| compile_err(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| compile_err(format!("{e:#}")))?;
+        let pre = bindings::PluginPre::new(pre).map_err(|e| compile_err(format!("{e:#}")))?;
+        let mut plugin = LoadedPlugin {
+            name: name.to_string(),
+            path: None,
+            hash,
+            defs: Vec::new(),
+            pre,
+            engine: self.engine.clone(),
+            limits,
+            api: self.api.clone(),
+            idle: Mutex::new(Vec::new()),
+            max_idle: self.config.max_idle_instances,
+            loaded_at: SystemTime::now(),
+            counters: Counters::default(),
+        };
+        let describe = plugin.call(
+            "",
+            Running::Describe,
+            plugin.limits.call_deadline,
+            |w, s| w.weir_plugin_event_key().call_describe(s),
+        );
+        let defs = describe.map_err(|fault| LoadError::Describe {
+            file: name.to_string(),
+            fault,
+        })?;
+        plugin.defs = defs.into_iter().map(definition_from_wit).collect();
+        Ok(plugin)
+    }
+
+    fn compile(&self, bytes: &[u8], hash: &str) -> anyhow::Result<Component> {
+        let Some(dir) = &self.config.cache_dir else {
+            return Ok(Component::new(&self.engine, bytes)?);
+        };
+        // The compatibility hash changes with the wasmtime version and every
+        // setting that affects compiled code.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let cached = dir.join(format!("{hash}-{:016x}.cwasm", h.finish()));
+        if cached.is_file() {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash, into a directory the
+            // operator gives this host for that purpose alone.
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(file = %cached.display(), "ignoring unusable compiled cache entry: {e:#}"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        let write = std::fs::create_dir_all(dir).and_then(|_| {
+            let bytes = component.serialize().map_err(std::io::Error::other)?;
+            // Write then rename, so that a concurrent reader never sees half.
+            let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &cached)
+        });
+        if let Err(e) = write {
+            tracing::warn!(dir = %dir.display(), "cannot write the compiled cache: {e}");
+        }
+        Ok(component)
+    }
+}
+
+fn build_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(true);
+    wasm.wasm_component_model(true);
+    if config.pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(512);
+        pool.total_core_instances(2048);
+        pool.total_memories(1024);
+        pool.total_tables(1024);
+        pool.max_memory_size(config.limits.memory_bytes.max(256 * 1024 * 1024));
+        let mut pooled = wasm.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&pooled) {
+            Ok(engine) => return Ok(engine),
+            Err(e) => tracing::warn!("pooling allocator unavailable, allocating on demand: {e:#}"),
+        }
+    }
+    Ok(Engine::new(&wasm)?)
+}
+
+fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+    Ok(())
+}
+
+/// `dir/fs_large_files.wasm` -> `fs_large_files`.
+pub fn plugin_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Call counters of one plugin.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls that faulted.
+    pub faults: AtomicU64,
+    /// Instances created (the first plus one per recycle).
+    pub instances: AtomicU64,
+}
+
+/// One idle instance with its store.
+struct Slot {
+    store: Store<StoreState>,
+    world: bindings::Plugin,
+}
+
+/// A compiled, described plugin component.
+pub struct LoadedPlugin {
+    name: String,
+    path: Option<PathBuf>,
+    hash: String,
+    defs: Vec<KeyDefinition>,
+    pre: bindings::PluginPre<StoreState>,
+    engine: Engine,
+    limits: Limits,
+    api: Arc<dyn HostApi>,
+    idle: Mutex<Vec<Slot>>,
+    max_idle: usize,
+    loaded_at: SystemTime,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .field("keys", &self.defs.iter().map(|d| &d.key).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Result of a guest call before the host's checks: a wasmtime error is
+/// classified by [`LoadedPlugin::call`], a fault is passed through.
+type Checked<T> = Result<T, PluginFault>;
+
+impl LoadedPlugin {
+    /// Name (the file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file it was loaded from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// SHA-256 of the component bytes, hex.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// When it was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Call counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Every key definition `describe` returned, unchecked.
+    pub fn definitions(&self) -> &[KeyDefinition] {
+        &self.defs
+    }
+
+    /// The definition of `key`.
+    pub fn definition(&self, key: &str) -> Option<&KeyDefinition> {
+        self.defs.iter().find(|d| d.key == key)
+    }
+
+    fn require(&self, key: &str, f: Function) -> Result<(), PluginFault> {
+        match self.definition(key) {
+            Some(def) if def.implements(f) => Ok(()),
+            _ => Err(PluginFault::NotImplemented {
+                key: key.to_string(),
+                function: f.as_str(),
+            }),
+        }
+    }
+
+    fn instantiate(&self, deadline: Duration) -> Result<Slot, PluginFault> {
+        let state = StoreState::new(self.name.as_str().into(), self.limits.memory_bytes, self.api.clone());
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(ticks(deadline));
+        store.epoch_deadline_trap();
+        self.counters.instances.fetch_add(1, Ordering::Relaxed);
+        match self.pre.instantiate(&mut store) {
+            Ok(world) => Ok(Slot { store, world }),
+            Err(e) => {
+                let flags = store.data_mut().end();
+                Err(match classify(e, &flags, deadline, &self.limits, String::new()) {
+                    PluginFault::Trap(m) | PluginFault::Malformed(m) => PluginFault::Instantiate(m),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// Runs `f` on an idle (or fresh) instance with a fresh deadline. A fault
+    /// drops the instance; success returns it to the pool.
+    fn call<T>(
+        &self,
+        key: &str,
+        running: Running,
+        deadline: Duration,
+        f: impl FnOnce(&bindings::Plugin, &mut Store<StoreState>) -> wasmtime::Result<T>,
+    ) -> Checked<T> {
+        self.call_checked(key, running, deadline, |w, s| f(w, s).map(Ok))
+    }
+
+    /// Like [`Self::call`], but `f` may itself reject the guest's result
+    /// (malformed, too large), which also recycles the instance.
+    fn call_checked<T>(
+        &self,
+        key: &str,
+        running: Running,
+        deadline: Duration,
+        f: impl FnOnce(&bindings::Plugin, &mut Store<StoreState>) -> wasmtime::Result<Checked<T>>,
+    ) -> Checked<T> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let mut slot = match pooled {
+            Some(slot) => slot,
+            None => self.instantiate(deadline).inspect_err(|_| {
+                self.counters.faults.fetch_add(1, Ordering::Relaxed);
+            })?,
+        };
+        slot.store.data_mut().begin(running, key);
+        slot.store.set_epoch_deadline(ticks(deadline));
+        let result = f(&slot.world, &mut slot.store);
+        let flags = slot.store.data_mut().end();
+        let outcome = match result {
+            Ok(Ok(_)) if flags.api_in_matches => Err(PluginFault::ApiInMatches),
+            Ok(checked) => checked,
+            Err(e) => {
+                let stderr = slot.store.data().last_stderr();
+                Err(classify(e, &flags, deadline, &self.limits, stderr))
+            }
+        };
+        match &outcome {
+            Err(fault) if fault.recycles_instance() => {
+                self.counters.faults.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %self.name, key, kind = %fault.kind(), "plugin fault, instance recycled: {fault}");
+                // `slot` is dropped here: the instance is gone, others are untouched.
+            }
+            _ => {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() < self.max_idle {
+                    idle.push(slot);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Runs `normalize-params` (if the key implements it) and returns the
+    /// normalized parameters; otherwise returns `params` unchanged.
+    pub fn normalize_params(&self, key: &str, params: &Params) -> Result<Params, PluginFault> {
+        if self.require(key, Function::NormalizeParams).is_err() {
+            return Ok(params.clone());
+        }
+        self.call(key, Running::NormalizeParams, self.limits.call_deadline, |w, s| {
+            w.weir_plugin_event_key().call_normalize_params(s, key, params)
+        })?
+        .map_err(PluginFault::Failed)
+    }
+
+    /// Runs `matches` on one event; `true` for keys that do not implement it.
+    pub fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
+        if self.require(key, Function::Matches).is_err() {
+            return Ok(true);
+        }
+        self.call(key, Running::Matches, self.limits.matches_deadline, |w, s| {
+            w.weir_plugin_event_key().call_matches(s, key, params, event)
+        })
+    }
+
+    /// Runs `matches-batch`: one answer per event. When the batch as a whole
+    /// faults, the events are retried one by one on fresh instances so that
+    /// only the events that fault get a fault.
+    pub fn matches_batch(
+        &self,
+        key: &str,
+        params: &Params,
+        events: &[RawEvent],
+    ) -> Vec<Result<bool, PluginFault>> {
+        if self.require(key, Function::Matches).is_err() {
+            return vec![Ok(true); events.len()];
+        }
+        let batch = self.call_checked(key, Running::Matches, self.limits.matches_deadline, |w, s| {
+            let answers = w.weir_plugin_event_key().call_matches_batch(s, key, params, events)?;
+            Ok(check_len(answers, events.len()))
+        });
+        match batch {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(_) if events.len() > 1 => events.iter().map(|e| self.matches(key, params, e)).collect(),
+            Err(fault) => vec![Err(fault)],
+        }
+    }
+
+    /// Runs `process` on one event. A key with a native schema (no
+    /// `process`) emits the payload unchanged.
+    pub fn process(&self, key: &str, params: &Params, event: &RawEvent) -> Result<Outcome, PluginFault> {
+        if self.require(key, Function::Process).is_err() {
+            return Ok(Outcome::Emit(event.payload.clone()));
+        }
+        let limit = self.limits.max_output_bytes;
+        self.call_checked(key, Running::Process, self.limits.call_deadline, |w, s| {
+            let result = w.weir_plugin_event_key().call_process(s, key, params, event)?;
+            Ok(check_outcome(result, limit))
+        })
+    }
+
+    /// Runs `process-batch`: one answer per event, with the same per-event
+    /// retry as [`Self::matches_batch`] when the whole batch faults.
+    pub fn process_batch(
+        &self,
+        key: &str,
+        params: &Params,
+        events: &[RawEvent],
+    ) -> Vec<Result<Outcome, PluginFault>> {
+        if self.require(key, Function::Process).is_err() {
+            return events.iter().map(|e| Ok(Outcome::Emit(e.payload.clone()))).collect();
+        }
+        let limit = self.limits.max_output_bytes;
+        let batch = self.call_checked(key, Running::Process, self.limits.call_deadline, |w, s| {
+            let results = w.weir_plugin_event_key().call_process_batch(s, key, params, events)?;
+            // A single oversized or malformed output fails the batch, and the
+            // per-event retry pins the fault on that event alone.
+            Ok(check_len(results, events.len()).and_then(|results| {
+                results
+                    .into_iter()
+                    .map(|r| match check_outcome(r, limit) {
+                        Err(f @ PluginFault::Failed(_)) => Ok(Err(f)),
+                        Err(f) => Err(f),
+                        Ok(o) => Ok(Ok(o)),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            }))
+        });
+        match batch {
+            Ok(results) => results,
+            Err(_) if events.len() > 1 => events.iter().map(|e| self.process(key, params, e)).collect(),
+            Err(fault) => vec![Err(fault)],
+        }
+    }
+
+    /// Runs `pre-consume` if the key implements it.
+    pub fn pre_consume(&self, key: &str, subscription_id: &str, params: &Params) -> Result<(), PluginFault> {
+        if self.require(key, Function::PreConsume).is_err() {
+            return Ok(());
+        }
+        self.call(key, Running::PreConsume, self.limits.call_deadline, |w, s| {
+            w.weir_plugin_event_key().call_pre_consume(s, key, subscription_id, params)
+        })?
+        .map_err(PluginFault::Failed)
+    }
+
+    /// Runs `cleanup` if the key implements it.
+    pub fn cleanup(&self, key: &str, subscription_id: &str, params: &Params) -> Result<(), PluginFault> {
+        if self.require(key, Function::Cleanup).is_err() {
+            return Ok(());
+        }
+        self.call(key, Running::Cleanup, self.limits.call_deadline, |w, s| {
+            w.weir_plugin_event_key().call_cleanup(s, key, subscription_id, params)
+        })?
+        .map_err(PluginFault::Failed)
+    }
+}
+
+fn ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    // Round up, plus one: the first tick may come at once.
+    (deadline.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+}
+
+fn check_len<T>(answers: Vec<T>, expected: usize) -> Checked<Vec<T>> {
+    if answers.len() == expected {
+        Ok(answers)
+    } else {
+        Err(PluginFault::Malformed(format!(
+            "batch of {expected} events answered with {} results",
+            answers.len()
+        )))
+    }
+}
+
+fn check_outcome(result: Result<bindings::types::Outcome, String>, limit: usize) -> Checked<Outcome> {
+    match result {
+        Ok(bindings::types::Outcome::Emit(json)) => {
+            if json.len() > limit {
+                return Err(PluginFault::OutputTooLarge { size: json.len(), limit });
+            }
+            serde_json::from_str::<serde::de::IgnoredAny>(&json)
+                .map_err(|e| PluginFault::Malformed(format!("emitted output is not JSON: {e}")))?;
+            Ok(Outcome::Emit(json))
+        }
+        Ok(bindings::types::Outcome::Drop) => Ok(Outcome::Drop),
+        Err(message) => Err(PluginFault::Failed(message)),
+    }
+}
+
+fn classify(e: wasmtime::Error, flags: &state::CallFlags, deadline: Duration, limits: &Limits, stderr: String) -> PluginFault {
+    if flags.memory_exhausted {
+        return PluginFault::MemoryExhausted {
+            limit: limits.memory_bytes,
+        };
+    }
+    if flags.api_in_matches {
+        return PluginFault::ApiInMatches;
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginFault::Deadline(deadline),
+        Some(trap) if stderr.is_empty() => PluginFault::Trap(trap.to_string()),
+        Some(trap) => PluginFault::Trap(format!("{trap} (guest stderr: {stderr})")),
+        None => PluginFault::Malformed(format!("{e:#}")),
+    }
+}
+
+fn definition_from_wit(d: bindings::types::KeyDefinition) -> KeyDefinition {
+    use bindings::types::{Functions, OutputSchema as W, ParamType as P};
+    let flags = [
+        (Functions::NORMALIZE_PARAMS, Function::NormalizeParams),
+        (Functions::MATCHES, Function::Matches),
+        (Functions::PROCESS, Function::Process),
+        (Functions::PRE_CONSUME, Function::PreConsume),
+        (Functions::CLEANUP, Function::Cleanup),
+    ];
+    KeyDefinition {
+        key: d.key,
+        display_name: d.display_name,
+        description: d.description,
+        event_type: d.event_type,
+        params: d
+            .params
+            .into_iter()
+            .map(|p| ParamDef {
+                name: p.name,
+                ty: match p.type_ {
+                    P::String => ParamType::String,
+                    P::Enum => ParamType::Enum,
+                    P::Multi => ParamType::Multi,
+                    P::Bool => ParamType::Bool,
+                    P::Int => ParamType::Int,
+                },
+                required: p.required,
+                default: p.default,
+                description: p.description,
+                values: p
+                    .values
+                    .into_iter()
+                    .map(|v| ParamValue {
+                        value: v.value,
+                        description: v.description,
+                    })
+                    .collect(),
+                subscription_key: p.subscription_key,
+            })
+            .collect(),
+        schema: match d.schema {
+            W::Native => OutputSchema::Native,
+            W::Custom(json_schema) => OutputSchema::Custom { json_schema },
+        },
+        scopes: d.scopes,
+        auth_types: d.auth_types,
+        required_console_events: d.required_console_events,
+        buffer_size: d.buffer_size,
+        workers: d.workers,
+        implements: flags
+            .into_iter()
+            .filter(|(flag, _)| d.implements.contains(*flag))
+            .map(|(_, f)| f)
+            .collect(),
+    }
+}

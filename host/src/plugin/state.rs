@@ -1,0 +1,293 @@
+//! Per-instance store state: the empty WASI context, the memory limiter,
+//! what the current call is, and the host functions the guest imports.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{host, types};
+use crate::hostapi::{Caller, HostApi};
+
+/// Which export is running, for the `matches` API rule and log tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Running {
+    Idle,
+    Describe,
+    NormalizeParams,
+    Matches,
+    Process,
+    PreConsume,
+    Cleanup,
+}
+
+/// What the guest did during one call that the call's result cannot show.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct CallFlags {
+    pub api_in_matches: bool,
+    pub memory_exhausted: bool,
+}
+
+/// The key the instance is serving, shared with its stdout/stderr sinks so
+/// that every line is tagged with it.
+#[derive(Debug, Default)]
+pub(crate) struct Tag {
+    pub key: String,
+    /// Last line the guest wrote to stderr (a panic message, usually).
+    pub last_stderr: String,
+}
+
+/// Caps linear memory growth and remembers that it did.
+pub(crate) struct MemoryLimiter {
+    pub limit: usize,
+    pub exhausted: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exhausted = true;
+            // An error (not `Ok(false)`) traps at once instead of letting the
+            // guest's allocator limp on.
+            wasmtime::bail!("memory limit of {} bytes exhausted (asked for {desired})", self.limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The data of one instance's `Store`.
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    plugin: Arc<str>,
+    tag: Arc<Mutex<Tag>>,
+    pub running: Running,
+    pub flags: CallFlags,
+    api: Arc<dyn HostApi>,
+}
+
+impl StoreState {
+    /// State with no filesystem, network, environment or arguments; stdout
+    /// and stderr go to `tracing`.
+    pub fn new(plugin: Arc<str>, memory_limit: usize, api: Arc<dyn HostApi>) -> Self {
+        let tag = Arc::new(Mutex::new(Tag::default()));
+        let mut builder = WasiCtx::builder();
+        builder
+            .stdout(LogSink::new(plugin.clone(), tag.clone(), Stream::Stdout))
+            .stderr(LogSink::new(plugin.clone(), tag.clone(), Stream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        Self {
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: memory_limit,
+                exhausted: false,
+            },
+            plugin,
+            tag,
+            running: Running::Idle,
+            flags: CallFlags::default(),
+            api,
+        }
+    }
+
+    /// Marks the start of a call of `running` for `key`.
+    pub fn begin(&mut self, running: Running, key: &str) {
+        self.running = running;
+        self.flags = CallFlags::default();
+        self.limiter.exhausted = false;
+        let mut tag = self.tag.lock().unwrap_or_else(PoisonError::into_inner);
+        if tag.key != key {
+            tag.key.clear();
+            tag.key.push_str(key);
+        }
+        tag.last_stderr.clear();
+    }
+
+    /// Marks the end of a call; returns what happened during it.
+    pub fn end(&mut self) -> CallFlags {
+        self.running = Running::Idle;
+        let mut flags = std::mem::take(&mut self.flags);
+        flags.memory_exhausted = self.limiter.exhausted;
+        flags
+    }
+
+    /// The last stderr line of the current call, if any.
+    pub fn last_stderr(&self) -> String {
+        self.tag.lock().unwrap_or_else(PoisonError::into_inner).last_stderr.clone()
+    }
+
+    fn key(&self) -> String {
+        self.tag.lock().unwrap_or_else(PoisonError::into_inner).key.clone()
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for StoreState {}
+
+impl host::Host for StoreState {
+    fn log(&mut self, level: host::LogLevel, message: String) {
+        let key = self.key();
+        let plugin = &*self.plugin;
+        match level {
+            host::LogLevel::Trace => tracing::trace!(target: "weir::plugin", plugin, key, "{message}"),
+            host::LogLevel::Debug => tracing::debug!(target: "weir::plugin", plugin, key, "{message}"),
+            host::LogLevel::Info => tracing::info!(target: "weir::plugin", plugin, key, "{message}"),
+            host::LogLevel::Warn => tracing::warn!(target: "weir::plugin", plugin, key, "{message}"),
+            host::LogLevel::Error => tracing::error!(target: "weir::plugin", plugin, key, "{message}"),
+        }
+    }
+
+    fn call_api(&mut self, method: String, path: String, body: Option<String>) -> Result<String, host::ApiError> {
+        let key = self.key();
+        if self.running == Running::Matches {
+            self.flags.api_in_matches = true;
+            tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, key, %method, %path, "call-api refused: matches may not call the host API");
+            return Err(host::ApiError {
+                status: 403,
+                message: "call-api is not allowed while matches runs; use process".into(),
+            });
+        }
+        let caller = Caller {
+            plugin: &self.plugin,
+            key: &key,
+        };
+        self.api
+            .call(&caller, &method, &path, body.as_deref())
+            .map_err(|e| host::ApiError {
+                status: e.status,
+                message: e.message,
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Longest line kept before it is flushed anyway.
+const MAX_LINE: usize = 16 * 1024;
+
+/// A guest's stdout or stderr: lines go to `tracing`, tagged with plugin and key.
+#[derive(Clone)]
+struct LogSink {
+    plugin: Arc<str>,
+    tag: Arc<Mutex<Tag>>,
+    stream: Stream,
+    pending: Arc<Mutex<Vec<u8>>>,
+}
+
+impl LogSink {
+    fn new(plugin: Arc<str>, tag: Arc<Mutex<Tag>>, stream: Stream) -> Self {
+        Self {
+            plugin,
+            tag,
+            stream,
+            pending: Arc::default(),
+        }
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.extend_from_slice(bytes);
+        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            self.emit(&line[..line.len() - 1]);
+        }
+        if pending.len() > MAX_LINE {
+            let line = std::mem::take(&mut *pending);
+            self.emit(&line);
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let mut tag = self.tag.lock().unwrap_or_else(PoisonError::into_inner);
+        let plugin = &*self.plugin;
+        let key = tag.key.as_str();
+        match self.stream {
+            Stream::Stdout => tracing::info!(target: "weir::plugin::stdout", plugin, key, "{line}"),
+            Stream::Stderr => {
+                tracing::warn!(target: "weir::plugin::stderr", plugin, key, "{line}");
+                if !line.trim().is_empty() {
+                    tag.last_stderr = line.into_owned();
+                }
+            }
+        }
+    }
+}
+
+impl IsTerminal for LogSink {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogSink {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for LogSink {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogSink {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for LogSink {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
