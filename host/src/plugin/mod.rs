@@ -449,7 +449,7 @@ impl LoadedPlugin {
             Ok(Ok(_)) if flags.api_in_matches => Err(PluginFault::ApiInMatches),
             Ok(checked) => checked,
             Err(e) => {
-                let stderr = slot.store.data().last_stderr();
+                let stderr = slot.store.data().call_stderr();
                 Err(classify(e, &flags, deadline, &self.limits, stderr))
             }
         };

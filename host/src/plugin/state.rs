@@ -40,8 +40,9 @@ pub(crate) struct CallFlags {
 #[derive(Debug, Default)]
 pub(crate) struct Tag {
     pub key: String,
-    /// Last line the guest wrote to stderr (a panic message, usually).
-    pub last_stderr: String,
+    /// What the guest wrote to stderr during the current call (a panic
+    /// message, usually), bounded.
+    pub stderr: String,
 }
 
 /// Caps linear memory growth and remembers that it did.
@@ -115,7 +116,7 @@ impl StoreState {
             tag.key.clear();
             tag.key.push_str(key);
         }
-        tag.last_stderr.clear();
+        tag.stderr.clear();
     }
 
     /// Marks the end of a call; returns what happened during it.
@@ -126,9 +127,9 @@ impl StoreState {
         flags
     }
 
-    /// The last stderr line of the current call, if any.
-    pub fn last_stderr(&self) -> String {
-        self.tag.lock().unwrap_or_else(PoisonError::into_inner).last_stderr.clone()
+    /// What the guest wrote to stderr during the current call, if anything.
+    pub fn call_stderr(&self) -> String {
+        self.tag.lock().unwrap_or_else(PoisonError::into_inner).stderr.clone()
     }
 
     fn key(&self) -> String {
@@ -189,6 +190,9 @@ enum Stream {
     Stderr,
 }
 
+/// How much of a call's stderr is kept for its fault message.
+const MAX_CALL_STDERR: usize = 2048;
+
 /// Longest line kept before it is flushed anyway.
 const MAX_LINE: usize = 16 * 1024;
 
@@ -233,8 +237,13 @@ impl LogSink {
             Stream::Stdout => tracing::info!(target: "weir::plugin::stdout", plugin, key, "{line}"),
             Stream::Stderr => {
                 tracing::warn!(target: "weir::plugin::stderr", plugin, key, "{line}");
-                if !line.trim().is_empty() {
-                    tag.last_stderr = line.into_owned();
+                // Kept for the fault message; Rust's backtrace hint is noise there.
+                let line = line.trim();
+                if !line.is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE") && tag.stderr.len() < MAX_CALL_STDERR {
+                    if !tag.stderr.is_empty() {
+                        tag.stderr.push_str(" | ");
+                    }
+                    tag.stderr.push_str(line);
                 }
             }
         }

@@ -1,0 +1,116 @@
+//! The HTTP layer on a loopback port: public health, API-key roles, JSON
+//! errors, graceful shutdown.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use weir_host::auth::Role;
+use weir_tests::{host_with_examples, secret};
+
+struct Server {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow_free::Result>,
+}
+
+mod anyhow_free {
+    pub type Result = std::result::Result<(), String>;
+}
+
+async fn start() -> Server {
+    let host = host_with_examples();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        weir_host::run(listener, Arc::clone(&host), async move {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+    });
+    Server { base, stop: Some(stop), task }
+}
+
+async fn get(server: &Server, path: &str, key: Option<Role>) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new().get(format!("{}{path}", server.base));
+    if let Some(role) = key {
+        req = req.header("X-API-Key", secret(role));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn healthz_is_public() {
+    let s = start().await;
+    let (status, body) = get(&s, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test]
+async fn keys_need_a_query_or_admin_key() {
+    let s = start().await;
+    let (status, body) = get(&s, "/v1/keys", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body, serde_json::json!({"error": "unauthorized", "detail": "missing X-API-Key header"}));
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/keys", s.base))
+        .header("X-API-Key", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (status, body) = get(&s, "/v1/keys", Some(Role::Ingest)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "forbidden");
+    assert!(body["detail"].as_str().unwrap().contains("needs `query`"), "{body}");
+    for role in [Role::Query, Role::Admin] {
+        let (status, body) = get(&s, "/v1/keys", Some(role)).await;
+        assert_eq!(status, StatusCode::OK);
+        let keys: Vec<&str> = body.as_array().unwrap().iter().map(|k| k["key"].as_str().unwrap()).collect();
+        assert_eq!(keys, ["enrich.context", "fs.changes", "fs.large_files", "json.field_equals"]);
+    }
+}
+
+#[tokio::test]
+async fn one_key_and_unknown_key() {
+    let s = start().await;
+    let (status, body) = get(&s, "/v1/keys/fs.large_files", Some(Role::Query)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["params"][0]["name"], "min_size");
+    assert_eq!(body["params"][0]["type"], "int");
+    let (status, body) = get(&s, "/v1/keys/nope", Some(Role::Query)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, serde_json::json!({"error": "not_found", "detail": "no key `nope`"}));
+    let (status, body) = get(&s, "/no/such/route", Some(Role::Admin)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "not_found");
+}
+
+#[tokio::test]
+async fn plugins_are_admin_only() {
+    let s = start().await;
+    let (status, _) = get(&s, "/v1/plugins", Some(Role::Query)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = get(&s, "/v1/plugins", Some(Role::Admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    let loaded = body["loaded"].as_array().unwrap();
+    assert_eq!(loaded.len(), 4);
+    assert_eq!(loaded[0]["name"], "enrich");
+    assert_eq!(loaded[0]["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(body["failed"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn shuts_down_gracefully() {
+    let mut s = start().await;
+    assert_eq!(get(&s, "/healthz", None).await.0, StatusCode::OK);
+    s.stop.take().unwrap().send(()).unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), &mut s.task).await;
+    assert_eq!(result.expect("stops in time").unwrap(), Ok(()));
+    assert!(reqwest::get(format!("{}/healthz", s.base)).await.is_err());
+}
