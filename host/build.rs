@@ -3,10 +3,16 @@
 
 use std::path::PathBuf;
 
-const PLUGINS: &[&str] = &["fs-large-files", "fs-changes", "enrich", "json-field-filter"];
+const PLUGINS: &[&str] = &[
+    "fs-large-files",
+    "fs-changes",
+    "enrich",
+    "json-field-filter",
+];
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = weir_build_support::workspace_root(&manifest);
     let out = weir_build_support::target_dir(&root).join("weir-plugins");
     weir_build_support::build_components(&root, PLUGINS, &["plugins", "sdk/src", "wit"], &out);

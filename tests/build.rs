@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = weir_build_support::workspace_root(&manifest);
     let mut guests: Vec<String> = std::fs::read_dir(manifest.join("guests"))
         .expect("tests/guests exists")

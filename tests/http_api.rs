@@ -30,7 +30,11 @@ async fn start() -> Server {
         .await
         .map_err(|e| e.to_string())
     });
-    Server { base, stop: Some(stop), task }
+    Server {
+        base,
+        stop: Some(stop),
+        task,
+    }
 }
 
 async fn get(server: &Server, path: &str, key: Option<Role>) -> (StatusCode, Value) {
@@ -56,7 +60,10 @@ async fn keys_need_a_query_or_admin_key() {
     let s = start().await;
     let (status, body) = get(&s, "/v1/keys", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(body, serde_json::json!({"error": "unauthorized", "detail": "missing X-API-Key header"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "unauthorized", "detail": "missing X-API-Key header"})
+    );
     let resp = reqwest::Client::new()
         .get(format!("{}/v1/keys", s.base))
         .header("X-API-Key", "wrong")
@@ -67,12 +74,28 @@ async fn keys_need_a_query_or_admin_key() {
     let (status, body) = get(&s, "/v1/keys", Some(Role::Ingest)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"], "forbidden");
-    assert!(body["detail"].as_str().unwrap().contains("needs `query`"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("needs `query`"),
+        "{body}"
+    );
     for role in [Role::Query, Role::Admin] {
         let (status, body) = get(&s, "/v1/keys", Some(role)).await;
         assert_eq!(status, StatusCode::OK);
-        let keys: Vec<&str> = body.as_array().unwrap().iter().map(|k| k["key"].as_str().unwrap()).collect();
-        assert_eq!(keys, ["enrich.context", "fs.changes", "fs.large_files", "json.field_equals"]);
+        let keys: Vec<&str> = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "enrich.context",
+                "fs.changes",
+                "fs.large_files",
+                "json.field_equals"
+            ]
+        );
     }
 }
 
@@ -85,7 +108,10 @@ async fn one_key_and_unknown_key() {
     assert_eq!(body["params"][0]["type"], "int");
     let (status, body) = get(&s, "/v1/keys/nope", Some(Role::Query)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body, serde_json::json!({"error": "not_found", "detail": "no key `nope`"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "not_found", "detail": "no key `nope`"})
+    );
     let (status, body) = get(&s, "/no/such/route", Some(Role::Admin)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "not_found");

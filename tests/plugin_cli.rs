@@ -7,9 +7,15 @@ use weir_tests::{example, guest};
 fn weir(args: &[&str]) -> (i32, String, String) {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let argv = std::iter::once("weir").chain(args.iter().copied()).map(String::from);
+    let argv = std::iter::once("weir")
+        .chain(args.iter().copied())
+        .map(String::from);
     let code = weir_host::cli::run(argv, &mut out, &mut err);
-    (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
 }
 
 fn path(p: std::path::PathBuf) -> String {
@@ -22,12 +28,27 @@ fn inspect_lists_keys_params_types_defaults_and_values() {
     assert_eq!(code, 0);
     assert!(out.contains("key fs.changes (File changes)"), "{out}");
     assert!(out.contains("event type: fs.*"), "{out}");
-    assert!(out.contains("functions:  normalize-params, matches, process"), "{out}");
-    assert!(out.contains("kinds (enum, optional): Only this kind of change"), "{out}");
-    assert!(out.contains("      delete - A file or directory was removed"), "{out}");
+    assert!(
+        out.contains("functions:  normalize-params, matches, process"),
+        "{out}"
+    );
+    assert!(
+        out.contains("kinds (enum, optional): Only this kind of change"),
+        "{out}"
+    );
+    assert!(
+        out.contains("      delete - A file or directory was removed"),
+        "{out}"
+    );
     let (_, out, _) = weir(&["plugins", "inspect", &path(example("fs-large-files"))]);
-    assert!(out.contains("min_size (int, required): Smallest file size in bytes"), "{out}");
-    assert!(out.contains("path_prefix (string, optional, subscription key)"), "{out}");
+    assert!(
+        out.contains("min_size (int, required): Smallest file size in bytes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("path_prefix (string, optional, subscription key)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -39,7 +60,10 @@ fn inspect_json_is_the_full_definition() {
     assert_eq!(doc["sha256"].as_str().unwrap().len(), 64);
     let key = &doc["keys"][0];
     assert_eq!(key["key"], "enrich.context");
-    assert_eq!(key["implements"], serde_json::json!(["normalize-params", "process", "pre-consume", "cleanup"]));
+    assert_eq!(
+        key["implements"],
+        serde_json::json!(["normalize-params", "process", "pre-consume", "cleanup"])
+    );
     assert_eq!(key["params"][0]["type"], "string");
     assert_eq!(key["params"][0]["subscription_key"], true);
     assert_eq!(key["schema"]["kind"], "custom");
@@ -47,15 +71,32 @@ fn inspect_json_is_the_full_definition() {
 
 #[test]
 fn validate_accepts_examples_and_lists_every_broken_rule() {
-    for p in ["fs-large-files", "fs-changes", "enrich", "json-field-filter"] {
+    for p in [
+        "fs-large-files",
+        "fs-changes",
+        "enrich",
+        "json-field-filter",
+    ] {
         let (code, out, _) = weir(&["plugins", "validate", &path(example(p))]);
         assert_eq!(code, 0, "{p}: {out}");
         assert!(out.starts_with("ok: "), "{out}");
     }
-    let (code, out, _) = weir(&["plugins", "validate", &path(guest("guest-rule-missing-values"))]);
+    let (code, out, _) = weir(&[
+        "plugins",
+        "validate",
+        &path(guest("guest-rule-missing-values")),
+    ]);
     assert_eq!(code, 1);
-    assert!(out.contains("guest_rule_missing_values: key `rule.no_values`: enum parameter `mode` has no values"), "{out}");
-    assert!(out.contains("multi parameter `tags` has no values"), "{out}");
+    assert!(
+        out.contains(
+            "guest_rule_missing_values: key `rule.no_values`: enum parameter `mode` has no values"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("multi parameter `tags` has no values"),
+        "{out}"
+    );
     assert!(out.contains("invalid: 2 rule(s) broken"), "{out}");
 }
 
@@ -66,7 +107,10 @@ fn validate_reports_a_file_that_is_not_a_component() {
     std::fs::write(&file, "junk").unwrap();
     let (code, out, _) = weir(&["plugins", "validate", &path(file)]);
     assert_eq!(code, 1);
-    assert!(out.contains("not a loadable weir:plugin component"), "{out}");
+    assert!(
+        out.contains("not a loadable weir:plugin component"),
+        "{out}"
+    );
 }
 
 fn events_file(lines: &[&str]) -> tempfile::NamedTempFile {
@@ -86,16 +130,30 @@ fn test_prints_one_line_per_event() {
         r#"{"event_id":"d","event_type":"deal.status.changed","payload":{}}"#,
     ]);
     let (code, out, err) = weir(&[
-        "plugins", "test", &path(example("fs-changes")), "--key", "fs.changes",
-        "--param", "extensions=.Pdf", "--param", "kinds=insert",
-        "--events", events.path().to_str().unwrap(),
+        "plugins",
+        "test",
+        &path(example("fs-changes")),
+        "--key",
+        "fs.changes",
+        "--param",
+        "extensions=.Pdf",
+        "--param",
+        "kinds=insert",
+        "--events",
+        events.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 5, "{out}");
     assert_eq!(lines[0]["result"], "emitted");
     assert_eq!(lines[0]["data"]["ext"], "pdf");
-    assert_eq!(lines[1], serde_json::json!({"line": 2, "event_id": "b", "result": "dropped", "by": "matches"}));
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"line": 2, "event_id": "b", "result": "dropped", "by": "matches"})
+    );
     assert_eq!(lines[2]["by"], "matches");
     assert_eq!(lines[3]["kind"], "bad_event");
     assert_eq!(lines[3]["line"], 5);
@@ -110,8 +168,15 @@ fn test_reports_faults_with_their_kind() {
         r#"{"event_type":"t","payload":{"do":"fine"}}"#,
     ]);
     let (code, out, _) = weir(&[
-        "plugins", "test", &path(guest("guest-hostile")), "--key", "hostile.chaos",
-        "--call-deadline-ms", "300", "--events", events.path().to_str().unwrap(),
+        "plugins",
+        "test",
+        &path(guest("guest-hostile")),
+        "--key",
+        "hostile.chaos",
+        "--call-deadline-ms",
+        "300",
+        "--events",
+        events.path().to_str().unwrap(),
     ]);
     let _ = out;
     // The hostile key's pre-consume always refuses, and a consumer would be
@@ -123,13 +188,25 @@ fn test_reports_faults_with_their_kind() {
 fn test_runs_pre_consume_and_cleanup_around_the_events() {
     let events = events_file(&[r#"{"event_id":"x","event_type":"a.b","payload":{"n":1}}"#]);
     let (code, out, err) = weir(&[
-        "plugins", "test", &path(example("enrich")), "--key", "enrich.context",
-        "--param", "tag=Ops", "--events", events.path().to_str().unwrap(),
+        "plugins",
+        "test",
+        &path(example("enrich")),
+        "--key",
+        "enrich.context",
+        "--param",
+        "tag=Ops",
+        "--events",
+        events.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
     let line: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(line["data"]["enrichment"]["tag"], "ops");
-    assert!(line["data"]["enrichment"]["subscription"]["subscription_id"].as_str().unwrap().starts_with("enrich.context@"));
+    assert!(
+        line["data"]["enrichment"]["subscription"]["subscription_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("enrich.context@")
+    );
 }
 
 #[test]
@@ -137,22 +214,84 @@ fn test_refuses_bad_params_and_unknown_keys_clearly() {
     let events = events_file(&[]);
     let ev = events.path().to_str().unwrap();
     let file = path(example("fs-large-files"));
-    let (code, _, err) = weir(&["plugins", "test", &file, "--key", "fs.large_files", "--events", ev]);
+    let (code, _, err) = weir(&[
+        "plugins",
+        "test",
+        &file,
+        "--key",
+        "fs.large_files",
+        "--events",
+        ev,
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("param `min_size`: required int parameter is missing"), "{err}");
-    let (code, _, err) = weir(&["plugins", "test", &file, "--key", "fs.large_files", "--param", "min_size=big", "--events", ev]);
+    assert!(
+        err.contains("param `min_size`: required int parameter is missing"),
+        "{err}"
+    );
+    let (code, _, err) = weir(&[
+        "plugins",
+        "test",
+        &file,
+        "--key",
+        "fs.large_files",
+        "--param",
+        "min_size=big",
+        "--events",
+        ev,
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("param `min_size`: `big` is not an integer"), "{err}");
-    let (code, _, err) = weir(&["plugins", "test", &file, "--key", "fs.large_files", "--param", "min_size=1", "--param", "colour=red", "--events", ev]);
+    assert!(
+        err.contains("param `min_size`: `big` is not an integer"),
+        "{err}"
+    );
+    let (code, _, err) = weir(&[
+        "plugins",
+        "test",
+        &file,
+        "--key",
+        "fs.large_files",
+        "--param",
+        "min_size=1",
+        "--param",
+        "colour=red",
+        "--events",
+        ev,
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("param `colour`: unknown parameter of key `fs.large_files` (known: min_size, path_prefix)"), "{err}");
     let (code, _, err) = weir(&["plugins", "test", &file, "--key", "nope", "--events", ev]);
     assert_eq!(code, 1);
-    assert!(err.contains("defines no key `nope` (keys: fs.large_files)"), "{err}");
-    let (code, _, err) = weir(&["plugins", "test", &file, "--key", "fs.large_files", "--param", "oops", "--events", ev]);
+    assert!(
+        err.contains("defines no key `nope` (keys: fs.large_files)"),
+        "{err}"
+    );
+    let (code, _, err) = weir(&[
+        "plugins",
+        "test",
+        &file,
+        "--key",
+        "fs.large_files",
+        "--param",
+        "oops",
+        "--events",
+        ev,
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("`oops` is not name=value"), "{err}");
-    let (code, _, err) = weir(&["plugins", "test", &path(example("fs-changes")), "--key", "fs.changes", "--param", "kinds=rename", "--events", ev]);
+    let (code, _, err) = weir(&[
+        "plugins",
+        "test",
+        &path(example("fs-changes")),
+        "--key",
+        "fs.changes",
+        "--param",
+        "kinds=rename",
+        "--events",
+        ev,
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("param `kinds`: `rename` is not one of: insert, update, delete"), "{err}");
+    assert!(
+        err.contains("param `kinds`: `rename` is not one of: insert, update, delete"),
+        "{err}"
+    );
 }

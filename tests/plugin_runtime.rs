@@ -12,17 +12,25 @@ use weir_host::registry::RegisteredKey;
 use weir_tests::{event, guest, host_with_examples, params};
 
 fn key(host: &weir_host::host::Host, name: &str) -> RegisteredKey {
-    host.registry().lookup(name).cloned().unwrap_or_else(|| panic!("key {name} registered"))
+    host.registry()
+        .lookup(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("key {name} registered"))
 }
 
 fn chaos(action: &str) -> weir_host::plugin::RawEvent {
-    event(&format!("ev-{action}"), "test.chaos", json!({ "do": action }))
+    event(
+        &format!("ev-{action}"),
+        "test.chaos",
+        json!({ "do": action }),
+    )
 }
 
 /// A host with the examples and the hostile guest.
 fn hostile_host() -> (Arc<weir_host::host::Host>, RegisteredKey) {
     let host = host_with_examples();
-    host.load_file(&guest("guest-hostile")).expect("hostile guest registers");
+    host.load_file(&guest("guest-hostile"))
+        .expect("hostile guest registers");
     let k = key(&host, "hostile.chaos");
     (host, k)
 }
@@ -31,19 +39,43 @@ fn hostile_host() -> (Arc<weir_host::host::Host>, RegisteredKey) {
 fn assert_large_files_serves(host: &weir_host::host::Host) {
     let k = key(host, "fs.large_files");
     let p = params(&[("min_size", "100")]);
-    let ev = event("ok", "fs.insert", json!({"path": "/d/big", "size": 2048, "mtime": 1.0}));
+    let ev = event(
+        "ok",
+        "fs.insert",
+        json!({"path": "/d/big", "size": 2048, "mtime": 1.0}),
+    );
     assert_eq!(k.plugin.matches(&k.def.key, &p, &ev), Ok(true));
-    let out = k.plugin.process(&k.def.key, &p, &ev).expect("process works");
-    let Outcome::Emit(json) = out else { panic!("emitted") };
-    assert_eq!(serde_json::from_str::<Value>(&json).unwrap()["human_size"], "2.0 KiB");
+    let out = k
+        .plugin
+        .process(&k.def.key, &p, &ev)
+        .expect("process works");
+    let Outcome::Emit(json) = out else {
+        panic!("emitted")
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&json).unwrap()["human_size"],
+        "2.0 KiB"
+    );
 }
 
 #[test]
 fn example_plugins_load_and_register_sorted() {
     let host = host_with_examples();
-    assert!(host.failed_plugins().is_empty(), "{:?}", host.failed_plugins());
+    assert!(
+        host.failed_plugins().is_empty(),
+        "{:?}",
+        host.failed_plugins()
+    );
     let keys: Vec<String> = host.registry().list().map(|k| k.def.key.clone()).collect();
-    assert_eq!(keys, ["enrich.context", "fs.changes", "fs.large_files", "json.field_equals"]);
+    assert_eq!(
+        keys,
+        [
+            "enrich.context",
+            "fs.changes",
+            "fs.large_files",
+            "json.field_equals"
+        ]
+    );
     let def = &key(&host, "fs.large_files").def;
     assert_eq!(def.event_type, "fs.*");
     assert!(def.param("min_size").unwrap().required);
@@ -56,19 +88,33 @@ fn fs_large_files_single_and_batch() {
     let k = key(&host, "fs.large_files");
     let p = params(&[("min_size", "1000"), ("path_prefix", "/data/")]);
     let events = vec![
-        event("1", "fs.insert", json!({"path": "/data/a", "size": 5000, "mtime": 2.5})),
+        event(
+            "1",
+            "fs.insert",
+            json!({"path": "/data/a", "size": 5000, "mtime": 2.5}),
+        ),
         event("2", "fs.insert", json!({"path": "/data/b", "size": 10})),
         event("3", "fs.update", json!({"path": "/tmp/c", "size": 5000})),
         event("4", "fs.delete", json!({"path": "/data/a"})),
     ];
-    let single: Vec<bool> = events.iter().map(|e| k.plugin.matches(&k.def.key, &p, e).unwrap()).collect();
+    let single: Vec<bool> = events
+        .iter()
+        .map(|e| k.plugin.matches(&k.def.key, &p, e).unwrap())
+        .collect();
     assert_eq!(single, [true, false, false, false]);
-    let batch: Vec<bool> = k.plugin.matches_batch(&k.def.key, &p, &events).into_iter().map(Result::unwrap).collect();
+    let batch: Vec<bool> = k
+        .plugin
+        .matches_batch(&k.def.key, &p, &events)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(batch, single);
     let out = k.plugin.process_batch(&k.def.key, &p, &events[..1]);
     assert_eq!(
         out,
-        vec![Ok(Outcome::Emit(r#"{"path":"/data/a","size":5000,"mtime":2.5,"human_size":"4.9 KiB"}"#.into()))]
+        vec![Ok(Outcome::Emit(
+            r#"{"path":"/data/a","size":5000,"mtime":2.5,"human_size":"4.9 KiB"}"#.into()
+        ))]
     );
 }
 
@@ -77,11 +123,22 @@ fn json_field_filter_native_schema_passes_payload() {
     let host = host_with_examples();
     let k = key(&host, "json.field_equals");
     let p = params(&[("field", "new_status"), ("equals", "ACTIVE")]);
-    let ev = event("d1", "deal.status.changed", json!({"deal_id": "deal-123", "old_status": "PENDING", "new_status": "ACTIVE"}));
+    let ev = event(
+        "d1",
+        "deal.status.changed",
+        json!({"deal_id": "deal-123", "old_status": "PENDING", "new_status": "ACTIVE"}),
+    );
     assert_eq!(k.plugin.matches(&k.def.key, &p, &ev), Ok(true));
     // No process function: the payload is delivered as it is.
-    assert_eq!(k.plugin.process(&k.def.key, &p, &ev), Ok(Outcome::Emit(ev.payload.clone())));
-    let other = event("d2", "deal.status.changed", json!({"deal_id": "deal-9", "new_status": "FAILED"}));
+    assert_eq!(
+        k.plugin.process(&k.def.key, &p, &ev),
+        Ok(Outcome::Emit(ev.payload.clone()))
+    );
+    let other = event(
+        "d2",
+        "deal.status.changed",
+        json!({"deal_id": "deal-9", "new_status": "FAILED"}),
+    );
     assert_eq!(k.plugin.matches(&k.def.key, &p, &other), Ok(false));
 }
 
@@ -91,10 +148,20 @@ fn fs_changes_normalizes_params() {
     let k = key(&host, "fs.changes");
     let normalized = k
         .plugin
-        .normalize_params(&k.def.key, &params(&[("extensions", " .PDF, txt"), ("kinds", "Insert")]))
+        .normalize_params(
+            &k.def.key,
+            &params(&[("extensions", " .PDF, txt"), ("kinds", "Insert")]),
+        )
         .unwrap();
-    assert_eq!(normalized, params(&[("extensions", "pdf,txt"), ("kinds", "insert")]));
-    let ev = event("1", "fs.insert", json!({"path": "/x/Report.pdf", "size": 3}));
+    assert_eq!(
+        normalized,
+        params(&[("extensions", "pdf,txt"), ("kinds", "insert")])
+    );
+    let ev = event(
+        "1",
+        "fs.insert",
+        json!({"path": "/x/Report.pdf", "size": 3}),
+    );
     assert_eq!(k.plugin.matches(&k.def.key, &normalized, &ev), Ok(true));
 }
 
@@ -102,24 +169,37 @@ fn fs_changes_normalizes_params() {
 fn enrich_calls_the_host_api_in_pre_consume_process_and_cleanup() {
     let host = host_with_examples();
     let k = key(&host, "enrich.context");
-    let p = k.plugin.normalize_params(&k.def.key, &params(&[("tag", " Ops ")])).unwrap();
+    let p = k
+        .plugin
+        .normalize_params(&k.def.key, &params(&[("tag", " Ops ")]))
+        .unwrap();
     assert_eq!(p, params(&[("tag", "ops")]));
     k.plugin.pre_consume(&k.def.key, "sub-1", &p).unwrap();
     assert_eq!(
         host.host_api().state_of("enrich", "tag-ops"),
         Some(json!({"subscription_id": "sub-1", "tag": "ops"}))
     );
-    let Outcome::Emit(out) = k.plugin.process(&k.def.key, &p, &event("e1", "x.y", json!({"n": 1}))).unwrap() else {
+    let Outcome::Emit(out) = k
+        .plugin
+        .process(&k.def.key, &p, &event("e1", "x.y", json!({"n": 1})))
+        .unwrap()
+    else {
         panic!("emitted")
     };
     let out: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(out["enrichment"]["subscription"]["subscription_id"], "sub-1");
+    assert_eq!(
+        out["enrichment"]["subscription"]["subscription_id"],
+        "sub-1"
+    );
     assert_eq!(out["enrichment"]["host_keys"].as_array().unwrap().len(), 4);
     assert_eq!(out["payload"], json!({"n": 1}));
     k.plugin.cleanup(&k.def.key, "sub-1", &p).unwrap();
     assert_eq!(host.host_api().state_of("enrich", "tag-ops"), None);
     // A bad tag is refused by normalize-params with the plugin's message.
-    let err = k.plugin.normalize_params(&k.def.key, &params(&[("tag", "a/b")])).unwrap_err();
+    let err = k
+        .plugin
+        .normalize_params(&k.def.key, &params(&[("tag", "a/b")]))
+        .unwrap_err();
     assert_eq!(err.kind(), FaultKind::PluginError);
     assert!(err.to_string().contains("must be letters"), "{err}");
 }
@@ -129,10 +209,16 @@ fn enrich_calls_the_host_api_in_pre_consume_process_and_cleanup() {
 fn assert_process_fault(action: &str, expected: FaultKind) -> PluginFault {
     let (host, k) = hostile_host();
     let created = k.plugin.counters().instances.load(Relaxed);
-    let fault = k.plugin.process(&k.def.key, &vec![], &chaos(action)).unwrap_err();
+    let fault = k
+        .plugin
+        .process(&k.def.key, &vec![], &chaos(action))
+        .unwrap_err();
     assert_eq!(fault.kind(), expected, "{action}: {fault}");
     // The same plugin serves the next call on a fresh instance...
-    let ok = k.plugin.process(&k.def.key, &vec![], &chaos("echo")).unwrap();
+    let ok = k
+        .plugin
+        .process(&k.def.key, &vec![], &chaos("echo"))
+        .unwrap();
     assert_eq!(ok, Outcome::Emit(r#"{"do":"echo"}"#.into()));
     let recycled = k.plugin.counters().instances.load(Relaxed) > created;
     assert_eq!(recycled, fault.recycles_instance(), "{action}");
@@ -152,19 +238,29 @@ fn infinite_loop_hits_the_deadline() {
 #[test]
 fn unbounded_allocation_hits_the_memory_cap() {
     let fault = assert_process_fault("alloc", FaultKind::Memory);
-    assert_eq!(fault, PluginFault::MemoryExhausted { limit: 32 * 1024 * 1024 });
+    assert_eq!(
+        fault,
+        PluginFault::MemoryExhausted {
+            limit: 32 * 1024 * 1024
+        }
+    );
 }
 
 #[test]
 fn panic_is_a_trap_with_the_guest_message() {
     let fault = assert_process_fault("panic", FaultKind::Trap);
-    assert!(fault.to_string().contains("process panicked on purpose"), "{fault}");
+    assert!(
+        fault.to_string().contains("process panicked on purpose"),
+        "{fault}"
+    );
 }
 
 #[test]
 fn huge_output_is_refused() {
     let fault = assert_process_fault("huge", FaultKind::OutputTooLarge);
-    assert!(matches!(fault, PluginFault::OutputTooLarge { limit: 1048576, size } if size > 4 << 20));
+    assert!(
+        matches!(fault, PluginFault::OutputTooLarge { limit: 1048576, size } if size > 4 << 20)
+    );
 }
 
 #[test]
@@ -181,13 +277,28 @@ fn plugin_error_keeps_the_instance() {
 #[test]
 fn call_api_inside_matches_is_refused_and_faults() {
     let (host, k) = hostile_host();
-    let fault = k.plugin.matches(&k.def.key, &vec![], &chaos("match_api")).unwrap_err();
+    let fault = k
+        .plugin
+        .matches(&k.def.key, &vec![], &chaos("match_api"))
+        .unwrap_err();
     assert_eq!(fault, PluginFault::ApiInMatches);
-    assert_eq!(k.plugin.matches(&k.def.key, &vec![], &chaos("echo")), Ok(true));
+    assert_eq!(
+        k.plugin.matches(&k.def.key, &vec![], &chaos("echo")),
+        Ok(true)
+    );
     // The same call from process is allowed and answered by the host.
-    let Outcome::Emit(out) = k.plugin.process(&k.def.key, &vec![], &chaos("api")).unwrap() else { panic!() };
+    let Outcome::Emit(out) = k
+        .plugin
+        .process(&k.def.key, &vec![], &chaos("api"))
+        .unwrap()
+    else {
+        panic!()
+    };
     let out: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(out, json!({"method": "POST", "path": "/v1/echo", "body": {"n": 1}, "plugin": "guest_hostile", "key": "hostile.chaos"}));
+    assert_eq!(
+        out,
+        json!({"method": "POST", "path": "/v1/echo", "body": {"n": 1}, "plugin": "guest_hostile", "key": "hostile.chaos"})
+    );
     assert_large_files_serves(&host);
 }
 
@@ -195,9 +306,16 @@ fn call_api_inside_matches_is_refused_and_faults() {
 fn matches_has_its_own_short_deadline() {
     let (host, k) = hostile_host();
     let start = Instant::now();
-    let fault = k.plugin.matches(&k.def.key, &vec![], &chaos("match_loop")).unwrap_err();
+    let fault = k
+        .plugin
+        .matches(&k.def.key, &vec![], &chaos("match_loop"))
+        .unwrap_err();
     assert_eq!(fault, PluginFault::Deadline(Duration::from_millis(50)));
-    assert!(start.elapsed() < Duration::from_millis(400), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        start.elapsed()
+    );
     assert_large_files_serves(&host);
 }
 
@@ -223,16 +341,30 @@ fn deadline_is_reset_on_every_call() {
 #[test]
 fn batch_faults_are_pinned_on_their_events() {
     let (_host, k) = hostile_host();
-    let events = [chaos("a"), chaos("panic"), chaos("drop"), chaos("error"), chaos("b")];
+    let events = [
+        chaos("a"),
+        chaos("panic"),
+        chaos("drop"),
+        chaos("error"),
+        chaos("b"),
+    ];
     let results = k.plugin.process_batch(&k.def.key, &vec![], &events);
     assert_eq!(results.len(), 5);
     assert_eq!(results[0], Ok(Outcome::Emit(r#"{"do":"a"}"#.into())));
     assert_eq!(results[1].as_ref().unwrap_err().kind(), FaultKind::Trap);
     assert_eq!(results[2], Ok(Outcome::Drop));
-    assert_eq!(results[3], Err(PluginFault::Failed("refused on purpose".into())));
+    assert_eq!(
+        results[3],
+        Err(PluginFault::Failed("refused on purpose".into()))
+    );
     assert_eq!(results[4], Ok(Outcome::Emit(r#"{"do":"b"}"#.into())));
 
-    let events = [chaos("x"), chaos("match_api"), chaos("skip"), chaos("match_panic")];
+    let events = [
+        chaos("x"),
+        chaos("match_api"),
+        chaos("skip"),
+        chaos("match_panic"),
+    ];
     let results = k.plugin.matches_batch(&k.def.key, &vec![], &events);
     assert_eq!(results[0], Ok(true));
     assert_eq!(results[1], Err(PluginFault::ApiInMatches));
@@ -243,15 +375,26 @@ fn batch_faults_are_pinned_on_their_events() {
 #[test]
 fn a_batch_with_an_oversized_output_faults_only_that_event() {
     let (_host, k) = hostile_host();
-    let results = k.plugin.process_batch(&k.def.key, &vec![], &[chaos("a"), chaos("huge")]);
+    let results = k
+        .plugin
+        .process_batch(&k.def.key, &vec![], &[chaos("a"), chaos("huge")]);
     assert_eq!(results[0], Ok(Outcome::Emit(r#"{"do":"a"}"#.into())));
-    assert_eq!(results[1].as_ref().unwrap_err().kind(), FaultKind::OutputTooLarge);
+    assert_eq!(
+        results[1].as_ref().unwrap_err().kind(),
+        FaultKind::OutputTooLarge
+    );
 }
 
 #[test]
 fn sandbox_grants_no_filesystem_environment_arguments_or_network() {
     let (_host, k) = hostile_host();
-    let Outcome::Emit(out) = k.plugin.process(&k.def.key, &vec![], &chaos("probe")).unwrap() else { panic!() };
+    let Outcome::Emit(out) = k
+        .plugin
+        .process(&k.def.key, &vec![], &chaos("probe"))
+        .unwrap()
+    else {
+        panic!()
+    };
     let out: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(out["env"], 0, "{out}");
     assert_eq!(out["args"], 0, "{out}");
@@ -285,11 +428,20 @@ fn guest_stdout_stderr_and_log_go_to_tracing_tagged_with_plugin_and_key() {
         .with_writer(move || writer.clone())
         .finish();
     tracing::subscriber::with_default(subscriber, || {
-        k.plugin.process(&k.def.key, &vec![], &chaos("stdout")).unwrap();
+        k.plugin
+            .process(&k.def.key, &vec![], &chaos("stdout"))
+            .unwrap();
     });
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    for message in ["hello from the guest's stdout", "hello from the guest's stderr", "hello from the log import"] {
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for message in [
+        "hello from the guest's stdout",
+        "hello from the guest's stderr",
+        "hello from the log import",
+    ] {
         let line = lines
             .iter()
             .find(|l| l["fields"]["message"] == message)
@@ -302,8 +454,14 @@ fn guest_stdout_stderr_and_log_go_to_tracing_tagged_with_plugin_and_key() {
 #[test]
 fn failing_pre_consume_is_a_plugin_error() {
     let (_host, k) = hostile_host();
-    let err = k.plugin.pre_consume(&k.def.key, "s1", &params(&[("a", "1")])).unwrap_err();
-    assert_eq!(err, PluginFault::Failed("pre-consume refuses 1 params".into()));
+    let err = k
+        .plugin
+        .pre_consume(&k.def.key, "s1", &params(&[("a", "1")]))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        PluginFault::Failed("pre-consume refuses 1 params".into())
+    );
     // cleanup is not declared by the key: the host does not call it.
     assert_eq!(k.plugin.cleanup(&k.def.key, "s1", &vec![]), Ok(()));
 }
@@ -318,7 +476,11 @@ fn concurrent_calls_share_the_instance_pool() {
             std::thread::spawn(move || {
                 let p = params(&[("min_size", "10")]);
                 for i in 0..200 {
-                    let ev = event(&format!("{t}-{i}"), "fs.insert", json!({"path": "/a", "size": i}));
+                    let ev = event(
+                        &format!("{t}-{i}"),
+                        "fs.insert",
+                        json!({"path": "/a", "size": i}),
+                    );
                     assert_eq!(k.plugin.matches(&k.def.key, &p, &ev), Ok(i >= 10));
                 }
             })
@@ -334,7 +496,11 @@ fn concurrent_calls_share_the_instance_pool() {
 #[test]
 fn a_broken_file_in_the_plugin_directory_does_not_stop_the_host() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(weir_tests::example("fs-large-files"), dir.path().join("good.wasm")).unwrap();
+    std::fs::copy(
+        weir_tests::example("fs-large-files"),
+        dir.path().join("good.wasm"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm garbage").unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"not a plugin").unwrap();
     let host = weir_host::host::Host::new(weir_host::host::HostConfig {
@@ -345,7 +511,11 @@ fn a_broken_file_in_the_plugin_directory_does_not_stop_the_host() {
     let failed = host.failed_plugins();
     assert_eq!(failed.len(), 1);
     assert!(failed[0].file.ends_with("broken.wasm"));
-    assert!(failed[0].errors[0].contains("not a loadable weir:plugin component"), "{:?}", failed[0]);
+    assert!(
+        failed[0].errors[0].contains("not a loadable weir:plugin component"),
+        "{:?}",
+        failed[0]
+    );
     assert_eq!(host.registry().len(), 1);
     assert_large_files_serves(&host);
 }
@@ -357,14 +527,26 @@ fn compiled_cache_is_reused() {
         cache_dir: Some(cache.path().to_path_buf()),
         ..Default::default()
     };
-    let api: Arc<dyn weir_host::hostapi::HostApi> = Arc::new(weir_host::hostapi::BuiltinApi::new(Default::default()));
+    let api: Arc<dyn weir_host::hostapi::HostApi> =
+        Arc::new(weir_host::hostapi::BuiltinApi::new(Default::default()));
     let engine = weir_host::plugin::PluginEngine::new(config(), api.clone()).unwrap();
-    let first = engine.load_file(&weir_tests::example("fs-large-files")).unwrap();
+    let first = engine
+        .load_file(&weir_tests::example("fs-large-files"))
+        .unwrap();
     let entries: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
     assert_eq!(entries.len(), 1);
-    assert!(entries[0].as_ref().unwrap().file_name().to_string_lossy().starts_with(first.hash()));
+    assert!(
+        entries[0]
+            .as_ref()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(first.hash())
+    );
     // A second engine loads from the cache and behaves the same.
     let engine = weir_host::plugin::PluginEngine::new(config(), api).unwrap();
-    let second = engine.load_file(&weir_tests::example("fs-large-files")).unwrap();
+    let second = engine
+        .load_file(&weir_tests::example("fs-large-files"))
+        .unwrap();
     assert_eq!(second.definitions(), first.definitions());
 }

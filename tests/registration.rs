@@ -19,14 +19,22 @@ fn rejected(name: &str) -> Vec<RegistrationError> {
     let file = name.replace('-', "_");
     for e in &errors {
         assert_eq!(e.file, file);
-        assert!(e.to_string().starts_with(&format!("{file}: key `{}`: ", e.key)), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{file}: key `{}`: ", e.key)),
+            "{e}"
+        );
     }
     // No partial registration, and the host still serves.
     let after: Vec<String> = host.registry().list().map(|k| k.def.key.clone()).collect();
     assert_eq!(after, before, "{name}");
     let k = host.registry().lookup("fs.large_files").cloned().unwrap();
     let ev = event("1", "fs.insert", json!({"path": "/a", "size": 10}));
-    assert!(matches!(k.plugin.process(&k.def.key, &params(&[("min_size", "1")]), &ev), Ok(Outcome::Emit(_))));
+    assert!(matches!(
+        k.plugin
+            .process(&k.def.key, &params(&[("min_size", "1")]), &ev),
+        Ok(Outcome::Emit(_))
+    ));
     errors
 }
 
@@ -38,20 +46,31 @@ fn only(errors: Vec<RegistrationError>) -> (String, Rule) {
 
 #[test]
 fn duplicate_key_inside_a_plugin() {
-    assert_eq!(only(rejected("guest-rule-dup-key-in-plugin")), ("rule.twice".into(), Rule::DuplicateKeyInPlugin));
+    assert_eq!(
+        only(rejected("guest-rule-dup-key-in-plugin")),
+        ("rule.twice".into(), Rule::DuplicateKeyInPlugin)
+    );
 }
 
 #[test]
 fn duplicate_key_against_a_loaded_plugin() {
     assert_eq!(
         only(rejected("guest-rule-dup-key-across")),
-        ("fs.large_files".into(), Rule::DuplicateKey { other: "fs_large_files".into() })
+        (
+            "fs.large_files".into(),
+            Rule::DuplicateKey {
+                other: "fs_large_files".into()
+            }
+        )
     );
 }
 
 #[test]
 fn empty_event_type() {
-    assert_eq!(only(rejected("guest-rule-empty-event-type")), ("rule.no_type".into(), Rule::EmptyEventType));
+    assert_eq!(
+        only(rejected("guest-rule-empty-event-type")),
+        ("rule.no_type".into(), Rule::EmptyEventType)
+    );
 }
 
 #[test]
@@ -61,8 +80,14 @@ fn enum_and_multi_without_values() {
     assert_eq!(
         rules,
         [
-            Rule::MissingValues { param: "mode".into(), ty: "enum" },
-            Rule::MissingValues { param: "tags".into(), ty: "multi" },
+            Rule::MissingValues {
+                param: "mode".into(),
+                ty: "enum"
+            },
+            Rule::MissingValues {
+                param: "tags".into(),
+                ty: "multi"
+            },
         ]
     );
 }
@@ -71,7 +96,13 @@ fn enum_and_multi_without_values() {
 fn value_without_description() {
     assert_eq!(
         only(rejected("guest-rule-value-without-description")),
-        ("rule.undescribed".into(), Rule::ValueWithoutDescription { param: "mode".into(), value: "slow".into() })
+        (
+            "rule.undescribed".into(),
+            Rule::ValueWithoutDescription {
+                param: "mode".into(),
+                value: "slow".into()
+            }
+        )
     );
 }
 
@@ -99,17 +130,26 @@ fn native_schema_with_process() {
 
 #[test]
 fn unknown_auth_type() {
-    assert_eq!(only(rejected("guest-rule-unknown-auth-type")), ("rule.auth".into(), Rule::UnknownAuthType("robot".into())));
+    assert_eq!(
+        only(rejected("guest-rule-unknown-auth-type")),
+        ("rule.auth".into(), Rule::UnknownAuthType("robot".into()))
+    );
 }
 
 #[test]
 fn buffer_size_above_1000() {
-    assert_eq!(only(rejected("guest-rule-buffer-too-large")), ("rule.big_buffer".into(), Rule::BufferTooLarge(1001)));
+    assert_eq!(
+        only(rejected("guest-rule-buffer-too-large")),
+        ("rule.big_buffer".into(), Rule::BufferTooLarge(1001))
+    );
 }
 
 #[test]
 fn zero_workers() {
-    assert_eq!(only(rejected("guest-rule-zero-workers")), ("rule.no_workers".into(), Rule::ZeroWorkers));
+    assert_eq!(
+        only(rejected("guest-rule-zero-workers")),
+        ("rule.no_workers".into(), Rule::ZeroWorkers)
+    );
 }
 
 #[test]

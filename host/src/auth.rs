@@ -72,7 +72,9 @@ pub enum AuthError {
     #[error("unknown API key")]
     Unknown,
     /// A key whose role or datastore does not fit.
-    #[error("this API key has role `{has}` for datastore `{datastore}`; the route needs `{needed}`")]
+    #[error(
+        "this API key has role `{has}` for datastore `{datastore}`; the route needs `{needed}`"
+    )]
     Forbidden {
         /// The key's role.
         has: Role,
@@ -122,7 +124,9 @@ impl Keys {
     /// Keys of the `default` datastore, one per role, from `lookup(env var)`
     /// (normally the environment) or generated. Returns the generated ones so
     /// that the caller can print them.
-    pub fn for_default_datastore(lookup: impl Fn(&str) -> Option<String>) -> (Self, Vec<GeneratedKey>) {
+    pub fn for_default_datastore(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> (Self, Vec<GeneratedKey>) {
         let mut keys = Self::new();
         let mut generated = Vec::new();
         for role in Role::ALL {
@@ -144,9 +148,19 @@ impl Keys {
 
     /// Checks a presented key against the role a route needs, and (when the
     /// route is scoped to one) the datastore.
-    pub fn authorize(&self, presented: Option<&str>, needed: Role, datastore: Option<&str>) -> Result<&ApiKey, AuthError> {
-        let presented = presented.filter(|s| !s.is_empty()).ok_or(AuthError::Missing)?;
-        let key = self.by_hash.get(&digest(presented)).ok_or(AuthError::Unknown)?;
+    pub fn authorize(
+        &self,
+        presented: Option<&str>,
+        needed: Role,
+        datastore: Option<&str>,
+    ) -> Result<&ApiKey, AuthError> {
+        let presented = presented
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::Missing)?;
+        let key = self
+            .by_hash
+            .get(&digest(presented))
+            .ok_or(AuthError::Unknown)?;
         let datastore_fits = datastore.is_none_or(|d| d == key.datastore);
         if key.role.satisfies(needed) && datastore_fits {
             Ok(key)
@@ -175,22 +189,44 @@ mod tests {
         keys.insert("q", Role::Query, "default");
         keys.insert("a", Role::Admin, "default");
         keys.insert("other", Role::Query, "lab");
-        assert_eq!(keys.authorize(None, Role::Query, None), Err(AuthError::Missing));
-        assert_eq!(keys.authorize(Some("nope"), Role::Query, None), Err(AuthError::Unknown));
-        assert!(keys.authorize(Some("q"), Role::Query, Some("default")).is_ok());
-        assert!(matches!(keys.authorize(Some("q"), Role::Admin, None), Err(AuthError::Forbidden { .. })));
+        assert_eq!(
+            keys.authorize(None, Role::Query, None),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            keys.authorize(Some("nope"), Role::Query, None),
+            Err(AuthError::Unknown)
+        );
+        assert!(
+            keys.authorize(Some("q"), Role::Query, Some("default"))
+                .is_ok()
+        );
+        assert!(matches!(
+            keys.authorize(Some("q"), Role::Admin, None),
+            Err(AuthError::Forbidden { .. })
+        ));
         assert!(keys.authorize(Some("a"), Role::Ingest, None).is_ok());
-        assert!(matches!(keys.authorize(Some("other"), Role::Query, Some("default")), Err(AuthError::Forbidden { .. })));
+        assert!(matches!(
+            keys.authorize(Some("other"), Role::Query, Some("default")),
+            Err(AuthError::Forbidden { .. })
+        ));
     }
 
     #[test]
     fn default_keys_from_env_or_generated() {
-        let (keys, generated) = Keys::for_default_datastore(|v| (v == "WEIR_QUERY_KEY").then(|| "given".to_string()));
+        let (keys, generated) =
+            Keys::for_default_datastore(|v| (v == "WEIR_QUERY_KEY").then(|| "given".to_string()));
         assert_eq!(generated.len(), 2);
-        assert!(keys.authorize(Some("given"), Role::Query, Some("default")).is_ok());
+        assert!(
+            keys.authorize(Some("given"), Role::Query, Some("default"))
+                .is_ok()
+        );
         for g in generated {
             assert!(g.secret.starts_with(&format!("weir_{}_", g.role)));
-            assert_eq!(keys.authorize(Some(&g.secret), g.role, None).unwrap().role, g.role);
+            assert_eq!(
+                keys.authorize(Some(&g.secret), g.role, None).unwrap().role,
+                g.role
+            );
         }
     }
 }

@@ -132,11 +132,19 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
 
 /// Runs the command line `args` (including the program name), writing to
 /// `out` and `err`; returns the exit code.
-pub fn run(args: impl IntoIterator<Item = String>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+pub fn run(
+    args: impl IntoIterator<Item = String>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = if e.use_stderr() { write!(err, "{e}") } else { write!(out, "{e}") };
+            let _ = if e.use_stderr() {
+                write!(err, "{e}")
+            } else {
+                write!(out, "{e}")
+            };
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
@@ -149,7 +157,12 @@ pub fn run(args: impl IntoIterator<Item = String>, out: &mut dyn Write, err: &mu
     match result {
         Ok(code) => code,
         // A closed pipe (`weir plugins test ... | head`) is a normal end.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => 0,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            0
+        }
         Err(e) => {
             let _ = writeln!(err, "error: {e:#}");
             1
@@ -159,12 +172,19 @@ pub fn run(args: impl IntoIterator<Item = String>, out: &mut dyn Write, err: &mu
 
 fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     init_tracing(args.log_format);
-    let plugin_dir = args.plugins.unwrap_or_else(|| PathBuf::from(crate::EXAMPLE_PLUGIN_DIR));
+    let plugin_dir = args
+        .plugins
+        .unwrap_or_else(|| PathBuf::from(crate::EXAMPLE_PLUGIN_DIR));
     let (keys, generated) = Keys::for_default_datastore(|var| std::env::var(var).ok());
     for g in &generated {
         // Printed once so that the operator can use them; set the
         // environment variable to keep a key across restarts.
-        eprintln!("generated {} key for datastore `default`: {}  (set {} to choose it)", g.role, g.secret, g.role.env_var());
+        eprintln!(
+            "generated {} key for datastore `default`: {}  (set {} to choose it)",
+            g.role,
+            g.secret,
+            g.role.env_var()
+        );
     }
     let config = HostConfig {
         plugin_dir: Some(plugin_dir),
@@ -213,7 +233,9 @@ pub async fn shutdown_signal() {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -255,20 +277,49 @@ fn inspect(file: &Path, as_json: bool, out: &mut dyn Write) -> anyhow::Result<i3
 }
 
 fn write_definition(out: &mut dyn Write, def: &KeyDefinition) -> std::io::Result<()> {
-    writeln!(out, "\nkey {}{}", def.key, if def.display_name.is_empty() { String::new() } else { format!(" ({})", def.display_name) })?;
+    writeln!(
+        out,
+        "\nkey {}{}",
+        def.key,
+        if def.display_name.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", def.display_name)
+        }
+    )?;
     if !def.description.is_empty() {
         writeln!(out, "  {}", def.description)?;
     }
     writeln!(out, "  event type: {}", def.event_type)?;
     let functions: Vec<&str> = def.implements.iter().map(|f| f.as_str()).collect();
-    writeln!(out, "  functions:  {}", if functions.is_empty() { "none".to_string() } else { functions.join(", ") })?;
+    writeln!(
+        out,
+        "  functions:  {}",
+        if functions.is_empty() {
+            "none".to_string()
+        } else {
+            functions.join(", ")
+        }
+    )?;
     let schema = match &def.schema {
         OutputSchema::Native => "native (payload in the envelope)".to_string(),
-        OutputSchema::Custom { json_schema } => format!("custom {}", json_schema.split_whitespace().collect::<Vec<_>>().join(" ")),
+        OutputSchema::Custom { json_schema } => format!(
+            "custom {}",
+            json_schema.split_whitespace().collect::<Vec<_>>().join(" ")
+        ),
     };
     writeln!(out, "  schema:     {schema}")?;
-    writeln!(out, "  buffer {} events, {} worker(s)", def.effective_buffer_size(), def.effective_workers())?;
-    for (label, list) in [("scopes", &def.scopes), ("auth types", &def.auth_types), ("console events", &def.required_console_events)] {
+    writeln!(
+        out,
+        "  buffer {} events, {} worker(s)",
+        def.effective_buffer_size(),
+        def.effective_workers()
+    )?;
+    for (label, list) in [
+        ("scopes", &def.scopes),
+        ("auth types", &def.auth_types),
+        ("console events", &def.required_console_events),
+    ] {
         if !list.is_empty() {
             writeln!(out, "  {label}: {}", list.join(", "))?;
         }
@@ -286,7 +337,14 @@ fn write_definition(out: &mut dyn Write, def: &KeyDefinition) -> std::io::Result
         if p.subscription_key {
             flags.push("subscription key".into());
         }
-        writeln!(out, "    {} ({}, {}): {}", p.name, p.ty.as_str(), flags.join(", "), p.description)?;
+        writeln!(
+            out,
+            "    {} ({}, {}): {}",
+            p.name,
+            p.ty.as_str(),
+            flags.join(", "),
+            p.description
+        )?;
         for v in &p.values {
             writeln!(out, "      {} - {}", v.value, v.description)?;
         }
@@ -298,7 +356,13 @@ fn validate(file: &Path, out: &mut dyn Write) -> anyhow::Result<i32> {
     let host = offline_host(Limits::default())?;
     match host.load_file(file) {
         Ok(keys) => {
-            writeln!(out, "ok: {} defines {} key(s): {}", file.display(), keys.len(), keys.join(", "))?;
+            writeln!(
+                out,
+                "ok: {} defines {} key(s): {}",
+                file.display(),
+                keys.len(),
+                keys.join(", ")
+            )?;
             Ok(0)
         }
         Err(PluginLoadError::Rejected(errors)) => {
@@ -339,8 +403,17 @@ fn test(args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
     let def = plugin
         .definition(&args.key)
         .with_context(|| {
-            let keys: Vec<_> = plugin.definitions().iter().map(|d| d.key.as_str()).collect();
-            format!("{} defines no key `{}` (keys: {})", args.file.display(), args.key, keys.join(", "))
+            let keys: Vec<_> = plugin
+                .definitions()
+                .iter()
+                .map(|d| d.key.as_str())
+                .collect();
+            format!(
+                "{} defines no key `{}` (keys: {})",
+                args.file.display(),
+                args.key,
+                keys.join(", ")
+            )
         })?
         .clone();
     let resolved = params::resolve(&def, &args.params)?;
@@ -355,7 +428,8 @@ fn test(args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
         .pre_consume(&def.key, &subscription, &normalized)
         .map_err(|f| anyhow::anyhow!("pre-consume failed ({}): {f}", f.kind()))?;
     let reader = std::io::BufReader::new(
-        std::fs::File::open(&args.events).with_context(|| format!("cannot open {}", args.events.display()))?,
+        std::fs::File::open(&args.events)
+            .with_context(|| format!("cannot open {}", args.events.display()))?,
     );
     for (index, line) in reader.lines().enumerate() {
         let line = line?;
@@ -371,10 +445,18 @@ fn test(args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn run_one(plugin: &LoadedPlugin, def: &KeyDefinition, params: &Params, line_no: usize, line: &str) -> Value {
+fn run_one(
+    plugin: &LoadedPlugin,
+    def: &KeyDefinition,
+    params: &Params,
+    line_no: usize,
+    line: &str,
+) -> Value {
     let input: InputEvent = match serde_json::from_str(line) {
         Ok(e) => e,
-        Err(e) => return json!({ "line": line_no, "result": "error", "kind": "bad_event", "message": e.to_string() }),
+        Err(e) => {
+            return json!({ "line": line_no, "result": "error", "kind": "bad_event", "message": e.to_string() });
+        }
     };
     let event_id = input.event_id.unwrap_or_else(|| format!("line-{line_no}"));
     let with = |fields: Value| {
@@ -385,7 +467,9 @@ fn run_one(plugin: &LoadedPlugin, def: &KeyDefinition, params: &Params, line_no:
         record
     };
     if !def.accepts_event_type(&input.event_type) {
-        return with(json!({ "result": "dropped", "by": "event_type", "message": format!("`{}` does not match `{}`", input.event_type, def.event_type) }));
+        return with(
+            json!({ "result": "dropped", "by": "event_type", "message": format!("`{}` does not match `{}`", input.event_type, def.event_type) }),
+        );
     }
     let event = RawEvent {
         event_id: event_id.clone(),
@@ -399,7 +483,9 @@ fn run_one(plugin: &LoadedPlugin, def: &KeyDefinition, params: &Params, line_no:
     };
     let _ = input.source;
     let fault = |stage: Function, f: crate::plugin::PluginFault| {
-        with(json!({ "result": "error", "stage": stage.as_str(), "kind": f.kind(), "message": f.to_string() }))
+        with(
+            json!({ "result": "error", "stage": stage.as_str(), "kind": f.kind(), "message": f.to_string() }),
+        )
     };
     match plugin.matches(&def.key, params, &event) {
         Ok(false) => return with(json!({ "result": "dropped", "by": "matches" })),

@@ -88,13 +88,18 @@ impl Host {
                 Err(e) => {
                     tracing::error!(file = %file.display(), "plugin not loaded: {e}");
                     let errors = match &e {
-                        PluginLoadError::Rejected(errs) => errs.iter().map(|e| e.to_string()).collect(),
+                        PluginLoadError::Rejected(errs) => {
+                            errs.iter().map(|e| e.to_string()).collect()
+                        }
                         other => vec![other.to_string()],
                     };
-                    self.failed.lock().unwrap_or_else(PoisonError::into_inner).push(FailedPlugin {
-                        file: file.display().to_string(),
-                        errors,
-                    });
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(FailedPlugin {
+                            file: file.display().to_string(),
+                            errors,
+                        });
                 }
             }
         }
@@ -120,7 +125,10 @@ impl Host {
 
     /// A snapshot of the registry (cheap: definitions and plugins are shared).
     pub fn registry(&self) -> Registry {
-        self.registry.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The plugin engine.
@@ -140,7 +148,10 @@ impl Host {
 
     /// Plugin files that failed to load.
     pub fn failed_plugins(&self) -> Vec<FailedPlugin> {
-        self.failed.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every loaded plugin with its keys, for `/v1/plugins`.
@@ -148,27 +159,29 @@ impl Host {
         let registry = self.registry();
         let mut plugins = std::collections::BTreeMap::new();
         for k in registry.list() {
-            plugins.entry(k.plugin.name().to_string()).or_insert_with(|| k.plugin.clone());
+            plugins
+                .entry(k.plugin.name().to_string())
+                .or_insert_with(|| k.plugin.clone());
         }
         plugins
             .into_values()
             .map(|p| {
-            let counters = p.counters();
-            use std::sync::atomic::Ordering::Relaxed;
-            PluginInfo {
-                name: p.name().to_string(),
-                file: p.path().map(|f| f.display().to_string()),
-                hash: p.hash().to_string(),
-                keys: p.definitions().iter().map(|d| d.key.clone()).collect(),
-                loaded_at_ms: p
-                    .loaded_at()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
-                calls: counters.calls.load(Relaxed),
-                faults: counters.faults.load(Relaxed),
-                instances_created: counters.instances.load(Relaxed),
-            }
+                let counters = p.counters();
+                use std::sync::atomic::Ordering::Relaxed;
+                PluginInfo {
+                    name: p.name().to_string(),
+                    file: p.path().map(|f| f.display().to_string()),
+                    hash: p.hash().to_string(),
+                    keys: p.definitions().iter().map(|d| d.key.clone()).collect(),
+                    loaded_at_ms: p
+                        .loaded_at()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    calls: counters.calls.load(Relaxed),
+                    faults: counters.faults.load(Relaxed),
+                    instances_created: counters.instances.load(Relaxed),
+                }
             })
             .collect()
     }

@@ -45,7 +45,13 @@ impl ApiError {
 /// blocking threads that run plugins.
 pub trait HostApi: Send + Sync + 'static {
     /// Answers `method path` with an optional JSON body.
-    fn call(&self, caller: &Caller<'_>, method: &str, path: &str, body: Option<&str>) -> Result<String, ApiError>;
+    fn call(
+        &self,
+        caller: &Caller<'_>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<String, ApiError>;
 }
 
 /// Largest value one plugin may store under one name.
@@ -93,9 +99,18 @@ impl BuiltinApi {
         serde_json::to_value(&*k.def).map_err(|e| ApiError::new(500, e.to_string()))
     }
 
-    fn state(&self, caller: &Caller<'_>, method: &str, name: &str, body: Option<&str>) -> Result<Value, ApiError> {
+    fn state(
+        &self,
+        caller: &Caller<'_>,
+        method: &str,
+        name: &str,
+        body: Option<&str>,
+    ) -> Result<Value, ApiError> {
         if name.is_empty() || name.len() > 256 || name.contains('/') {
-            return Err(ApiError::new(400, "state name must be 1 to 256 characters without '/'"));
+            return Err(ApiError::new(
+                400,
+                "state name must be 1 to 256 characters without '/'",
+            ));
         }
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = state.entry(caller.plugin.to_string()).or_default();
@@ -107,40 +122,67 @@ impl BuiltinApi {
             "PUT" => {
                 let body = body.ok_or_else(|| ApiError::new(400, "PUT needs a JSON body"))?;
                 if body.len() > MAX_STATE_VALUE {
-                    return Err(ApiError::new(413, format!("state values are limited to {MAX_STATE_VALUE} bytes")));
+                    return Err(ApiError::new(
+                        413,
+                        format!("state values are limited to {MAX_STATE_VALUE} bytes"),
+                    ));
                 }
                 let value: Value = serde_json::from_str(body)
                     .map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))?;
                 if !mine.contains_key(name) && mine.len() >= MAX_STATE_ENTRIES {
-                    return Err(ApiError::new(413, format!("a plugin may store at most {MAX_STATE_ENTRIES} names")));
+                    return Err(ApiError::new(
+                        413,
+                        format!("a plugin may store at most {MAX_STATE_ENTRIES} names"),
+                    ));
                 }
                 mine.insert(name.to_string(), value.clone());
                 Ok(value)
             }
             "DELETE" => Ok(json!({ "deleted": mine.remove(name).is_some() })),
-            _ => Err(ApiError::new(405, format!("{method} is not allowed on /v1/state (GET, PUT, DELETE)"))),
+            _ => Err(ApiError::new(
+                405,
+                format!("{method} is not allowed on /v1/state (GET, PUT, DELETE)"),
+            )),
         }
     }
 }
 
 impl HostApi for BuiltinApi {
-    fn call(&self, caller: &Caller<'_>, method: &str, path: &str, body: Option<&str>) -> Result<String, ApiError> {
+    fn call(
+        &self,
+        caller: &Caller<'_>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<String, ApiError> {
         let method = method.to_ascii_uppercase();
         let route = path.split('?').next().unwrap_or(path);
         let segments: Vec<&str> = route.trim_matches('/').split('/').collect();
         let value = match (method.as_str(), segments.as_slice()) {
             ("GET", ["v1", "keys"]) => self.keys(),
             ("GET", ["v1", "keys", key]) => self.key(key)?,
-            (_, ["v1", "keys", ..]) => return Err(ApiError::new(405, format!("{method} is not allowed on {route} (GET)"))),
+            (_, ["v1", "keys", ..]) => {
+                return Err(ApiError::new(
+                    405,
+                    format!("{method} is not allowed on {route} (GET)"),
+                ));
+            }
             (_, ["v1", "echo", ..]) => {
                 let body = match body {
-                    Some(b) => serde_json::from_str(b).unwrap_or_else(|_| Value::String(b.to_string())),
+                    Some(b) => {
+                        serde_json::from_str(b).unwrap_or_else(|_| Value::String(b.to_string()))
+                    }
                     None => Value::Null,
                 };
                 json!({ "method": method, "path": path, "body": body, "plugin": caller.plugin, "key": caller.key })
             }
             (m, ["v1", "state", name]) => self.state(caller, m, name, body)?,
-            _ => return Err(ApiError::new(404, format!("no host API route {method} {route}"))),
+            _ => {
+                return Err(ApiError::new(
+                    404,
+                    format!("no host API route {method} {route}"),
+                ));
+            }
         };
         Ok(value.to_string())
     }

@@ -33,13 +33,17 @@ impl KeySet {
     }
 
     pub fn describe(&self) -> Vec<wit::KeyDefinition> {
-        self.keys.iter().map(|(_, k)| k.definition().into_wit()).collect()
+        self.keys
+            .iter()
+            .map(|(_, k)| k.definition().into_wit())
+            .collect()
     }
 
     pub fn normalize_params(&self, key: &str, params: wit::Params) -> Result<wit::Params, String> {
         let k = self.get(key)?;
         let mut params = Params::from_pairs(params);
-        k.normalize_params(&HostApi, &mut params).map_err(|e| e.to_string())?;
+        k.normalize_params(&HostApi, &mut params)
+            .map_err(|e| e.to_string())?;
         Ok(params.into_pairs())
     }
 
@@ -49,15 +53,28 @@ impl KeySet {
         k.matches(&RawEvent::from(event), &Params::from_pairs(params))
     }
 
-    pub fn matches_batch(&self, key: &str, params: wit::Params, events: Vec<wit::RawEvent>) -> Vec<bool> {
+    pub fn matches_batch(
+        &self,
+        key: &str,
+        params: wit::Params,
+        events: Vec<wit::RawEvent>,
+    ) -> Vec<bool> {
         let Ok(k) = self.get(key) else {
             return vec![false; events.len()];
         };
         let params = Params::from_pairs(params);
-        events.into_iter().map(|e| k.matches(&RawEvent::from(e), &params)).collect()
+        events
+            .into_iter()
+            .map(|e| k.matches(&RawEvent::from(e), &params))
+            .collect()
     }
 
-    pub fn process(&self, key: &str, params: wit::Params, event: wit::RawEvent) -> Result<wit::Outcome, String> {
+    pub fn process(
+        &self,
+        key: &str,
+        params: wit::Params,
+        event: wit::RawEvent,
+    ) -> Result<wit::Outcome, String> {
         let k = self.get(key)?;
         run_process(k, &Params::from_pairs(params), event)
     }
@@ -71,26 +88,43 @@ impl KeySet {
         match self.get(key) {
             Ok(k) => {
                 let params = Params::from_pairs(params);
-                events.into_iter().map(|e| run_process(k, &params, e)).collect()
+                events
+                    .into_iter()
+                    .map(|e| run_process(k, &params, e))
+                    .collect()
             }
             Err(e) => events.iter().map(|_| Err(e.clone())).collect(),
         }
     }
 
-    pub fn pre_consume(&self, key: &str, subscription_id: &str, params: wit::Params) -> Result<(), String> {
+    pub fn pre_consume(
+        &self,
+        key: &str,
+        subscription_id: &str,
+        params: wit::Params,
+    ) -> Result<(), String> {
         let k = self.get(key)?;
         k.pre_consume(&HostApi, subscription_id, &Params::from_pairs(params))
             .map_err(|e| e.to_string())
     }
 
-    pub fn cleanup(&self, key: &str, subscription_id: &str, params: wit::Params) -> Result<(), String> {
+    pub fn cleanup(
+        &self,
+        key: &str,
+        subscription_id: &str,
+        params: wit::Params,
+    ) -> Result<(), String> {
         let k = self.get(key)?;
         k.cleanup(&HostApi, subscription_id, &Params::from_pairs(params))
             .map_err(|e| e.to_string())
     }
 }
 
-fn run_process(k: &dyn EventKey, params: &Params, event: wit::RawEvent) -> Result<wit::Outcome, String> {
+fn run_process(
+    k: &dyn EventKey,
+    params: &Params,
+    event: wit::RawEvent,
+) -> Result<wit::Outcome, String> {
     match k.process(&HostApi, &RawEvent::from(event), params) {
         Ok(Outcome::Emit(json)) => Ok(wit::Outcome::Emit(json)),
         Ok(Outcome::Drop) => Ok(wit::Outcome::Drop),

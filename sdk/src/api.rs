@@ -39,7 +39,12 @@ impl dyn Api + '_ {
     }
 
     /// `method path` with `body` serialized as JSON, the answer parsed into `T`.
-    pub fn send_json<B: Serialize, T: DeserializeOwned>(&self, method: &str, path: &str, body: &B) -> Result<T, Error> {
+    pub fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
         let body = serde_json::to_string(body)?;
         let text = self.call(method, path, Some(&body))?;
         Ok(serde_json::from_str(&text)?)

@@ -267,7 +267,10 @@ impl KeyDefinition {
     pub fn into_wit(self) -> wit::KeyDefinition {
         let mut implements = wit::Functions::empty();
         for (flag, wit_flag) in [
-            (Functions::NORMALIZE_PARAMS, wit::Functions::NORMALIZE_PARAMS),
+            (
+                Functions::NORMALIZE_PARAMS,
+                wit::Functions::NORMALIZE_PARAMS,
+            ),
             (Functions::MATCHES, wit::Functions::MATCHES),
             (Functions::PROCESS, wit::Functions::PROCESS),
             (Functions::PRE_CONSUME, wit::Functions::PRE_CONSUME),

@@ -41,8 +41,12 @@ impl RawEvent {
 
     /// The payload parsed into `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(&self.payload)
-            .map_err(|e| Error::msg(format!("event {}: payload is not the expected JSON: {e}", self.event_id)))
+        serde_json::from_str(&self.payload).map_err(|e| {
+            Error::msg(format!(
+                "event {}: payload is not the expected JSON: {e}",
+                self.event_id
+            ))
+        })
     }
 
     /// A top-level integer field of the payload, without parsing the rest into

@@ -101,18 +101,33 @@ pub trait EventKey: Send + Sync + 'static {
     }
 
     /// Transform one event into the consumer's output, or drop it.
-    fn process(&self, _api: &dyn Api, event: &RawEvent, _params: &Params) -> Result<Outcome, Error> {
+    fn process(
+        &self,
+        _api: &dyn Api,
+        event: &RawEvent,
+        _params: &Params,
+    ) -> Result<Outcome, Error> {
         Ok(Outcome::Emit(event.payload.clone()))
     }
 
     /// Runs once when the first consumer of `subscription_id` arrives.
-    fn pre_consume(&self, _api: &dyn Api, _subscription_id: &str, _params: &Params) -> Result<(), Error> {
+    fn pre_consume(
+        &self,
+        _api: &dyn Api,
+        _subscription_id: &str,
+        _params: &Params,
+    ) -> Result<(), Error> {
         Ok(())
     }
 
     /// Runs once when the last consumer of `subscription_id` leaves. Should be
     /// idempotent: the host may retry it after a fault.
-    fn cleanup(&self, _api: &dyn Api, _subscription_id: &str, _params: &Params) -> Result<(), Error> {
+    fn cleanup(
+        &self,
+        _api: &dyn Api,
+        _subscription_id: &str,
+        _params: &Params,
+    ) -> Result<(), Error> {
         Ok(())
     }
 }

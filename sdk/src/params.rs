@@ -34,7 +34,12 @@ impl Params {
 
     /// Parameters from borrowed pairs, handy in tests.
     pub fn of(pairs: &[(&str, &str)]) -> Self {
-        Self::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Self::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     /// The pairs, to hand back to the host.
@@ -44,7 +49,10 @@ impl Params {
 
     /// The raw value, if given.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets (or replaces) a value.
@@ -98,7 +106,12 @@ impl Params {
     /// Missing means empty.
     pub fn multi(&self, name: &str) -> Vec<&str> {
         self.get(name)
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -119,7 +132,10 @@ mod tests {
         assert_eq!(p.bool("b"), Ok(true));
         assert_eq!(p.multi("m"), vec!["a", "b", "c"]);
         assert!(p.multi("absent").is_empty());
-        assert_eq!(p.int("bad").unwrap_err().to_string(), "param `bad`: `x` is not an integer");
+        assert_eq!(
+            p.int("bad").unwrap_err().to_string(),
+            "param `bad`: `x` is not an integer"
+        );
         assert_eq!(p.str("absent").unwrap_err().reason, "missing");
     }
 
@@ -129,6 +145,9 @@ mod tests {
         p.set("a", "3");
         p.set("c", "4");
         p.remove("b");
-        assert_eq!(p.into_pairs(), vec![("a".into(), "3".into()), ("c".into(), "4".into())]);
+        assert_eq!(
+            p.into_pairs(),
+            vec![("a".into(), "3".into()), ("c".into(), "4".into())]
+        );
     }
 }

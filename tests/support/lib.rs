@@ -76,5 +76,8 @@ pub fn event(id: &str, event_type: &str, payload: serde_json::Value) -> RawEvent
 
 /// Parameters from pairs.
 pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

@@ -11,7 +11,8 @@ pub fn workspace_root(manifest_dir: &Path) -> PathBuf {
     manifest_dir
         .ancestors()
         .find(|dir| {
-            std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|toml| toml.contains("[workspace]"))
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|toml| toml.contains("[workspace]"))
         })
         .expect("a workspace root above the package")
         .to_path_buf()
@@ -24,6 +25,31 @@ pub fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
+/// Makes sure the `wasm32-wasip2` standard library is installed, adding it
+/// with rustup when it is missing, so that a fresh checkout builds with
+/// nothing but `cargo`.
+fn ensure_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if sysroot.is_some_and(|root| root.join("lib/rustlib/wasm32-wasip2").is_dir()) {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target with rustup");
+    let added = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    if !added.is_ok_and(|s| s.success()) {
+        println!(
+            "cargo:warning=`rustup target add wasm32-wasip2` failed; install the target by hand"
+        );
+    }
+}
+
 /// Builds `packages` for `wasm32-wasip2` with the `plugin` profile and copies
 /// each `<package>.wasm` (dashes as underscores) into `out`, each by write
 /// then rename so that a watcher never sees half a file. Tells cargo to rerun
@@ -32,11 +58,19 @@ pub fn build_components(root: &Path, packages: &[&str], watch: &[&str], out: &Pa
     for dir in watch {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
+    ensure_wasm_target();
     let wasm_target = target_dir(root).join("wasm-guests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "plugin", "--target-dir"])
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "plugin",
+            "--target-dir",
+        ])
         .arg(&wasm_target);
     for p in packages {
         cmd.args(["-p", p]);
@@ -54,7 +88,9 @@ pub fn build_components(root: &Path, packages: &[&str], watch: &[&str], out: &Pa
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cannot run cargo for the wasm32-wasip2 components");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo for the wasm32-wasip2 components");
     assert!(
         status.success(),
         "building {packages:?} for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
@@ -64,7 +100,8 @@ pub fn build_components(root: &Path, packages: &[&str], watch: &[&str], out: &Pa
         let file = format!("{}.wasm", p.replace('-', "_"));
         let built = wasm_target.join("wasm32-wasip2/plugin").join(&file);
         let tmp = out.join(format!(".{file}.tmp"));
-        std::fs::copy(&built, &tmp).unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+        std::fs::copy(&built, &tmp)
+            .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
         std::fs::rename(&tmp, out.join(&file)).expect("cannot rename the copied component");
     }
 }

@@ -28,7 +28,9 @@ pub enum AppError {
 impl AppError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Auth(AuthError::Missing | AuthError::Unknown) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Auth(AuthError::Missing | AuthError::Unknown) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             Self::Auth(AuthError::Forbidden { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -43,6 +45,10 @@ impl IntoResponse for AppError {
         if let Self::Internal(cause) = &self {
             tracing::error!("internal error: {cause:#}");
         }
-        (status, Json(json!({ "error": code, "detail": self.to_string() }))).into_response()
+        (
+            status,
+            Json(json!({ "error": code, "detail": self.to_string() })),
+        )
+            .into_response()
     }
 }

@@ -42,8 +42,14 @@ pub fn router(host: Arc<Host>) -> Router {
 
 /// Serves `host` on `listener` until `shutdown` completes, then finishes the
 /// requests in flight.
-pub async fn run(listener: TcpListener, host: Arc<Host>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    axum::serve(listener, router(host)).with_graceful_shutdown(shutdown).await?;
+pub async fn run(
+    listener: TcpListener,
+    host: Arc<Host>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(host))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -61,23 +67,39 @@ async fn not_found() -> AppError {
     AppError::NotFound("no such route".into())
 }
 
-async fn list_keys(State(host): State<Arc<Host>>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+async fn list_keys(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
     authorize(&host, &headers, Role::Query)?;
     let registry = host.registry();
     let keys: Vec<_> = registry.list().map(|k| k.def.as_ref().clone()).collect();
-    Ok(Json(serde_json::to_value(keys).map_err(|e| AppError::Internal(e.into()))?))
+    Ok(Json(
+        serde_json::to_value(keys).map_err(|e| AppError::Internal(e.into()))?,
+    ))
 }
 
-async fn get_key(State(host): State<Arc<Host>>, headers: HeaderMap, Path(key): Path<String>) -> Result<Json<Value>, AppError> {
+async fn get_key(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, AppError> {
     authorize(&host, &headers, Role::Query)?;
     let registry = host.registry();
     let k = registry
         .lookup(&key)
         .ok_or_else(|| AppError::NotFound(format!("no key `{key}`")))?;
-    Ok(Json(serde_json::to_value(k.def.as_ref()).map_err(|e| AppError::Internal(e.into()))?))
+    Ok(Json(
+        serde_json::to_value(k.def.as_ref()).map_err(|e| AppError::Internal(e.into()))?,
+    ))
 }
 
-async fn list_plugins(State(host): State<Arc<Host>>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+async fn list_plugins(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
     authorize(&host, &headers, Role::Admin)?;
-    Ok(Json(json!({ "loaded": host.plugins(), "failed": host.failed_plugins() })))
+    Ok(Json(
+        json!({ "loaded": host.plugins(), "failed": host.failed_plugins() }),
+    ))
 }

@@ -181,13 +181,20 @@ impl PluginEngine {
     /// Compiles `bytes`, instantiates it once and asks it to `describe`
     /// itself. The definitions are not checked against the rules here: that
     /// is the registry's job.
-    pub fn load_bytes(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<LoadedPlugin, LoadError> {
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<LoadedPlugin, LoadError> {
         let hash = hex::encode(Sha256::digest(bytes));
         let compile_err = |reason: String| LoadError::Compile {
             file: name.to_string(),
             reason,
         };
-        let component = self.compile(bytes, &hash).map_err(|e| compile_err(format!("{e:#}")))?;
+        let component = self
+            .compile(bytes, &hash)
+            .map_err(|e| compile_err(format!("{e:#}")))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -237,7 +244,9 @@ impl PluginEngine {
             // operator gives this host for that purpose alone.
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(file = %cached.display(), "ignoring unusable compiled cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(file = %cached.display(), "ignoring unusable compiled cache entry: {e:#}")
+                }
             }
         }
         let component = Component::new(&self.engine, bytes)?;
@@ -333,7 +342,10 @@ impl std::fmt::Debug for LoadedPlugin {
         f.debug_struct("LoadedPlugin")
             .field("name", &self.name)
             .field("hash", &self.hash)
-            .field("keys", &self.defs.iter().map(|d| &d.key).collect::<Vec<_>>())
+            .field(
+                "keys",
+                &self.defs.iter().map(|d| &d.key).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -394,7 +406,11 @@ impl LoadedPlugin {
     }
 
     fn instantiate(&self, deadline: Duration) -> Result<Slot, PluginFault> {
-        let state = StoreState::new(self.name.as_str().into(), self.limits.memory_bytes, self.api.clone());
+        let state = StoreState::new(
+            self.name.as_str().into(),
+            self.limits.memory_bytes,
+            self.api.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks(deadline));
@@ -404,10 +420,14 @@ impl LoadedPlugin {
             Ok(world) => Ok(Slot { store, world }),
             Err(e) => {
                 let flags = store.data_mut().end();
-                Err(match classify(e, &flags, deadline, &self.limits, String::new()) {
-                    PluginFault::Trap(m) | PluginFault::Malformed(m) => PluginFault::Instantiate(m),
-                    other => other,
-                })
+                Err(
+                    match classify(e, &flags, deadline, &self.limits, String::new()) {
+                        PluginFault::Trap(m) | PluginFault::Malformed(m) => {
+                            PluginFault::Instantiate(m)
+                        }
+                        other => other,
+                    },
+                )
             }
         }
     }
@@ -434,7 +454,11 @@ impl LoadedPlugin {
         f: impl FnOnce(&bindings::Plugin, &mut Store<StoreState>) -> wasmtime::Result<Checked<T>>,
     ) -> Checked<T> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         let mut slot = match pooled {
             Some(slot) => slot,
             None => self.instantiate(deadline).inspect_err(|_| {
@@ -475,20 +499,37 @@ impl LoadedPlugin {
         if self.require(key, Function::NormalizeParams).is_err() {
             return Ok(params.clone());
         }
-        self.call(key, Running::NormalizeParams, self.limits.call_deadline, |w, s| {
-            w.weir_plugin_event_key().call_normalize_params(s, key, params)
-        })?
+        self.call(
+            key,
+            Running::NormalizeParams,
+            self.limits.call_deadline,
+            |w, s| {
+                w.weir_plugin_event_key()
+                    .call_normalize_params(s, key, params)
+            },
+        )?
         .map_err(PluginFault::Failed)
     }
 
     /// Runs `matches` on one event; `true` for keys that do not implement it.
-    pub fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
+    pub fn matches(
+        &self,
+        key: &str,
+        params: &Params,
+        event: &RawEvent,
+    ) -> Result<bool, PluginFault> {
         if self.require(key, Function::Matches).is_err() {
             return Ok(true);
         }
-        self.call(key, Running::Matches, self.limits.matches_deadline, |w, s| {
-            w.weir_plugin_event_key().call_matches(s, key, params, event)
-        })
+        self.call(
+            key,
+            Running::Matches,
+            self.limits.matches_deadline,
+            |w, s| {
+                w.weir_plugin_event_key()
+                    .call_matches(s, key, params, event)
+            },
+        )
     }
 
     /// Runs `matches-batch`: one answer per event. When the batch as a whole
@@ -503,26 +544,43 @@ impl LoadedPlugin {
         if self.require(key, Function::Matches).is_err() {
             return vec![Ok(true); events.len()];
         }
-        let batch = self.call_checked(key, Running::Matches, self.limits.matches_deadline, |w, s| {
-            let answers = w.weir_plugin_event_key().call_matches_batch(s, key, params, events)?;
-            Ok(check_len(answers, events.len()))
-        });
+        let batch = self.call_checked(
+            key,
+            Running::Matches,
+            self.limits.matches_deadline,
+            |w, s| {
+                let answers = w
+                    .weir_plugin_event_key()
+                    .call_matches_batch(s, key, params, events)?;
+                Ok(check_len(answers, events.len()))
+            },
+        );
         match batch {
             Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(_) if events.len() > 1 => events.iter().map(|e| self.matches(key, params, e)).collect(),
+            Err(_) if events.len() > 1 => events
+                .iter()
+                .map(|e| self.matches(key, params, e))
+                .collect(),
             Err(fault) => vec![Err(fault)],
         }
     }
 
     /// Runs `process` on one event. A key with a native schema (no
     /// `process`) emits the payload unchanged.
-    pub fn process(&self, key: &str, params: &Params, event: &RawEvent) -> Result<Outcome, PluginFault> {
+    pub fn process(
+        &self,
+        key: &str,
+        params: &Params,
+        event: &RawEvent,
+    ) -> Result<Outcome, PluginFault> {
         if self.require(key, Function::Process).is_err() {
             return Ok(Outcome::Emit(event.payload.clone()));
         }
         let limit = self.limits.max_output_bytes;
         self.call_checked(key, Running::Process, self.limits.call_deadline, |w, s| {
-            let result = w.weir_plugin_event_key().call_process(s, key, params, event)?;
+            let result = w
+                .weir_plugin_event_key()
+                .call_process(s, key, params, event)?;
             Ok(check_outcome(result, limit))
         })
     }
@@ -536,11 +594,16 @@ impl LoadedPlugin {
         events: &[RawEvent],
     ) -> Vec<Result<Outcome, PluginFault>> {
         if self.require(key, Function::Process).is_err() {
-            return events.iter().map(|e| Ok(Outcome::Emit(e.payload.clone()))).collect();
+            return events
+                .iter()
+                .map(|e| Ok(Outcome::Emit(e.payload.clone())))
+                .collect();
         }
         let limit = self.limits.max_output_bytes;
         let batch = self.call_checked(key, Running::Process, self.limits.call_deadline, |w, s| {
-            let results = w.weir_plugin_event_key().call_process_batch(s, key, params, events)?;
+            let results = w
+                .weir_plugin_event_key()
+                .call_process_batch(s, key, params, events)?;
             // A single oversized or malformed output fails the batch, and the
             // per-event retry pins the fault on that event alone.
             Ok(check_len(results, events.len()).and_then(|results| {
@@ -556,29 +619,49 @@ impl LoadedPlugin {
         });
         match batch {
             Ok(results) => results,
-            Err(_) if events.len() > 1 => events.iter().map(|e| self.process(key, params, e)).collect(),
+            Err(_) if events.len() > 1 => events
+                .iter()
+                .map(|e| self.process(key, params, e))
+                .collect(),
             Err(fault) => vec![Err(fault)],
         }
     }
 
     /// Runs `pre-consume` if the key implements it.
-    pub fn pre_consume(&self, key: &str, subscription_id: &str, params: &Params) -> Result<(), PluginFault> {
+    pub fn pre_consume(
+        &self,
+        key: &str,
+        subscription_id: &str,
+        params: &Params,
+    ) -> Result<(), PluginFault> {
         if self.require(key, Function::PreConsume).is_err() {
             return Ok(());
         }
-        self.call(key, Running::PreConsume, self.limits.call_deadline, |w, s| {
-            w.weir_plugin_event_key().call_pre_consume(s, key, subscription_id, params)
-        })?
+        self.call(
+            key,
+            Running::PreConsume,
+            self.limits.call_deadline,
+            |w, s| {
+                w.weir_plugin_event_key()
+                    .call_pre_consume(s, key, subscription_id, params)
+            },
+        )?
         .map_err(PluginFault::Failed)
     }
 
     /// Runs `cleanup` if the key implements it.
-    pub fn cleanup(&self, key: &str, subscription_id: &str, params: &Params) -> Result<(), PluginFault> {
+    pub fn cleanup(
+        &self,
+        key: &str,
+        subscription_id: &str,
+        params: &Params,
+    ) -> Result<(), PluginFault> {
         if self.require(key, Function::Cleanup).is_err() {
             return Ok(());
         }
         self.call(key, Running::Cleanup, self.limits.call_deadline, |w, s| {
-            w.weir_plugin_event_key().call_cleanup(s, key, subscription_id, params)
+            w.weir_plugin_event_key()
+                .call_cleanup(s, key, subscription_id, params)
         })?
         .map_err(PluginFault::Failed)
     }
@@ -601,11 +684,17 @@ fn check_len<T>(answers: Vec<T>, expected: usize) -> Checked<Vec<T>> {
     }
 }
 
-fn check_outcome(result: Result<bindings::types::Outcome, String>, limit: usize) -> Checked<Outcome> {
+fn check_outcome(
+    result: Result<bindings::types::Outcome, String>,
+    limit: usize,
+) -> Checked<Outcome> {
     match result {
         Ok(bindings::types::Outcome::Emit(json)) => {
             if json.len() > limit {
-                return Err(PluginFault::OutputTooLarge { size: json.len(), limit });
+                return Err(PluginFault::OutputTooLarge {
+                    size: json.len(),
+                    limit,
+                });
             }
             serde_json::from_str::<serde::de::IgnoredAny>(&json)
                 .map_err(|e| PluginFault::Malformed(format!("emitted output is not JSON: {e}")))?;
@@ -616,7 +705,13 @@ fn check_outcome(result: Result<bindings::types::Outcome, String>, limit: usize)
     }
 }
 
-fn classify(e: wasmtime::Error, flags: &state::CallFlags, deadline: Duration, limits: &Limits, stderr: String) -> PluginFault {
+fn classify(
+    e: wasmtime::Error,
+    flags: &state::CallFlags,
+    deadline: Duration,
+    limits: &Limits,
+    stderr: String,
+) -> PluginFault {
     if flags.memory_exhausted {
         return PluginFault::MemoryExhausted {
             limit: limits.memory_bytes,

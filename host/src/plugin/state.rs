@@ -52,17 +52,30 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exhausted = true;
             // An error (not `Ok(false)`) traps at once instead of letting the
             // guest's allocator limp on.
-            wasmtime::bail!("memory limit of {} bytes exhausted (asked for {desired})", self.limit);
+            wasmtime::bail!(
+                "memory limit of {} bytes exhausted (asked for {desired})",
+                self.limit
+            );
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -129,11 +142,19 @@ impl StoreState {
 
     /// What the guest wrote to stderr during the current call, if anything.
     pub fn call_stderr(&self) -> String {
-        self.tag.lock().unwrap_or_else(PoisonError::into_inner).stderr.clone()
+        self.tag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stderr
+            .clone()
     }
 
     fn key(&self) -> String {
-        self.tag.lock().unwrap_or_else(PoisonError::into_inner).key.clone()
+        self.tag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .key
+            .clone()
     }
 }
 
@@ -153,15 +174,30 @@ impl host::Host for StoreState {
         let key = self.key();
         let plugin = &*self.plugin;
         match level {
-            host::LogLevel::Trace => tracing::trace!(target: "weir::plugin", plugin, key, "{message}"),
-            host::LogLevel::Debug => tracing::debug!(target: "weir::plugin", plugin, key, "{message}"),
-            host::LogLevel::Info => tracing::info!(target: "weir::plugin", plugin, key, "{message}"),
-            host::LogLevel::Warn => tracing::warn!(target: "weir::plugin", plugin, key, "{message}"),
-            host::LogLevel::Error => tracing::error!(target: "weir::plugin", plugin, key, "{message}"),
+            host::LogLevel::Trace => {
+                tracing::trace!(target: "weir::plugin", plugin, key, "{message}")
+            }
+            host::LogLevel::Debug => {
+                tracing::debug!(target: "weir::plugin", plugin, key, "{message}")
+            }
+            host::LogLevel::Info => {
+                tracing::info!(target: "weir::plugin", plugin, key, "{message}")
+            }
+            host::LogLevel::Warn => {
+                tracing::warn!(target: "weir::plugin", plugin, key, "{message}")
+            }
+            host::LogLevel::Error => {
+                tracing::error!(target: "weir::plugin", plugin, key, "{message}")
+            }
         }
     }
 
-    fn call_api(&mut self, method: String, path: String, body: Option<String>) -> Result<String, host::ApiError> {
+    fn call_api(
+        &mut self,
+        method: String,
+        path: String,
+        body: Option<String>,
+    ) -> Result<String, host::ApiError> {
         let key = self.key();
         if self.running == Running::Matches {
             self.flags.api_in_matches = true;
@@ -239,7 +275,10 @@ impl LogSink {
                 tracing::warn!(target: "weir::plugin::stderr", plugin, key, "{line}");
                 // Kept for the fault message; Rust's backtrace hint is noise there.
                 let line = line.trim();
-                if !line.is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE") && tag.stderr.len() < MAX_CALL_STDERR {
+                if !line.is_empty()
+                    && !line.starts_with("note: run with `RUST_BACKTRACE")
+                    && tag.stderr.len() < MAX_CALL_STDERR
+                {
                     if !tag.stderr.is_empty() {
                         tag.stderr.push_str(" | ");
                     }
@@ -287,7 +326,11 @@ impl Pollable for LogSink {
 }
 
 impl AsyncWrite for LogSink {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

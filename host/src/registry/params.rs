@@ -58,7 +58,10 @@ pub fn check_value(p: &ParamDef, value: &str) -> Result<(), String> {
 /// types checked. Allowed values are checked here only for keys without
 /// `normalize-params` (which may map aliases onto values); for the others,
 /// [`verify_normalized`] checks the normalized result.
-pub fn resolve(def: &KeyDefinition, given: &[(String, String)]) -> Result<Vec<(String, String)>, ParamError> {
+pub fn resolve(
+    def: &KeyDefinition,
+    given: &[(String, String)],
+) -> Result<Vec<(String, String)>, ParamError> {
     let mut values = BTreeMap::new();
     for (name, value) in given {
         if def.param(name).is_none() {
@@ -68,12 +71,19 @@ pub fn resolve(def: &KeyDefinition, given: &[(String, String)]) -> Result<Vec<(S
                 reason: format!(
                     "unknown parameter of key `{}` (known: {})",
                     def.key,
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             });
         }
         if values.insert(name.clone(), value.clone()).is_some() {
-            return Err(ParamError { name: name.clone(), reason: "given more than once".into() });
+            return Err(ParamError {
+                name: name.clone(),
+                reason: "given more than once".into(),
+            });
         }
     }
     let normalizes = def.implements(Function::NormalizeParams);
@@ -84,14 +94,21 @@ pub fn resolve(def: &KeyDefinition, given: &[(String, String)]) -> Result<Vec<(S
             Some(v) => {
                 let listed = matches!(p.ty, ParamType::Enum | ParamType::Multi);
                 if !(listed && normalizes) {
-                    check_value(p, &v).map_err(|reason| ParamError { name: p.name.clone(), reason })?;
+                    check_value(p, &v).map_err(|reason| ParamError {
+                        name: p.name.clone(),
+                        reason,
+                    })?;
                 }
                 out.push((p.name.clone(), v));
             }
             None if p.required => {
                 return Err(ParamError {
                     name: p.name.clone(),
-                    reason: format!("required {} parameter is missing: {}", p.ty.as_str(), p.description),
+                    reason: format!(
+                        "required {} parameter is missing: {}",
+                        p.ty.as_str(),
+                        p.description
+                    ),
                 });
             }
             None => {}
@@ -102,13 +119,19 @@ pub fn resolve(def: &KeyDefinition, given: &[(String, String)]) -> Result<Vec<(S
 
 /// Checks the parameters `normalize-params` returned: no unknown names, no
 /// required one dropped, every value of its type and among the allowed values.
-pub fn verify_normalized(def: &KeyDefinition, params: &[(String, String)]) -> Result<(), ParamError> {
+pub fn verify_normalized(
+    def: &KeyDefinition,
+    params: &[(String, String)],
+) -> Result<(), ParamError> {
     for (name, value) in params {
         let p = def.param(name).ok_or_else(|| ParamError {
             name: name.clone(),
             reason: "normalize-params returned a parameter the key does not declare".into(),
         })?;
-        check_value(p, value).map_err(|reason| ParamError { name: name.clone(), reason })?;
+        check_value(p, value).map_err(|reason| ParamError {
+            name: name.clone(),
+            reason,
+        })?;
     }
     for p in def.params.iter().filter(|p| p.required) {
         if !params.iter().any(|(n, _)| n == &p.name) {

@@ -120,7 +120,9 @@ pub fn check_definitions(file: &str, defs: &[KeyDefinition]) -> Vec<Registration
         if !seen.insert(key) {
             push(key, Rule::DuplicateKeyInPlugin);
         }
-        check_event_type(&def.event_type).into_iter().for_each(|r| push(key, r));
+        check_event_type(&def.event_type)
+            .into_iter()
+            .for_each(|r| push(key, r));
         let mut names = HashSet::new();
         for p in &def.params {
             if p.name.trim().is_empty() {
@@ -130,17 +132,36 @@ pub fn check_definitions(file: &str, defs: &[KeyDefinition]) -> Vec<Registration
             }
             let listed = matches!(p.ty, ParamType::Enum | ParamType::Multi);
             if listed && p.values.is_empty() {
-                push(key, Rule::MissingValues { param: p.name.clone(), ty: p.ty.as_str() });
+                push(
+                    key,
+                    Rule::MissingValues {
+                        param: p.name.clone(),
+                        ty: p.ty.as_str(),
+                    },
+                );
             }
             for v in &p.values {
                 if v.description.trim().is_empty() {
-                    push(key, Rule::ValueWithoutDescription { param: p.name.clone(), value: v.value.clone() });
+                    push(
+                        key,
+                        Rule::ValueWithoutDescription {
+                            param: p.name.clone(),
+                            value: v.value.clone(),
+                        },
+                    );
                 }
             }
-            if let Some(default) = &p.default {
-                if let Err(reason) = super::params::check_value(p, default) {
-                    push(key, Rule::InvalidDefault { param: p.name.clone(), default: default.clone(), reason });
-                }
+            if let Some(default) = &p.default
+                && let Err(reason) = super::params::check_value(p, default)
+            {
+                push(
+                    key,
+                    Rule::InvalidDefault {
+                        param: p.name.clone(),
+                        default: default.clone(),
+                        reason,
+                    },
+                );
             }
         }
         match &def.schema {

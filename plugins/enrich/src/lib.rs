@@ -51,7 +51,11 @@ impl EventKey for Enrich {
 
     fn normalize_params(&self, _api: &dyn Api, params: &mut Params) -> Result<(), Error> {
         let tag = params.str("tag")?.trim().to_lowercase();
-        if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if tag.is_empty()
+            || !tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(Error::msg(format!(
                 "param `tag`: `{tag}` must be letters, digits, '-' or '_'"
             )));
@@ -62,9 +66,12 @@ impl EventKey for Enrich {
 
     fn process(&self, api: &dyn Api, event: &RawEvent, params: &Params) -> Result<Outcome, Error> {
         let tag = params.str("tag")?;
-        let registration: Option<Registration> = match api.get_json(&state_path(tag)) {
-            Ok(r) => Some(r),
-            Err(_) => None,
+        // No record (404) means no pre-consume ran for this tag: enrich
+        // without it. Any other failure is the event's error.
+        let registration: Option<Registration> = match api.call("GET", &state_path(tag), None) {
+            Ok(text) => Some(serde_json::from_str(&text)?),
+            Err(e) if e.status == 404 => None,
+            Err(e) => return Err(e.into()),
         };
         let keys: Vec<KeySummary> = api.get_json("/v1/keys")?;
         let payload: Value = event.json()?;
@@ -80,7 +87,12 @@ impl EventKey for Enrich {
         }))
     }
 
-    fn pre_consume(&self, api: &dyn Api, subscription_id: &str, params: &Params) -> Result<(), Error> {
+    fn pre_consume(
+        &self,
+        api: &dyn Api,
+        subscription_id: &str,
+        params: &Params,
+    ) -> Result<(), Error> {
         let tag = params.str("tag")?;
         let body = Registration {
             subscription_id: subscription_id.to_string(),
@@ -113,19 +125,28 @@ mod tests {
             .on("GET", "/v1/state/tag-ops", |_| {
                 Ok(r#"{"subscription_id":"s1","tag":"ops"}"#.into())
             })
-            .on("GET", "/v1/keys", |_| Ok(r#"[{"key":"a"},{"key":"b"}]"#.into()));
+            .on("GET", "/v1/keys", |_| {
+                Ok(r#"[{"key":"a"},{"key":"b"}]"#.into())
+            });
         let ev = RawEvent::new("x", r#"{"n":1}"#).with_id("e1");
-        let out = Enrich.process(&api, &ev, &Params::of(&[("tag", "ops")])).unwrap();
+        let out = Enrich
+            .process(&api, &ev, &Params::of(&[("tag", "ops")]))
+            .unwrap();
         let out = out.json().unwrap();
         assert_eq!(out["enrichment"]["subscription"]["subscription_id"], "s1");
-        assert_eq!(out["enrichment"]["host_keys"], serde_json::json!(["a", "b"]));
+        assert_eq!(
+            out["enrichment"]["host_keys"],
+            serde_json::json!(["a", "b"])
+        );
         assert_eq!(out["payload"]["n"], 1);
     }
 
     #[test]
     fn pre_consume_and_cleanup_call_the_api() {
         let api = MockApi::new()
-            .on("PUT", "/v1/state/tag-ops", |b| Ok(b.unwrap_or("{}").to_string()))
+            .on("PUT", "/v1/state/tag-ops", |b| {
+                Ok(b.unwrap_or("{}").to_string())
+            })
             .on("DELETE", "/v1/state/tag-ops", |_| Ok("{}".into()));
         let p = Params::of(&[("tag", "ops")]);
         Enrich.pre_consume(&api, "sub-1", &p).unwrap();
@@ -139,9 +160,14 @@ mod tests {
     #[test]
     fn api_failure_is_an_error() {
         let api = MockApi::new().on("PUT", "/v1/state/tag-ops", |_| {
-            Err(ApiError { status: 403, message: "denied".into() })
+            Err(ApiError {
+                status: 403,
+                message: "denied".into(),
+            })
         });
-        let err = Enrich.pre_consume(&api, "s", &Params::of(&[("tag", "ops")])).unwrap_err();
+        let err = Enrich
+            .pre_consume(&api, "s", &Params::of(&[("tag", "ops")]))
+            .unwrap_err();
         assert!(err.message().contains("403"), "{err}");
     }
 

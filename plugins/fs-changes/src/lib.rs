@@ -106,22 +106,36 @@ impl EventKey for FsChanges {
     }
 
     fn matches(&self, event: &RawEvent, params: &Params) -> bool {
-        let Some(kind) = kind_of(&event.event_type) else { return false };
-        if params.get("kinds").is_some_and(|k| !k.is_empty() && k != kind) {
+        let Some(kind) = kind_of(&event.event_type) else {
+            return false;
+        };
+        if params
+            .get("kinds")
+            .is_some_and(|k| !k.is_empty() && k != kind)
+        {
             return false;
         }
         let wanted = params.multi("extensions");
         if wanted.is_empty() {
             return true;
         }
-        let Ok(payload) = event.json::<FsPayload>() else { return false };
-        extension(&payload.path).is_some_and(|ext| wanted.iter().any(|w| w.eq_ignore_ascii_case(ext)))
+        let Ok(payload) = event.json::<FsPayload>() else {
+            return false;
+        };
+        extension(&payload.path)
+            .is_some_and(|ext| wanted.iter().any(|w| w.eq_ignore_ascii_case(ext)))
     }
 
-    fn process(&self, _api: &dyn Api, event: &RawEvent, _params: &Params) -> Result<Outcome, Error> {
+    fn process(
+        &self,
+        _api: &dyn Api,
+        event: &RawEvent,
+        _params: &Params,
+    ) -> Result<Outcome, Error> {
         let payload: FsPayload = event.json()?;
-        let kind = kind_of(&event.event_type)
-            .ok_or_else(|| Error::msg(format!("`{}` is not a file-system event", event.event_type)))?;
+        let kind = kind_of(&event.event_type).ok_or_else(|| {
+            Error::msg(format!("`{}` is not a file-system event", event.event_type))
+        })?;
         let ext = extension(&payload.path).map(str::to_lowercase);
         Outcome::emit(&Change {
             kind,
@@ -164,7 +178,9 @@ mod tests {
     #[test]
     fn process_emits_compact_record() {
         let ev = RawEvent::new("fs.delete", r#"{"path":"/a/b.CSV","size":10,"extra":1}"#);
-        let out = FsChanges.process(&MockApi::new(), &ev, &Params::default()).unwrap();
+        let out = FsChanges
+            .process(&MockApi::new(), &ev, &Params::default())
+            .unwrap();
         assert_eq!(
             out.json().unwrap(),
             serde_json::json!({"kind":"delete","path":"/a/b.CSV","ext":"csv","is_dir":false,"size":10,"mtime":null})

@@ -61,8 +61,11 @@ impl EventKey for LargeFiles {
             .description("File inserts and updates at or above a size, with a human-readable size")
             .param(ParamDef::int("min_size", "Smallest file size in bytes").required())
             .param(
-                ParamDef::string("path_prefix", "Only files whose path starts with this prefix")
-                    .subscription_key(),
+                ParamDef::string(
+                    "path_prefix",
+                    "Only files whose path starts with this prefix",
+                )
+                .subscription_key(),
             )
             .custom_schema(SCHEMA)
             .implements(Functions::MATCHES | Functions::PROCESS)
@@ -70,14 +73,21 @@ impl EventKey for LargeFiles {
 
     fn matches(&self, event: &RawEvent, params: &Params) -> bool {
         // A missing or negative min_size cannot select anything sensible.
-        let Ok(min) = params.int("min_size") else { return false };
+        let Ok(min) = params.int("min_size") else {
+            return false;
+        };
         let Ok(payload) = serde_json::from_str::<FsPayload<'_>>(&event.payload) else {
             return false;
         };
         Self::selects(&payload, min.max(0) as u64, params.get("path_prefix"))
     }
 
-    fn process(&self, _api: &dyn Api, event: &RawEvent, _params: &Params) -> Result<Outcome, Error> {
+    fn process(
+        &self,
+        _api: &dyn Api,
+        event: &RawEvent,
+        _params: &Params,
+    ) -> Result<Outcome, Error> {
         let payload: FsPayload<'_> = serde_json::from_str(&event.payload)?;
         let size = payload
             .size
@@ -124,7 +134,10 @@ mod tests {
         assert!(k.matches(&event(r#"{"path":"/data/a","size":1000}"#), &params));
         assert!(!k.matches(&event(r#"{"path":"/data/a","size":999}"#), &params));
         assert!(!k.matches(&event(r#"{"path":"/other/a","size":5000}"#), &params));
-        assert!(!k.matches(&event(r#"{"path":"/data/d","size":5000,"is_dir":true}"#), &params));
+        assert!(!k.matches(
+            &event(r#"{"path":"/data/d","size":5000,"is_dir":true}"#),
+            &params
+        ));
         assert!(!k.matches(&event(r#"{"path":"/data/gone"}"#), &params));
         assert!(!k.matches(&event("not json"), &params));
     }

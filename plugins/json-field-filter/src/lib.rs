@@ -25,7 +25,11 @@ fn equals(value: &Value, expected: &str) -> bool {
         Value::String(s) => s == expected,
         Value::Number(n) => {
             n.to_string() == expected
-                || expected.parse::<f64>().ok().zip(n.as_f64()).is_some_and(|(a, b)| a == b)
+                || expected
+                    .parse::<f64>()
+                    .ok()
+                    .zip(n.as_f64())
+                    .is_some_and(|(a, b)| a == b)
         }
         Value::Bool(b) => expected == if *b { "true" } else { "false" },
         Value::Null => expected == "null",
@@ -37,18 +41,30 @@ impl EventKey for FieldEquals {
     fn definition(&self) -> KeyDefinition {
         KeyDefinition::new("json.field_equals", "*")
             .display_name("JSON field filter")
-            .description("Events whose payload field (dotted path) equals a value, delivered unchanged")
-            .param(ParamDef::string("field", "Dotted path of the payload field, such as new_status").required())
+            .description(
+                "Events whose payload field (dotted path) equals a value, delivered unchanged",
+            )
+            .param(
+                ParamDef::string(
+                    "field",
+                    "Dotted path of the payload field, such as new_status",
+                )
+                .required(),
+            )
             .param(ParamDef::string("equals", "The value the field must have").required())
-            .param(ParamDef::string("event_type", "Only events of this exact type; empty: all").subscription_key())
+            .param(
+                ParamDef::string("event_type", "Only events of this exact type; empty: all")
+                    .subscription_key(),
+            )
             .implements(Functions::MATCHES)
     }
 
     fn matches(&self, event: &RawEvent, params: &Params) -> bool {
-        if let Some(t) = params.get("event_type").filter(|t| !t.is_empty()) {
-            if t != event.event_type {
-                return false;
-            }
+        if params
+            .get("event_type")
+            .is_some_and(|t| !t.is_empty() && t != event.event_type)
+        {
+            return false;
         }
         let (Ok(field), Ok(expected)) = (params.str("field"), params.str("equals")) else {
             return false;

@@ -67,7 +67,8 @@ impl EventKey for Chaos {
                 Ok(Outcome::Emit("{}".into()))
             }
             "api" => {
-                let echoed: serde_json::Value = api.send_json("POST", "/v1/echo", &serde_json::json!({"n": 1}))?;
+                let echoed: serde_json::Value =
+                    api.send_json("POST", "/v1/echo", &serde_json::json!({"n": 1}))?;
                 Outcome::emit(&echoed)
             }
             "probe" => Outcome::emit(&serde_json::json!({
@@ -81,8 +82,16 @@ impl EventKey for Chaos {
         }
     }
 
-    fn pre_consume(&self, _api: &dyn Api, _subscription_id: &str, params: &Params) -> Result<(), Error> {
-        Err(Error::msg(format!("pre-consume refuses {} params", params.iter().count())))
+    fn pre_consume(
+        &self,
+        _api: &dyn Api,
+        _subscription_id: &str,
+        params: &Params,
+    ) -> Result<(), Error> {
+        Err(Error::msg(format!(
+            "pre-consume refuses {} params",
+            params.iter().count()
+        )))
     }
 }
 

@@ -6,7 +6,8 @@ pub struct K;
 impl EventKey for K {
     fn definition(&self) -> KeyDefinition {
         KeyDefinition::new("rule.bad_default", "x.y").param(
-            ParamDef::enumeration("mode", "A mode", &[("fast", "Fast"), ("slow", "Slow")]).default_value("medium"),
+            ParamDef::enumeration("mode", "A mode", &[("fast", "Fast"), ("slow", "Slow")])
+                .default_value("medium"),
         )
     }
 }

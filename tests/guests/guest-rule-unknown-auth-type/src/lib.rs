@@ -5,7 +5,9 @@ use weir_sdk::prelude::*;
 pub struct K;
 impl EventKey for K {
     fn definition(&self) -> KeyDefinition {
-        KeyDefinition::new("rule.auth", "x.y").auth_type("user").auth_type("robot")
+        KeyDefinition::new("rule.auth", "x.y")
+            .auth_type("user")
+            .auth_type("robot")
     }
 }
 

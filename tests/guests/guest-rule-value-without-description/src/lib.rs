@@ -5,8 +5,11 @@ use weir_sdk::prelude::*;
 pub struct K;
 impl EventKey for K {
     fn definition(&self) -> KeyDefinition {
-        KeyDefinition::new("rule.undescribed", "x.y")
-            .param(ParamDef::enumeration("mode", "A mode", &[("fast", "Fast"), ("slow", " ")]))
+        KeyDefinition::new("rule.undescribed", "x.y").param(ParamDef::enumeration(
+            "mode",
+            "A mode",
+            &[("fast", "Fast"), ("slow", " ")],
+        ))
     }
 }
 
