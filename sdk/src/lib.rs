@@ -34,6 +34,8 @@
 //! Keys are plain Rust: unit-test them natively with `cargo test` and a
 //! [`testing::MockApi`]; no WebAssembly is involved until the component build.
 
+#![warn(missing_docs)]
+
 extern crate self as weir_sdk;
 
 mod api;

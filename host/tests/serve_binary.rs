@@ -1,0 +1,87 @@
+//! The real `weir` binary: `weir serve` with its default plugin directory
+//! starts, serves the example keys, and exits 0 on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A minimal HTTP/1.1 GET; returns the status line and the body.
+fn get(addr: &str, path: &str, key: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.lines().next().unwrap_or_default().to_string();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_starts_with_the_example_plugins_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("WEIR_QUERY_KEY", "smoke-query")
+        .env_remove("WEIR_PLUGINS")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let start = Instant::now();
+    let mut addr = None;
+    let mut generated = 0;
+    let mut lines = stderr.lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("generated ") {
+            generated += 1;
+        }
+        if line.contains("weir serving") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["fields"]["keys"], 4, "{line}");
+            addr = v["fields"]["addr"].as_str().map(str::to_string);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no start line");
+    }
+    // Ingest and admin keys were not given: generated and printed.
+    assert_eq!(generated, 2);
+    let addr = addr.expect("the host logs its address");
+    let (status, body) = get(&addr, "/v1/keys", "smoke-query");
+    assert!(status.contains("200"), "{status} {body}");
+    assert!(body.contains("\"fs.large_files\""), "{body}");
+    let (status, _) = get(&addr, "/v1/keys", "wrong");
+    assert!(status.contains("401"), "{status}");
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Drain the rest of stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "weir did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
