@@ -187,3 +187,79 @@ impl HostApi for BuiltinApi {
         Ok(value.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(
+        api: &BuiltinApi,
+        plugin: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let caller = Caller { plugin, key: "k" };
+        api.call(&caller, method, path, body)
+            .map(|s| serde_json::from_str(&s).unwrap())
+    }
+
+    #[test]
+    fn state_is_per_plugin() {
+        let api = BuiltinApi::new(Default::default());
+        assert_eq!(
+            call(&api, "a", "PUT", "/v1/state/x", Some(r#"{"v":1}"#)),
+            Ok(json!({"v": 1}))
+        );
+        assert_eq!(
+            call(&api, "a", "get", "/v1/state/x", None),
+            Ok(json!({"v": 1}))
+        );
+        assert_eq!(
+            call(&api, "b", "GET", "/v1/state/x", None)
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(
+            call(&api, "a", "DELETE", "/v1/state/x", None),
+            Ok(json!({"deleted": true}))
+        );
+        assert_eq!(
+            call(&api, "a", "DELETE", "/v1/state/x", None),
+            Ok(json!({"deleted": false}))
+        );
+        assert_eq!(api.state_of("a", "x"), None);
+    }
+
+    #[test]
+    fn bad_requests_are_clear() {
+        let api = BuiltinApi::new(Default::default());
+        let status = |m, p, b| call(&api, "a", m, p, b).unwrap_err();
+        assert_eq!(status("PUT", "/v1/state/x", Some("{no")).status, 400);
+        assert_eq!(
+            status("PUT", "/v1/state/x", None).message,
+            "PUT needs a JSON body"
+        );
+        let big = format!("\"{}\"", "x".repeat(MAX_STATE_VALUE));
+        assert_eq!(status("PUT", "/v1/state/x", Some(&big)).status, 413);
+        assert_eq!(status("POST", "/v1/state/x", Some("{}")).status, 405);
+        assert_eq!(status("POST", "/v1/keys", None).status, 405);
+        assert_eq!(status("GET", "/v1/keys/none", None).status, 404);
+        assert_eq!(
+            status("GET", "/v2/anything", None).message,
+            "no host API route GET /v2/anything"
+        );
+    }
+
+    #[test]
+    fn echo_answers_what_it_was_sent() {
+        let api = BuiltinApi::new(Default::default());
+        let got = call(&api, "a", "post", "/v1/echo/x?y=1", Some("[1]")).unwrap();
+        assert_eq!(
+            got,
+            json!({"method": "POST", "path": "/v1/echo/x?y=1", "body": [1], "plugin": "a", "key": "k"})
+        );
+        assert_eq!(call(&api, "a", "GET", "/v1/keys", None), Ok(json!([])));
+    }
+}

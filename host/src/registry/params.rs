@@ -168,3 +168,129 @@ pub fn subscription_id(def: &KeyDefinition, params: &[(String, String)]) -> Stri
     }
     format!("{}@{}", def.key, &hex::encode(hasher.finalize())[..16])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{OutputSchema, ParamValue};
+
+    fn p(name: &str, ty: ParamType) -> ParamDef {
+        ParamDef {
+            name: name.into(),
+            ty,
+            required: false,
+            default: None,
+            description: format!("the {name}"),
+            values: vec![],
+            subscription_key: false,
+        }
+    }
+
+    fn values(list: &[&str]) -> Vec<ParamValue> {
+        list.iter()
+            .map(|v| ParamValue {
+                value: v.to_string(),
+                description: "x".into(),
+            })
+            .collect()
+    }
+
+    fn key(implements: Vec<Function>) -> KeyDefinition {
+        let mut min = p("min", ParamType::Int);
+        min.required = true;
+        let mut kind = p("kind", ParamType::Enum);
+        kind.values = values(&["a", "b"]);
+        kind.default = Some("a".into());
+        let mut tags = p("tags", ParamType::Multi);
+        tags.values = values(&["x", "y"]);
+        tags.subscription_key = true;
+        let mut dir = p("dir", ParamType::String);
+        dir.subscription_key = true;
+        KeyDefinition {
+            key: "k".into(),
+            display_name: String::new(),
+            description: String::new(),
+            event_type: "*".into(),
+            params: vec![min, kind, tags, dir, p("flag", ParamType::Bool)],
+            schema: OutputSchema::Native,
+            scopes: vec![],
+            auth_types: vec![],
+            required_console_events: vec![],
+            buffer_size: None,
+            workers: None,
+            implements,
+        }
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_filled_in_definition_order() {
+        let got = resolve(&key(vec![]), &pairs(&[("flag", "true"), ("min", "5")])).unwrap();
+        assert_eq!(got, pairs(&[("min", "5"), ("kind", "a"), ("flag", "true")]));
+    }
+
+    #[test]
+    fn errors_name_the_param_and_what_is_allowed() {
+        let k = key(vec![]);
+        let err = |given: &[(&str, &str)]| resolve(&k, &pairs(given)).unwrap_err().to_string();
+        assert_eq!(
+            err(&[]),
+            "param `min`: required int parameter is missing: the min"
+        );
+        assert_eq!(err(&[("min", "x")]), "param `min`: `x` is not an integer");
+        assert_eq!(
+            err(&[("min", "1"), ("kind", "c")]),
+            "param `kind`: `c` is not one of: a, b"
+        );
+        assert_eq!(
+            err(&[("min", "1"), ("tags", "x,z")]),
+            "param `tags`: `z` is not one of: x, y"
+        );
+        assert_eq!(
+            err(&[("min", "1"), ("flag", "yes")]),
+            "param `flag`: `yes` is not true or false"
+        );
+        assert_eq!(
+            err(&[("min", "1"), ("min", "2")]),
+            "param `min`: given more than once"
+        );
+        assert_eq!(
+            err(&[("nope", "1")]),
+            "param `nope`: unknown parameter of key `k` (known: min, kind, tags, dir, flag)"
+        );
+    }
+
+    #[test]
+    fn listed_values_are_checked_after_normalization_for_normalizing_keys() {
+        let k = key(vec![Function::NormalizeParams]);
+        let raw = resolve(&k, &pairs(&[("min", "1"), ("tags", ".X")])).unwrap();
+        assert_eq!(
+            verify_normalized(&k, &raw).unwrap_err().to_string(),
+            "param `tags`: `.X` is not one of: x, y"
+        );
+        assert!(verify_normalized(&k, &pairs(&[("min", "1"), ("tags", "x")])).is_ok());
+        assert_eq!(
+            verify_normalized(&k, &pairs(&[("tags", "x")]))
+                .unwrap_err()
+                .to_string(),
+            "param `min`: normalize-params dropped this required parameter"
+        );
+    }
+
+    #[test]
+    fn subscription_identity() {
+        let k = key(vec![]);
+        assert_eq!(subscription_id(&k, &pairs(&[("min", "1")])), "k");
+        let a = subscription_id(&k, &pairs(&[("min", "1"), ("dir", "/a"), ("tags", "x")]));
+        let b = subscription_id(&k, &pairs(&[("tags", "x"), ("min", "9"), ("dir", "/a")]));
+        let c = subscription_id(&k, &pairs(&[("tags", "x"), ("dir", "/b")]));
+        assert_eq!(a, b, "order and non-identity params do not matter");
+        assert_ne!(a, c);
+        assert!(a.starts_with("k@") && a.len() == 2 + 16, "{a}");
+    }
+}

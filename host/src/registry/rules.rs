@@ -208,3 +208,117 @@ fn check_event_type(t: &str) -> Option<Rule> {
             && !body.ends_with('.'));
     (!valid).then(|| Rule::InvalidEventType(t.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{ParamDef, ParamValue};
+
+    fn def(key: &str, event_type: &str) -> KeyDefinition {
+        KeyDefinition {
+            key: key.into(),
+            display_name: String::new(),
+            description: String::new(),
+            event_type: event_type.into(),
+            params: vec![],
+            schema: OutputSchema::Native,
+            scopes: vec![],
+            auth_types: vec![],
+            required_console_events: vec![],
+            buffer_size: None,
+            workers: None,
+            implements: vec![],
+        }
+    }
+
+    fn param(name: &str, ty: ParamType) -> ParamDef {
+        ParamDef {
+            name: name.into(),
+            ty,
+            required: false,
+            default: None,
+            description: "d".into(),
+            values: vec![],
+            subscription_key: false,
+        }
+    }
+
+    fn rules(defs: &[KeyDefinition]) -> Vec<Rule> {
+        check_definitions("p.wasm", defs)
+            .into_iter()
+            .map(|e| e.rule)
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_definition_breaks_nothing() {
+        let mut d = def("a.b", "fs.*");
+        d.params.push(param("n", ParamType::Int));
+        d.schema = OutputSchema::Custom {
+            json_schema: "{}".into(),
+        };
+        d.implements = vec![Function::Matches, Function::Process];
+        d.buffer_size = Some(1000);
+        d.auth_types = vec!["user".into(), "bot".into()];
+        assert_eq!(rules(&[d]), []);
+    }
+
+    #[test]
+    fn event_type_patterns() {
+        for ok in ["*", "fs.*", "deal.status.changed", "x"] {
+            assert_eq!(rules(&[def("k", ok)]), [], "{ok}");
+        }
+        for bad in ["fs*", "*.x", "a.*.b", ".a", "a.", "a b", ".*"] {
+            assert_eq!(
+                rules(&[def("k", bad)]),
+                [Rule::InvalidEventType(bad.into())],
+                "{bad}"
+            );
+        }
+        assert_eq!(rules(&[def("k", " ")]), [Rule::EmptyEventType]);
+    }
+
+    #[test]
+    fn plugin_wide_and_key_rules() {
+        assert_eq!(rules(&[]), [Rule::NoKeys]);
+        assert_eq!(rules(&[def("", "x")]), [Rule::EmptyKey]);
+        let mut d = def("k", "x");
+        d.schema = OutputSchema::Custom {
+            json_schema: "{nope".into(),
+        };
+        d.buffer_size = Some(0);
+        d.params = vec![
+            param("a", ParamType::String),
+            param("a", ParamType::String),
+            param("", ParamType::Bool),
+        ];
+        let got = rules(&[d]);
+        assert_eq!(got[0], Rule::DuplicateParam("a".into()));
+        assert_eq!(got[1], Rule::EmptyParamName);
+        assert_eq!(got[2], Rule::CustomSchemaWithoutProcess);
+        assert!(matches!(got[3], Rule::InvalidSchema(_)));
+        assert_eq!(got[4], Rule::ZeroBuffer);
+    }
+
+    #[test]
+    fn defaults_are_checked_against_the_type() {
+        let mut d = def("k", "x");
+        let mut n = param("n", ParamType::Int);
+        n.default = Some("ten".into());
+        let mut m = param("m", ParamType::Multi);
+        m.values = vec![ParamValue {
+            value: "a".into(),
+            description: "A".into(),
+        }];
+        m.default = Some("a, a".into());
+        d.params = vec![n, m];
+        assert_eq!(
+            rules(&[d]),
+            [Rule::InvalidDefault {
+                param: "n".into(),
+                default: "ten".into(),
+                reason: "`ten` is not an integer".into()
+            }]
+        );
+    }
+}
