@@ -15,7 +15,12 @@ fn main() {
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = weir_build_support::workspace_root(&manifest);
     let out = weir_build_support::target_dir(&root).join("weir-plugins");
-    weir_build_support::build_components(&root, PLUGINS, &["plugins", "sdk/src", "wit"], &out);
+    weir_build_support::build_components(
+        &root,
+        PLUGINS,
+        &["plugins", "sdk/src", "wit", "Cargo.toml"],
+        &out,
+    );
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-env=WEIR_EXAMPLE_PLUGIN_DIR={}", out.display());
 }

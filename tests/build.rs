@@ -16,7 +16,12 @@ fn main() {
     guests.sort();
     let names: Vec<&str> = guests.iter().map(String::as_str).collect();
     let out = weir_build_support::target_dir(&root).join("weir-test-guests");
-    weir_build_support::build_components(&root, &names, &["tests/guests", "sdk/src", "wit"], &out);
+    weir_build_support::build_components(
+        &root,
+        &names,
+        &["tests/guests", "sdk/src", "wit", "Cargo.toml"],
+        &out,
+    );
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-env=WEIR_TEST_GUEST_DIR={}", out.display());
 }
