@@ -89,7 +89,7 @@ fn validate_accepts_examples_and_lists_every_broken_rule() {
     assert_eq!(code, 1);
     assert!(
         out.contains(
-            "guest_rule_missing_values: key `rule.no_values`: enum parameter `mode` has no values"
+            "guest_rule_missing_values.wasm: key `rule.no_values`: enum parameter `mode` has no values"
         ),
         "{out}"
     );

@@ -16,7 +16,7 @@ fn rejected(name: &str) -> Vec<RegistrationError> {
         Err(PluginLoadError::Rejected(errors)) => errors,
         other => panic!("{name}: expected a rejection, got {other:?}"),
     };
-    let file = name.replace('-', "_");
+    let file = format!("{}.wasm", name.replace('-', "_"));
     for e in &errors {
         assert_eq!(e.file, file);
         assert!(
@@ -59,7 +59,7 @@ fn duplicate_key_against_a_loaded_plugin() {
         (
             "fs.large_files".into(),
             Rule::DuplicateKey {
-                other: "fs_large_files".into()
+                other: "fs_large_files.wasm".into()
             }
         )
     );

@@ -365,6 +365,16 @@ impl LoadedPlugin {
         self.path.as_deref()
     }
 
+    /// The file name (`fs_large_files.wasm`) for messages; the plugin name
+    /// when it was not loaded from a file.
+    pub fn file_label(&self) -> String {
+        self.path
+            .as_deref()
+            .and_then(Path::file_name)
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.name.clone())
+    }
+
     /// SHA-256 of the component bytes, hex.
     pub fn hash(&self) -> &str {
         &self.hash

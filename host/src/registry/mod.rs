@@ -44,15 +44,15 @@ impl Registry {
     /// Every rule `plugin` breaks, on its own and against the keys already
     /// registered. Empty means it can be registered.
     pub fn check(&self, plugin: &LoadedPlugin) -> Vec<RegistrationError> {
-        let file = plugin.name();
-        let mut errors = check_definitions(file, plugin.definitions());
+        let file = plugin.file_label();
+        let mut errors = check_definitions(&file, plugin.definitions());
         for def in plugin.definitions() {
             if let Some(existing) = self.keys.get(&def.key) {
                 errors.push(RegistrationError {
                     file: file.to_string(),
                     key: def.key.clone(),
                     rule: Rule::DuplicateKey {
-                        other: existing.plugin.name().to_string(),
+                        other: existing.plugin.file_label(),
                     },
                 });
             }
