@@ -7,6 +7,7 @@
 //! - [`plugin`]: the wasmtime engine, loaded plugins, faults.
 //! - [`registry`]: key definitions, registration rules, parameter checks.
 //! - [`hostapi`]: the routes plugins reach through `call-api`.
+//! - [`index`]: the hash tree of file-system metadata and its arbitration rules.
 //! - [`auth`]: API keys and roles.
 //! - [`host`]: the assembled core (registry + engine + plugin directory).
 //! - [`api`]: the axum router over the core, and [`run`].
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod host;
 pub mod hostapi;
+pub mod index;
 pub mod plugin;
 pub mod registry;
 
