@@ -26,6 +26,7 @@
 //! ignored rows return nothing.
 
 pub mod tree;
+pub mod view;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

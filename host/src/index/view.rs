@@ -1,0 +1,280 @@
+//! Tree views written as JSON straight from the index: no intermediate
+//! `serde_json::Value` tree, so a large subtree costs its bytes and little
+//! else.
+//!
+//! Node shape (Fustor's): `{name, content_type, path, size, modified_time,
+//! created_time, integrity_suspect, children?}`; `only_path` keeps `name`,
+//! `content_type`, `path` and `children`. `max_depth = 0` writes no
+//! `children` key; `recursive = false` writes `children: []` on a directory;
+//! files never have `children`.
+
+use std::io::{self, Write};
+
+use super::{FsIndex, NodeId};
+
+/// What a tree request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeQuery {
+    /// Normalized path of the subtree root.
+    pub path: String,
+    /// List children at all (`false`: the node with `children: []`).
+    pub recursive: bool,
+    /// Levels of children to list (`None`: all).
+    pub max_depth: Option<u32>,
+    /// Names, types and paths only.
+    pub only_path: bool,
+}
+
+/// Why a tree cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// No node at that path.
+    #[error("path `{0}` is not in the index")]
+    NotFound(String),
+    /// The subtree asked for has more nodes than allowed.
+    #[error(
+        "the subtree at `{path}` has more than {limit} items; ask for a smaller path or a max_depth"
+    )]
+    TooLarge {
+        /// The path asked for.
+        path: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// Writing failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Checks the query against the index and the size guard (`limit` items in
+/// the part of the subtree the query would write).
+pub fn check_tree(ix: &FsIndex, q: &TreeQuery, limit: usize) -> Result<NodeId, ViewError> {
+    let id = ix
+        .tree()
+        .get(&q.path)
+        .ok_or_else(|| ViewError::NotFound(q.path.clone()))?;
+    let depth = if q.recursive { q.max_depth } else { Some(0) };
+    let mut count = 1usize;
+    let mut stack: Vec<(NodeId, u32)> = vec![(id, 0)];
+    while let Some((n, d)) = stack.pop() {
+        if depth.is_some_and(|max| d >= max) {
+            continue;
+        }
+        for &child in ix.tree().children(n) {
+            count += 1;
+            if count > limit {
+                return Err(ViewError::TooLarge {
+                    path: q.path.clone(),
+                    limit,
+                });
+            }
+            stack.push((child, d + 1));
+        }
+    }
+    Ok(id)
+}
+
+/// Writes the subtree `q` asks for as JSON. Call [`check_tree`] first.
+pub fn write_tree(
+    ix: &FsIndex,
+    q: &TreeQuery,
+    root: NodeId,
+    now: f64,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let mut w = NodeWriter {
+        ix,
+        q,
+        now,
+        path: ix.tree().path(root),
+    };
+    w.node(root, 0, out)
+}
+
+struct NodeWriter<'a> {
+    ix: &'a FsIndex,
+    q: &'a TreeQuery,
+    now: f64,
+    /// Path of the node being written; children push and pop their names.
+    path: String,
+}
+
+fn json_str(out: &mut impl Write, s: &str) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, s).map_err(io::Error::other)
+}
+
+fn json_f64(out: &mut impl Write, v: f64) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &v).map_err(io::Error::other)
+}
+
+impl NodeWriter<'_> {
+    fn node(&mut self, id: NodeId, depth: u32, out: &mut impl Write) -> io::Result<()> {
+        let tree = self.ix.tree();
+        let meta = tree.meta(id);
+        out.write_all(b"{\"name\":")?;
+        json_str(out, tree.name(id))?;
+        out.write_all(if meta.is_dir {
+            b",\"content_type\":\"directory\",\"path\":"
+        } else {
+            b",\"content_type\":\"file\",\"path\":"
+        })?;
+        json_str(out, &self.path)?;
+        if !self.q.only_path {
+            write!(out, ",\"size\":{},\"modified_time\":", meta.size)?;
+            json_f64(out, meta.mtime)?;
+            out.write_all(b",\"created_time\":")?;
+            json_f64(out, meta.ctime)?;
+            let suspect = self.ix.is_suspect(id, self.now);
+            out.write_all(if suspect {
+                b",\"integrity_suspect\":true"
+            } else {
+                b",\"integrity_suspect\":false"
+            })?;
+        }
+        if meta.is_dir {
+            match (self.q.recursive, self.q.max_depth) {
+                (_, Some(max)) if depth >= max => {}
+                (false, _) => out.write_all(b",\"children\":[]")?,
+                (true, _) => {
+                    out.write_all(b",\"children\":[")?;
+                    for (i, &child) in tree.children(id).iter().enumerate() {
+                        if i > 0 {
+                            out.write_all(b",")?;
+                        }
+                        let len = self.path.len();
+                        if !self.path.ends_with('/') {
+                            self.path.push('/');
+                        }
+                        self.path.push_str(tree.name(child));
+                        self.node(child, depth + 1, out)?;
+                        self.path.truncate(len);
+                    }
+                    out.write_all(b"]")?;
+                }
+            }
+        }
+        out.write_all(b"}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::index::{IndexConfig, Meta, Source, Upsert};
+
+    const NOW: f64 = 1_800_000_000.0;
+
+    fn ix() -> FsIndex {
+        let mut ix = FsIndex::new(IndexConfig::default());
+        let up = |ix: &mut FsIndex, path: &str, is_dir: bool, size: u64, mtime: f64| {
+            let row = Upsert {
+                path: path.into(),
+                meta: Meta {
+                    is_dir,
+                    size,
+                    mtime,
+                    ctime: 1.5,
+                },
+                is_atomic_write: None,
+                audit_skipped: false,
+                parent_mtime: None,
+            };
+            ix.upsert(&row, Source::Snapshot, NOW);
+        };
+        up(&mut ix, "/", true, 4096, 10.0);
+        up(&mut ix, "/a", true, 4096, 11.0);
+        up(&mut ix, "/a/x \"q\".txt", false, 5, 12.0);
+        up(&mut ix, "/a/hot", false, 6, NOW - 1.0);
+        up(&mut ix, "/b.txt", false, 7, 13.0);
+        ix
+    }
+
+    fn tree(q: TreeQuery) -> Value {
+        let ix = ix();
+        let root = check_tree(&ix, &q, 100).unwrap();
+        let mut out = Vec::new();
+        write_tree(&ix, &q, root, NOW, &mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn q(path: &str) -> TreeQuery {
+        TreeQuery {
+            path: path.into(),
+            recursive: true,
+            max_depth: None,
+            only_path: false,
+        }
+    }
+
+    #[test]
+    fn full_tree_with_metadata() {
+        let t = tree(q("/"));
+        assert_eq!(t["path"], "/");
+        assert_eq!(t["content_type"], "directory");
+        let a = &t["children"][0];
+        assert_eq!(a["path"], "/a");
+        assert_eq!(
+            a["children"][0],
+            json!({"name": "x \"q\".txt", "content_type": "file", "path": "/a/x \"q\".txt", "size": 5,
+                   "modified_time": 12.0, "created_time": 1.5, "integrity_suspect": false})
+        );
+        assert_eq!(a["children"][1]["integrity_suspect"], true);
+        assert_eq!(t["children"][1]["path"], "/b.txt");
+    }
+
+    #[test]
+    fn depth_recursion_and_only_path() {
+        let t = tree(TreeQuery {
+            max_depth: Some(0),
+            ..q("/")
+        });
+        assert!(t.get("children").is_none());
+        let t = tree(TreeQuery {
+            max_depth: Some(1),
+            ..q("/")
+        });
+        assert!(t["children"][0].get("children").is_none());
+        let t = tree(TreeQuery {
+            recursive: false,
+            ..q("/a")
+        });
+        assert_eq!(t["children"], json!([]));
+        let t = tree(TreeQuery {
+            only_path: true,
+            ..q("/a")
+        });
+        assert_eq!(
+            t["children"][1],
+            json!({"name": "hot", "content_type": "file", "path": "/a/hot"})
+        );
+        assert!(t.get("size").is_none());
+    }
+
+    #[test]
+    fn unknown_paths_and_the_size_guard_apply_to_the_subtree() {
+        let ix = ix();
+        assert!(matches!(
+            check_tree(&ix, &q("/nope"), 100),
+            Err(ViewError::NotFound(_))
+        ));
+        // The whole tree has 6 nodes; /a has 3: a limit of 3 refuses / only.
+        assert!(matches!(
+            check_tree(&ix, &q("/"), 3),
+            Err(ViewError::TooLarge { limit: 3, .. })
+        ));
+        assert!(check_tree(&ix, &q("/a"), 3).is_ok());
+        assert!(
+            check_tree(
+                &ix,
+                &TreeQuery {
+                    max_depth: Some(1),
+                    ..q("/")
+                },
+                3
+            )
+            .is_ok()
+        );
+    }
+}
