@@ -8,6 +8,8 @@
 //! - [`registry`]: key definitions, registration rules, parameter checks.
 //! - [`hostapi`]: the routes plugins reach through `call-api`.
 //! - [`index`]: the hash tree of file-system metadata and its arbitration rules.
+//! - [`ingest`]: agent pushes parsed row by row into index operations.
+//! - [`session`]: agent sessions of a datastore (last agent wins).
 //! - [`auth`]: API keys and roles.
 //! - [`host`]: the assembled core (registry + engine + plugin directory).
 //! - [`api`]: the axum router over the core, and [`run`].
@@ -19,8 +21,10 @@ pub mod cli;
 pub mod host;
 pub mod hostapi;
 pub mod index;
+pub mod ingest;
 pub mod plugin;
 pub mod registry;
+pub mod session;
 
 pub use api::run;
 
