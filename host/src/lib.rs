@@ -10,6 +10,7 @@
 //! - [`index`]: the hash tree of file-system metadata and its arbitration rules.
 //! - [`ingest`]: agent pushes parsed row by row into index operations.
 //! - [`session`]: agent sessions of a datastore (last agent wins).
+//! - [`datastore`]: sessions + queue + index + READY logic of one datastore.
 //! - [`auth`]: API keys and roles.
 //! - [`host`]: the assembled core (registry + engine + plugin directory).
 //! - [`api`]: the axum router over the core, and [`run`].
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod datastore;
 pub mod host;
 pub mod hostapi;
 pub mod index;

@@ -1,0 +1,632 @@
+//! A datastore: one authoritative agent session, a bounded ingestion queue
+//! applied in order by a worker thread, the file-system index, and the READY
+//! logic that guards its views. Knows nothing of HTTP.
+//!
+//! READY (views answer) when all hold: the authoritative session is alive
+//! and its snapshot end was applied; the queue is empty; no batch is being
+//! applied; no consistency alarm is raised.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::index::{Change, FsIndex, IndexConfig, Source};
+use crate::ingest::rows::{Batch, Op, Rejected};
+use crate::session::{Session, SessionConfig, SessionError, Sessions};
+
+/// Settings of one datastore.
+#[derive(Debug, Clone)]
+pub struct DatastoreConfig {
+    /// Its name (`default` for the built-in one).
+    pub name: String,
+    /// Session timing.
+    pub sessions: SessionConfig,
+    /// Arbitration tunables.
+    pub index: IndexConfig,
+    /// Most rows waiting in the queue; pushes beyond get 503.
+    pub queue_rows: usize,
+    /// Most nodes one tree answer may hold.
+    pub max_tree_items: usize,
+}
+
+impl DatastoreConfig {
+    /// Defaults for a datastore called `name`.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            sessions: SessionConfig::default(),
+            index: IndexConfig::default(),
+            queue_rows: 100_000,
+            max_tree_items: 100_000,
+        }
+    }
+}
+
+/// Wall-clock seconds since the Unix epoch.
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A change applied to a datastore's index, for the change feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedChange {
+    /// The datastore.
+    pub datastore: String,
+    /// The change.
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+/// What the agent is told when its session is created.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionGrant {
+    /// The new session id.
+    pub session_id: String,
+    /// Always `leader`: the newest session is authoritative.
+    pub role: &'static str,
+    /// Seconds without heartbeat or push before it expires.
+    pub session_timeout_seconds: u64,
+    /// How often to audit.
+    pub audit_interval_sec: f64,
+    /// How often to ask for sentinel tasks.
+    pub sentinel_interval_sec: f64,
+    /// Human text.
+    pub message: String,
+}
+
+/// Why a push is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PushError {
+    /// The session may not push (the agent re-creates its session).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The queue is full; try again later. Nothing of the push was accepted.
+    #[error("the ingestion queue of datastore `{datastore}` is full ({queued} of {capacity} rows)")]
+    QueueFull {
+        /// Datastore name.
+        datastore: String,
+        /// Rows waiting.
+        queued: usize,
+        /// Capacity.
+        capacity: usize,
+    },
+}
+
+/// What an accepted push reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReceipt {
+    /// Rows accepted into the queue.
+    pub count: usize,
+    /// Rows rejected, with reasons.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Why views are not available.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// No live authoritative session.
+    #[error("datastore `{0}` has no live agent session; start an agent")]
+    NoSession(String),
+    /// The snapshot has not ended.
+    #[error("datastore `{0}` is waiting for the agent's snapshot to complete")]
+    SnapshotPending(String),
+    /// Pushes are waiting or being applied.
+    #[error("datastore `{0}` is applying queued changes")]
+    Applying(String),
+    /// A consistency alarm locks the views until the next complete snapshot.
+    #[error("datastore `{0}` has a consistency alarm; waiting for a new complete snapshot")]
+    Alarm(String),
+}
+
+/// Work for the apply thread, in arrival order.
+enum Job {
+    Batch { session: String, batch: Batch },
+    AuditStart,
+    AuditEnd,
+}
+
+struct Queue {
+    jobs: VecDeque<(Job, usize)>,
+    rows: usize,
+    closed: bool,
+}
+
+/// Counters for stats and metrics.
+#[derive(Debug, Default)]
+struct Counters {
+    rows_applied: AtomicU64,
+    rows_ignored: AtomicU64,
+    rows_rejected: AtomicU64,
+    /// Latency of the last applied realtime row, ms (observed index to apply).
+    last_event_latency_ms: AtomicU64,
+}
+
+/// One datastore.
+pub struct Datastore {
+    config: DatastoreConfig,
+    sessions: Mutex<Sessions>,
+    index: RwLock<FsIndex>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    applying: AtomicBool,
+    alarm: AtomicBool,
+    counters: Counters,
+    feed: broadcast::Sender<Arc<FeedChange>>,
+}
+
+impl Datastore {
+    /// Creates the datastore and its apply thread.
+    pub fn start(config: DatastoreConfig) -> std::io::Result<Arc<Self>> {
+        let (feed, _) = broadcast::channel(4096);
+        let ds = Arc::new(Self {
+            sessions: Mutex::new(Sessions::new(config.sessions)),
+            index: RwLock::new(FsIndex::new(config.index)),
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                rows: 0,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            applying: AtomicBool::new(false),
+            alarm: AtomicBool::new(false),
+            counters: Counters::default(),
+            feed,
+            config,
+        });
+        let worker = Arc::downgrade(&ds);
+        std::thread::Builder::new()
+            .name(format!("weir-apply-{}", ds.config.name))
+            .spawn(move || apply_loop(worker))?;
+        Ok(ds)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &DatastoreConfig {
+        &self.config
+    }
+
+    /// Receives every applied change from now on.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<FeedChange>> {
+        self.feed.subscribe()
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates the new authoritative session. The previous one becomes
+    /// obsolete at once; the index starts over from the new snapshot.
+    pub fn create_session(&self, task_id: &str) -> SessionGrant {
+        let (session, previous) = self.sessions().create(task_id, Instant::now());
+        {
+            let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
+            ix.clear();
+        }
+        tracing::info!(datastore = %self.config.name, session = %session.id, task_id, obsoleted = ?previous, "agent session created");
+        let c = self.config.sessions;
+        SessionGrant {
+            session_id: session.id,
+            role: "leader",
+            session_timeout_seconds: c.timeout.as_secs(),
+            audit_interval_sec: c.audit_interval.as_secs_f64(),
+            sentinel_interval_sec: c.sentinel_interval.as_secs_f64(),
+            message: "Session created successfully".into(),
+        }
+    }
+
+    /// A heartbeat of session `id`.
+    pub fn heartbeat(&self, id: &str) -> Result<(), SessionError> {
+        self.sessions().touch(id, Instant::now()).map(|_| ())
+    }
+
+    /// Ends session `id`; idempotent.
+    pub fn delete_session(&self, id: &str) -> bool {
+        self.sessions().delete(id)
+    }
+
+    /// The authoritative session, if alive.
+    pub fn session(&self) -> Option<Session> {
+        self.sessions().alive(Instant::now()).cloned()
+    }
+
+    /// Accepts a push of session `id` into the queue (also a keep-alive).
+    /// All or nothing: a full queue refuses the whole push.
+    pub fn push(&self, id: &str, batch: Batch) -> Result<PushReceipt, PushError> {
+        self.sessions().touch(id, Instant::now())?;
+        let rows = batch.ops.len().max(1);
+        let rejected = batch.rejected.clone();
+        self.counters
+            .rows_rejected
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        for r in &rejected {
+            tracing::warn!(datastore = %self.config.name, session = id, event = r.event, row = ?r.row, "row rejected: {}", r.reason);
+        }
+        let count = batch.ops.len();
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.rows + rows > self.config.queue_rows && !q.jobs.is_empty() {
+            return Err(PushError::QueueFull {
+                datastore: self.config.name.clone(),
+                queued: q.rows,
+                capacity: self.config.queue_rows,
+            });
+        }
+        q.rows += rows;
+        q.jobs.push_back((
+            Job::Batch {
+                session: id.to_string(),
+                batch,
+            },
+            rows,
+        ));
+        drop(q);
+        self.wake.notify_one();
+        Ok(PushReceipt { count, rejected })
+    }
+
+    fn enqueue(&self, job: Job) {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.jobs.push_back((job, 0));
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// The agent starts an audit (applied in order with the pushes).
+    pub fn audit_start(&self) {
+        self.enqueue(Job::AuditStart);
+    }
+
+    /// The agent ends an audit.
+    pub fn audit_end(&self) {
+        self.enqueue(Job::AuditEnd);
+    }
+
+    /// Raises a consistency alarm: views answer 503 until the next
+    /// complete snapshot.
+    pub fn raise_alarm(&self) {
+        self.alarm.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether views may answer now.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        let name = || self.config.name.clone();
+        if self.alarm.load(Ordering::SeqCst) {
+            return Err(NotReady::Alarm(name()));
+        }
+        if self.sessions().alive(Instant::now()).is_none() {
+            return Err(NotReady::NoSession(name()));
+        }
+        // Queued work first: the snapshot end may be waiting in the queue.
+        let busy = {
+            let q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            !q.jobs.is_empty() || self.applying.load(Ordering::SeqCst)
+        };
+        if busy {
+            return Err(NotReady::Applying(name()));
+        }
+        // Read after the queue check, so that a snapshot end applied in
+        // between is seen.
+        match self.sessions().alive(Instant::now()) {
+            None => Err(NotReady::NoSession(name())),
+            Some(s) if !s.snapshot_done => Err(NotReady::SnapshotPending(name())),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Runs `f` on the index under a read lock.
+    pub fn read_index<R>(&self, f: impl FnOnce(&FsIndex) -> R) -> R {
+        f(&self.index.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Rows waiting in the queue.
+    pub fn queued_rows(&self) -> usize {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rows
+    }
+
+    /// Stats of the index and the pipeline.
+    pub fn stats(&self) -> Stats {
+        let now = now_secs();
+        self.read_index(|ix| Stats {
+            total_files: ix.tree().file_count(),
+            total_directories: ix.tree().dir_count(),
+            total_size: ix.tree().total_size(),
+            item_count: ix.tree().file_count() + ix.tree().dir_count(),
+            suspect_file_count: ix.suspect_count(now),
+            blind_spot_additions: ix.blind_additions().len(),
+            blind_spot_deletions: ix.blind_deletions().len(),
+            has_blind_spot: !ix.blind_additions().is_empty() || !ix.blind_deletions().is_empty(),
+            last_event_latency_ms: self.counters.last_event_latency_ms.load(Ordering::Relaxed),
+            is_auditing: ix.is_auditing(),
+            audit_cycle_count: ix.audit_cycles_done(),
+            last_audit_finished_at: ix.last_audit_finished_at(),
+            queued_rows: self.queued_rows(),
+            rows_applied: self.counters.rows_applied.load(Ordering::Relaxed),
+            rows_ignored: self.counters.rows_ignored.load(Ordering::Relaxed),
+            rows_rejected: self.counters.rows_rejected.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Stops the apply thread once the queue is drained; waits at most `limit`.
+    pub fn drain(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            q.closed = true;
+        }
+        self.wake.notify_all();
+        while Instant::now() < deadline {
+            let empty = self
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .jobs
+                .is_empty();
+            if empty && !self.applying.load(Ordering::SeqCst) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    fn apply(&self, job: Job) {
+        let now = now_secs();
+        let mut changes = Vec::new();
+        {
+            let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
+            match job {
+                Job::AuditStart => ix.audit_start(now),
+                Job::AuditEnd => changes = ix.audit_end(now),
+                Job::Batch { session, batch } => {
+                    // Only the authoritative session's rows build the index.
+                    let current = self.sessions().current().map(|s| s.id.clone());
+                    if current.as_deref() != Some(session.as_str()) {
+                        tracing::info!(datastore = %self.config.name, session, "dropping a batch of an obsolete session");
+                        return;
+                    }
+                    if batch.source == Source::Audit {
+                        ix.audit_start(now);
+                    }
+                    let mut ignored = 0u64;
+                    for op in &batch.ops {
+                        match op {
+                            Op::Upsert(source, row) => match ix.upsert(row, *source, now) {
+                                Some(c) => changes.push(c),
+                                None => ignored += 1,
+                            },
+                            Op::Delete {
+                                source,
+                                path,
+                                observed_at,
+                            } => {
+                                let removed = ix.delete(path, *source, now, *observed_at);
+                                if removed.is_empty() {
+                                    ignored += 1;
+                                }
+                                if *source == Source::Realtime {
+                                    let latency = ((now - observed_at) * 1000.0).max(0.0) as u64;
+                                    self.counters
+                                        .last_event_latency_ms
+                                        .store(latency, Ordering::Relaxed);
+                                }
+                                changes.extend(removed);
+                            }
+                        }
+                    }
+                    self.counters
+                        .rows_ignored
+                        .fetch_add(ignored, Ordering::Relaxed);
+                    if batch.is_end && batch.source == Source::Snapshot {
+                        self.sessions().snapshot_done(&session);
+                        self.alarm.store(false, Ordering::SeqCst);
+                        tracing::info!(datastore = %self.config.name, session, files = ix.tree().file_count(), "snapshot complete");
+                    }
+                }
+            }
+        }
+        self.counters
+            .rows_applied
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        if self.feed.receiver_count() > 0 {
+            for change in changes {
+                let _ = self.feed.send(Arc::new(FeedChange {
+                    datastore: self.config.name.clone(),
+                    change,
+                }));
+            }
+        }
+    }
+}
+
+/// Stats of one datastore, as `GET .../stats` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Files in the index.
+    pub total_files: usize,
+    /// Directories, the root included.
+    pub total_directories: usize,
+    /// Sum of file sizes.
+    pub total_size: u64,
+    /// Files plus directories.
+    pub item_count: usize,
+    /// Files currently suspect.
+    pub suspect_file_count: usize,
+    /// Files first seen by an audit.
+    pub blind_spot_additions: usize,
+    /// Files deleted because an audit missed them.
+    pub blind_spot_deletions: usize,
+    /// Any blind spot.
+    pub has_blind_spot: bool,
+    /// Observed-to-applied latency of the last realtime row, ms.
+    pub last_event_latency_ms: u64,
+    /// An audit is running.
+    pub is_auditing: bool,
+    /// Completed audits.
+    pub audit_cycle_count: u32,
+    /// End of the last audit, seconds since the epoch (0: none).
+    pub last_audit_finished_at: f64,
+    /// Rows waiting in the queue.
+    pub queued_rows: usize,
+    /// Changes applied since start.
+    pub rows_applied: u64,
+    /// Rows ignored by arbitration since start.
+    pub rows_ignored: u64,
+    /// Rows rejected as malformed since start.
+    pub rows_rejected: u64,
+}
+
+fn apply_loop(ds: std::sync::Weak<Datastore>) {
+    loop {
+        let Some(ds) = ds.upgrade() else { return };
+        let job = {
+            let mut q = ds.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some((job, rows)) = q.jobs.pop_front() {
+                    // Set before the queue lock is released so that readiness
+                    // never sees an empty queue and an idle worker mid-batch.
+                    ds.applying.store(true, Ordering::SeqCst);
+                    q.rows -= rows;
+                    break Some(job);
+                }
+                if q.closed {
+                    break None;
+                }
+                // Wake up now and then so that a dropped datastore ends this thread.
+                let (guard, _) = ds
+                    .wake
+                    .wait_timeout(q, Duration::from_millis(200))
+                    .unwrap_or_else(PoisonError::into_inner);
+                q = guard;
+                if Arc::strong_count(&ds) == 1 {
+                    return;
+                }
+            }
+        };
+        match job {
+            Some(job) => {
+                ds.apply(job);
+                ds.applying.store(false, Ordering::SeqCst);
+            }
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::ingest::rows::parse_batch;
+
+    fn batch(v: serde_json::Value) -> Batch {
+        parse_batch(v.to_string().as_bytes(), now_secs()).unwrap()
+    }
+
+    fn snapshot(paths: &[&str], is_end: bool) -> Batch {
+        let rows: Vec<_> = paths
+            .iter()
+            .map(|p| json!({"path": p, "size": 1, "modified_time": 1000.0, "is_directory": false}))
+            .collect();
+        batch(
+            json!({"source_type": "snapshot", "is_end": is_end, "events": [{"event_type": "update", "rows": rows}]}),
+        )
+    }
+
+    fn wait_ready(ds: &Datastore) -> Result<(), NotReady> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match ds.readiness() {
+                Err(NotReady::Applying(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn ready_after_snapshot_end_of_the_authoritative_session() {
+        let ds = Datastore::start(DatastoreConfig::named("t")).unwrap();
+        assert_eq!(ds.readiness(), Err(NotReady::NoSession("t".into())));
+        let s = ds.create_session("agent:pipe");
+        assert_eq!(ds.readiness(), Err(NotReady::SnapshotPending("t".into())));
+        ds.push(&s.session_id, snapshot(&["/a", "/b"], false))
+            .unwrap();
+        ds.push(&s.session_id, snapshot(&["/c"], true)).unwrap();
+        wait_ready(&ds).unwrap();
+        assert_eq!(ds.stats().total_files, 3);
+        // A new agent takes over: the old one is refused, views wait again.
+        let s2 = ds.create_session("agent2:pipe");
+        assert!(matches!(
+            ds.push(&s.session_id, snapshot(&["/x"], true)),
+            Err(PushError::Session(SessionError::Obsolete(_)))
+        ));
+        assert_eq!(ds.readiness(), Err(NotReady::SnapshotPending("t".into())));
+        ds.push(&s2.session_id, snapshot(&["/only"], true)).unwrap();
+        wait_ready(&ds).unwrap();
+        assert_eq!(ds.stats().total_files, 1);
+    }
+
+    #[test]
+    fn full_queue_refuses_whole_pushes_and_loses_nothing_accepted() {
+        let mut config = DatastoreConfig::named("q");
+        config.queue_rows = 3;
+        let ds = Datastore::start(config).unwrap();
+        let s = ds.create_session("a:p");
+        // Hold the index so that the worker cannot drain the queue.
+        let guard = ds.index.write().unwrap();
+        ds.push(&s.session_id, snapshot(&["/1", "/2"], false))
+            .unwrap();
+        let mut refused = 0;
+        let mut accepted = 2;
+        for i in 0..5 {
+            match ds.push(
+                &s.session_id,
+                snapshot(&[&format!("/x{i}"), &format!("/y{i}")], false),
+            ) {
+                Ok(r) => accepted += r.count,
+                Err(PushError::QueueFull { capacity: 3, .. }) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused >= 4, "{refused}");
+        drop(guard);
+        ds.push(&s.session_id, snapshot(&[], true))
+            .unwrap_or_else(|_| {
+                std::thread::sleep(Duration::from_millis(100));
+                ds.push(&s.session_id, snapshot(&[], true)).unwrap()
+            });
+        wait_ready(&ds).unwrap();
+        assert_eq!(ds.stats().total_files, accepted);
+    }
+
+    #[test]
+    fn change_feed_and_alarm() {
+        let ds = Datastore::start(DatastoreConfig::named("f")).unwrap();
+        let mut feed = ds.subscribe_changes();
+        let s = ds.create_session("a:p");
+        ds.push(&s.session_id, snapshot(&["/a"], true)).unwrap();
+        wait_ready(&ds).unwrap();
+        let c = feed.try_recv().unwrap();
+        assert_eq!((c.datastore.as_str(), c.change.path.as_str()), ("f", "/a"));
+        ds.raise_alarm();
+        assert_eq!(ds.readiness(), Err(NotReady::Alarm("f".into())));
+        ds.push(&s.session_id, snapshot(&["/a"], true)).unwrap();
+        wait_ready(&ds).unwrap();
+    }
+}
