@@ -194,6 +194,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             ..EngineConfig::default()
         },
         keys,
+        datastores: Vec::new(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -254,6 +255,7 @@ fn offline_host(limits: Limits) -> anyhow::Result<Host> {
             ..EngineConfig::default()
         },
         keys: Keys::new(),
+        datastores: Vec::new(),
     })
 }
 

@@ -7,7 +7,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
 use crate::auth::Keys;
+use crate::datastore::{Datastore, DatastoreConfig};
 use crate::hostapi::BuiltinApi;
 use crate::plugin::{EngineConfig, LoadError, LoadedPlugin, PluginEngine};
 use crate::registry::{RegistrationError, Registry};
@@ -21,6 +24,8 @@ pub struct HostConfig {
     pub engine: EngineConfig,
     /// API keys.
     pub keys: Keys,
+    /// Datastores; when empty, one called `default` with default settings.
+    pub datastores: Vec<DatastoreConfig>,
 }
 
 /// Why one plugin file was not registered.
@@ -50,6 +55,7 @@ pub struct Host {
     api: Arc<BuiltinApi>,
     keys: Keys,
     failed: Mutex<Vec<FailedPlugin>>,
+    datastores: BTreeMap<String, Arc<Datastore>>,
 }
 
 impl Host {
@@ -60,12 +66,27 @@ impl Host {
         let registry = Arc::new(RwLock::new(Registry::new()));
         let api = Arc::new(BuiltinApi::new(registry.clone()));
         let engine = PluginEngine::new(config.engine, api.clone())?;
+        let mut configs = config.datastores;
+        if configs.is_empty() {
+            configs.push(DatastoreConfig::named("default"));
+        }
+        let mut datastores = BTreeMap::new();
+        for c in configs {
+            let name = c.name.clone();
+            if datastores
+                .insert(name.clone(), Datastore::start(c)?)
+                .is_some()
+            {
+                anyhow::bail!("datastore `{name}` is declared twice");
+            }
+        }
         let host = Self {
             registry,
             engine,
             api,
             keys: config.keys,
             failed: Mutex::default(),
+            datastores,
         };
         if let Some(dir) = &config.plugin_dir {
             host.load_dir(dir)?;
@@ -139,6 +160,16 @@ impl Host {
     /// The host API plugins call.
     pub fn host_api(&self) -> &BuiltinApi {
         &self.api
+    }
+
+    /// The datastore called `name`.
+    pub fn datastore(&self, name: &str) -> Option<&Arc<Datastore>> {
+        self.datastores.get(name)
+    }
+
+    /// Every datastore, by name.
+    pub fn datastores(&self) -> impl Iterator<Item = &Arc<Datastore>> {
+        self.datastores.values()
     }
 
     /// The API keys.

@@ -52,6 +52,7 @@ pub fn host_with_examples() -> Arc<Host> {
                 ..EngineConfig::default()
             },
             keys,
+            datastores: Vec::new(),
         })
         .expect("host starts"),
     )

@@ -2,10 +2,17 @@
 
 use axum::Json;
 use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::AuthError;
+use crate::datastore::{NotReady, PushError};
+use crate::index::view::ViewError;
+use crate::session::SessionError;
+
+/// Seconds a client is asked to wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "2";
 
 /// An error answered as `{error, detail}` JSON. Internal details are logged,
 /// never sent.
@@ -20,6 +27,18 @@ pub enum AppError {
     /// 400.
     #[error("{0}")]
     BadRequest(String),
+    /// 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 419: the agent must create a new session.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// 503 with `Retry-After`: views not ready.
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+    /// 503 with `Retry-After`: the ingestion queue is full.
+    #[error("{0}")]
+    Busy(String),
     /// 500; the cause is logged only.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -34,6 +53,12 @@ impl AppError {
             Self::Auth(AuthError::Forbidden { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::Session(SessionError::Unknown(_)) => (session_gone(), "session_unknown"),
+            Self::Session(SessionError::Obsolete(_)) => (session_gone(), "session_obsolete"),
+            Self::Session(SessionError::Expired(_)) => (session_gone(), "session_expired"),
+            Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -45,10 +70,34 @@ impl IntoResponse for AppError {
         if let Self::Internal(cause) = &self {
             tracing::error!("internal error: {cause:#}");
         }
-        (
-            status,
-            Json(json!({ "error": code, "detail": self.to_string() })),
-        )
-            .into_response()
+        let body = Json(json!({ "error": code, "detail": self.to_string() }));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            return (status, [(RETRY_AFTER, RETRY_AFTER_SECS)], body).into_response();
+        }
+        (status, body).into_response()
+    }
+}
+
+/// 419, the status Fustor agents read as "create a new session".
+fn session_gone() -> StatusCode {
+    StatusCode::from_u16(419).unwrap_or(StatusCode::GONE)
+}
+
+impl From<PushError> for AppError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Session(s) => Self::Session(s),
+            full @ PushError::QueueFull { .. } => Self::Busy(full.to_string()),
+        }
+    }
+}
+
+impl From<ViewError> for AppError {
+    fn from(e: ViewError) -> Self {
+        match e {
+            ViewError::NotFound(_) => Self::NotFound(e.to_string()),
+            ViewError::TooLarge { .. } => Self::BadRequest(e.to_string()),
+            ViewError::Io(io) => Self::Internal(io.into()),
+        }
     }
 }

@@ -7,26 +7,38 @@
 //! | `GET /v1/keys` | query |
 //! | `GET /v1/keys/{key}` | query |
 //! | `GET /v1/plugins` | admin |
+//! | `POST /api/v1/pipe/session/` | ingest |
+//! | `POST /api/v1/pipe/session/{sid}/heartbeat` | ingest |
+//! | `DELETE /api/v1/pipe/session/{sid}` | ingest |
+//! | `POST /api/v1/pipe/ingest/{sid}/events` | ingest |
+//! | `POST /api/v1/pipe/consistency/audit/{start,end}` | ingest |
+//! | `GET /api/v1/views/{datastore}/{tree,stats}` | query |
 
 mod error;
+mod fustor;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::HeaderMap;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 pub use error::AppError;
 
-use crate::auth::Role;
+use crate::auth::{ApiKey, Role};
 use crate::host::Host;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest agent push accepted (100 events of 100 rows fit many times).
+pub const MAX_PUSH_BYTES: usize = 64 * 1024 * 1024;
 
 /// The router over `host`.
 pub fn router(host: Arc<Host>) -> Router {
@@ -35,6 +47,27 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/{key}", get(get_key))
         .route("/v1/plugins", get(list_plugins))
+        .route("/api/v1/pipe/session/", post(fustor::create_session))
+        .route("/api/v1/pipe/session", post(fustor::create_session))
+        .route(
+            "/api/v1/pipe/session/{sid}/heartbeat",
+            post(fustor::heartbeat),
+        )
+        .route("/api/v1/pipe/session/{sid}", delete(fustor::delete_session))
+        .route(
+            "/api/v1/pipe/ingest/{sid}/events",
+            post(fustor::ingest).layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)),
+        )
+        .route(
+            "/api/v1/pipe/consistency/audit/start",
+            post(fustor::audit_start),
+        )
+        .route(
+            "/api/v1/pipe/consistency/audit/end",
+            post(fustor::audit_end),
+        )
+        .route("/api/v1/views/{datastore}/tree", get(fustor::tree))
+        .route("/api/v1/views/{datastore}/stats", get(fustor::stats))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(host)
@@ -53,10 +86,40 @@ pub async fn run(
     Ok(())
 }
 
-fn authorize(host: &Host, headers: &HeaderMap, role: Role) -> Result<(), AppError> {
-    let presented = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    host.keys().authorize(presented, role, None)?;
-    Ok(())
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+/// Checks the request's key for `role`; returns the key.
+fn authorize(host: &Host, headers: &HeaderMap, role: Role) -> Result<ApiKey, AppError> {
+    Ok(host
+        .keys()
+        .authorize(presented(headers), role, None)?
+        .clone())
+}
+
+/// Checks the request's key for `role` on datastore `name`.
+fn authorize_datastore(
+    host: &Host,
+    headers: &HeaderMap,
+    role: Role,
+    name: &str,
+) -> Result<ApiKey, AppError> {
+    Ok(host
+        .keys()
+        .authorize(presented(headers), role, Some(name))?
+        .clone())
+}
+
+/// The body, or a JSON 413/400 naming the problem.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
+    body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::TooLarge(e.body_text())
+        } else {
+            AppError::BadRequest(e.body_text())
+        }
+    })
 }
 
 async fn healthz() -> Json<Value> {

@@ -1,0 +1,176 @@
+//! The Fustor 0.8.17 routes, so that the published `fustor-agent` syncs into
+//! Weir unchanged: sessions, ingestion, audit signals, and the views. A thin
+//! adapter over [`Datastore`]; the datastore is the API key's.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppError, authorize_datastore, body_bytes};
+use crate::auth::Role;
+use crate::datastore::{Datastore, now_secs};
+use crate::host::Host;
+use crate::index::normalize;
+use crate::index::view::{TreeQuery, ViewError, check_tree, write_tree};
+use crate::ingest::rows::parse_batch;
+
+/// The datastore of the presented key, checked for `role`.
+fn datastore_of(host: &Host, headers: &HeaderMap, role: Role) -> Result<Arc<Datastore>, AppError> {
+    let key = super::authorize(host, headers, role)?;
+    host.datastore(&key.datastore).cloned().ok_or_else(|| {
+        AppError::NotFound(format!("datastore `{}` is not configured", key.datastore))
+    })
+}
+
+#[derive(Deserialize)]
+struct CreateSession {
+    task_id: String,
+}
+
+pub(super) async fn create_session(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let body = body_bytes(body)?;
+    let req: CreateSession = serde_json::from_slice(&body).map_err(|e| {
+        AppError::BadRequest(format!("session request needs a string `task_id`: {e}"))
+    })?;
+    if req.task_id.trim().is_empty() {
+        return Err(AppError::BadRequest("`task_id` is empty".into()));
+    }
+    let grant = ds.create_session(&req.task_id);
+    Ok(Json(
+        serde_json::to_value(grant).map_err(|e| AppError::Internal(e.into()))?,
+    ))
+}
+
+pub(super) async fn heartbeat(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    ds.heartbeat(&sid)?;
+    Ok(Json(
+        json!({"status": "ok", "role": "leader", "message": null, "can_realtime": null, "commands": []}),
+    ))
+}
+
+pub(super) async fn delete_session(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    ds.delete_session(&sid);
+    Ok(Json(json!({"status": "terminated", "session_id": sid})))
+}
+
+pub(super) async fn ingest(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let body = body_bytes(body)?;
+    let batch = parse_batch(&body, now_secs()).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    if let Some(body_sid) = &batch.session_id
+        && body_sid != &sid
+    {
+        return Err(AppError::BadRequest(format!(
+            "the body's session_id `{body_sid}` differs from the path's `{sid}`"
+        )));
+    }
+    let receipt = ds.push(&sid, batch)?;
+    Ok(Json(
+        json!({"status": "ok", "count": receipt.count, "rejected": receipt.rejected}),
+    ))
+}
+
+pub(super) async fn audit_start(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    datastore_of(&host, &headers, Role::Ingest)?.audit_start();
+    Ok(Json(json!({"status": "audit_started"})))
+}
+
+pub(super) async fn audit_end(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    datastore_of(&host, &headers, Role::Ingest)?.audit_end();
+    Ok(Json(json!({"status": "audit_ended"})))
+}
+
+/// Query of `GET .../tree`.
+#[derive(Deserialize)]
+pub(super) struct TreeParams {
+    path: Option<String>,
+    recursive: Option<bool>,
+    max_depth: Option<u32>,
+    only_path: Option<bool>,
+}
+
+/// The datastore `name`, if the key may query it and its views are ready.
+fn ready_view(host: &Host, headers: &HeaderMap, name: &str) -> Result<Arc<Datastore>, AppError> {
+    authorize_datastore(host, headers, Role::Query, name)?;
+    let ds = host
+        .datastore(name)
+        .cloned()
+        .ok_or_else(|| AppError::NotFound(format!("no datastore `{name}`")))?;
+    ds.readiness()?;
+    Ok(ds)
+}
+
+pub(super) async fn tree(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(params): Query<TreeParams>,
+) -> Result<Response, AppError> {
+    let ds = ready_view(&host, &headers, &name)?;
+    let raw = params.path.unwrap_or_else(|| "/".into());
+    let path = normalize(&raw)
+        .ok_or_else(|| AppError::BadRequest(format!("path `{raw}` is not a clean path")))?;
+    let query = TreeQuery {
+        path,
+        recursive: params.recursive.unwrap_or(true),
+        max_depth: params.max_depth,
+        only_path: params.only_path.unwrap_or(false),
+    };
+    let limit = ds.config().max_tree_items;
+    let body = tokio::task::spawn_blocking(move || {
+        ds.read_index(|ix| {
+            let root = check_tree(ix, &query, limit)?;
+            let mut out = Vec::with_capacity(256);
+            write_tree(ix, &query, root, now_secs(), &mut out)?;
+            Ok::<_, ViewError>(out)
+        })
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))??;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+pub(super) async fn stats(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let ds = ready_view(&host, &headers, &name)?;
+    Ok(Json(
+        serde_json::to_value(ds.stats()).map_err(|e| AppError::Internal(e.into()))?,
+    ))
+}
