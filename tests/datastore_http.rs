@@ -423,3 +423,126 @@ async fn heartbeat_timeout_turns_views_unavailable() {
         (419, Some("session_expired"))
     );
 }
+
+#[tokio::test]
+async fn sentinel_suspects_blind_spots_and_search() {
+    let s = start().await;
+    let sid = s.create_session().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let snapshot = json!({"source_type": "snapshot", "is_end": true, "events": [{"event_type": "update", "rows": [
+        {"path": "/logs", "size": 4096, "modified_time": 1.0, "is_directory": true},
+        {"path": "/logs/app.log", "size": 10, "modified_time": 1.0},
+        {"path": "/logs/old.log", "size": 10, "modified_time": 1.0},
+        {"path": "/data.csv", "size": 5, "modified_time": 1.0}
+    ]}]});
+    assert_eq!(s.push(&sid, snapshot).await.0, StatusCode::OK);
+    let (_, tasks) = s
+        .send(
+            "GET",
+            "/api/v1/pipe/consistency/sentinel/tasks",
+            Some(Role::Ingest),
+            None,
+        )
+        .await;
+    assert_eq!(tasks, json!({}));
+    // A write in progress makes the file suspect; the sentinel is asked to check it.
+    let (status, _) = s
+        .push(&sid, json!({"source_type": "message", "events": [{"event_type": "update", "message_source": "realtime", "rows": [
+            {"path": "/logs/app.log", "size": 20, "modified_time": now, "is_atomic_write": false}]}]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.view("stats").await.1["suspect_file_count"], 1);
+    let (_, tasks) = s
+        .send(
+            "GET",
+            "/api/v1/pipe/consistency/sentinel/tasks",
+            Some(Role::Ingest),
+            None,
+        )
+        .await;
+    assert_eq!(
+        tasks,
+        json!({"type": "suspect_check", "paths": ["/logs/app.log"], "view_id": "default"})
+    );
+    let (_, list) = s.view("suspect-list").await;
+    assert_eq!(list[0]["path"], "/logs/app.log");
+    let (_, tree) = s.view("tree?path=/logs/app.log").await;
+    assert_eq!(tree["integrity_suspect"], true);
+    // Feedback: the file vanished.
+    let (status, body) = s
+        .send(
+            "POST",
+            "/api/v1/pipe/consistency/sentinel/feedback",
+            Some(Role::Ingest),
+            Some(json!({"type": "suspect_update", "updates": [
+            {"path": "/logs/app.log", "status": "missing"}, {"path": "/x", "status": "weird"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["drivers_updated"], 1);
+    assert_eq!(
+        body["rejected"][0]["reason"],
+        "status `weird` is not exists or missing"
+    );
+    assert_eq!(
+        s.view("tree?path=/logs/app.log").await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // An audit that lists /logs in full without old.log deletes it as a blind spot,
+    // and a new file it finds is a blind-spot addition.
+    assert_eq!(
+        s.send(
+            "POST",
+            "/api/v1/pipe/consistency/audit/start",
+            Some(Role::Ingest),
+            None
+        )
+        .await
+        .1["status"],
+        "audit_started"
+    );
+    let audit = json!({"source_type": "audit", "events": [{"event_type": "update", "rows": [
+        {"path": "/logs", "size": 4096, "modified_time": 2.0, "is_directory": true},
+        {"path": "/logs/new.log", "size": 1, "modified_time": 2.0, "parent_mtime": 2.0}]}]});
+    assert_eq!(s.push(&sid, audit).await.0, StatusCode::OK);
+    assert_eq!(
+        s.send(
+            "POST",
+            "/api/v1/pipe/consistency/audit/end",
+            Some(Role::Ingest),
+            None
+        )
+        .await
+        .1["status"],
+        "audit_ended"
+    );
+    let (_, spots) = s.view("blind-spots").await;
+    assert_eq!(
+        spots,
+        json!({"additions_count": 1, "additions": ["/logs/new.log"], "deletion_count": 1, "deletions": ["/logs/old.log"]})
+    );
+    let (_, stats) = s.view("stats").await;
+    assert_eq!(
+        (
+            stats["audit_cycle_count"].as_u64(),
+            stats["has_blind_spot"].as_bool()
+        ),
+        (Some(1), Some(true))
+    );
+
+    let (status, found) = s.view("search?pattern=*.log").await;
+    assert_eq!(status, StatusCode::OK);
+    let paths: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/logs/new.log"]);
+    let (_, found) = s.view("search?pattern=data").await;
+    assert_eq!(found[0]["path"], "/data.csv");
+}

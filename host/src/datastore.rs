@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::index::{Change, FsIndex, IndexConfig, Source};
+use crate::index::{Change, Feedback, FsIndex, IndexConfig, Source};
 use crate::ingest::rows::{Batch, Op, Rejected};
 use crate::session::{Session, SessionConfig, SessionError, Sessions};
 
@@ -130,6 +130,7 @@ enum Job {
     Batch { session: String, batch: Batch },
     AuditStart,
     AuditEnd,
+    Feedback(Vec<(String, Feedback)>),
 }
 
 struct Queue {
@@ -292,6 +293,18 @@ impl Datastore {
         self.enqueue(Job::AuditEnd);
     }
 
+    /// The agent's sentinel found these suspect paths as they are now
+    /// (applied in order with the pushes).
+    pub fn sentinel_feedback(&self, updates: Vec<(String, Feedback)>) {
+        self.enqueue(Job::Feedback(updates));
+    }
+
+    /// Paths the agent's sentinel should check: the current suspects.
+    pub fn sentinel_paths(&self) -> Vec<String> {
+        let now = now_secs();
+        self.read_index(|ix| ix.suspect_paths(now).into_iter().map(|(p, _)| p).collect())
+    }
+
     /// Raises a consistency alarm: views answer 503 until the next
     /// complete snapshot.
     pub fn raise_alarm(&self) {
@@ -391,6 +404,11 @@ impl Datastore {
             match job {
                 Job::AuditStart => ix.audit_start(now),
                 Job::AuditEnd => changes = ix.audit_end(now),
+                Job::Feedback(updates) => {
+                    for (path, feedback) in updates {
+                        changes.extend(ix.sentinel_feedback(&path, feedback, now));
+                    }
+                }
                 Job::Batch { session, batch } => {
                     // Only the authoritative session's rows build the index.
                     let current = self.sessions().current().map(|s| s.id.clone());

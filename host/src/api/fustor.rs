@@ -18,8 +18,8 @@ use super::{AppError, authorize_datastore, body_bytes};
 use crate::auth::Role;
 use crate::datastore::{Datastore, now_secs};
 use crate::host::Host;
-use crate::index::normalize;
 use crate::index::view::{TreeQuery, ViewError, check_tree, write_tree};
+use crate::index::{Feedback, Meta, normalize};
 use crate::ingest::rows::parse_batch;
 
 /// The datastore of the presented key, checked for `role`.
@@ -172,5 +172,138 @@ pub(super) async fn stats(
     let ds = ready_view(&host, &headers, &name)?;
     Ok(Json(
         serde_json::to_value(ds.stats()).map_err(|e| AppError::Internal(e.into()))?,
+    ))
+}
+
+pub(super) async fn suspect_list(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let ds = ready_view(&host, &headers, &name)?;
+    let now = now_secs();
+    let list: Vec<Value> = ds.read_index(|ix| {
+        ix.suspect_paths(now)
+            .into_iter()
+            .map(|(path, until)| json!({"path": path, "suspect_until": until}))
+            .collect()
+    });
+    Ok(Json(Value::Array(list)))
+}
+
+pub(super) async fn blind_spots(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let ds = ready_view(&host, &headers, &name)?;
+    Ok(Json(ds.read_index(|ix| {
+        json!({
+            "additions_count": ix.blind_additions().len(),
+            "additions": ix.blind_additions(),
+            "deletion_count": ix.blind_deletions().len(),
+            "deletions": ix.blind_deletions(),
+        })
+    })))
+}
+
+/// Query of `GET .../search`.
+#[derive(Deserialize)]
+pub(super) struct SearchParams {
+    pattern: String,
+}
+
+pub(super) async fn search(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(params): Query<SearchParams>,
+) -> Result<Response, AppError> {
+    let ds = ready_view(&host, &headers, &name)?;
+    if params.pattern.is_empty() {
+        return Err(AppError::BadRequest("`pattern` is empty".into()));
+    }
+    let limit = ds.config().max_tree_items;
+    let body = tokio::task::spawn_blocking(move || {
+        ds.read_index(|ix| {
+            let mut out = Vec::with_capacity(256);
+            crate::index::view::write_search(ix, &params.pattern, limit, now_secs(), &mut out)?;
+            Ok::<_, ViewError>(out)
+        })
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))??;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+pub(super) async fn sentinel_tasks(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let paths = ds.sentinel_paths();
+    if paths.is_empty() {
+        return Ok(Json(json!({})));
+    }
+    Ok(Json(
+        json!({"type": "suspect_check", "paths": paths, "view_id": ds.name()}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct FeedbackBody {
+    updates: Vec<FeedbackUpdate>,
+}
+
+#[derive(Deserialize)]
+struct FeedbackUpdate {
+    path: String,
+    status: String,
+    mtime: Option<f64>,
+    size: Option<u64>,
+}
+
+pub(super) async fn sentinel_feedback(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let body: FeedbackBody = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
+        AppError::BadRequest(format!(
+            "feedback needs `updates`: [{{path, status, mtime, size}}]: {e}"
+        ))
+    })?;
+    let mut updates = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, u) in body.updates.into_iter().enumerate() {
+        let Some(path) = normalize(&u.path) else {
+            rejected
+                .push(json!({"update": i, "reason": format!("path `{}` is not clean", u.path)}));
+            continue;
+        };
+        let feedback = match (u.status.as_str(), u.mtime) {
+            ("missing", _) => Feedback::Missing,
+            ("exists", Some(mtime)) => Feedback::Exists(Meta {
+                is_dir: false,
+                size: u.size.unwrap_or(0),
+                mtime,
+                ctime: mtime,
+            }),
+            ("exists", None) => {
+                rejected.push(json!({"update": i, "reason": "`exists` needs `mtime`"}));
+                continue;
+            }
+            (other, _) => {
+                rejected.push(json!({"update": i, "reason": format!("status `{other}` is not exists or missing")}));
+                continue;
+            }
+        };
+        updates.push((path, feedback));
+    }
+    let count = updates.len();
+    ds.sentinel_feedback(updates);
+    Ok(Json(
+        json!({"status": "processed", "drivers_updated": count, "rejected": rejected}),
     ))
 }

@@ -12,7 +12,9 @@
 //! | `DELETE /api/v1/pipe/session/{sid}` | ingest |
 //! | `POST /api/v1/pipe/ingest/{sid}/events` | ingest |
 //! | `POST /api/v1/pipe/consistency/audit/{start,end}` | ingest |
-//! | `GET /api/v1/views/{datastore}/{tree,stats}` | query |
+//! | `GET /api/v1/pipe/consistency/sentinel/tasks` | ingest |
+//! | `POST /api/v1/pipe/consistency/sentinel/feedback` | ingest |
+//! | `GET /api/v1/views/{datastore}/{tree,stats,search,suspect-list,blind-spots}` | query |
 
 mod error;
 mod fustor;
@@ -68,6 +70,23 @@ pub fn router(host: Arc<Host>) -> Router {
         )
         .route("/api/v1/views/{datastore}/tree", get(fustor::tree))
         .route("/api/v1/views/{datastore}/stats", get(fustor::stats))
+        .route("/api/v1/views/{datastore}/search", get(fustor::search))
+        .route(
+            "/api/v1/views/{datastore}/suspect-list",
+            get(fustor::suspect_list),
+        )
+        .route(
+            "/api/v1/views/{datastore}/blind-spots",
+            get(fustor::blind_spots),
+        )
+        .route(
+            "/api/v1/pipe/consistency/sentinel/tasks",
+            get(fustor::sentinel_tasks),
+        )
+        .route(
+            "/api/v1/pipe/consistency/sentinel/feedback",
+            post(fustor::sentinel_feedback),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(host)

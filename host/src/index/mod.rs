@@ -474,7 +474,8 @@ impl FsIndex {
     /// suspect; a changed one is updated and stays suspect; a missing one is
     /// deleted.
     pub fn sentinel_feedback(&mut self, path: &str, feedback: Feedback, now: f64) -> Vec<Change> {
-        let Some(id) = self.tree.get(path) else {
+        // Sentinels check files; a directory path here is stale or hostile.
+        let Some(id) = self.tree.get(path).filter(|&id| !self.tree.is_dir(id)) else {
             return Vec::new();
         };
         match feedback {

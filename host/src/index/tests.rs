@@ -301,4 +301,11 @@ fn sentinel_feedback_clears_stable_files_and_renews_changed_ones() {
         ChangeKind::Delete
     );
     assert_eq!(ix.tree().get("/s"), None);
+    // Directories are not the sentinel's business.
+    ix.upsert(&dir_row("/dir", OLD), Source::Snapshot, NOW);
+    assert!(
+        ix.sentinel_feedback("/dir", Feedback::Missing, NOW)
+            .is_empty()
+    );
+    assert!(ix.tree().get("/dir").is_some());
 }

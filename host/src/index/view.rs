@@ -157,6 +157,94 @@ impl NodeWriter<'_> {
     }
 }
 
+/// Whether `name` matches the glob `pattern` (`*` any run, `?` one char).
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Writes a JSON list of the nodes (without children) whose name matches
+/// `pattern` (or whose path does, when the pattern has a `/`); without
+/// wildcards the pattern matches as a substring. At most `limit` nodes.
+pub fn write_search(
+    ix: &FsIndex,
+    pattern: &str,
+    limit: usize,
+    now: f64,
+    out: &mut impl Write,
+) -> Result<(), ViewError> {
+    let wild = pattern.contains(['*', '?']);
+    let on_path = pattern.contains('/');
+    let matches = |text: &str| {
+        if wild {
+            glob(pattern, text)
+        } else {
+            text.contains(pattern)
+        }
+    };
+    let q = TreeQuery {
+        path: String::new(),
+        recursive: true,
+        max_depth: Some(0),
+        only_path: false,
+    };
+    out.write_all(b"[")?;
+    let mut found = 0usize;
+    let mut stack = vec![super::ROOT];
+    while let Some(id) = stack.pop() {
+        let tree = ix.tree();
+        stack.extend(tree.children(id).iter().rev());
+        if id == super::ROOT {
+            continue;
+        }
+        let hit = if on_path {
+            matches(&tree.path(id))
+        } else {
+            matches(tree.name(id))
+        };
+        if !hit {
+            continue;
+        }
+        found += 1;
+        if found > limit {
+            return Err(ViewError::TooLarge {
+                path: format!("search `{pattern}`"),
+                limit,
+            });
+        }
+        if found > 1 {
+            out.write_all(b",")?;
+        }
+        let mut w = NodeWriter {
+            ix,
+            q: &q,
+            now,
+            path: tree.path(id),
+        };
+        w.node(id, 0, out)?;
+    }
+    out.write_all(b"]")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
@@ -250,6 +338,39 @@ mod tests {
             json!({"name": "hot", "content_type": "file", "path": "/a/hot"})
         );
         assert!(t.get("size").is_none());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("file_01*", "file_014.txt"));
+        assert!(glob("*.txt", "a.txt"));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("a?c", "abbc"));
+        assert!(glob("*a*b*", "xxaxxbxx"));
+        assert!(!glob("*.log", "a.txt"));
+    }
+
+    #[test]
+    fn search_by_name_glob_substring_and_path() {
+        let ix = ix();
+        let run = |p: &str| {
+            let mut out = Vec::new();
+            write_search(&ix, p, 10, NOW, &mut out).unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["path"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run("*.txt"), ["/a/x \"q\".txt", "/b.txt"]);
+        assert_eq!(run("ho"), ["/a/hot"]);
+        assert_eq!(run("/a/*"), ["/a/x \"q\".txt", "/a/hot"]);
+        let mut out = Vec::new();
+        assert!(matches!(
+            write_search(&ix, "*", 2, NOW, &mut out),
+            Err(ViewError::TooLarge { .. })
+        ));
     }
 
     #[test]
