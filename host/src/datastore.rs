@@ -565,13 +565,12 @@ mod tests {
         )
     }
 
+    /// Readiness, waiting (bounded) for queued work to be applied.
     fn wait_ready(ds: &Datastore) -> Result<(), NotReady> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match ds.readiness() {
-                Err(NotReady::Applying(_)) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
                 other => return other,
             }
         }
