@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::auth::Keys;
+use crate::datastore::DatastoreConfig;
 use crate::host::{Host, HostConfig, PluginLoadError};
 use crate::plugin::{EngineConfig, Limits, LoadedPlugin, Outcome, Params, RawEvent};
 use crate::registry::{Function, KeyDefinition, OutputSchema, params};
@@ -52,6 +53,13 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Seconds without heartbeat or push before an agent session expires
+    /// (and the datastore's views answer 503).
+    #[arg(long, env = "WEIR_SESSION_TIMEOUT_SECS", default_value_t = 30)]
+    session_timeout_secs: u64,
+    /// Most rows waiting in a datastore's ingestion queue; pushes beyond get 503.
+    #[arg(long, env = "WEIR_QUEUE_ROWS", default_value_t = 100_000)]
+    queue_rows: usize,
     /// Directory for compiled components (keyed by content hash).
     #[arg(long, env = "WEIR_COMPILE_CACHE")]
     compile_cache: Option<PathBuf>,
@@ -186,6 +194,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             g.role.env_var()
         );
     }
+    if args.session_timeout_secs == 0 || args.queue_rows == 0 {
+        anyhow::bail!("--session-timeout-secs and --queue-rows must be at least 1");
+    }
+    let mut default_datastore = DatastoreConfig::named("default");
+    default_datastore.sessions.timeout = Duration::from_secs(args.session_timeout_secs);
+    default_datastore.queue_rows = args.queue_rows;
     let config = HostConfig {
         plugin_dir: Some(plugin_dir),
         engine: EngineConfig {
@@ -194,7 +208,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             ..EngineConfig::default()
         },
         keys,
-        datastores: Vec::new(),
+        datastores: vec![default_datastore],
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

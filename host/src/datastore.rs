@@ -424,7 +424,10 @@ impl Datastore {
                         match op {
                             Op::Upsert(source, row) => match ix.upsert(row, *source, now) {
                                 Some(c) => changes.push(c),
-                                None => ignored += 1,
+                                None => {
+                                    tracing::trace!(datastore = %self.config.name, path = %row.path, ?source, "upsert ignored by arbitration");
+                                    ignored += 1
+                                }
                             },
                             Op::Delete {
                                 source,

@@ -84,6 +84,7 @@ pub(super) async fn ingest(
 ) -> Result<Json<Value>, AppError> {
     let ds = datastore_of(&host, &headers, Role::Ingest)?;
     let body = body_bytes(body)?;
+    tracing::trace!(session = %sid, body = %String::from_utf8_lossy(&body), "push");
     let batch = parse_batch(&body, now_secs()).map_err(|e| AppError::BadRequest(e.to_string()))?;
     if let Some(body_sid) = &batch.session_id
         && body_sid != &sid
