@@ -14,6 +14,7 @@ use weir_tests::secret;
 struct Server {
     base: String,
     client: reqwest::Client,
+    host: Arc<Host>,
 }
 
 async fn start_with(datastore: DatastoreConfig) -> Server {
@@ -32,10 +33,15 @@ async fn start_with(datastore: DatastoreConfig) -> Server {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(weir_host::run(listener, host, std::future::pending()));
+    tokio::spawn(weir_host::run(
+        listener,
+        host.clone(),
+        std::future::pending(),
+    ));
     Server {
         base,
         client: reqwest::Client::new(),
+        host,
     }
 }
 
@@ -545,4 +551,207 @@ async fn sentinel_suspects_blind_spots_and_search() {
     assert_eq!(paths, ["/logs/new.log"]);
     let (_, found) = s.view("search?pattern=data").await;
     assert_eq!(found[0]["path"], "/data.csv");
+}
+
+#[tokio::test]
+async fn seed_routes_share_the_core() {
+    let s = start().await;
+    let (status, grant) = s
+        .send(
+            "POST",
+            "/ingestor-api/v1/sessions/",
+            Some(Role::Ingest),
+            Some(json!({"task_id": "seed:1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let sid = grant["session_id"].as_str().unwrap().to_string();
+    let (status, _) = s
+        .send("GET", "/views/fs/stats", Some(Role::Query), None)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The seed's naming: file_path, is_dir, is_snapshot_end, session id in the body.
+    let push = json!({"session_id": sid, "source_type": "snapshot", "is_snapshot_end": true, "events": [
+        {"event_type": "insert", "rows": [{"file_path": "/research/file.txt", "size": 10240, "modified_time": 1706000123.0, "created_time": 1706000100.0, "is_dir": false}]}]});
+    let (status, receipt) = s
+        .send(
+            "POST",
+            "/ingestor-api/v1/events/",
+            Some(Role::Ingest),
+            Some(push),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let (status, stats) = s
+            .send("GET", "/views/fs/stats", Some(Role::Query), None)
+            .await;
+        if status == StatusCode::OK || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        (
+            stats["total_files"].as_u64(),
+            stats["total_directories"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert!(stats.get("last_event_latency_ms").is_some());
+    let (status, tree) = s
+        .send(
+            "GET",
+            "/views/fs/tree?path=/research&only_path=true",
+            Some(Role::Query),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        tree["children"][0],
+        json!({"name": "file.txt", "content_type": "file", "path": "/research/file.txt"})
+    );
+    let (status, _) = s
+        .send(
+            "POST",
+            &format!("/ingestor-api/v1/sessions/{sid}/heartbeat"),
+            Some(Role::Ingest),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = s
+        .send(
+            "POST",
+            "/ingestor-api/v1/events/",
+            Some(Role::Ingest),
+            Some(json!({"events": []})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("the push has no `session_id`")
+        )
+    );
+
+    // A consistency alarm locks the views until the next complete snapshot.
+    let (status, _) = s
+        .send(
+            "POST",
+            "/ingestor-api/v1/consistency/alarm",
+            Some(Role::Ingest),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = s
+        .send("GET", "/views/fs/tree", Some(Role::Query), None)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("consistency alarm"),
+        "{body}"
+    );
+    let snapshot = json!({"session_id": sid, "source_type": "snapshot", "is_snapshot_end": true, "events": []});
+    s.send(
+        "POST",
+        "/ingestor-api/v1/events/",
+        Some(Role::Ingest),
+        Some(snapshot),
+    )
+    .await;
+    assert_eq!(s.view("stats").await.0, StatusCode::OK);
+    let (status, _) = s
+        .send(
+            "POST",
+            "/v1/datastores/default/alarm",
+            Some(Role::Query),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = s
+        .send(
+            "POST",
+            "/v1/datastores/default/alarm",
+            Some(Role::Admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.view("stats").await.0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() {
+    let mut config = DatastoreConfig::named("default");
+    config.queue_rows = 2_000;
+    let s = start_with(config).await;
+    let sid = s.create_session().await;
+    // A reader holds the index for a while, so the apply thread cannot drain
+    // the queue: it fills up deterministically.
+    let ds = s.host.datastore("default").unwrap().clone();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        ds.read_index(|_| {
+            held_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+        })
+    });
+    held_rx.recv().unwrap();
+    let mut accepted = 0u64;
+    let mut refused = 0;
+    for b in 0..10 {
+        let rows: Vec<Value> = (0..500)
+            .map(|i| json!({"path": format!("/b{b}/f{i}"), "size": 1, "modified_time": 1.0}))
+            .collect();
+        let body = json!({"session_id": sid, "source_type": "snapshot", "events": [{"event_type": "update", "rows": rows}]});
+        let resp = s
+            .client
+            .post(format!("{}/api/v1/pipe/ingest/{sid}/events", s.base))
+            .header("X-API-Key", secret(Role::Ingest))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        match resp.status() {
+            StatusCode::OK => {
+                accepted += resp.json::<Value>().await.unwrap()["count"]
+                    .as_u64()
+                    .unwrap()
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(resp.headers()["retry-after"], "2");
+                let body: Value = resp.json().await.unwrap();
+                assert_eq!(body["error"], "busy");
+                assert!(body["detail"].as_str().unwrap().contains("queue"), "{body}");
+                refused += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    // 2000 rows of room: four pushes of 500 (the first may already be taken
+    // by the blocked apply thread), the rest refused whole.
+    assert!(accepted <= 2_500, "{accepted}");
+    assert!(refused >= 5, "{refused}");
+    holder.join().unwrap();
+    let end = json!({"session_id": sid, "source_type": "snapshot", "is_end": true, "events": []});
+    loop {
+        let (status, _) = s.push(&sid, end.clone()).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, stats) = s.view("stats").await;
+    assert_eq!(status, StatusCode::OK);
+    // Every accepted row is in the index, whatever was refused.
+    assert_eq!(stats["total_files"].as_u64(), Some(accepted));
 }

@@ -23,7 +23,11 @@ use crate::index::{Feedback, Meta, normalize};
 use crate::ingest::rows::parse_batch;
 
 /// The datastore of the presented key, checked for `role`.
-fn datastore_of(host: &Host, headers: &HeaderMap, role: Role) -> Result<Arc<Datastore>, AppError> {
+pub(super) fn datastore_of(
+    host: &Host,
+    headers: &HeaderMap,
+    role: Role,
+) -> Result<Arc<Datastore>, AppError> {
     let key = super::authorize(host, headers, role)?;
     host.datastore(&key.datastore).cloned().ok_or_else(|| {
         AppError::NotFound(format!("datastore `{}` is not configured", key.datastore))
@@ -82,17 +86,30 @@ pub(super) async fn ingest(
     Path(sid): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    push(&host, &headers, Some(sid), body)
+}
+
+/// A push; the session id comes from the path (Fustor) or the body (seed).
+pub(super) fn push(
+    host: &Host,
+    headers: &HeaderMap,
+    path_sid: Option<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    let ds = datastore_of(host, headers, Role::Ingest)?;
     let body = body_bytes(body)?;
-    tracing::trace!(session = %sid, body = %String::from_utf8_lossy(&body), "push");
+    tracing::trace!(session = ?path_sid, body = %String::from_utf8_lossy(&body), "push");
     let batch = parse_batch(&body, now_secs()).map_err(|e| AppError::BadRequest(e.to_string()))?;
-    if let Some(body_sid) = &batch.session_id
-        && body_sid != &sid
-    {
-        return Err(AppError::BadRequest(format!(
-            "the body's session_id `{body_sid}` differs from the path's `{sid}`"
-        )));
-    }
+    let sid = match (path_sid, &batch.session_id) {
+        (Some(path), Some(body_sid)) if &path != body_sid => {
+            return Err(AppError::BadRequest(format!(
+                "the body's session_id `{body_sid}` differs from the path's `{path}`"
+            )));
+        }
+        (Some(path), _) => path,
+        (None, Some(body_sid)) => body_sid.clone(),
+        (None, None) => return Err(AppError::BadRequest("the push has no `session_id`".into())),
+    };
     let receipt = ds.push(&sid, batch)?;
     Ok(Json(
         json!({"status": "ok", "count": receipt.count, "rejected": receipt.rejected}),
@@ -141,7 +158,17 @@ pub(super) async fn tree(
     Path(name): Path<String>,
     Query(params): Query<TreeParams>,
 ) -> Result<Response, AppError> {
-    let ds = ready_view(&host, &headers, &name)?;
+    tree_of(&host, &headers, &name, params).await
+}
+
+/// The tree view of datastore `name`.
+pub(super) async fn tree_of(
+    host: &Host,
+    headers: &HeaderMap,
+    name: &str,
+    params: TreeParams,
+) -> Result<Response, AppError> {
+    let ds = ready_view(host, headers, name)?;
     let raw = params.path.unwrap_or_else(|| "/".into());
     let path = normalize(&raw)
         .ok_or_else(|| AppError::BadRequest(format!("path `{raw}` is not a clean path")))?;
@@ -170,7 +197,16 @@ pub(super) async fn stats(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    let ds = ready_view(&host, &headers, &name)?;
+    stats_of(&host, &headers, &name)
+}
+
+/// The stats view of datastore `name`.
+pub(super) fn stats_of(
+    host: &Host,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Json<Value>, AppError> {
+    let ds = ready_view(host, headers, name)?;
     Ok(Json(
         serde_json::to_value(ds.stats()).map_err(|e| AppError::Internal(e.into()))?,
     ))

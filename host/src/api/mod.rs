@@ -15,9 +15,15 @@
 //! | `GET /api/v1/pipe/consistency/sentinel/tasks` | ingest |
 //! | `POST /api/v1/pipe/consistency/sentinel/feedback` | ingest |
 //! | `GET /api/v1/views/{datastore}/{tree,stats,search,suspect-list,blind-spots}` | query |
+//! | `POST /ingestor-api/v1/sessions/`, `.../{sid}/heartbeat`, `DELETE .../{sid}` | ingest |
+//! | `POST /ingestor-api/v1/events/` (session id in the body) | ingest |
+//! | `POST /ingestor-api/v1/consistency/alarm` | ingest |
+//! | `GET /views/fs/{tree,stats}` (the key's datastore) | query |
+//! | `POST /v1/datastores/{datastore}/alarm` | admin |
 
 mod error;
 mod fustor;
+mod seed;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -87,6 +93,26 @@ pub fn router(host: Arc<Host>) -> Router {
             "/api/v1/pipe/consistency/sentinel/feedback",
             post(fustor::sentinel_feedback),
         )
+        .route("/ingestor-api/v1/sessions/", post(fustor::create_session))
+        .route(
+            "/ingestor-api/v1/sessions/{sid}/heartbeat",
+            post(fustor::heartbeat),
+        )
+        .route(
+            "/ingestor-api/v1/sessions/{sid}",
+            delete(fustor::delete_session),
+        )
+        .route(
+            "/ingestor-api/v1/events/",
+            post(seed::push).layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)),
+        )
+        .route(
+            "/ingestor-api/v1/consistency/alarm",
+            post(seed::agent_alarm),
+        )
+        .route("/views/fs/tree", get(seed::tree))
+        .route("/views/fs/stats", get(seed::stats))
+        .route("/v1/datastores/{datastore}/alarm", post(seed::admin_alarm))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(host)
