@@ -9,7 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Agents pushing events.
@@ -119,6 +119,11 @@ impl Keys {
                 datastore: datastore.to_string(),
             },
         );
+    }
+
+    /// Adds every key of `other`.
+    pub fn extend(&mut self, other: Keys) {
+        self.by_hash.extend(other.by_hash);
     }
 
     /// Keys of the `default` datastore, one per role, from `lookup(env var)`

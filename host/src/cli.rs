@@ -13,7 +13,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::auth::Keys;
-use crate::datastore::DatastoreConfig;
 use crate::host::{Host, HostConfig, PluginLoadError};
 use crate::plugin::{EngineConfig, Limits, LoadedPlugin, Outcome, Params, RawEvent};
 use crate::registry::{Function, KeyDefinition, OutputSchema, params};
@@ -53,13 +52,17 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     limits: LimitArgs,
-    /// Seconds without heartbeat or push before an agent session expires
-    /// (and the datastore's views answer 503).
-    #[arg(long, env = "WEIR_SESSION_TIMEOUT_SECS", default_value_t = 30)]
-    session_timeout_secs: u64,
-    /// Most rows waiting in a datastore's ingestion queue; pushes beyond get 503.
-    #[arg(long, env = "WEIR_QUEUE_ROWS", default_value_t = 100_000)]
-    queue_rows: usize,
+    /// Configuration file declaring datastores and their API keys.
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Seconds without heartbeat or push before an agent session of the
+    /// `default` datastore expires and its views answer 503 [default: 30].
+    #[arg(long, env = "WEIR_SESSION_TIMEOUT_SECS")]
+    session_timeout_secs: Option<u64>,
+    /// Most rows waiting in the `default` datastore's ingestion queue;
+    /// pushes beyond get 503 [default: 100000].
+    #[arg(long, env = "WEIR_QUEUE_ROWS")]
+    queue_rows: Option<usize>,
     /// Directory for compiled components (keyed by content hash).
     #[arg(long, env = "WEIR_COMPILE_CACHE")]
     compile_cache: Option<PathBuf>,
@@ -183,7 +186,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let plugin_dir = args
         .plugins
         .unwrap_or_else(|| PathBuf::from(crate::EXAMPLE_PLUGIN_DIR));
-    let (keys, generated) = Keys::for_default_datastore(|var| std::env::var(var).ok());
+    let file = match &args.config {
+        Some(path) => crate::config::load(path)?,
+        None => crate::config::FileConfig::default(),
+    };
+    let label = args
+        .config
+        .as_ref()
+        .map_or("(no config file)".to_string(), |p| p.display().to_string());
+    let (mut datastores, mut keys) = file.resolve(&label, &|var| std::env::var(var).ok())?;
+    let (default_keys, generated) = Keys::for_default_datastore(|var| std::env::var(var).ok());
+    keys.extend(default_keys);
     for g in &generated {
         // Printed once so that the operator can use them; set the
         // environment variable to keep a key across restarts.
@@ -194,12 +207,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             g.role.env_var()
         );
     }
-    if args.session_timeout_secs == 0 || args.queue_rows == 0 {
+    if args.session_timeout_secs == Some(0) || args.queue_rows == Some(0) {
         anyhow::bail!("--session-timeout-secs and --queue-rows must be at least 1");
     }
-    let mut default_datastore = DatastoreConfig::named("default");
-    default_datastore.sessions.timeout = Duration::from_secs(args.session_timeout_secs);
-    default_datastore.queue_rows = args.queue_rows;
+    if let Some(default) = datastores.iter_mut().find(|d| d.name == "default") {
+        if let Some(secs) = args.session_timeout_secs {
+            default.sessions.timeout = Duration::from_secs(secs);
+        }
+        if let Some(rows) = args.queue_rows {
+            default.queue_rows = rows;
+        }
+    }
     let config = HostConfig {
         plugin_dir: Some(plugin_dir),
         engine: EngineConfig {
@@ -208,7 +226,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             ..EngineConfig::default()
         },
         keys,
-        datastores: vec![default_datastore],
+        datastores,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

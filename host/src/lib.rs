@@ -11,6 +11,7 @@
 //! - [`ingest`]: agent pushes parsed row by row into index operations.
 //! - [`session`]: agent sessions of a datastore (last agent wins).
 //! - [`datastore`]: sessions + queue + index + READY logic of one datastore.
+//! - [`config`]: the `weir.toml` file (datastores and their keys).
 //! - [`auth`]: API keys and roles.
 //! - [`host`]: the assembled core (registry + engine + plugin directory).
 //! - [`api`]: the axum router over the core, and [`run`].
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod datastore;
 pub mod host;
 pub mod hostapi;

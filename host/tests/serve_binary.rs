@@ -85,3 +85,76 @@ fn serve_starts_with_the_example_plugins_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_bad_config_file_is_refused_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("weir-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("weir.toml");
+    std::fs::write(&file, "[[datastores]]\nname = \"lab\"\nkeys = [{ role = \"query\", key_env = \"WEIR_TEST_UNSET_VAR\" }]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .env_remove("WEIR_TEST_UNSET_VAR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("weir.toml: datastores[0] (`lab`).keys[0]: environment variable WEIR_TEST_UNSET_VAR is not set"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn config_file_datastores_get_their_own_keys() {
+    let dir = std::env::temp_dir().join(format!("weir-config-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("weir.toml");
+    std::fs::write(
+        &file,
+        "[[datastores]]\nname = \"lab\"\nkeys = [{ role = \"query\", key_env = \"LAB_QUERY\" }]\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--config",
+        ])
+        .arg(&file)
+        .env("LAB_QUERY", "lab-query-secret")
+        .env("WEIR_QUERY_KEY", "default-query-secret")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut addr = None;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("weir serving") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            addr = v["fields"]["addr"].as_str().map(str::to_string);
+            break;
+        }
+    }
+    let addr = addr.expect("started");
+    let (status, body) = get(&addr, "/api/v1/views/lab/stats", "lab-query-secret");
+    assert!(status.contains("503"), "{status} {body}");
+    assert!(
+        body.contains("datastore `lab` has no live agent session"),
+        "{body}"
+    );
+    let (status, _) = get(&addr, "/api/v1/views/lab/stats", "default-query-secret");
+    assert!(status.contains("403"), "{status}");
+    let (status, _) = get(&addr, "/api/v1/views/default/stats", "lab-query-secret");
+    assert!(status.contains("403"), "{status}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}

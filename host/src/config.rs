@@ -1,0 +1,282 @@
+//! The configuration file (`weir.toml`): datastores and their API keys.
+//! Without a file there is one datastore, `default`, whose keys come from
+//! the environment or are generated.
+//!
+//! ```toml
+//! [[datastores]]
+//! name = "lab"
+//! session_timeout_secs = 30     # optional, as every setting below
+//! queue_rows = 100000
+//! max_tree_items = 100000
+//! hot_window_secs = 30
+//! tombstone_ttl_secs = 3600
+//! audit_interval_secs = 60
+//! sentinel_interval_secs = 30
+//! keys = [
+//!   { role = "ingest", key_env = "LAB_INGEST_KEY" },   # secret from the environment
+//!   { role = "query", key = "a-literal-secret" },
+//! ]
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{Keys, Role};
+use crate::datastore::DatastoreConfig;
+
+/// The file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Declared datastores.
+    #[serde(default)]
+    pub datastores: Vec<DatastoreSection>,
+}
+
+/// One `[[datastores]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatastoreSection {
+    /// Name: letters, digits, `-` and `_`.
+    pub name: String,
+    /// Session timeout.
+    pub session_timeout_secs: Option<u64>,
+    /// Queue capacity in rows.
+    pub queue_rows: Option<usize>,
+    /// Most nodes one tree answer may hold.
+    pub max_tree_items: Option<usize>,
+    /// Hot-file window.
+    pub hot_window_secs: Option<f64>,
+    /// Tombstone lifetime.
+    pub tombstone_ttl_secs: Option<f64>,
+    /// Audit interval told to agents.
+    pub audit_interval_secs: Option<u64>,
+    /// Sentinel interval told to agents.
+    pub sentinel_interval_secs: Option<u64>,
+    /// API keys of this datastore.
+    #[serde(default)]
+    pub keys: Vec<KeySection>,
+}
+
+/// One API key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    /// `ingest`, `query` or `admin`.
+    pub role: Role,
+    /// The secret itself.
+    pub key: Option<String>,
+    /// The environment variable holding the secret.
+    pub key_env: Option<String>,
+}
+
+/// A configuration problem, naming the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {problem}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Reads and parses a configuration file.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let err = |problem: String| ConfigError {
+        file: path.display().to_string(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_string()))
+}
+
+impl FileConfig {
+    /// Resolves the file into datastore settings and keys, `default` always
+    /// among them; `env` looks up environment variables. `file` names the
+    /// file in errors.
+    pub fn resolve(
+        &self,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Vec<DatastoreConfig>, Keys), ConfigError> {
+        let err = |problem: String| ConfigError {
+            file: file.to_string(),
+            problem,
+        };
+        let mut datastores: Vec<DatastoreConfig> = Vec::new();
+        let mut keys = Keys::new();
+        for (i, d) in self.datastores.iter().enumerate() {
+            let at = format!("datastores[{i}] (`{}`)", d.name);
+            let valid_name = !d.name.is_empty()
+                && d.name.len() <= 64
+                && d.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid_name {
+                return Err(err(format!(
+                    "{at}: name must be 1 to 64 letters, digits, '-' or '_'"
+                )));
+            }
+            if datastores.iter().any(|c| c.name == d.name) {
+                return Err(err(format!(
+                    "{at}: datastore `{}` is declared twice",
+                    d.name
+                )));
+            }
+            let mut c = DatastoreConfig::named(&d.name);
+            let positive = |v: Option<u64>, field: &str| match v {
+                Some(0) => Err(err(format!("{at}: {field} must be at least 1"))),
+                other => Ok(other),
+            };
+            if let Some(s) = positive(d.session_timeout_secs, "session_timeout_secs")? {
+                c.sessions.timeout = Duration::from_secs(s);
+            }
+            if let Some(s) = positive(d.audit_interval_secs, "audit_interval_secs")? {
+                c.sessions.audit_interval = Duration::from_secs(s);
+            }
+            if let Some(s) = positive(d.sentinel_interval_secs, "sentinel_interval_secs")? {
+                c.sessions.sentinel_interval = Duration::from_secs(s);
+            }
+            if let Some(n) = positive(d.queue_rows.map(|n| n as u64), "queue_rows")? {
+                c.queue_rows = n as usize;
+            }
+            if let Some(n) = positive(d.max_tree_items.map(|n| n as u64), "max_tree_items")? {
+                c.max_tree_items = n as usize;
+            }
+            for (field, value, target) in [
+                (
+                    "hot_window_secs",
+                    d.hot_window_secs,
+                    &mut c.index.hot_window_secs,
+                ),
+                (
+                    "tombstone_ttl_secs",
+                    d.tombstone_ttl_secs,
+                    &mut c.index.tombstone_ttl_secs,
+                ),
+            ] {
+                if let Some(v) = value {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(err(format!("{at}: {field} must be a non-negative number")));
+                    }
+                    *target = v;
+                }
+            }
+            for (k, key) in d.keys.iter().enumerate() {
+                let at = format!("{at}.keys[{k}]");
+                let secret = match (&key.key, &key.key_env) {
+                    (Some(s), None) if !s.trim().is_empty() => s.clone(),
+                    (None, Some(var)) => {
+                        env(var).filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                            err(format!("{at}: environment variable {var} is not set"))
+                        })?
+                    }
+                    _ => return Err(err(format!("{at}: give exactly one of `key` or `key_env`"))),
+                };
+                keys.insert(&secret, key.role, &d.name);
+            }
+            datastores.push(c);
+        }
+        if !datastores.iter().any(|c| c.name == "default") {
+            datastores.insert(0, DatastoreConfig::named("default"));
+        }
+        Ok((datastores, keys))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str, env: &[(&str, &str)]) -> Result<(Vec<DatastoreConfig>, Keys), String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |var: &str| env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone());
+        file.resolve("weir.toml", &lookup)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn datastores_and_keys() {
+        let (ds, keys) = resolve(
+            r#"
+            [[datastores]]
+            name = "lab"
+            session_timeout_secs = 5
+            queue_rows = 10
+            keys = [{ role = "ingest", key_env = "LAB_KEY" }, { role = "query", key = "q" }]
+            "#,
+            &[("LAB_KEY", "from-env")],
+        )
+        .unwrap();
+        assert_eq!(
+            ds.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+            ["default", "lab"]
+        );
+        assert_eq!(ds[1].sessions.timeout, Duration::from_secs(5));
+        assert_eq!(ds[1].queue_rows, 10);
+        assert_eq!(
+            keys.authorize(Some("from-env"), Role::Ingest, Some("lab"))
+                .unwrap()
+                .datastore,
+            "lab"
+        );
+        assert!(
+            keys.authorize(Some("q"), Role::Query, Some("default"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = resolve("[[datastores]]\nname = \"a b\"", &[]).unwrap_err();
+        assert_eq!(
+            e,
+            "weir.toml: datastores[0] (`a b`): name must be 1 to 64 letters, digits, '-' or '_'"
+        );
+        let e = resolve("[[datastores]]\nname = \"x\"\nqueue_rows = 0", &[]).unwrap_err();
+        assert_eq!(
+            e,
+            "weir.toml: datastores[0] (`x`): queue_rows must be at least 1"
+        );
+        let e = resolve(
+            "[[datastores]]\nname = \"x\"\nkeys = [{ role = \"query\", key_env = \"NOPE\" }]",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "weir.toml: datastores[0] (`x`).keys[0]: environment variable NOPE is not set"
+        );
+        let e = resolve(
+            "[[datastores]]\nname = \"x\"\nkeys = [{ role = \"query\" }]",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.ends_with("give exactly one of `key` or `key_env`"), "{e}");
+        let e = resolve(
+            "[[datastores]]\nname = \"x\"\n[[datastores]]\nname = \"x\"",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.ends_with("datastore `x` is declared twice"), "{e}");
+        assert!(
+            resolve("[[datastores]]\nname = \"x\"\ncolour = 1", &[])
+                .unwrap_err()
+                .contains("unknown field `colour`")
+        );
+        assert!(
+            resolve(
+                "[[datastores]]\nname = \"x\"\nkeys = [{ role = \"root\", key = \"k\" }]",
+                &[]
+            )
+            .unwrap_err()
+            .contains("root")
+        );
+    }
+}
