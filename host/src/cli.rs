@@ -235,7 +235,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(addr = %listener.local_addr()?, keys = host.registry().len(), "weir serving");
-        crate::run(listener, host, shutdown_signal()).await?;
+        crate::run(listener, host.clone(), shutdown_signal()).await?;
+        // Nothing accepted is lost: apply what is queued before exiting.
+        let drained = tokio::task::spawn_blocking(move || {
+            host.datastores().all(|ds| ds.drain(Duration::from_secs(10)))
+        })
+        .await?;
+        if !drained {
+            tracing::warn!("some ingestion queues were not drained in time");
+        }
         tracing::info!("weir stopped");
         anyhow::Ok(0)
     })
