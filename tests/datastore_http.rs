@@ -755,3 +755,178 @@ async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() 
     // Every accepted row is in the index, whatever was refused.
     assert_eq!(stats["total_files"].as_u64(), Some(accepted));
 }
+
+/// One push of rows from `source` (snapshot, message, audit).
+fn rows_push(source: &str, kind: &str, rows: Value) -> Value {
+    json!({"source_type": source, "events": [{"event_type": kind, "index": 1_000_000_000_000u64, "rows": rows}]})
+}
+
+#[tokio::test]
+async fn arbitration_rules_through_http() {
+    let s = start().await;
+    let sid = s.create_session().await;
+    let old = 1_000_000.0;
+    let snapshot = rows_push(
+        "snapshot",
+        "update",
+        json!([
+            {"path": "/d", "size": 4096, "modified_time": old, "is_directory": true},
+            {"path": "/d/keep", "size": 1, "modified_time": old},
+            {"path": "/d/stale", "size": 1, "modified_time": old},
+            {"path": "/d/gone", "size": 1, "modified_time": old}
+        ]),
+    );
+    assert_eq!(s.push(&sid, snapshot).await.0, StatusCode::OK);
+    let mut end = rows_push("snapshot", "update", json!([]));
+    end["is_end"] = json!(true);
+    assert_eq!(s.push(&sid, end).await.0, StatusCode::OK);
+    let size = |tree: &Value| tree["size"].as_u64();
+
+    // Realtime delete tombstones the path: an older snapshot row cannot bring it back...
+    assert_eq!(
+        s.push(
+            &sid,
+            rows_push("message", "delete", json!([{"path": "/d/gone"}]))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    s.push(
+        &sid,
+        rows_push(
+            "snapshot",
+            "update",
+            json!([{"path": "/d/gone", "size": 9, "modified_time": old}]),
+        ),
+    )
+    .await;
+    assert_eq!(s.view("tree?path=/d/gone").await.0, StatusCode::NOT_FOUND);
+    // ...but a realtime upsert always can.
+    s.push(
+        &sid,
+        rows_push(
+            "message",
+            "update",
+            json!([{"path": "/d/gone", "size": 7, "modified_time": old}]),
+        ),
+    )
+    .await;
+    assert_eq!(size(&s.view("tree?path=/d/gone").await.1), Some(7));
+
+    // Snapshot rows with the same or an older mtime are ignored; newer ones applied.
+    s.push(
+        &sid,
+        rows_push(
+            "snapshot",
+            "update",
+            json!([{"path": "/d/keep", "size": 5, "modified_time": old}]),
+        ),
+    )
+    .await;
+    assert_eq!(size(&s.view("tree?path=/d/keep").await.1), Some(1));
+    s.push(
+        &sid,
+        rows_push(
+            "snapshot",
+            "update",
+            json!([{"path": "/d/keep", "size": 5, "modified_time": old + 1.0}]),
+        ),
+    )
+    .await;
+    assert_eq!(size(&s.view("tree?path=/d/keep").await.1), Some(5));
+
+    // A snapshot delete of a node changed after the scan observed it is ignored.
+    let mut late = rows_push("snapshot", "delete", json!([{"path": "/d/keep"}]));
+    late["events"][0]["index"] = json!((old - 10.0) * 1000.0);
+    s.push(&sid, late).await;
+    assert_eq!(s.view("tree?path=/d/keep").await.0, StatusCode::OK);
+
+    // A realtime write in progress is suspect; the atomic close clears it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    s.push(
+        &sid,
+        rows_push(
+            "message",
+            "update",
+            json!([{"path": "/d/hot", "size": 1, "modified_time": now, "is_atomic_write": false}]),
+        ),
+    )
+    .await;
+    assert_eq!(
+        s.view("tree?path=/d/hot").await.1["integrity_suspect"],
+        true
+    );
+    s.push(
+        &sid,
+        rows_push(
+            "message",
+            "update",
+            json!([{"path": "/d/hot", "size": 2, "modified_time": old, "is_atomic_write": true}]),
+        ),
+    )
+    .await;
+    assert_eq!(
+        s.view("tree?path=/d/hot").await.1["integrity_suspect"],
+        false
+    );
+
+    // Audit: a new file under a parent that changed since the agent listed it
+    // is stale (the agent's parent_path is absolute: it is not used);
+    // /d/stale was not listed and is deleted at audit end unless tombstoned
+    // or touched by realtime since the audit began.
+    let audit = rows_push(
+        "audit",
+        "update",
+        json!([
+            {"path": "/d", "size": 4096, "modified_time": old + 5.0, "is_directory": true},
+            {"path": "/d/keep", "size": 5, "modified_time": old + 1.0},
+            {"path": "/d/gone", "size": 7, "modified_time": old},
+            {"path": "/d/hot", "size": 2, "modified_time": old},
+            {"path": "/d/late_for_parent", "size": 1, "modified_time": old, "parent_path": "/abs/disk/d", "parent_mtime": old + 1.0}
+        ]),
+    );
+    assert_eq!(s.push(&sid, audit).await.0, StatusCode::OK);
+    s.send(
+        "POST",
+        "/api/v1/pipe/consistency/audit/end",
+        Some(Role::Ingest),
+        None,
+    )
+    .await;
+    assert_eq!(
+        s.view("tree?path=/d/late_for_parent").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(s.view("tree?path=/d/stale").await.0, StatusCode::NOT_FOUND);
+    let (_, spots) = s.view("blind-spots").await;
+    assert_eq!(spots["deletions"], json!(["/d/stale"]));
+    for kept in ["/d/keep", "/d/gone", "/d/hot"] {
+        assert_eq!(
+            s.view(&format!("tree?path={kept}")).await.0,
+            StatusCode::OK,
+            "{kept}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_json() {
+    let s = start().await;
+    let big = "x".repeat(5 * 1024 * 1024);
+    let resp = s
+        .client
+        .post(format!("{}/api/v1/pipe/session/", s.base))
+        .header("X-API-Key", secret(Role::Ingest))
+        .header("content-type", "application/json")
+        .body(format!("{{\"task_id\": \"{big}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "too_large");
+}
