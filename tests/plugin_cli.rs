@@ -213,85 +213,60 @@ fn test_runs_pre_consume_and_cleanup_around_the_events() {
 fn test_refuses_bad_params_and_unknown_keys_clearly() {
     let events = events_file(&[]);
     let ev = events.path().to_str().unwrap();
-    let file = path(example("fs-large-files"));
-    let (code, _, err) = weir(&[
-        "plugins",
-        "test",
-        &file,
-        "--key",
-        "fs.large_files",
-        "--events",
-        ev,
-    ]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("param `min_size`: required int parameter is missing"),
-        "{err}"
-    );
-    let (code, _, err) = weir(&[
-        "plugins",
-        "test",
-        &file,
-        "--key",
-        "fs.large_files",
-        "--param",
-        "min_size=big",
-        "--events",
-        ev,
-    ]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("param `min_size`: `big` is not an integer"),
-        "{err}"
-    );
-    let (code, _, err) = weir(&[
-        "plugins",
-        "test",
-        &file,
-        "--key",
-        "fs.large_files",
-        "--param",
-        "min_size=1",
-        "--param",
-        "colour=red",
-        "--events",
-        ev,
-    ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("param `colour`: unknown parameter of key `fs.large_files` (known: min_size, path_prefix)"), "{err}");
-    let (code, _, err) = weir(&["plugins", "test", &file, "--key", "nope", "--events", ev]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("defines no key `nope` (keys: fs.large_files)"),
-        "{err}"
-    );
-    let (code, _, err) = weir(&[
-        "plugins",
-        "test",
-        &file,
-        "--key",
-        "fs.large_files",
-        "--param",
-        "oops",
-        "--events",
-        ev,
-    ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("`oops` is not name=value"), "{err}");
-    let (code, _, err) = weir(&[
-        "plugins",
-        "test",
-        &path(example("fs-changes")),
-        "--key",
-        "fs.changes",
-        "--param",
-        "kinds=rename",
-        "--events",
-        ev,
-    ]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("param `kinds`: `rename` is not one of: insert, update, delete"),
-        "{err}"
-    );
+    let large = path(example("fs-large-files"));
+    let changes = path(example("fs-changes"));
+    // (plugin, key, params, exit code, what stderr must say)
+    let cases: &[(&str, &str, &[&str], i32, &str)] = &[
+        (
+            &large,
+            "fs.large_files",
+            &[],
+            1,
+            "param `min_size`: required int parameter is missing",
+        ),
+        (
+            &large,
+            "fs.large_files",
+            &["min_size=big"],
+            1,
+            "param `min_size`: `big` is not an integer",
+        ),
+        (
+            &large,
+            "fs.large_files",
+            &["min_size=1", "colour=red"],
+            1,
+            "param `colour`: unknown parameter of key `fs.large_files` (known: min_size, path_prefix)",
+        ),
+        (
+            &large,
+            "nope",
+            &[],
+            1,
+            "defines no key `nope` (keys: fs.large_files)",
+        ),
+        (
+            &large,
+            "fs.large_files",
+            &["oops"],
+            2,
+            "`oops` is not name=value",
+        ),
+        (
+            &changes,
+            "fs.changes",
+            &["kinds=rename"],
+            1,
+            "param `kinds`: `rename` is not one of: insert, update, delete",
+        ),
+    ];
+    for (plugin, key, params, expected_code, expected) in cases {
+        let mut args = vec!["plugins", "test", plugin, "--key", key, "--events", ev];
+        for p in *params {
+            args.extend(["--param", p]);
+        }
+        let (code, _, err) = weir(&args);
+        assert_eq!(code, *expected_code, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
 }
