@@ -314,13 +314,11 @@ impl Datastore {
     /// Whether views may answer now.
     pub fn readiness(&self) -> Result<(), NotReady> {
         let name = || self.config.name.clone();
-        if self.alarm.load(Ordering::SeqCst) {
-            return Err(NotReady::Alarm(name()));
-        }
         if self.sessions().alive(Instant::now()).is_none() {
             return Err(NotReady::NoSession(name()));
         }
-        // Queued work first: the snapshot end may be waiting in the queue.
+        // Queued work first: the snapshot end that lifts an alarm or ends
+        // the snapshot may be waiting in the queue.
         let busy = {
             let q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             !q.jobs.is_empty() || self.applying.load(Ordering::SeqCst)
@@ -328,8 +326,11 @@ impl Datastore {
         if busy {
             return Err(NotReady::Applying(name()));
         }
-        // Read after the queue check, so that a snapshot end applied in
-        // between is seen.
+        // Read after the queue check, so that what was applied in between
+        // is seen.
+        if self.alarm.load(Ordering::SeqCst) {
+            return Err(NotReady::Alarm(name()));
+        }
         match self.sessions().alive(Instant::now()) {
             None => Err(NotReady::NoSession(name())),
             Some(s) if !s.snapshot_done => Err(NotReady::SnapshotPending(name())),
