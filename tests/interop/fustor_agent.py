@@ -138,6 +138,14 @@ def main():
     ap.add_argument("--weir", required=True)
     ap.add_argument("--agent", required=True)
     args = ap.parse_args()
+    # The agent runs in a scratch directory: relative paths would break.
+    args.weir = os.path.abspath(args.weir)
+    args.agent = os.path.abspath(args.agent)
+    for tool in (args.weir, args.agent):
+        if not os.access(tool, os.X_OK):
+            check(f"{tool} is executable", False, "not found")
+            print(f"interop: {RESULTS['passed']} passed, {RESULTS['failed']} failed")
+            sys.exit(1)
 
     work = tempfile.mkdtemp(prefix="weir-interop-")
     data = os.path.join(work, "data")
@@ -205,6 +213,7 @@ def main():
         os.killpg(agent.pid, signal.SIGKILL)
         agent.wait()
         killed_at = time.time()
+        agent = None
 
         def unavailable():
             status, body = get(base, "/api/v1/views/default/stats")
@@ -214,6 +223,8 @@ def main():
         check(f"views answer 503 after the agent dies (after {waited:.1f}s)", ok, str(last))
         status, body = get(base, "/api/v1/views/default/tree?path=/")
         check("503 says why", status == 503 and "no live agent session" in json.dumps(body), f"{status} {body}")
+    except Exception as e:  # a crash of the test itself is a failure, reported as one
+        check("interop test ran to the end", False, repr(e))
     finally:
         if agent is not None and agent.poll() is None:
             os.killpg(agent.pid, signal.SIGKILL)
