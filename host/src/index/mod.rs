@@ -236,15 +236,9 @@ impl FsIndex {
             .filter(|&at| now - at < self.config.tombstone_ttl_secs)
     }
 
-    /// A new authoritative session: audit state and blind-spot lists reset.
-    /// The tree stays until the new snapshot replaces it.
-    pub fn new_session(&mut self) {
-        self.audit = None;
-        self.blind_additions.clear();
-        self.blind_deletions.clear();
-    }
-
-    /// Empties the index (a new snapshot after a consistency alarm).
+    /// Empties the index: a new authoritative session starts over from its
+    /// own snapshot, without the previous session's audit state, blind
+    /// spots, suspects or tombstones.
     pub fn clear(&mut self) {
         *self = Self::new(self.config);
     }
@@ -345,7 +339,7 @@ impl FsIndex {
                 return None;
             }
         } else if auditing {
-            let (parent_path, _) = parent_of(&row.path);
+            let (parent_path, _) = tree::split_parent(&row.path);
             // The agent sends `parent_path` as an absolute disk path; the
             // parent is derived from the row's own relative path instead.
             let parent = self.tree.get(parent_path);
@@ -499,14 +493,6 @@ impl FsIndex {
                 }
             }
         }
-    }
-}
-
-fn parent_of(path: &str) -> (&str, &str) {
-    match path.rfind('/') {
-        Some(0) => ("/", &path[1..]),
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => ("/", path),
     }
 }
 

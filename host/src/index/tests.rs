@@ -257,18 +257,18 @@ fn audit_end_deletes_unseen_files_in_listed_directories() {
 }
 
 #[test]
-fn a_new_session_clears_audit_state_and_blind_spots() {
+fn clearing_resets_tree_audit_state_blind_spots_and_tombstones() {
     let mut ix = index();
     ix.audit_start(NOW);
     ix.upsert(&row("/x", 1, OLD), Source::Audit, NOW);
+    ix.delete("/t", Source::Realtime, NOW, NOW);
     assert!(!ix.blind_additions().is_empty());
-    ix.new_session();
+    ix.clear();
     assert!(ix.blind_additions().is_empty());
     assert!(!ix.is_auditing());
-    assert!(
-        ix.tree().get("/x").is_some(),
-        "the tree stays until a new snapshot"
-    );
+    assert!(!ix.is_tombstoned("/t", NOW));
+    assert_eq!(ix.tree().get("/x"), None);
+    assert_eq!((ix.tree().file_count(), ix.tree().dir_count()), (0, 1));
 }
 
 #[test]

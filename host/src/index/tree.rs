@@ -78,7 +78,7 @@ impl Default for Tree {
 }
 
 /// Splits a normalized path into its parent path and its name.
-fn split_parent(path: &str) -> (&str, &str) {
+pub fn split_parent(path: &str) -> (&str, &str) {
     match path.rfind('/') {
         Some(0) => ("/", &path[1..]),
         Some(i) => (&path[..i], &path[i + 1..]),
