@@ -256,6 +256,9 @@ impl Datastore {
         }
         let count = batch.ops.len();
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        // An empty queue takes any push, so that one push larger than the
+        // capacity is not refused forever; memory stays within the capacity
+        // plus one push.
         if q.rows + rows > self.config.queue_rows && !q.jobs.is_empty() {
             return Err(PushError::QueueFull {
                 datastore: self.config.name.clone(),
