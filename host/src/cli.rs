@@ -128,7 +128,7 @@ struct TestArgs {
     /// A parameter, `name=value`; repeat for more.
     #[arg(long = "param", value_parser = parse_param)]
     params: Vec<(String, String)>,
-    /// Newline-delimited JSON events: `{event_id?, event_type, source_time?, payload}`.
+    /// Newline-delimited JSON events: `{event_id?, event_type, source_time?, source?, correlation_id?, payload}`.
     #[arg(long)]
     events: PathBuf,
     #[command(flatten)]
@@ -429,8 +429,12 @@ struct InputEvent {
     event_id: Option<String>,
     event_type: String,
     source_time: Option<String>,
-    #[serde(default)]
-    source: Option<String>,
+    /// Fields of a raw event that a key never sees; accepted so that the
+    /// same NDJSON can be posted to the host, and otherwise ignored.
+    #[serde(default, rename = "source")]
+    _source: Option<String>,
+    #[serde(default, rename = "correlation_id")]
+    _correlation_id: Option<String>,
     payload: Value,
 }
 
@@ -523,7 +527,6 @@ fn run_one(
             .unwrap_or(0),
         payload: input.payload.to_string(),
     };
-    let _ = input.source;
     let fault = |stage: Function, f: crate::plugin::PluginFault| {
         with(
             json!({ "result": "error", "stage": stage.as_str(), "kind": f.kind(), "message": f.to_string() }),

@@ -244,10 +244,10 @@ impl Datastore {
 
     /// Accepts a push of session `id` into the queue (also a keep-alive).
     /// All or nothing: a full queue refuses the whole push.
-    pub fn push(&self, id: &str, batch: Batch) -> Result<PushReceipt, PushError> {
+    pub fn push(&self, id: &str, mut batch: Batch) -> Result<PushReceipt, PushError> {
         self.sessions().touch(id, Instant::now())?;
         let rows = batch.ops.len().max(1);
-        let rejected = batch.rejected.clone();
+        let rejected = std::mem::take(&mut batch.rejected);
         self.counters
             .rows_rejected
             .fetch_add(rejected.len() as u64, Ordering::Relaxed);

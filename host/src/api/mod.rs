@@ -41,6 +41,7 @@ pub use error::AppError;
 
 use crate::auth::{ApiKey, Role};
 use crate::host::Host;
+use crate::registry::KeyDefinition;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -181,7 +182,7 @@ async fn list_keys(
 ) -> Result<Json<Value>, AppError> {
     authorize(&host, &headers, Role::Query)?;
     let registry = host.registry();
-    let keys: Vec<_> = registry.list().map(|k| k.def.as_ref().clone()).collect();
+    let keys: Vec<&KeyDefinition> = registry.list().map(|k| k.def.as_ref()).collect();
     Ok(Json(
         serde_json::to_value(keys).map_err(|e| AppError::Internal(e.into()))?,
     ))

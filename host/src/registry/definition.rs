@@ -153,6 +153,25 @@ pub struct KeyDefinition {
 }
 
 impl KeyDefinition {
+    /// A key on `event_type` with no params, a native schema, default
+    /// buffer and workers, and no optional function.
+    pub fn new(key: &str, event_type: &str) -> Self {
+        Self {
+            key: key.to_string(),
+            display_name: String::new(),
+            description: String::new(),
+            event_type: event_type.to_string(),
+            params: Vec::new(),
+            schema: OutputSchema::Native,
+            scopes: Vec::new(),
+            auth_types: Vec::new(),
+            required_console_events: Vec::new(),
+            buffer_size: None,
+            workers: None,
+            implements: Vec::new(),
+        }
+    }
+
     /// Whether the key implements `f`.
     pub fn implements(&self, f: Function) -> bool {
         self.implements.contains(&f)

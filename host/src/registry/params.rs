@@ -172,7 +172,7 @@ pub fn subscription_id(def: &KeyDefinition, params: &[(String, String)]) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{OutputSchema, ParamValue};
+    use crate::registry::ParamValue;
 
     fn p(name: &str, ty: ParamType) -> ParamDef {
         ParamDef {
@@ -207,18 +207,9 @@ mod tests {
         let mut dir = p("dir", ParamType::String);
         dir.subscription_key = true;
         KeyDefinition {
-            key: "k".into(),
-            display_name: String::new(),
-            description: String::new(),
-            event_type: "*".into(),
             params: vec![min, kind, tags, dir, p("flag", ParamType::Bool)],
-            schema: OutputSchema::Native,
-            scopes: vec![],
-            auth_types: vec![],
-            required_console_events: vec![],
-            buffer_size: None,
-            workers: None,
             implements,
+            ..KeyDefinition::new("k", "*")
         }
     }
 

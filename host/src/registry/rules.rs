@@ -215,20 +215,7 @@ mod tests {
     use crate::registry::{ParamDef, ParamValue};
 
     fn def(key: &str, event_type: &str) -> KeyDefinition {
-        KeyDefinition {
-            key: key.into(),
-            display_name: String::new(),
-            description: String::new(),
-            event_type: event_type.into(),
-            params: vec![],
-            schema: OutputSchema::Native,
-            scopes: vec![],
-            auth_types: vec![],
-            required_console_events: vec![],
-            buffer_size: None,
-            workers: None,
-            implements: vec![],
-        }
+        KeyDefinition::new(key, event_type)
     }
 
     fn param(name: &str, ty: ParamType) -> ParamDef {
