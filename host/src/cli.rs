@@ -227,6 +227,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         },
         keys,
         datastores,
+        ..HostConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -295,7 +296,7 @@ fn offline_host(limits: Limits) -> anyhow::Result<Host> {
             ..EngineConfig::default()
         },
         keys: Keys::new(),
-        datastores: Vec::new(),
+        ..HostConfig::default()
     })
 }
 

@@ -8,11 +8,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
 
 use crate::index::{Change, Feedback, FsIndex, IndexConfig, Source};
 use crate::ingest::rows::{Batch, Op, Rejected};
@@ -63,6 +62,9 @@ pub struct FeedChange {
     #[serde(flatten)]
     pub change: Change,
 }
+
+/// Receives applied changes; see [`Datastore::on_changes`].
+pub type ChangeSink = Arc<dyn Fn(&[FeedChange]) + Send + Sync>;
 
 /// What the agent is told when its session is created.
 #[derive(Debug, Clone, Serialize)]
@@ -159,13 +161,12 @@ pub struct Datastore {
     applying: AtomicBool,
     alarm: AtomicBool,
     counters: Counters,
-    feed: broadcast::Sender<Arc<FeedChange>>,
+    sink: OnceLock<ChangeSink>,
 }
 
 impl Datastore {
     /// Creates the datastore and its apply thread.
     pub fn start(config: DatastoreConfig) -> std::io::Result<Arc<Self>> {
-        let (feed, _) = broadcast::channel(4096);
         let ds = Arc::new(Self {
             sessions: Mutex::new(Sessions::new(config.sessions)),
             index: RwLock::new(FsIndex::new(config.index)),
@@ -178,7 +179,7 @@ impl Datastore {
             applying: AtomicBool::new(false),
             alarm: AtomicBool::new(false),
             counters: Counters::default(),
-            feed,
+            sink: OnceLock::new(),
             config,
         });
         let worker = Arc::downgrade(&ds);
@@ -198,9 +199,11 @@ impl Datastore {
         &self.config
     }
 
-    /// Receives every applied change from now on.
-    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<FeedChange>> {
-        self.feed.subscribe()
+    /// Sends every applied change from now on to `sink`, in apply order,
+    /// from the apply thread (so the sink must not block for long). Only the
+    /// first sink set is kept; returns `false` if one was set already.
+    pub fn on_changes(&self, sink: ChangeSink) -> bool {
+        self.sink.set(sink).is_ok()
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
@@ -466,13 +469,17 @@ impl Datastore {
         self.counters
             .rows_applied
             .fetch_add(changes.len() as u64, Ordering::Relaxed);
-        if self.feed.receiver_count() > 0 {
-            for change in changes {
-                let _ = self.feed.send(Arc::new(FeedChange {
+        if let Some(sink) = self.sink.get()
+            && !changes.is_empty()
+        {
+            let changes: Vec<FeedChange> = changes
+                .into_iter()
+                .map(|change| FeedChange {
                     datastore: self.config.name.clone(),
                     change,
-                }));
-            }
+                })
+                .collect();
+            sink(&changes);
         }
     }
 }
@@ -642,11 +649,16 @@ mod tests {
     #[test]
     fn change_feed_and_alarm() {
         let ds = Datastore::start(DatastoreConfig::named("f")).unwrap();
-        let mut feed = ds.subscribe_changes();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        assert!(ds.on_changes(Arc::new(move |c: &[FeedChange]| {
+            log.lock().unwrap().extend(c.iter().cloned())
+        })));
         let s = ds.create_session("a:p");
         ds.push(&s.session_id, snapshot(&["/a"], true)).unwrap();
         wait_ready(&ds).unwrap();
-        let c = feed.try_recv().unwrap();
+        let seen = seen.lock().unwrap();
+        let c = &seen[0];
         assert_eq!((c.datastore.as_str(), c.change.path.as_str()), ("f", "/a"));
         ds.raise_alarm();
         assert_eq!(ds.readiness(), Err(NotReady::Alarm("f".into())));

@@ -1,5 +1,5 @@
-//! The assembled core: registry, plugin engine, host API and keys. Knows
-//! nothing of HTTP; `api` and `cli` drive it.
+//! The assembled core: registry, plugin engine, host API, keys, datastores,
+//! bus and pipeline. Knows nothing of HTTP; `api` and `cli` drive it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -10,10 +10,12 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::auth::Keys;
+use crate::bus::{BusConfig, EventBus, MemoryBus};
 use crate::datastore::{Datastore, DatastoreConfig};
 use crate::hostapi::BuiltinApi;
-use crate::plugin::{EngineConfig, LoadError, LoadedPlugin, PluginEngine};
-use crate::registry::{RegistrationError, Registry};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::plugin::{EngineConfig, LoadError, PluginEngine};
+use crate::registry::{RegistrationError, Registry, Runner};
 
 /// Everything needed to build a [`Host`].
 #[derive(Debug, Clone, Default)]
@@ -26,6 +28,10 @@ pub struct HostConfig {
     pub keys: Keys,
     /// Datastores; when empty, one called `default` with default settings.
     pub datastores: Vec<DatastoreConfig>,
+    /// Dedup and history of the event bus.
+    pub bus: BusConfig,
+    /// Quarantine, dead letters, batching.
+    pub pipeline: PipelineConfig,
 }
 
 /// Why one plugin file was not registered.
@@ -56,6 +62,7 @@ pub struct Host {
     keys: Keys,
     failed: Mutex<Vec<FailedPlugin>>,
     datastores: BTreeMap<String, Arc<Datastore>>,
+    pipeline: Arc<Pipeline>,
 }
 
 impl Host {
@@ -66,6 +73,8 @@ impl Host {
         let registry = Arc::new(RwLock::new(Registry::new()));
         let api = Arc::new(BuiltinApi::new(registry.clone()));
         let engine = PluginEngine::new(config.engine, api.clone())?;
+        let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new(config.bus));
+        let pipeline = Pipeline::new(bus, registry.clone(), config.pipeline);
         let mut configs = config.datastores;
         if configs.is_empty() {
             configs.push(DatastoreConfig::named("default"));
@@ -73,10 +82,10 @@ impl Host {
         let mut datastores = BTreeMap::new();
         for c in configs {
             let name = c.name.clone();
-            if datastores
-                .insert(name.clone(), Datastore::start(c)?)
-                .is_some()
-            {
+            let ds = Datastore::start(c)?;
+            let p = pipeline.clone();
+            ds.on_changes(Arc::new(move |changes| p.publish_changes(changes)));
+            if datastores.insert(name.clone(), ds).is_some() {
                 anyhow::bail!("datastore `{name}` is declared twice");
             }
         }
@@ -87,6 +96,7 @@ impl Host {
             keys: config.keys,
             failed: Mutex::default(),
             datastores,
+            pipeline,
         };
         if let Some(dir) = &config.plugin_dir {
             host.load_dir(dir)?;
@@ -134,7 +144,7 @@ impl Host {
     }
 
     /// Registers a loaded plugin: all its keys, or none.
-    pub fn register(&self, plugin: Arc<LoadedPlugin>) -> Result<Vec<String>, PluginLoadError> {
+    pub fn register(&self, plugin: Arc<dyn Runner>) -> Result<Vec<String>, PluginLoadError> {
         let keys = plugin.definitions().iter().map(|d| d.key.clone()).collect();
         self.registry
             .write()
@@ -172,6 +182,11 @@ impl Host {
         self.datastores.values()
     }
 
+    /// The event pipeline (and through it, the bus).
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
     /// The API keys.
     pub fn keys(&self) -> &Keys {
         &self.keys
@@ -187,18 +202,13 @@ impl Host {
 
     /// Every loaded plugin with its keys, for `/v1/plugins`.
     pub fn plugins(&self) -> Vec<PluginInfo> {
+        use std::sync::atomic::Ordering::Relaxed;
         let registry = self.registry();
-        let mut plugins = std::collections::BTreeMap::new();
+        let mut plugins = BTreeMap::new();
         for k in registry.list() {
-            plugins
-                .entry(k.plugin.name().to_string())
-                .or_insert_with(|| k.plugin.clone());
-        }
-        plugins
-            .into_values()
-            .map(|p| {
+            let Some(p) = k.plugin.wasm() else { continue };
+            plugins.entry(p.name().to_string()).or_insert_with(|| {
                 let counters = p.counters();
-                use std::sync::atomic::Ordering::Relaxed;
                 PluginInfo {
                     name: p.name().to_string(),
                     file: p.path().map(|f| f.display().to_string()),
@@ -213,8 +223,9 @@ impl Host {
                     faults: counters.faults.load(Relaxed),
                     instances_created: counters.instances.load(Relaxed),
                 }
-            })
-            .collect()
+            });
+        }
+        plugins.into_values().collect()
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`plugin`]: the wasmtime engine, loaded plugins, faults.
 //! - [`registry`]: key definitions, registration rules, parameter checks.
 //! - [`hostapi`]: the routes plugins reach through `call-api`.
+//! - [`bus`]: dedup, sequence numbers, history and fan-out of events.
+//! - [`pipeline`]: subscriptions, key calls, envelopes, dead letters.
 //! - [`index`]: the hash tree of file-system metadata and its arbitration rules.
 //! - [`ingest`]: agent pushes parsed row by row into index operations.
 //! - [`session`]: agent sessions of a datastore (last agent wins).
@@ -19,6 +21,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod datastore;
@@ -26,6 +29,7 @@ pub mod host;
 pub mod hostapi;
 pub mod index;
 pub mod ingest;
+pub mod pipeline;
 pub mod plugin;
 pub mod registry;
 pub mod session;

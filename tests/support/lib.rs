@@ -53,6 +53,7 @@ pub fn host_with_examples() -> Arc<Host> {
             },
             keys,
             datastores: Vec::new(),
+            ..HostConfig::default()
         })
         .expect("host starts"),
     )

@@ -7,6 +7,7 @@
 mod definition;
 pub mod params;
 mod rules;
+mod runner;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,16 +18,15 @@ pub use definition::{
 };
 pub use params::ParamError;
 pub use rules::{RegistrationError, Rule, check_definitions};
+pub use runner::Runner;
 
-use crate::plugin::LoadedPlugin;
-
-/// A registered key: its definition and the plugin that runs it.
+/// A registered key: its definition and what runs it.
 #[derive(Clone)]
 pub struct RegisteredKey {
     /// The definition, as validated.
     pub def: Arc<KeyDefinition>,
-    /// The plugin implementing it.
-    pub plugin: Arc<LoadedPlugin>,
+    /// The plugin (or native code) implementing it.
+    pub plugin: Arc<dyn Runner>,
 }
 
 /// Keys by name.
@@ -43,7 +43,7 @@ impl Registry {
 
     /// Every rule `plugin` breaks, on its own and against the keys already
     /// registered. Empty means it can be registered.
-    pub fn check(&self, plugin: &LoadedPlugin) -> Vec<RegistrationError> {
+    pub fn check(&self, plugin: &dyn Runner) -> Vec<RegistrationError> {
         let file = plugin.file_label();
         let mut errors = check_definitions(&file, plugin.definitions());
         for def in plugin.definitions() {
@@ -61,8 +61,8 @@ impl Registry {
     }
 
     /// Registers every key of `plugin`, or none of them with every broken rule.
-    pub fn register(&mut self, plugin: Arc<LoadedPlugin>) -> Result<(), Vec<RegistrationError>> {
-        let errors = self.check(&plugin);
+    pub fn register(&mut self, plugin: Arc<dyn Runner>) -> Result<(), Vec<RegistrationError>> {
+        let errors = self.check(plugin.as_ref());
         if !errors.is_empty() {
             return Err(errors);
         }

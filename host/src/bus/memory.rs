@@ -1,0 +1,543 @@
+//! The in-memory bus: one lock orders publishing, history and the switch of
+//! a replaying feed to live delivery, so a feed sees every event once, in
+//! sequence order, across that switch.
+//!
+//! Each live feed has its own ring of `capacity` events. Publishing never
+//! waits for a consumer: a full ring drops its oldest event and counts it,
+//! and the feed reports the gap before its next events.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::Notify;
+
+use super::{
+    BusConfig, BusStats, DedupFilter, Event, EventBus, Feed, FeedItem, GapReason, Handler,
+    NewEvent, Published, StartAt,
+};
+use crate::registry::event_type_matches;
+
+/// History entries a replaying feed scans per lock hold, so that a replay of
+/// a long history does not stall publishers.
+const REPLAY_SCAN: usize = 4096;
+
+/// The in-memory [`EventBus`].
+#[derive(Clone)]
+pub struct MemoryBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    config: BusConfig,
+}
+
+struct State {
+    next_seq: u64,
+    dedup: DedupFilter,
+    history: VecDeque<Arc<Event>>,
+    history_bytes: usize,
+    /// Sorted by priority, highest first; equal priorities in insertion order.
+    handlers: Vec<Arc<dyn Handler>>,
+    taps: HashMap<u64, Arc<Tap>>,
+    next_tap: u64,
+    published: u64,
+    duplicates: u64,
+    closed: bool,
+}
+
+/// A live feed's buffer.
+struct Tap {
+    pattern: String,
+    /// Events before this sequence number are not for this feed.
+    min_seq: u64,
+    capacity: usize,
+    ring: Mutex<Ring>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Ring {
+    events: VecDeque<Arc<Event>>,
+    dropped: u64,
+    first_dropped: u64,
+    last_dropped: u64,
+    closed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Tap {
+    fn push(&self, event: &Arc<Event>) {
+        if event.seq < self.min_seq || !event_type_matches(&self.pattern, &event.new.event_type) {
+            return;
+        }
+        let mut ring = lock(&self.ring);
+        if ring.events.len() >= self.capacity
+            && let Some(old) = ring.events.pop_front()
+        {
+            if ring.dropped == 0 {
+                ring.first_dropped = old.seq;
+            }
+            ring.dropped += 1;
+            ring.last_dropped = old.seq;
+        }
+        ring.events.push_back(event.clone());
+        drop(ring);
+        self.notify.notify_one();
+    }
+}
+
+impl MemoryBus {
+    /// An empty bus.
+    pub fn new(config: BusConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    next_seq: 1,
+                    dedup: DedupFilter::new(config.dedup_size, config.dedup_ttl),
+                    history: VecDeque::new(),
+                    history_bytes: 0,
+                    handlers: Vec::new(),
+                    taps: HashMap::new(),
+                    next_tap: 0,
+                    published: 0,
+                    duplicates: 0,
+                    closed: false,
+                }),
+                config,
+            }),
+        }
+    }
+}
+
+impl State {
+    fn record(&mut self, event: &Arc<Event>, config: &BusConfig) {
+        if config.history_events == 0 {
+            return;
+        }
+        self.history_bytes += event.size_bytes();
+        self.history.push_back(event.clone());
+        while self.history.len() > config.history_events
+            || (self.history_bytes > config.history_bytes && self.history.len() > 1)
+        {
+            if let Some(old) = self.history.pop_front() {
+                self.history_bytes -= old.size_bytes();
+            }
+        }
+    }
+
+    fn add_tap(&mut self, pattern: &str, min_seq: u64, capacity: usize) -> (u64, Arc<Tap>) {
+        let id = self.next_tap;
+        self.next_tap += 1;
+        let tap = Arc::new(Tap {
+            pattern: pattern.to_string(),
+            min_seq,
+            capacity: capacity.max(1),
+            ring: Mutex::new(Ring {
+                closed: self.closed,
+                ..Ring::default()
+            }),
+            notify: Notify::new(),
+        });
+        self.taps.insert(id, tap.clone());
+        (id, tap)
+    }
+}
+
+impl EventBus for MemoryBus {
+    fn publish(&self, events: Vec<NewEvent>) -> Vec<Published> {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let now = Instant::now();
+        let mut st = lock(&self.inner.state);
+        let mut out = Vec::with_capacity(events.len());
+        for new in events {
+            if st.dedup.is_duplicate(&new.id, now) {
+                st.duplicates += 1;
+                out.push(Published::Duplicate);
+                continue;
+            }
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.published += 1;
+            let event = Arc::new(Event {
+                seq,
+                timestamp_ms: now_ms,
+                new,
+            });
+            // Built-in history first, then handlers by priority, then feeds.
+            st.record(&event, &self.inner.config);
+            for h in &st.handlers {
+                if event_type_matches(h.pattern(), &event.new.event_type) {
+                    h.handle(&event);
+                }
+            }
+            for tap in st.taps.values() {
+                tap.push(&event);
+            }
+            out.push(Published::Accepted(seq));
+        }
+        out
+    }
+
+    fn subscribe(&self, pattern: &str, start: StartAt, capacity: usize) -> Box<dyn Feed> {
+        let mut st = lock(&self.inner.state);
+        let cursor = match start {
+            StartAt::Latest => None,
+            StartAt::Earliest => Some(st.history.front().map_or(st.next_seq, |e| e.seq)),
+            StartAt::Seq(n) => Some(n.max(1)),
+        };
+        let phase = match cursor {
+            Some(c) if c < st.next_seq => Phase::Replay { cursor: c },
+            other => Phase::Live(st.add_tap(pattern, other.unwrap_or(0), capacity)),
+        };
+        Box::new(MemoryFeed {
+            inner: self.inner.clone(),
+            pattern: pattern.to_string(),
+            capacity,
+            phase,
+        })
+    }
+
+    fn add_handler(&self, handler: Arc<dyn Handler>) {
+        let mut st = lock(&self.inner.state);
+        let at = st
+            .handlers
+            .iter()
+            .position(|h| h.priority() < handler.priority())
+            .unwrap_or(st.handlers.len());
+        st.handlers.insert(at, handler);
+    }
+
+    fn stats(&self) -> BusStats {
+        let st = lock(&self.inner.state);
+        BusStats {
+            published: st.published,
+            duplicates: st.duplicates,
+            last_seq: st.next_seq - 1,
+            history_first_seq: st.history.front().map_or(0, |e| e.seq),
+            history_events: st.history.len(),
+            history_bytes: st.history_bytes,
+            feeds: st.taps.len(),
+        }
+    }
+
+    fn close(&self) {
+        let mut st = lock(&self.inner.state);
+        st.closed = true;
+        for tap in st.taps.values() {
+            lock(&tap.ring).closed = true;
+            tap.notify.notify_one();
+        }
+    }
+}
+
+enum Phase {
+    /// Reading history from `cursor`.
+    Replay { cursor: u64 },
+    /// Registered for live events.
+    Live((u64, Arc<Tap>)),
+}
+
+struct MemoryFeed {
+    inner: Arc<Inner>,
+    pattern: String,
+    capacity: usize,
+    phase: Phase,
+}
+
+impl MemoryFeed {
+    /// One step of a replay: a gap, some events, or nothing (then the feed
+    /// may have gone live). Never waits.
+    fn replay_step(&mut self, cursor: u64, max: usize) -> Option<FeedItem> {
+        let mut st = lock(&self.inner.state);
+        if st.closed {
+            return Some(FeedItem::Closed);
+        }
+        let first = st.history.front().map_or(st.next_seq, |e| e.seq);
+        if cursor < first {
+            self.phase = Phase::Replay { cursor: first };
+            return Some(FeedItem::Gap {
+                reason: GapReason::HistoryEvicted,
+                count: first - cursor,
+                first_seq: cursor,
+                last_seq: first - 1,
+            });
+        }
+        let mut next = cursor;
+        let mut out = Vec::new();
+        for event in st
+            .history
+            .iter()
+            .skip((cursor - first) as usize)
+            .take(REPLAY_SCAN)
+        {
+            next = event.seq + 1;
+            if event_type_matches(&self.pattern, &event.new.event_type) {
+                out.push(event.clone());
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        self.phase = if next >= st.next_seq {
+            // Caught up, under the lock: no event can slip between the
+            // history read and the live registration.
+            Phase::Live(st.add_tap(&self.pattern, next, self.capacity))
+        } else {
+            Phase::Replay { cursor: next }
+        };
+        (!out.is_empty()).then_some(FeedItem::Events(out))
+    }
+}
+
+impl Feed for MemoryFeed {
+    fn next(&mut self, max: usize) -> Pin<Box<dyn Future<Output = FeedItem> + Send + '_>> {
+        let max = max.max(1);
+        Box::pin(async move {
+            loop {
+                let tap = match &self.phase {
+                    Phase::Replay { cursor } => {
+                        let cursor = *cursor;
+                        if let Some(item) = self.replay_step(cursor, max) {
+                            return item;
+                        }
+                        continue;
+                    }
+                    Phase::Live((_, tap)) => tap.clone(),
+                };
+                {
+                    let mut ring = lock(&tap.ring);
+                    if ring.dropped > 0 {
+                        let gap = FeedItem::Gap {
+                            reason: GapReason::BufferOverflow,
+                            count: ring.dropped,
+                            first_seq: ring.first_dropped,
+                            last_seq: ring.last_dropped,
+                        };
+                        ring.dropped = 0;
+                        return gap;
+                    }
+                    if !ring.events.is_empty() {
+                        let n = ring.events.len().min(max);
+                        return FeedItem::Events(ring.events.drain(..n).collect());
+                    }
+                    if ring.closed {
+                        return FeedItem::Closed;
+                    }
+                }
+                tap.notify.notified().await;
+            }
+        })
+    }
+}
+
+impl Drop for MemoryFeed {
+    fn drop(&mut self) {
+        if let Phase::Live((id, _)) = &self.phase {
+            lock(&self.inner.state).taps.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    fn ev(id: &str, ty: &str) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            event_type: ty.into(),
+            source: "test".into(),
+            source_time: None,
+            correlation_id: None,
+            payload: "{}".into(),
+        }
+    }
+
+    fn bus(history: usize) -> MemoryBus {
+        MemoryBus::new(BusConfig {
+            history_events: history,
+            ..BusConfig::default()
+        })
+    }
+
+    async fn seqs(feed: &mut Box<dyn Feed>, max: usize) -> Vec<u64> {
+        match tokio::time::timeout(Duration::from_secs(1), feed.next(max)).await {
+            Ok(FeedItem::Events(evs)) => evs.iter().map(|e| e.seq).collect(),
+            Ok(other) => panic!("expected events, got {other:?}"),
+            Err(_) => panic!("no events"),
+        }
+    }
+
+    #[tokio::test]
+    async fn fan_out_by_exact_prefix_and_star() {
+        let b = bus(0);
+        let mut exact = b.subscribe("fs.insert", StartAt::Latest, 10);
+        let mut prefix = b.subscribe("fs.*", StartAt::Latest, 10);
+        let mut all = b.subscribe("*", StartAt::Latest, 10);
+        b.publish(vec![ev("1", "fs.insert"), ev("2", "fs.delete"), ev("3", "x")]);
+        assert_eq!(seqs(&mut exact, 10).await, vec![1]);
+        assert_eq!(seqs(&mut prefix, 10).await, vec![1, 2]);
+        assert_eq!(seqs(&mut all, 10).await, vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn duplicates_get_no_sequence_number() {
+        let b = bus(0);
+        let got = b.publish(vec![ev("a", "t"), ev("a", "t"), ev("b", "t")]);
+        assert_eq!(
+            got,
+            vec![
+                Published::Accepted(1),
+                Published::Duplicate,
+                Published::Accepted(2)
+            ]
+        );
+        assert_eq!(b.stats().duplicates, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_ring_drops_the_oldest_and_reports_the_gap_first() {
+        let b = bus(0);
+        let mut f = b.subscribe("*", StartAt::Latest, 3);
+        b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect());
+        match f.next(10).await {
+            FeedItem::Gap {
+                reason,
+                count,
+                first_seq,
+                last_seq,
+            } => {
+                assert_eq!(reason, GapReason::BufferOverflow);
+                assert_eq!((count, first_seq, last_seq), (2, 1, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seqs(&mut f, 10).await, vec![3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn replay_from_earliest_then_live_without_loss_or_repeat() {
+        let b = bus(100);
+        b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect());
+        let mut f = b.subscribe("*", StartAt::Earliest, 2);
+        assert_eq!(seqs(&mut f, 3).await, vec![1, 2, 3]);
+        // Published while the feed is still replaying: history, not the ring.
+        b.publish((5..8).map(|i| ev(&i.to_string(), "t")).collect());
+        assert_eq!(seqs(&mut f, 10).await, vec![4, 5, 6, 7, 8]);
+        b.publish(vec![ev("live", "t")]);
+        assert_eq!(seqs(&mut f, 10).await, vec![9]);
+    }
+
+    #[tokio::test]
+    async fn replay_from_a_sequence_number_and_from_the_future() {
+        let b = bus(100);
+        b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect());
+        let mut f = b.subscribe("*", StartAt::Seq(4), 10);
+        assert_eq!(seqs(&mut f, 10).await, vec![4, 5]);
+        let mut later = b.subscribe("*", StartAt::Seq(8), 10);
+        b.publish((5..9).map(|i| ev(&i.to_string(), "t")).collect());
+        assert_eq!(seqs(&mut later, 10).await, vec![8, 9]);
+    }
+
+    #[tokio::test]
+    async fn evicted_history_is_a_gap() {
+        let b = bus(3);
+        b.publish((0..6).map(|i| ev(&i.to_string(), "t")).collect());
+        assert_eq!(b.stats().history_first_seq, 4);
+        let mut f = b.subscribe("*", StartAt::Seq(2), 10);
+        match f.next(10).await {
+            FeedItem::Gap {
+                reason: GapReason::HistoryEvicted,
+                count: 2,
+                first_seq: 2,
+                last_seq: 3,
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seqs(&mut f, 10).await, vec![4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn history_is_bounded_by_bytes_too() {
+        let one = Event {
+            seq: 1,
+            timestamp_ms: 0,
+            new: ev("0", "t"),
+        }
+        .size_bytes();
+        let b = MemoryBus::new(BusConfig {
+            history_events: 1000,
+            history_bytes: 3 * one + one / 2,
+            ..BusConfig::default()
+        });
+        b.publish((0..10).map(|i| ev(&i.to_string(), "t")).collect());
+        let s = b.stats();
+        assert_eq!((s.history_events, s.history_bytes), (3, 3 * one), "{s:?}");
+        assert_eq!(s.history_first_seq, 8);
+    }
+
+    struct Recorder {
+        name: &'static str,
+        priority: i32,
+        log: Arc<Mutex<Vec<String>>>,
+        seen: AtomicU64,
+    }
+
+    impl Handler for Recorder {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn priority(&self) -> i32 {
+            self.priority
+        }
+        fn pattern(&self) -> &str {
+            "fs.*"
+        }
+        fn handle(&self, event: &Event) {
+            self.seen.fetch_add(1, Ordering::Relaxed);
+            lock(&self.log).push(format!("{}:{}", self.name, event.seq));
+        }
+    }
+
+    #[tokio::test]
+    async fn handlers_run_by_priority_before_feeds() {
+        let b = bus(0);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for (name, priority) in [("low", 1), ("high", 10), ("mid", 5)] {
+            b.add_handler(Arc::new(Recorder {
+                name,
+                priority,
+                log: log.clone(),
+                seen: AtomicU64::new(0),
+            }));
+        }
+        b.publish(vec![ev("1", "fs.insert"), ev("2", "other")]);
+        assert_eq!(*lock(&log), vec!["high:1", "mid:1", "low:1"]);
+    }
+
+    #[tokio::test]
+    async fn close_ends_feeds_and_drop_unsubscribes() {
+        let b = bus(0);
+        let f = b.subscribe("*", StartAt::Latest, 3);
+        assert_eq!(b.stats().feeds, 1);
+        drop(f);
+        assert_eq!(b.stats().feeds, 0);
+        let mut g = b.subscribe("*", StartAt::Latest, 3);
+        let waiting = tokio::spawn(async move { matches!(g.next(1).await, FeedItem::Closed) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        b.close();
+        assert!(waiting.await.unwrap());
+    }
+}

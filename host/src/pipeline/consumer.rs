@@ -1,0 +1,430 @@
+//! One consumer's task: pull the feed in batches, run `matches` and
+//! `process` on up to `workers` batches at once on blocking threads, and
+//! deliver the results in bus order; faults become dead letters.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::dlq::DeadLetter;
+use super::health::KeyHealth;
+use super::{ConsumerStats, Delivery, Notice, Pipeline, ReplayResult, now_ms, rfc3339_ms};
+use crate::bus::{Event, Feed, FeedItem, GapReason};
+use crate::plugin::{Outcome, Params, PluginFault, RawEvent};
+use crate::registry::Runner;
+
+/// Everything a consumer's batches need.
+pub(crate) struct Ctx {
+    pub key: String,
+    pub subscription_id: String,
+    pub workers: usize,
+    pub max_batch: usize,
+    /// Native schema: `data` is the payload as it came.
+    pub native: bool,
+    pub validator: Option<Arc<jsonschema::Validator>>,
+    pub runner: Arc<dyn Runner>,
+    pub params: Params,
+    pub health: Arc<KeyHealth>,
+    pub stats: Arc<ConsumerStats>,
+    pub pipeline: Arc<Pipeline>,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Vec<Delivery>> + Send>>;
+
+/// Runs a consumer until its connection goes or the bus closes, then
+/// detaches it from its subscription.
+pub(crate) async fn run(ctx: Arc<Ctx>, feed: Box<dyn Feed>, tx: mpsc::Sender<Delivery>, id: u64) {
+    if let Some(reason) = drive(&ctx, feed, &tx).await {
+        let _ = tx.send(Delivery::Notice(Notice::Ended { reason })).await;
+    }
+    drop(tx);
+    ctx.pipeline
+        .subs
+        .detach(&ctx.key, &ctx.subscription_id, id)
+        .await;
+}
+
+/// The consumer loop. Returns why the stream ends, or `None` when the
+/// consumer left.
+async fn drive(ctx: &Arc<Ctx>, mut feed: Box<dyn Feed>, tx: &mpsc::Sender<Delivery>) -> Option<String> {
+    let mut health = ctx.health.watch();
+    let current = health.borrow_and_update().clone();
+    if let Some(q) = current {
+        let _ = tx
+            .send(Delivery::Notice(Notice::Quarantined {
+                key: ctx.key.clone(),
+                faults: q.faults,
+                last_error: q.last_error,
+            }))
+            .await;
+    }
+    let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut closed = false;
+    loop {
+        if closed && inflight.is_empty() {
+            return Some("the host is shutting down".into());
+        }
+        tokio::select! {
+            biased;
+            _ = tx.closed() => return None,
+            Some(out) = inflight.next(), if !inflight.is_empty() => {
+                for d in out {
+                    if tx.send(d).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+            Ok(()) = health.changed() => {
+                let current = health.borrow_and_update().clone();
+                let notice = match current {
+                    Some(q) => Notice::Quarantined {
+                        key: ctx.key.clone(),
+                        faults: q.faults,
+                        last_error: q.last_error,
+                    },
+                    None => Notice::Resumed { key: ctx.key.clone() },
+                };
+                if tx.send(Delivery::Notice(notice)).await.is_err() {
+                    return None;
+                }
+            }
+            item = feed.next(ctx.max_batch), if !closed && inflight.len() < ctx.workers => {
+                match item {
+                    FeedItem::Events(events) => {
+                        let c = ctx.clone();
+                        inflight.push_back(Box::pin(async move {
+                            tokio::task::spawn_blocking(move || run_batch(&c, &events))
+                                .await
+                                .unwrap_or_default()
+                        }));
+                    }
+                    FeedItem::Gap { reason, count, first_seq, last_seq } => {
+                        if reason == GapReason::BufferOverflow {
+                            ConsumerStats::add(&ctx.stats.overflow_dropped, count);
+                            tracing::debug!(key = %ctx.key, subscription = %ctx.subscription_id, count, "consumer slower than its buffer: oldest events dropped");
+                        }
+                        let gap = Delivery::Notice(Notice::Gap { reason, count, first_seq, last_seq });
+                        inflight.push_back(Box::pin(std::future::ready(vec![gap])));
+                    }
+                    FeedItem::Closed => closed = true,
+                }
+            }
+        }
+    }
+}
+
+/// What became of one event.
+enum Verdict {
+    Emit(String),
+    Filtered,
+    Dropped,
+    Fault { kind: String, message: String },
+}
+
+/// The fixed parts of a call: who is called, with what.
+struct Call<'a> {
+    key: &'a str,
+    subscription_id: &'a str,
+    runner: &'a dyn Runner,
+    params: &'a Params,
+    native: bool,
+    validator: Option<&'a jsonschema::Validator>,
+}
+
+impl Call<'_> {
+    /// `matches` then `process` on `events`, one verdict each.
+    fn judge(&self, events: &[Arc<Event>], health: Option<&KeyHealth>) -> Vec<Verdict> {
+        let note = |ok: bool, message: &str| {
+            if let Some(h) = health {
+                if ok {
+                    h.ok();
+                } else if let Some(q) = h.fault(message) {
+                    tracing::error!(key = self.key, faults = q.faults, "key quarantined after consecutive faults; last: {}", q.last_error);
+                }
+            }
+        };
+        let raws: Vec<RawEvent> = events.iter().map(|e| e.to_raw()).collect();
+        let mut verdicts: Vec<Option<Verdict>> = (0..events.len()).map(|_| None).collect();
+        let mut selected = Vec::new();
+        for (i, m) in self
+            .runner
+            .matches_batch(self.key, self.params, &raws)
+            .into_iter()
+            .enumerate()
+        {
+            match m {
+                Ok(true) => {
+                    note(true, "");
+                    selected.push(i);
+                }
+                Ok(false) => {
+                    note(true, "");
+                    verdicts[i] = Some(Verdict::Filtered);
+                }
+                Err(f) => {
+                    note(false, &f.to_string());
+                    verdicts[i] = Some(fault_verdict(&f));
+                }
+            }
+        }
+        if !selected.is_empty() {
+            // Usually every event matched: then no copy is made.
+            let chosen: Vec<RawEvent> = if selected.len() == raws.len() {
+                raws
+            } else {
+                let mut keep = vec![false; raws.len()];
+                for &i in &selected {
+                    keep[i] = true;
+                }
+                raws.into_iter()
+                    .zip(keep)
+                    .filter_map(|(r, k)| k.then_some(r))
+                    .collect()
+            };
+            let outcomes = self.runner.process_batch(self.key, self.params, &chosen);
+            for (&i, outcome) in selected.iter().zip(outcomes) {
+                let verdict = match outcome {
+                    Ok(Outcome::Emit(out)) => match self.envelope(&events[i], out) {
+                        Ok(json) => Verdict::Emit(json),
+                        Err(message) => Verdict::Fault {
+                            kind: "invalid_output".into(),
+                            message,
+                        },
+                    },
+                    Ok(Outcome::Drop) => Verdict::Dropped,
+                    Err(f) => fault_verdict(&f),
+                };
+                match &verdict {
+                    Verdict::Fault { message, .. } => note(false, message),
+                    _ => note(true, ""),
+                }
+                verdicts[i] = Some(verdict);
+            }
+        }
+        verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or(Verdict::Dropped))
+            .collect()
+    }
+
+    /// The envelope around `output`; an error when a custom schema rejects
+    /// it (or it is not JSON).
+    fn envelope(&self, event: &Event, output: String) -> Result<String, String> {
+        let data: Box<RawValue> = if self.native {
+            RawValue::from_string(output).map_err(|e| format!("output is not JSON: {e}"))?
+        } else {
+            let value: serde_json::Value =
+                serde_json::from_str(&output).map_err(|e| format!("output is not JSON: {e}"))?;
+            if let Some(v) = self.validator {
+                let errors: Vec<String> = v
+                    .iter_errors(&value)
+                    .take(3)
+                    .map(|e| {
+                        let at = e.instance_path().to_string();
+                        format!("{} {e}", if at.is_empty() { "/" } else { &at })
+                    })
+                    .collect();
+                if !errors.is_empty() {
+                    return Err(format!(
+                        "output does not match the key's schema: {}",
+                        errors.join("; ")
+                    ));
+                }
+            }
+            // Re-serialized compact: one envelope stays on one line.
+            RawValue::from_string(value.to_string()).map_err(|e| e.to_string())?
+        };
+        serde_json::to_string(&Envelope {
+            id: &event.new.id,
+            key: self.key,
+            subscription_id: self.subscription_id,
+            seq: event.seq,
+            event_type: &event.new.event_type,
+            source: &event.new.source,
+            source_time: event.new.source_time.as_deref(),
+            timestamp: rfc3339_ms(event.timestamp_ms),
+            data: &data,
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn fault_verdict(f: &PluginFault) -> Verdict {
+    Verdict::Fault {
+        kind: f.kind().as_str().to_string(),
+        message: f.to_string(),
+    }
+}
+
+/// What consumers receive per event.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: &'a str,
+    key: &'a str,
+    subscription_id: &'a str,
+    seq: u64,
+    event_type: &'a str,
+    source: &'a str,
+    source_time: Option<&'a str>,
+    timestamp: String,
+    data: &'a RawValue,
+}
+
+fn letter(ctx: &Ctx, event: &Arc<Event>, kind: String, message: String, attempts: u32) -> DeadLetter {
+    let now = now_ms();
+    DeadLetter {
+        id: 0,
+        key: ctx.key.clone(),
+        subscription_id: ctx.subscription_id.clone(),
+        params: ctx.params.clone(),
+        event: event.clone(),
+        kind,
+        message,
+        attempts,
+        first_failed_ms: now,
+        last_failed_ms: now,
+    }
+}
+
+/// One batch, on a blocking thread.
+fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
+    let stats = &ctx.stats;
+    ConsumerStats::add(&stats.received, events.len() as u64);
+    if let Some(q) = ctx.health.quarantine() {
+        ConsumerStats::add(&stats.skipped_quarantined, events.len() as u64);
+        for e in events {
+            let message = format!(
+                "not processed: key quarantined after {} consecutive faults (last: {})",
+                q.faults, q.last_error
+            );
+            ctx.pipeline
+                .bury(letter(ctx, e, "quarantined".into(), message, 0));
+        }
+        return Vec::new();
+    }
+    let call = Call {
+        key: &ctx.key,
+        subscription_id: &ctx.subscription_id,
+        runner: ctx.runner.as_ref(),
+        params: &ctx.params,
+        native: ctx.native,
+        validator: ctx.validator.as_deref(),
+    };
+    let mut out = Vec::new();
+    for (event, verdict) in events.iter().zip(call.judge(events, Some(&ctx.health))) {
+        match verdict {
+            Verdict::Emit(json) => {
+                ConsumerStats::add(&stats.delivered, 1);
+                out.push(Delivery::Envelope {
+                    seq: event.seq,
+                    json,
+                });
+            }
+            Verdict::Filtered => ConsumerStats::add(&stats.filtered, 1),
+            Verdict::Dropped => ConsumerStats::add(&stats.dropped_by_key, 1),
+            Verdict::Fault { kind, message } => {
+                ConsumerStats::add(&stats.faults, 1);
+                ctx.pipeline.bury(letter(ctx, event, kind, message, 1));
+            }
+        }
+    }
+    out
+}
+
+/// Replays one dead letter (on a blocking thread).
+pub(crate) fn replay_one(p: &Pipeline, mut letter: DeadLetter) -> ReplayResult {
+    let id = letter.id;
+    let skipped = |letter: DeadLetter, why: String| {
+        p.dlq.put_back(letter);
+        ReplayResult {
+            id,
+            outcome: "skipped",
+            delivered_to: 0,
+            envelope: None,
+            error: Some(why),
+        }
+    };
+    let entry = p
+        .registry
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .lookup(&letter.key)
+        .cloned();
+    let Some(entry) = entry else {
+        let why = format!("key `{}` is not registered", letter.key);
+        return skipped(letter, why);
+    };
+    if let Some(q) = p.health.of(&letter.key).quarantine() {
+        let why = format!(
+            "key `{}` is quarantined ({} consecutive faults); resume it first",
+            letter.key, q.faults
+        );
+        return skipped(letter, why);
+    }
+    let validator = match &entry.def.schema {
+        crate::registry::OutputSchema::Custom { json_schema } => {
+            match super::compile_schema(json_schema) {
+                Ok(v) => Some(v),
+                Err(e) => return skipped(letter, e),
+            }
+        }
+        crate::registry::OutputSchema::Native => None,
+    };
+    let call = Call {
+        key: &letter.key,
+        subscription_id: &letter.subscription_id,
+        runner: entry.plugin.as_ref(),
+        params: &letter.params,
+        native: validator.is_none(),
+        validator: validator.as_ref(),
+    };
+    let verdict = call
+        .judge(std::slice::from_ref(&letter.event), None)
+        .pop()
+        .unwrap_or(Verdict::Dropped);
+    match verdict {
+        Verdict::Emit(json) => {
+            let delivery = Delivery::Envelope {
+                seq: letter.event.seq,
+                json: json.clone(),
+            };
+            let delivered_to = p
+                .subs
+                .offer(&letter.key, &letter.subscription_id, &delivery);
+            ReplayResult {
+                id,
+                outcome: "delivered",
+                delivered_to,
+                envelope: RawValue::from_string(json).ok(),
+                error: None,
+            }
+        }
+        Verdict::Filtered | Verdict::Dropped => ReplayResult {
+            id,
+            outcome: "dropped",
+            delivered_to: 0,
+            envelope: None,
+            error: None,
+        },
+        Verdict::Fault { kind, message } => {
+            letter.attempts += 1;
+            letter.kind = kind;
+            letter.message = message.clone();
+            letter.last_failed_ms = now_ms();
+            p.dlq.put_back(letter);
+            ReplayResult {
+                id,
+                outcome: "failed",
+                delivered_to: 0,
+                envelope: None,
+                error: Some(message),
+            }
+        }
+    }
+}

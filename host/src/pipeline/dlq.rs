@@ -1,0 +1,173 @@
+//! The dead-letter queue: events a key faulted on (or skipped while it was
+//! quarantined), with enough to run them again. Bounded; the oldest leave
+//! first and are counted.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+use serde::ser::SerializeStruct;
+
+use crate::bus::Event;
+use crate::plugin::Params;
+
+/// One dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Its id in the queue.
+    pub id: u64,
+    /// The key that faulted.
+    pub key: String,
+    /// The subscription it was processed for.
+    pub subscription_id: String,
+    /// The (normalized) params it was processed with.
+    pub params: Params,
+    /// The event.
+    pub event: Arc<Event>,
+    /// `plugin_error`, `trap`, `deadline`, `invalid_output`, `quarantined`...
+    pub kind: String,
+    /// What went wrong.
+    pub message: String,
+    /// Times it was run and faulted (0: never run, key quarantined).
+    pub attempts: u32,
+    /// First failure, ms since the Unix epoch.
+    pub first_failed_ms: u64,
+    /// Latest failure, ms since the Unix epoch.
+    pub last_failed_ms: u64,
+}
+
+/// Serializes an event with its payload as JSON (not as a string).
+pub struct EventJson<'a>(pub &'a Event);
+
+impl Serialize for EventJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut st = s.serialize_struct("Event", 8)?;
+        st.serialize_field("event_id", &e.new.id)?;
+        st.serialize_field("seq", &e.seq)?;
+        st.serialize_field("event_type", &e.new.event_type)?;
+        st.serialize_field("source", &e.new.source)?;
+        st.serialize_field("source_time", &e.new.source_time)?;
+        st.serialize_field("correlation_id", &e.new.correlation_id)?;
+        st.serialize_field("timestamp", &crate::pipeline::rfc3339_ms(e.timestamp_ms))?;
+        let payload = serde_json::value::RawValue::from_string(e.new.payload.clone())
+            .map_err(serde::ser::Error::custom)?;
+        st.serialize_field("payload", &payload)?;
+        st.end()
+    }
+}
+
+impl Serialize for DeadLetter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("DeadLetter", 10)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("key", &self.key)?;
+        st.serialize_field("subscription_id", &self.subscription_id)?;
+        let params: serde_json::Map<String, serde_json::Value> = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        st.serialize_field("params", &params)?;
+        st.serialize_field("error_kind", &self.kind)?;
+        st.serialize_field("error", &self.message)?;
+        st.serialize_field("attempts", &self.attempts)?;
+        st.serialize_field("first_failed_at", &crate::pipeline::rfc3339_ms(self.first_failed_ms))?;
+        st.serialize_field("last_failed_at", &crate::pipeline::rfc3339_ms(self.last_failed_ms))?;
+        st.serialize_field("event", &EventJson(&self.event))?;
+        st.end()
+    }
+}
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Only these ids (empty: any).
+    pub ids: Vec<u64>,
+    /// Only this key.
+    pub key: Option<String>,
+}
+
+impl Selector {
+    fn selects(&self, d: &DeadLetter) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&d.id))
+            && self.key.as_ref().is_none_or(|k| k == &d.key)
+    }
+}
+
+/// The queue.
+pub struct DeadLetters {
+    entries: Mutex<VecDeque<DeadLetter>>,
+    capacity: usize,
+    next_id: AtomicU64,
+    evicted: AtomicU64,
+}
+
+impl DeadLetters {
+    /// A queue of at most `capacity` letters.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: Mutex::default(),
+            capacity: capacity.max(1),
+            next_id: AtomicU64::new(1),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<DeadLetter>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a letter (its `id` is assigned here); returns the id.
+    pub fn push(&self, mut letter: DeadLetter) -> u64 {
+        letter.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = letter.id;
+        self.put_back(letter);
+        id
+    }
+
+    /// Puts a letter back after a failed replay, keeping its id, in id order.
+    pub fn put_back(&self, letter: DeadLetter) {
+        let mut q = self.lock();
+        let at = q.partition_point(|d| d.id < letter.id);
+        q.insert(at, letter);
+        while q.len() > self.capacity {
+            q.pop_front();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Letters selected, oldest first, at most `limit`.
+    pub fn list(&self, selector: &Selector, limit: usize) -> Vec<DeadLetter> {
+        self.lock()
+            .iter()
+            .filter(|d| selector.selects(d))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Removes and returns the letters selected.
+    pub fn take(&self, selector: &Selector) -> Vec<DeadLetter> {
+        let mut q = self.lock();
+        let (taken, kept): (Vec<_>, Vec<_>) = q.drain(..).partition(|d| selector.selects(d));
+        *q = kept.into();
+        taken
+    }
+
+    /// Letters held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Letters that left because the queue was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,146 @@
+//! Quarantine: a key whose calls fault too many times in a row is no longer
+//! called until an admin resumes it. Its consumers watch its state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// Why a key is quarantined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Quarantine {
+    /// Consecutive faults that tripped it.
+    pub faults: u32,
+    /// The last fault's message.
+    pub last_error: String,
+    /// When, ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+/// One key's fault streak and quarantine state.
+pub struct KeyHealth {
+    consecutive: AtomicU32,
+    threshold: u32,
+    state: watch::Sender<Option<Quarantine>>,
+}
+
+impl KeyHealth {
+    fn new(threshold: u32) -> Self {
+        Self {
+            consecutive: AtomicU32::new(0),
+            threshold,
+            state: watch::Sender::new(None),
+        }
+    }
+
+    /// A call succeeded: the streak ends.
+    pub fn ok(&self) {
+        self.consecutive.store(0, Ordering::Relaxed);
+    }
+
+    /// A call faulted. Returns the quarantine when this fault tripped it.
+    pub fn fault(&self, message: &str) -> Option<Quarantine> {
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.threshold == 0 || n < self.threshold {
+            return None;
+        }
+        let q = Quarantine {
+            faults: n,
+            last_error: message.to_string(),
+            since_ms: crate::pipeline::now_ms(),
+        };
+        let mut tripped = false;
+        self.state.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(q.clone());
+                tripped = true;
+            }
+            tripped
+        });
+        tripped.then_some(q)
+    }
+
+    /// The quarantine, if any.
+    pub fn quarantine(&self) -> Option<Quarantine> {
+        self.state.borrow().clone()
+    }
+
+    /// Whether it is quarantined.
+    pub fn is_quarantined(&self) -> bool {
+        self.state.borrow().is_some()
+    }
+
+    /// Lifts the quarantine; `false` when there was none.
+    pub fn resume(&self) -> bool {
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.state.send_if_modified(|s| s.take().is_some())
+    }
+
+    /// Watches the state.
+    pub fn watch(&self) -> watch::Receiver<Option<Quarantine>> {
+        self.state.subscribe()
+    }
+}
+
+/// Health of every key that has been called.
+pub struct HealthBook {
+    threshold: u32,
+    keys: Mutex<HashMap<String, Arc<KeyHealth>>>,
+}
+
+impl HealthBook {
+    /// Quarantines after `threshold` consecutive faults (0: never).
+    pub fn new(threshold: u32) -> Self {
+        Self {
+            threshold,
+            keys: Mutex::default(),
+        }
+    }
+
+    /// The health of `key`, created on first use.
+    pub fn of(&self, key: &str) -> Arc<KeyHealth> {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(KeyHealth::new(self.threshold)))
+            .clone()
+    }
+
+    /// Every quarantined key.
+    pub fn quarantined(&self) -> Vec<(String, Quarantine)> {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = keys
+            .iter()
+            .filter_map(|(k, h)| h.quarantine().map(|q| (k.clone(), q)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trips_after_threshold_consecutive_faults_only() {
+        let h = KeyHealth::new(3);
+        assert!(h.fault("a").is_none());
+        assert!(h.fault("b").is_none());
+        h.ok();
+        assert!(h.fault("c").is_none());
+        assert!(h.fault("d").is_none());
+        let q = h.fault("e").expect("third in a row trips");
+        assert_eq!((q.faults, q.last_error.as_str()), (3, "e"));
+        assert!(h.fault("f").is_none(), "already quarantined");
+        assert!(h.is_quarantined());
+        let mut w = h.watch();
+        assert!(h.resume());
+        assert!(w.has_changed().unwrap());
+        assert!(w.borrow_and_update().is_none());
+        assert!(!h.resume());
+    }
+}

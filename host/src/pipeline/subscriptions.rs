@@ -1,0 +1,221 @@
+//! Subscription lifecycle: `pre-consume` once per (key, subscription id)
+//! when its first consumer arrives, `cleanup` when its last one leaves, and
+//! a newcomer waits while either of them is running for its subscription.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+
+use super::{ConsumerStats, Delivery, params_json};
+use crate::plugin::{Params, PluginFault};
+use crate::registry::Runner;
+
+/// Where a subscription is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// `pre-consume` is running.
+    Starting,
+    /// Consumers are attached.
+    Active,
+    /// `cleanup` is running.
+    CleaningUp,
+}
+
+/// One attached consumer.
+pub(crate) struct Slot {
+    pub tx: mpsc::Sender<Delivery>,
+    pub stats: Arc<ConsumerStats>,
+    pub params: Params,
+}
+
+struct Entry {
+    phase: Phase,
+    runner: Arc<dyn Runner>,
+    /// The params `pre-consume` ran with; `cleanup` gets the same.
+    params: Params,
+    consumers: BTreeMap<u64, Slot>,
+}
+
+type Id = (String, String);
+
+/// Every subscription with at least one consumer (or a lifecycle call
+/// running).
+#[derive(Default)]
+pub(crate) struct Subscriptions {
+    table: Mutex<HashMap<Id, Entry>>,
+    changed: Notify,
+    pre_consumes: AtomicU64,
+    cleanups: AtomicU64,
+}
+
+/// A subscription as `/v1/subscriptions` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionInfo {
+    /// The key.
+    pub key: String,
+    /// Its id.
+    pub subscription_id: String,
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// Attached consumers.
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+/// One consumer as `/v1/subscriptions` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerInfo {
+    /// Consumer id (unique in this host's life).
+    pub id: u64,
+    /// Its normalized params.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Its counters.
+    #[serde(flatten)]
+    pub stats: super::ConsumerCounts,
+}
+
+impl Subscriptions {
+    fn table(&self) -> MutexGuard<'_, HashMap<Id, Entry>> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Attaches consumer `slot_id` to (`key`, `sub`), running `pre-consume`
+    /// first if it is the first consumer; waits while a `pre-consume` or
+    /// `cleanup` of the same subscription runs.
+    pub async fn attach(
+        &self,
+        key: &str,
+        sub: &str,
+        runner: &Arc<dyn Runner>,
+        slot_id: u64,
+        slot: Slot,
+    ) -> Result<(), PluginFault> {
+        let id: Id = (key.to_string(), sub.to_string());
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut table = self.table();
+                match table.get_mut(&id) {
+                    Some(e) if e.phase == Phase::Active => {
+                        e.consumers.insert(slot_id, slot);
+                        return Ok(());
+                    }
+                    Some(_) => {}
+                    None => {
+                        table.insert(
+                            id.clone(),
+                            Entry {
+                                phase: Phase::Starting,
+                                runner: runner.clone(),
+                                params: slot.params.clone(),
+                                consumers: BTreeMap::new(),
+                            },
+                        );
+                        break;
+                    }
+                }
+            }
+            notified.await;
+        }
+        let (r, k, s, p) = (runner.clone(), id.0.clone(), id.1.clone(), slot.params.clone());
+        let result = tokio::task::spawn_blocking(move || r.pre_consume(&k, &s, &p))
+            .await
+            .unwrap_or_else(|e| Err(PluginFault::Trap(format!("pre-consume task failed: {e}"))));
+        let mut table = self.table();
+        match result {
+            Ok(()) => {
+                self.pre_consumes.fetch_add(1, Ordering::Relaxed);
+                if let Some(e) = table.get_mut(&id) {
+                    e.phase = Phase::Active;
+                    e.consumers.insert(slot_id, slot);
+                }
+            }
+            Err(_) => {
+                table.remove(&id);
+            }
+        }
+        drop(table);
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// Detaches a consumer; the last one out runs `cleanup`.
+    pub async fn detach(&self, key: &str, sub: &str, slot_id: u64) {
+        let id: Id = (key.to_string(), sub.to_string());
+        let (runner, params) = {
+            let mut table = self.table();
+            let Some(e) = table.get_mut(&id) else { return };
+            e.consumers.remove(&slot_id);
+            if !e.consumers.is_empty() || e.phase != Phase::Active {
+                return;
+            }
+            e.phase = Phase::CleaningUp;
+            (e.runner.clone(), e.params.clone())
+        };
+        let (k, s) = id.clone();
+        let result = tokio::task::spawn_blocking(move || runner.cleanup(&k, &s, &params)).await;
+        match result {
+            Ok(Ok(())) => tracing::debug!(key, subscription = sub, "cleanup done"),
+            Ok(Err(fault)) => tracing::warn!(key, subscription = sub, "cleanup failed: {fault}"),
+            Err(e) => tracing::warn!(key, subscription = sub, "cleanup task failed: {e}"),
+        }
+        self.cleanups.fetch_add(1, Ordering::Relaxed);
+        self.table().remove(&id);
+        self.changed.notify_waiters();
+    }
+
+    /// Offers `delivery` to every consumer of (`key`, `sub`) without waiting;
+    /// returns how many took it.
+    pub fn offer(&self, key: &str, sub: &str, delivery: &Delivery) -> usize {
+        let table = self.table();
+        let Some(e) = table.get(&(key.to_string(), sub.to_string())) else {
+            return 0;
+        };
+        e.consumers
+            .values()
+            .filter(|slot| slot.tx.try_send(delivery.clone()).is_ok())
+            .count()
+    }
+
+    /// `pre-consume` calls that succeeded, and `cleanup` calls made.
+    pub fn lifecycle_counts(&self) -> (u64, u64) {
+        (
+            self.pre_consumes.load(Ordering::Relaxed),
+            self.cleanups.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Every subscription, sorted by key and id.
+    pub fn list(&self) -> Vec<SubscriptionInfo> {
+        let table = self.table();
+        let mut out: Vec<SubscriptionInfo> = table
+            .iter()
+            .map(|((key, sub), e)| SubscriptionInfo {
+                key: key.clone(),
+                subscription_id: sub.clone(),
+                phase: e.phase,
+                consumers: e
+                    .consumers
+                    .iter()
+                    .map(|(id, slot)| ConsumerInfo {
+                        id: *id,
+                        params: params_json(&slot.params),
+                        stats: slot.stats.counts(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.key, &a.subscription_id).cmp(&(&b.key, &b.subscription_id)));
+        out
+    }
+
+    /// Whether no subscription is left (all cleanups done).
+    pub fn is_empty(&self) -> bool {
+        self.table().is_empty()
+    }
+}

@@ -1,0 +1,105 @@
+//! What runs a registered key: a WebAssembly plugin ([`LoadedPlugin`]) or
+//! native Rust code linked into the host (built-in keys, benchmarks).
+//!
+//! The pipeline only ever calls keys through this trait.
+
+use crate::plugin::{LoadedPlugin, Outcome, Params, PluginFault, RawEvent};
+
+use super::KeyDefinition;
+
+/// Runs the functions of the keys it defines. Calls are synchronous and may
+/// be CPU-bound: async callers run them on blocking threads.
+pub trait Runner: Send + Sync {
+    /// Name, unique among runners (a plugin's file stem).
+    fn name(&self) -> &str;
+    /// How errors name it (`file.wasm`, `native:name`).
+    fn file_label(&self) -> String;
+    /// The keys it implements.
+    fn definitions(&self) -> &[KeyDefinition];
+    /// `normalize-params`, or the params unchanged.
+    fn normalize_params(&self, key: &str, params: &Params) -> Result<Params, PluginFault>;
+    /// `matches` for one event.
+    fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault>;
+    /// `matches` for a batch: one answer per event.
+    fn matches_batch(
+        &self,
+        key: &str,
+        params: &Params,
+        events: &[RawEvent],
+    ) -> Vec<Result<bool, PluginFault>>;
+    /// `process` for one event.
+    fn process(&self, key: &str, params: &Params, event: &RawEvent)
+    -> Result<Outcome, PluginFault>;
+    /// `process` for a batch: one answer per event.
+    fn process_batch(
+        &self,
+        key: &str,
+        params: &Params,
+        events: &[RawEvent],
+    ) -> Vec<Result<Outcome, PluginFault>>;
+    /// `pre-consume`, if implemented.
+    fn pre_consume(&self, key: &str, subscription_id: &str, params: &Params)
+    -> Result<(), PluginFault>;
+    /// `cleanup`, if implemented.
+    fn cleanup(&self, key: &str, subscription_id: &str, params: &Params) -> Result<(), PluginFault>;
+    /// The WebAssembly plugin behind it, if it is one.
+    fn wasm(&self) -> Option<&LoadedPlugin> {
+        None
+    }
+}
+
+impl Runner for LoadedPlugin {
+    fn name(&self) -> &str {
+        LoadedPlugin::name(self)
+    }
+    fn file_label(&self) -> String {
+        LoadedPlugin::file_label(self)
+    }
+    fn definitions(&self) -> &[KeyDefinition] {
+        LoadedPlugin::definitions(self)
+    }
+    fn normalize_params(&self, key: &str, params: &Params) -> Result<Params, PluginFault> {
+        LoadedPlugin::normalize_params(self, key, params)
+    }
+    fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
+        LoadedPlugin::matches(self, key, params, event)
+    }
+    fn matches_batch(
+        &self,
+        key: &str,
+        params: &Params,
+        events: &[RawEvent],
+    ) -> Vec<Result<bool, PluginFault>> {
+        LoadedPlugin::matches_batch(self, key, params, events)
+    }
+    fn process(
+        &self,
+        key: &str,
+        params: &Params,
+        event: &RawEvent,
+    ) -> Result<Outcome, PluginFault> {
+        LoadedPlugin::process(self, key, params, event)
+    }
+    fn process_batch(
+        &self,
+        key: &str,
+        params: &Params,
+        events: &[RawEvent],
+    ) -> Vec<Result<Outcome, PluginFault>> {
+        LoadedPlugin::process_batch(self, key, params, events)
+    }
+    fn pre_consume(
+        &self,
+        key: &str,
+        subscription_id: &str,
+        params: &Params,
+    ) -> Result<(), PluginFault> {
+        LoadedPlugin::pre_consume(self, key, subscription_id, params)
+    }
+    fn cleanup(&self, key: &str, subscription_id: &str, params: &Params) -> Result<(), PluginFault> {
+        LoadedPlugin::cleanup(self, key, subscription_id, params)
+    }
+    fn wasm(&self) -> Option<&LoadedPlugin> {
+        Some(self)
+    }
+}
