@@ -1,5 +1,5 @@
-//! The `weir` command line: `serve`, and the plugin author's and operator's
-//! `plugins inspect | validate | test`. [`run`] takes the arguments and the
+//! The `weir` command line: `serve`, `consume`, and the plugin author's and
+//! operator's `plugins inspect | validate | test`. [`run`] takes the arguments and the
 //! output streams so that tests drive it in-process.
 
 use std::io::{BufRead, Write};
@@ -32,6 +32,8 @@ enum Command {
     /// Inspect, validate and try plugin components.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Subscribe to a key of a running host and print its events.
+    Consume(crate::consume::ConsumeArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -164,6 +166,7 @@ pub fn run(
         Command::Plugins(PluginsCommand::Inspect { file, json }) => inspect(&file, json, out),
         Command::Plugins(PluginsCommand::Validate { file }) => validate(&file, out),
         Command::Plugins(PluginsCommand::Test(args)) => test(&args, out),
+        Command::Consume(args) => crate::consume::consume(&args, out, err),
     };
     match result {
         Ok(code) => code,
@@ -236,15 +239,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(addr = %listener.local_addr()?, keys = host.registry().len(), "weir serving");
-        crate::run(listener, host.clone(), shutdown_signal()).await?;
-        // Nothing accepted is lost: apply what is queued before exiting.
-        let drained = tokio::task::spawn_blocking(move || {
-            host.datastores().all(|ds| ds.drain(Duration::from_secs(10)))
-        })
-        .await?;
-        if !drained {
-            tracing::warn!("some ingestion queues were not drained in time");
-        }
+        // `run` drains the queues (nothing accepted is lost) and ends the
+        // subscriptions before it returns.
+        crate::run(listener, host, shutdown_signal()).await?;
         tracing::info!("weir stopped");
         anyhow::Ok(0)
     })

@@ -187,6 +187,27 @@ impl Host {
         &self.pipeline
     }
 
+    /// Winds down: applies what the ingestion queues hold (so its changes
+    /// still reach consumers), then ends every subscription with a reason
+    /// and runs the cleanups. Each step waits at most `limit`; returns
+    /// `false` if one of them did not finish in time.
+    pub async fn shutdown(self: &Arc<Self>, limit: std::time::Duration) -> bool {
+        let this = self.clone();
+        let drained = tokio::task::spawn_blocking(move || {
+            this.datastores().all(|ds| ds.drain(limit))
+        })
+        .await
+        .unwrap_or(false);
+        if !drained {
+            tracing::warn!("some ingestion queues were not drained in time");
+        }
+        let ended = self.pipeline.shutdown(limit).await;
+        if !ended {
+            tracing::warn!("some subscription cleanups did not finish in time");
+        }
+        drained && ended
+    }
+
     /// The API keys.
     pub fn keys(&self) -> &Keys {
         &self.keys

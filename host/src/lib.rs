@@ -17,13 +17,14 @@
 //! - [`auth`]: API keys and roles.
 //! - [`host`]: the assembled core (registry + engine + plugin directory).
 //! - [`api`]: the axum router over the core, and [`run`].
-//! - [`cli`]: the `weir` command line.
+//! - [`cli`]: the `weir` command line; [`consume`]: its consumer client.
 
 pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod consume;
 pub mod datastore;
 pub mod host;
 pub mod hostapi;

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::datastore::{NotReady, PushError};
 use crate::index::view::ViewError;
+use crate::pipeline::SubscribeError;
 use crate::session::SessionError;
 
 /// Seconds a client is asked to wait before retrying a 503.
@@ -39,6 +40,20 @@ pub enum AppError {
     /// 503 with `Retry-After`: the ingestion queue is full.
     #[error("{0}")]
     Busy(String),
+    /// 406: the client accepts none of the formats offered.
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// 422: none of the events in a request was accepted.
+    #[error("{detail}")]
+    Rejected {
+        /// The first reason.
+        detail: String,
+        /// Every rejected event with its reason.
+        rejected: serde_json::Value,
+    },
+    /// A subscription was refused (400, 404, 502 or 503 by cause).
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
     /// 500; the cause is logged only.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -59,6 +74,17 @@ impl AppError {
             Self::Session(SessionError::Expired(_)) => (session_gone(), "session_expired"),
             Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
+            Self::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+            Self::Subscribe(e) => match e {
+                SubscribeError::UnknownKey(_) => (StatusCode::NOT_FOUND, "not_found"),
+                SubscribeError::Param(_) | SubscribeError::Normalize { .. } => {
+                    (StatusCode::BAD_REQUEST, "invalid_param")
+                }
+                SubscribeError::PreConsume { .. } => (StatusCode::BAD_GATEWAY, "pre_consume_failed"),
+                SubscribeError::Fault { .. } => (StatusCode::BAD_GATEWAY, "plugin_fault"),
+                SubscribeError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            },
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -70,7 +96,11 @@ impl IntoResponse for AppError {
         if let Self::Internal(cause) = &self {
             tracing::error!("internal error: {cause:#}");
         }
-        let body = Json(json!({ "error": code, "detail": self.to_string() }));
+        let mut body = json!({ "error": code, "detail": self.to_string() });
+        if let Self::Rejected { rejected, .. } = self {
+            body["rejected"] = rejected;
+        }
+        let body = Json(body);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             return (status, [(RETRY_AFTER, RETRY_AFTER_SECS)], body).into_response();
         }

@@ -6,6 +6,11 @@
 //! | `GET /healthz` | public |
 //! | `GET /v1/keys` | query |
 //! | `GET /v1/keys/{key}` | query |
+//! | `GET /v1/keys/{key}/stream` (SSE or NDJSON) | query |
+//! | `POST /v1/keys/{key}/resume` | admin |
+//! | `POST /v1/events` | ingest |
+//! | `GET /v1/subscriptions` | admin |
+//! | `GET /v1/dlq`, `POST /v1/dlq/replay`, `DELETE /v1/dlq` | admin |
 //! | `GET /v1/plugins` | admin |
 //! | `POST /api/v1/pipe/session/` | ingest |
 //! | `POST /api/v1/pipe/session/{sid}/heartbeat` | ingest |
@@ -22,6 +27,7 @@
 //! | `POST /v1/datastores/{datastore}/alarm` | admin |
 
 mod error;
+mod events;
 mod fustor;
 mod seed;
 
@@ -49,12 +55,27 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Largest agent push accepted (100 events of 100 rows fit many times).
 pub const MAX_PUSH_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest `POST /v1/events` body.
+pub const MAX_EVENTS_BYTES: usize = 16 * 1024 * 1024;
+
 /// The router over `host`.
 pub fn router(host: Arc<Host>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/{key}", get(get_key))
+        .route("/v1/keys/{key}/stream", get(events::stream_key))
+        .route("/v1/keys/{key}/resume", post(events::resume))
+        .route(
+            "/v1/events",
+            post(events::publish).layer(DefaultBodyLimit::max(MAX_EVENTS_BYTES)),
+        )
+        .route("/v1/subscriptions", get(events::subscriptions))
+        .route(
+            "/v1/dlq",
+            get(events::dlq_list).delete(events::dlq_delete),
+        )
+        .route("/v1/dlq/replay", post(events::dlq_replay))
         .route("/v1/plugins", get(list_plugins))
         .route("/api/v1/pipe/session/", post(fustor::create_session))
         .route("/api/v1/pipe/session", post(fustor::create_session))
@@ -119,16 +140,35 @@ pub fn router(host: Arc<Host>) -> Router {
         .with_state(host)
 }
 
-/// Serves `host` on `listener` until `shutdown` completes, then finishes the
-/// requests in flight.
+/// How long each shutdown step (draining queues, ending subscriptions) may
+/// take.
+pub const SHUTDOWN_STEP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `host` on `listener` until `shutdown` completes; then stops
+/// accepting, drains the ingestion queues, ends every stream with a reason
+/// (running cleanups), and finishes the requests in flight.
 pub async fn run(
     listener: TcpListener,
     host: Arc<Host>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let winding = host.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections");
+        // Streams end only when the host ends them, so the server's own
+        // graceful wait needs this to run beside it.
+        tokio::spawn(async move {
+            let _ = done_tx.send(winding.shutdown(SHUTDOWN_STEP).await);
+        });
+    };
     axum::serve(listener, router(host))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(graceful)
         .await?;
+    if let Ok(clean) = done_rx.await {
+        tracing::info!(clean, "host wound down");
+    }
     Ok(())
 }
 
@@ -198,9 +238,10 @@ async fn get_key(
     let k = registry
         .lookup(&key)
         .ok_or_else(|| AppError::NotFound(format!("no key `{key}`")))?;
-    Ok(Json(
-        serde_json::to_value(k.def.as_ref()).map_err(|e| AppError::Internal(e.into()))?,
-    ))
+    let mut def = serde_json::to_value(k.def.as_ref()).map_err(|e| AppError::Internal(e.into()))?;
+    def["quarantine"] = serde_json::to_value(host.pipeline().quarantine(&key))
+        .map_err(|e| AppError::Internal(e.into()))?;
+    Ok(Json(def))
 }
 
 async fn list_plugins(

@@ -1,5 +1,5 @@
-//! Ingestion: agent pushes parsed into index operations ([`rows`]).
-//! The bounded queue and the per-datastore apply worker come with the
-//! datastore routes.
+//! What producers send: agent pushes parsed row by row into index
+//! operations ([`rows`]), and raw events for the bus ([`events`]).
 
+pub mod events;
 pub mod rows;

@@ -7,6 +7,10 @@ use super::definition::{
     AUTH_TYPES, Function, KeyDefinition, MAX_BUFFER_SIZE, OutputSchema, ParamType,
 };
 
+/// Parameter names a key may not declare: `GET /v1/keys/{key}/stream`
+/// takes them as its own query parameters.
+pub const RESERVED_PARAMS: [&str; 1] = ["from"];
+
 /// One broken registration rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rule {
@@ -37,6 +41,9 @@ pub enum Rule {
     /// Two parameters share a name.
     #[error("parameter `{0}` is declared twice")]
     DuplicateParam(String),
+    /// A parameter name the stream API uses itself.
+    #[error("parameter name `{0}` is reserved (the stream API uses it for its start position)")]
+    ReservedParam(String),
     /// An enum or multi parameter has no values.
     #[error("{ty} parameter `{param}` has no values")]
     MissingValues {
@@ -69,8 +76,8 @@ pub enum Rule {
     /// A custom schema without a process function.
     #[error("a custom schema needs a process function")]
     CustomSchemaWithoutProcess,
-    /// The custom schema is not JSON.
-    #[error("the custom schema is not valid JSON: {0}")]
+    /// The custom schema is not a JSON Schema.
+    #[error("the custom schema is not usable: {0}")]
     InvalidSchema(String),
     /// An auth type other than `user` or `bot`.
     #[error("unknown auth type `{0}` (allowed: user, bot)")]
@@ -130,6 +137,9 @@ pub fn check_definitions(file: &str, defs: &[KeyDefinition]) -> Vec<Registration
             } else if !names.insert(p.name.as_str()) {
                 push(key, Rule::DuplicateParam(p.name.clone()));
             }
+            if RESERVED_PARAMS.contains(&p.name.as_str()) {
+                push(key, Rule::ReservedParam(p.name.clone()));
+            }
             let listed = matches!(p.ty, ParamType::Enum | ParamType::Multi);
             if listed && p.values.is_empty() {
                 push(
@@ -172,8 +182,8 @@ pub fn check_definitions(file: &str, defs: &[KeyDefinition]) -> Vec<Registration
                 if !def.implements(Function::Process) {
                     push(key, Rule::CustomSchemaWithoutProcess);
                 }
-                if let Err(e) = serde_json::from_str::<serde_json::Value>(json_schema) {
-                    push(key, Rule::InvalidSchema(e.to_string()));
+                if let Err(e) = crate::pipeline::compile_schema(json_schema) {
+                    push(key, Rule::InvalidSchema(e));
                 }
             }
             OutputSchema::Native => {}

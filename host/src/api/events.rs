@@ -1,0 +1,311 @@
+//! Routes of the event pipeline: publishing events, streaming a key's
+//! output, subscriptions, dead letters and quarantine.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use serde_json::{Value, json};
+
+use super::{AppError, authorize, body_bytes};
+use crate::auth::Role;
+use crate::bus::{Published, StartAt};
+use crate::host::Host;
+use crate::ingest::events::parse_events;
+use crate::pipeline::dlq::Selector;
+use crate::pipeline::{Consumer, Delivery, SubscribeRequest};
+
+/// Query pairs as given, in order.
+type Pairs = Vec<(String, String)>;
+
+fn query(q: Result<Query<Pairs>, QueryRejection>) -> Result<Pairs, AppError> {
+    q.map(|Query(p)| p)
+        .map_err(|e| AppError::BadRequest(format!("query string: {}", e.body_text())))
+}
+
+/// `POST /v1/events`: one event or an array; answers which were accepted
+/// (with their sequence numbers), which were duplicates, which rejected.
+pub(super) async fn publish(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    authorize(&host, &headers, Role::Ingest)?;
+    let body = body_bytes(body)?;
+    let parsed = parse_events(&body).map_err(AppError::BadRequest)?;
+    let (positions, events): (Vec<usize>, Vec<_>) = parsed.valid.into_iter().unzip();
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let host2 = host.clone();
+    let results = tokio::task::spawn_blocking(move || host2.pipeline().publish(events))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+    let mut accepted = Vec::new();
+    let mut duplicates = Vec::new();
+    for ((index, id), result) in positions.into_iter().zip(ids).zip(results) {
+        match result {
+            Published::Accepted(seq) => {
+                accepted.push(json!({ "index": index, "event_id": id, "seq": seq }))
+            }
+            Published::Duplicate => duplicates.push(json!({ "index": index, "event_id": id })),
+        }
+    }
+    if accepted.is_empty() && duplicates.is_empty() && !parsed.rejected.is_empty() {
+        let detail = format!(
+            "no event accepted; event {}: {}",
+            parsed.rejected[0].index, parsed.rejected[0].reason
+        );
+        return Err(AppError::Rejected {
+            detail,
+            rejected: serde_json::to_value(&parsed.rejected)
+                .map_err(|e| AppError::Internal(e.into()))?,
+        });
+    }
+    Ok(Json(json!({
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": parsed.rejected,
+    })))
+}
+
+/// How the stream is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Sse,
+    Ndjson,
+}
+
+fn format_for(headers: &HeaderMap) -> Result<Format, AppError> {
+    let accept = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("*/*")
+        .to_ascii_lowercase();
+    if accept.contains("text/event-stream") {
+        Ok(Format::Sse)
+    } else if ["ndjson", "jsonl", "application/json", "*/*"]
+        .iter()
+        .any(|t| accept.contains(t))
+    {
+        Ok(Format::Ndjson)
+    } else {
+        Err(AppError::NotAcceptable(format!(
+            "cannot answer `{accept}`: the stream is `text/event-stream` (SSE) or `application/x-ndjson`"
+        )))
+    }
+}
+
+/// `GET /v1/keys/{key}/stream?param=value...&from=earliest|latest|SEQ`.
+/// SSE resumes after `Last-Event-ID` when no `from` is given.
+pub(super) async fn stream_key(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    q: Result<Query<Pairs>, QueryRejection>,
+) -> Result<Response, AppError> {
+    authorize(&host, &headers, Role::Query)?;
+    let format = format_for(&headers)?;
+    let mut from = None;
+    let mut params = Vec::new();
+    for (name, value) in query(q)? {
+        if name == "from" {
+            from = Some(value.parse::<StartAt>().map_err(|e| {
+                AppError::BadRequest(format!("param `from`: {e}"))
+            })?);
+        } else {
+            params.push((name, value));
+        }
+    }
+    let from = match from {
+        Some(f) => f,
+        None => match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+            Some(id) => StartAt::Seq(
+                id.trim()
+                    .parse::<u64>()
+                    .map_err(|_| {
+                        AppError::BadRequest(format!(
+                            "header `Last-Event-ID`: `{id}` is not a sequence number"
+                        ))
+                    })?
+                    .saturating_add(1),
+            ),
+            None => StartAt::Latest,
+        },
+    };
+    let consumer = host
+        .pipeline()
+        .subscribe(SubscribeRequest { key, params, from })
+        .await?;
+    Ok(match format {
+        Format::Sse => sse(consumer),
+        Format::Ndjson => ndjson(consumer),
+    })
+}
+
+fn deliveries(consumer: Consumer) -> impl futures_util::Stream<Item = Delivery> + Send {
+    stream::unfold(consumer, |mut c| async move {
+        c.recv().await.map(|d| (d, c))
+    })
+}
+
+fn sse(consumer: Consumer) -> Response {
+    use futures_util::StreamExt;
+    let events = deliveries(consumer).map(|d| {
+        Ok::<_, Infallible>(match d {
+            Delivery::Envelope { seq, json } => SseEvent::default().id(seq.to_string()).data(json),
+            Delivery::Notice(n) => {
+                let kind = serde_json::to_value(&n)
+                    .ok()
+                    .and_then(|v| v.get("notice").and_then(Value::as_str).map(String::from))
+                    .unwrap_or_else(|| "notice".into());
+                SseEvent::default()
+                    .event(kind)
+                    .data(serde_json::to_string(&n).unwrap_or_default())
+            }
+        })
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn ndjson(consumer: Consumer) -> Response {
+    use futures_util::StreamExt;
+    let lines = deliveries(consumer).map(|d| {
+        let mut line = match d {
+            Delivery::Envelope { json, .. } => json,
+            Delivery::Notice(n) => serde_json::to_string(&n).unwrap_or_default(),
+        };
+        line.push('\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
+    let mut response = Body::from_stream(lines).into_response();
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `GET /v1/subscriptions` (admin).
+pub(super) async fn subscriptions(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    authorize(&host, &headers, Role::Admin)?;
+    let p = host.pipeline();
+    let (pre_consumes, cleanups) = p.lifecycle_counts();
+    Ok(Json(json!({
+        "subscriptions": p.subscriptions(),
+        "pre_consume_runs": pre_consumes,
+        "cleanup_runs": cleanups,
+        "quarantined": p.health().quarantined().into_iter().map(|(key, q)| json!({"key": key, "quarantine": q})).collect::<Vec<_>>(),
+        "bus": p.bus().stats(),
+    })))
+}
+
+/// `POST /v1/keys/{key}/resume` (admin).
+pub(super) async fn resume(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    authorize(&host, &headers, Role::Admin)?;
+    if host.registry().lookup(&key).is_none() {
+        return Err(AppError::NotFound(format!("no key `{key}`")));
+    }
+    let resumed = host.pipeline().resume(&key);
+    Ok(Json(json!({ "key": key, "resumed": resumed })))
+}
+
+/// Reads `key`, `id` (repeatable) and `limit` from a query.
+fn selector(pairs: Pairs) -> Result<(Selector, Option<usize>), AppError> {
+    let mut sel = Selector::default();
+    let mut limit = None;
+    for (name, value) in pairs {
+        match name.as_str() {
+            "key" => sel.key = Some(value),
+            "id" => sel.ids.push(value.parse().map_err(|_| {
+                AppError::BadRequest(format!("param `id`: `{value}` is not a dead-letter id"))
+            })?),
+            "limit" => {
+                limit = Some(value.parse().map_err(|_| {
+                    AppError::BadRequest(format!("param `limit`: `{value}` is not a count"))
+                })?)
+            }
+            other => {
+                return Err(AppError::BadRequest(format!(
+                    "param `{other}`: unknown (known: key, id, limit)"
+                )));
+            }
+        }
+    }
+    Ok((sel, limit))
+}
+
+/// `GET /v1/dlq?key=&id=&limit=` (admin).
+pub(super) async fn dlq_list(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    q: Result<Query<Pairs>, QueryRejection>,
+) -> Result<Json<Value>, AppError> {
+    authorize(&host, &headers, Role::Admin)?;
+    let (sel, limit) = selector(query(q)?)?;
+    let dlq = host.pipeline().dead_letters();
+    Ok(Json(json!({
+        "total": dlq.len(),
+        "evicted": dlq.evicted(),
+        "letters": dlq.list(&sel, limit.unwrap_or(100).min(10_000)),
+    })))
+}
+
+/// `POST /v1/dlq/replay` with `{"ids": [...], "key": "..."}` (both
+/// optional; an empty body replays everything) (admin).
+pub(super) async fn dlq_replay(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    authorize(&host, &headers, Role::Admin)?;
+    let body = body_bytes(body)?;
+    let mut sel = Selector::default();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Replay {
+            #[serde(default)]
+            ids: Vec<u64>,
+            #[serde(default)]
+            key: Option<String>,
+        }
+        let r: Replay = serde_json::from_slice(&body)
+            .map_err(|e| AppError::BadRequest(format!("body: {e}")))?;
+        sel.ids = r.ids;
+        sel.key = r.key;
+    }
+    let results = host.pipeline().replay(sel).await;
+    Ok(Json(json!({
+        "results": results,
+        "remaining": host.pipeline().dead_letters().len(),
+    })))
+}
+
+/// `DELETE /v1/dlq?key=&id=` (admin): removes the selected letters.
+pub(super) async fn dlq_delete(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    q: Result<Query<Pairs>, QueryRejection>,
+) -> Result<Json<Value>, AppError> {
+    authorize(&host, &headers, Role::Admin)?;
+    let (sel, _) = selector(query(q)?)?;
+    let dlq = host.pipeline().dead_letters();
+    let deleted = dlq.take(&sel).len();
+    Ok(Json(json!({ "deleted": deleted, "remaining": dlq.len() })))
+}

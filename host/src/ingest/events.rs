@@ -1,0 +1,229 @@
+//! Raw events from producers (`POST /v1/events`): one JSON object or an
+//! array of them, each checked on its own so that one bad event costs only
+//! itself. A missing id gets a UUID.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::bus::NewEvent;
+
+/// Most events one request may carry.
+pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
+
+/// Longest id, type, source or correlation id, in bytes.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// Largest payload of one event (compact JSON), in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// The fields an event may have.
+const FIELDS: [&str; 6] = [
+    "event_id",
+    "event_type",
+    "source",
+    "source_time",
+    "correlation_id",
+    "payload",
+];
+
+/// An event that was not accepted, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectedEvent {
+    /// Position in the request (0 for a single object).
+    pub index: usize,
+    /// Its id, when it had a usable one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Events of one request: the valid ones with their position, and the rest.
+#[derive(Debug, Default)]
+pub struct ParsedEvents {
+    /// Valid events and their positions.
+    pub valid: Vec<(usize, NewEvent)>,
+    /// Invalid events.
+    pub rejected: Vec<RejectedEvent>,
+}
+
+/// Parses a request body. Errors only when the body as a whole is unusable.
+pub fn parse_events(body: &[u8]) -> Result<ParsedEvents, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let items = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        _ => {
+            return Err(
+                "body must be one event (a JSON object) or an array of events".to_string(),
+            );
+        }
+    };
+    if items.len() > MAX_EVENTS_PER_REQUEST {
+        return Err(format!(
+            "{} events in one request; at most {MAX_EVENTS_PER_REQUEST}",
+            items.len()
+        ));
+    }
+    let mut out = ParsedEvents::default();
+    for (index, item) in items.into_iter().enumerate() {
+        match event(item) {
+            Ok(e) => out.valid.push((index, e)),
+            Err((event_id, reason)) => out.rejected.push(RejectedEvent {
+                index,
+                event_id,
+                reason,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+type Refusal = (Option<String>, String);
+
+fn event(item: Value) -> Result<NewEvent, Refusal> {
+    let Value::Object(mut obj) = item else {
+        return Err((None, "an event must be a JSON object".into()));
+    };
+    let event_id = optional_text(&mut obj, "event_id").map_err(|r| (None, r))?;
+    let id_for = |r: String| (event_id.clone(), r);
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(id_for(format!(
+            "unknown field `{unknown}` (allowed: {})",
+            FIELDS.join(", ")
+        )));
+    }
+    let event_type = optional_text(&mut obj, "event_type")
+        .map_err(id_for)?
+        .ok_or_else(|| id_for("`event_type` is required".into()))?;
+    if let Some(c) = event_type
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+    {
+        return Err(id_for(format!(
+            "`event_type` `{event_type}` has `{c}`; allowed are letters, digits and . _ - :"
+        )));
+    }
+    let source = optional_text(&mut obj, "source")
+        .map_err(id_for)?
+        .ok_or_else(|| id_for("`source` is required".into()))?;
+    let source_time = optional_text(&mut obj, "source_time").map_err(id_for)?;
+    if let Some(t) = &source_time
+        && let Err(e) = humantime::parse_rfc3339_weak(t)
+    {
+        return Err(id_for(format!(
+            "`source_time` `{t}` is not an RFC 3339 time ({e})"
+        )));
+    }
+    let correlation_id = optional_text(&mut obj, "correlation_id").map_err(id_for)?;
+    let payload = match obj.remove("payload") {
+        None => return Err(id_for("`payload` is required".into())),
+        Some(p) => p.to_string(),
+    };
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(id_for(format!(
+            "`payload` is {} bytes; at most {MAX_PAYLOAD_BYTES}",
+            payload.len()
+        )));
+    }
+    Ok(NewEvent {
+        id: event_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        event_type,
+        source,
+        source_time,
+        correlation_id,
+        payload,
+    })
+}
+
+/// A string field that is absent, null, or a non-empty string of at most
+/// [`MAX_FIELD_BYTES`] without control characters.
+fn optional_text(obj: &mut Map<String, Value>, name: &str) -> Result<Option<String>, String> {
+    match obj.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            if s.trim().is_empty() {
+                Err(format!("`{name}` is empty"))
+            } else if s.len() > MAX_FIELD_BYTES {
+                Err(format!(
+                    "`{name}` is {} bytes; at most {MAX_FIELD_BYTES}",
+                    s.len()
+                ))
+            } else if s.chars().any(char::is_control) {
+                Err(format!("`{name}` contains control characters"))
+            } else {
+                Ok(Some(s))
+            }
+        }
+        Some(other) => Err(format!(
+            "`{name}` must be a string, not {}",
+            match other {
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "an array",
+                _ => "an object",
+            }
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> ParsedEvents {
+        parse_events(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn one_object_or_an_array() {
+        let one = parse(r#"{"event_type":"a.b","source":"s","payload":{"x":1}}"#);
+        assert_eq!(one.valid.len(), 1);
+        let e = &one.valid[0].1;
+        assert_eq!(e.payload, r#"{"x":1}"#);
+        assert_eq!(e.id.len(), 36, "a UUID was assigned: {}", e.id);
+        let many = parse(
+            r#"[{"event_id":"1","event_type":"a","source":"s","payload":1,"source_time":"2026-01-02T03:04:05Z","correlation_id":"c"},
+                {"event_id":"2","event_type":"a","source":"s","payload":null}]"#,
+        );
+        assert_eq!(many.valid.len(), 2);
+        assert_eq!(many.valid[0].1.correlation_id.as_deref(), Some("c"));
+        assert_eq!(many.valid[1].1.payload, "null");
+    }
+
+    #[test]
+    fn each_bad_event_is_rejected_alone_with_its_reason() {
+        let got = parse(
+            r#"[{"event_id":"ok","event_type":"a","source":"s","payload":{}},
+                {"event_id":"e1","source":"s","payload":{}},
+                {"event_id":"e2","event_type":"a b","source":"s","payload":{}},
+                {"event_id":"e3","event_type":"a","payload":{}},
+                {"event_id":"e4","event_type":"a","source":"s"},
+                {"event_id":"e5","event_type":"a","source":"s","payload":{},"extra":1},
+                {"event_id":"e6","event_type":"a","source":"s","payload":{},"source_time":"yesterday"},
+                {"event_id":7,"event_type":"a","source":"s","payload":{}},
+                "nope"]"#,
+        );
+        assert_eq!(got.valid.len(), 1);
+        let reasons: Vec<(usize, Option<&str>, &str)> = got
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.event_id.as_deref(), r.reason.as_str()))
+            .collect();
+        assert_eq!(reasons[0], (1, Some("e1"), "`event_type` is required"));
+        assert!(reasons[1].2.contains("has ` `"), "{:?}", reasons[1]);
+        assert_eq!(reasons[2].2, "`source` is required");
+        assert_eq!(reasons[3].2, "`payload` is required");
+        assert!(reasons[4].2.starts_with("unknown field `extra`"));
+        assert!(reasons[5].2.contains("not an RFC 3339 time"));
+        assert_eq!((reasons[6].1, reasons[6].2), (None, "`event_id` must be a string, not a number"));
+        assert_eq!(reasons[7].2, "an event must be a JSON object");
+    }
+
+    #[test]
+    fn unusable_bodies() {
+        assert!(parse_events(b"{").unwrap_err().starts_with("body is not JSON"));
+        assert!(parse_events(b"3").unwrap_err().contains("one event"));
+    }
+}
