@@ -42,7 +42,11 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
 
 /// Runs the consumer; returns the exit code: 0 when the max is reached, the
 /// output is closed (EPIPE) or the host ended the stream; 1 on errors.
-pub fn consume(args: &ConsumeArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<i32> {
+pub fn consume(
+    args: &ConsumeArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<i32> {
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create output directory {}", dir.display()))?;
@@ -53,9 +57,13 @@ pub fn consume(args: &ConsumeArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
     runtime.block_on(stream(args, out, err))
 }
 
-async fn stream(args: &ConsumeArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<i32> {
-    let mut url = reqwest::Url::parse(&args.url)
-        .with_context(|| format!("`{}` is not a URL", args.url))?;
+async fn stream(
+    args: &ConsumeArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let mut url =
+        reqwest::Url::parse(&args.url).with_context(|| format!("`{}` is not a URL", args.url))?;
     url.path_segments_mut()
         .map_err(|()| anyhow::anyhow!("`{}` cannot be a base URL", args.url))?
         .pop_if_empty()
@@ -90,7 +98,8 @@ async fn stream(args: &ConsumeArgs, out: &mut dyn Write, err: &mut dyn Write) ->
             if line.is_empty() {
                 continue;
             }
-            let value: Value = serde_json::from_slice(line).context("the host sent a line that is not JSON")?;
+            let value: Value =
+                serde_json::from_slice(line).context("the host sent a line that is not JSON")?;
             if let Some(kind) = value.get("notice").and_then(Value::as_str) {
                 writeln!(err, "{}", status_line(kind, &value))?;
                 if kind == "ended" {
@@ -114,7 +123,12 @@ async fn stream(args: &ConsumeArgs, out: &mut dyn Write, err: &mut dyn Write) ->
     Ok(1)
 }
 
-fn write_event(args: &ConsumeArgs, line: &[u8], value: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+fn write_event(
+    args: &ConsumeArgs,
+    line: &[u8],
+    value: &Value,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     match &args.output_dir {
         None => {
             out.write_all(line)?;

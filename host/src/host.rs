@@ -193,11 +193,10 @@ impl Host {
     /// `false` if one of them did not finish in time.
     pub async fn shutdown(self: &Arc<Self>, limit: std::time::Duration) -> bool {
         let this = self.clone();
-        let drained = tokio::task::spawn_blocking(move || {
-            this.datastores().all(|ds| ds.drain(limit))
-        })
-        .await
-        .unwrap_or(false);
+        let drained =
+            tokio::task::spawn_blocking(move || this.datastores().all(|ds| ds.drain(limit)))
+                .await
+                .unwrap_or(false);
         if !drained {
             tracing::warn!("some ingestion queues were not drained in time");
         }

@@ -83,3 +83,201 @@ pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// A host served on a loopback port for the length of a test.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The host behind it.
+    pub host: Arc<Host>,
+    /// A client.
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl TestServer {
+    /// Serves `host` (inside a tokio runtime).
+    pub async fn start(host: Arc<Host>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = host.clone();
+        let task = tokio::spawn(async move {
+            weir_host::run(listener, served, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        Self {
+            base,
+            host,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Sends a request with the key of `role` (if any) and a JSON body (if
+    /// any); returns the status and the body as JSON (or as a string).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        role: Option<Role>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(role) = role {
+            req = req.header("X-API-Key", secret(role));
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Publishes events with the ingest key; returns the answer.
+    pub async fn publish(&self, events: serde_json::Value) -> serde_json::Value {
+        let (status, body) = self
+            .send("POST", "/v1/events", Some(Role::Ingest), Some(events))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Opens `GET /v1/keys/{key}/stream?query` as NDJSON with the query key.
+    /// Returns the error status and body when the host refuses.
+    pub async fn stream(
+        &self,
+        key: &str,
+        query: &[(&str, &str)],
+    ) -> Result<NdjsonStream, (reqwest::StatusCode, serde_json::Value)> {
+        let mut url = reqwest::Url::parse(&format!("{}/v1/keys/{key}/stream", self.base)).unwrap();
+        url.query_pairs_mut().extend_pairs(query);
+        let resp = self
+            .client
+            .get(url)
+            .header("X-API-Key", secret(Role::Query))
+            .header("Accept", "application/x-ndjson")
+            .send()
+            .await
+            .unwrap();
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return Err((status, resp.json().await.unwrap_or_default()));
+        }
+        Ok(NdjsonStream {
+            resp,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Opens a stream that must be accepted and reads its `subscribed` notice.
+    pub async fn subscribe(
+        &self,
+        key: &str,
+        query: &[(&str, &str)],
+    ) -> (NdjsonStream, serde_json::Value) {
+        let mut s = self
+            .stream(key, query)
+            .await
+            .unwrap_or_else(|e| panic!("subscription refused: {e:?}"));
+        let first = s.next(Duration::from_secs(10)).await.expect("a first line");
+        assert_eq!(first["notice"], "subscribed", "{first}");
+        (s, first)
+    }
+
+    /// Stops the server and waits for it to wind down.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Waits (bounded) until `check` holds for `GET /v1/subscriptions`.
+    pub async fn wait_subscriptions(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = self
+                .send("GET", "/v1/subscriptions", Some(Role::Admin), None)
+                .await;
+            if check(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// An NDJSON stream being read line by line.
+pub struct NdjsonStream {
+    resp: reqwest::Response,
+    pending: Vec<u8>,
+}
+
+impl NdjsonStream {
+    /// The next line as JSON; `None` at the end of the stream or after
+    /// `wait` without a line.
+    pub async fn next(&mut self, wait: Duration) -> Option<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=nl).collect();
+                return Some(serde_json::from_slice(&line[..line.len() - 1]).expect("a JSON line"));
+            }
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.pending.extend_from_slice(chunk.as_ref()),
+                Ok(Ok(None)) | Err(_) => return None,
+                Ok(Err(e)) => panic!("stream failed: {e}"),
+            }
+        }
+    }
+
+    /// The next envelope, skipping nothing: panics on a notice.
+    pub async fn envelope(&mut self) -> serde_json::Value {
+        let v = self
+            .next(Duration::from_secs(10))
+            .await
+            .expect("an envelope");
+        assert!(v.get("notice").is_none(), "expected an envelope, got {v}");
+        v
+    }
+
+    /// Lines until `wait` passes without one (or the stream ends).
+    pub async fn drain(&mut self, wait: Duration) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Some(v) = self.next(wait).await {
+            out.push(v);
+        }
+        out
+    }
+}
+
+/// A host with the example plugins and the pipeline test guest.
+pub fn host_with_pipeline_guest() -> Arc<Host> {
+    let host = host_with_examples();
+    host.load_file(&guest("guest-pipeline"))
+        .expect("the pipeline guest registers");
+    host
+}

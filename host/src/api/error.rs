@@ -81,7 +81,9 @@ impl AppError {
                 SubscribeError::Param(_) | SubscribeError::Normalize { .. } => {
                     (StatusCode::BAD_REQUEST, "invalid_param")
                 }
-                SubscribeError::PreConsume { .. } => (StatusCode::BAD_GATEWAY, "pre_consume_failed"),
+                SubscribeError::PreConsume { .. } => {
+                    (StatusCode::BAD_GATEWAY, "pre_consume_failed")
+                }
                 SubscribeError::Fault { .. } => (StatusCode::BAD_GATEWAY, "plugin_fault"),
                 SubscribeError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             },

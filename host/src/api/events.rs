@@ -117,9 +117,11 @@ pub(super) async fn stream_key(
     let mut params = Vec::new();
     for (name, value) in query(q)? {
         if name == "from" {
-            from = Some(value.parse::<StartAt>().map_err(|e| {
-                AppError::BadRequest(format!("param `from`: {e}"))
-            })?);
+            from = Some(
+                value
+                    .parse::<StartAt>()
+                    .map_err(|e| AppError::BadRequest(format!("param `from`: {e}")))?,
+            );
         } else {
             params.push((name, value));
         }
@@ -151,9 +153,10 @@ pub(super) async fn stream_key(
 }
 
 fn deliveries(consumer: Consumer) -> impl futures_util::Stream<Item = Delivery> + Send {
-    stream::unfold(consumer, |mut c| async move {
-        c.recv().await.map(|d| (d, c))
-    })
+    stream::unfold(
+        consumer,
+        |mut c| async move { c.recv().await.map(|d| (d, c)) },
+    )
 }
 
 fn sse(consumer: Consumer) -> Response {
@@ -189,7 +192,10 @@ fn ndjson(consumer: Consumer) -> Response {
     });
     let mut response = Body::from_stream(lines).into_response();
     let h = response.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }

@@ -71,10 +71,7 @@ pub fn router(host: Arc<Host>) -> Router {
             post(events::publish).layer(DefaultBodyLimit::max(MAX_EVENTS_BYTES)),
         )
         .route("/v1/subscriptions", get(events::subscriptions))
-        .route(
-            "/v1/dlq",
-            get(events::dlq_list).delete(events::dlq_delete),
-        )
+        .route("/v1/dlq", get(events::dlq_list).delete(events::dlq_delete))
         .route("/v1/dlq/replay", post(events::dlq_replay))
         .route("/v1/plugins", get(list_plugins))
         .route("/api/v1/pipe/session/", post(fustor::create_session))

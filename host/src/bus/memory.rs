@@ -2,15 +2,18 @@
 //! a replaying feed to live delivery, so a feed sees every event once, in
 //! sequence order, across that switch.
 //!
-//! Each live feed has its own ring of `capacity` events. Publishing never
-//! waits for a consumer: a full ring drops its oldest event and counts it,
-//! and the feed reports the gap before its next events.
+//! Each live feed has its own ring of `capacity` events. When a ring is
+//! full, the publisher waits for room up to `slow_consumer_wait` (so a
+//! burst larger than the buffer does not cost a consumer that keeps up);
+//! past that the feed is marked slow, and until it has drained its ring a
+//! full ring drops its oldest event at once, counts it, and the feed
+//! reports the gap before its next events.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
@@ -56,12 +59,18 @@ struct Tap {
     min_seq: u64,
     capacity: usize,
     ring: Mutex<Ring>,
+    /// Wakes the consumer.
     notify: Notify,
+    /// Wakes a publisher waiting for room.
+    room: Condvar,
 }
 
 #[derive(Default)]
 struct Ring {
     events: VecDeque<Arc<Event>>,
+    /// Did not make room within the wait: publishers drop at once until
+    /// the consumer empties its ring.
+    slow: bool,
     dropped: u64,
     first_dropped: u64,
     last_dropped: u64,
@@ -73,11 +82,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Tap {
-    fn push(&self, event: &Arc<Event>) {
+    fn push(&self, event: &Arc<Event>, wait: Duration) {
         if event.seq < self.min_seq || !event_type_matches(&self.pattern, &event.new.event_type) {
             return;
         }
         let mut ring = lock(&self.ring);
+        if ring.events.len() >= self.capacity && !ring.slow && !ring.closed && !wait.is_zero() {
+            let deadline = Instant::now() + wait;
+            while ring.events.len() >= self.capacity && !ring.closed {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    ring.slow = true;
+                    break;
+                }
+                ring = self
+                    .room
+                    .wait_timeout(ring, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
         if ring.events.len() >= self.capacity
             && let Some(old) = ring.events.pop_front()
         {
@@ -144,6 +168,7 @@ impl State {
                 ..Ring::default()
             }),
             notify: Notify::new(),
+            room: Condvar::new(),
         });
         self.taps.insert(id, tap.clone());
         (id, tap)
@@ -181,7 +206,7 @@ impl EventBus for MemoryBus {
                 }
             }
             for tap in st.taps.values() {
-                tap.push(&event);
+                tap.push(&event, self.inner.config.slow_consumer_wait);
             }
             out.push(Published::Accepted(seq));
         }
@@ -236,6 +261,7 @@ impl EventBus for MemoryBus {
         for tap in st.taps.values() {
             lock(&tap.ring).closed = true;
             tap.notify.notify_one();
+            tap.room.notify_all();
         }
     }
 }
@@ -328,7 +354,12 @@ impl Feed for MemoryFeed {
                     }
                     if !ring.events.is_empty() {
                         let n = ring.events.len().min(max);
-                        return FeedItem::Events(ring.events.drain(..n).collect());
+                        let events = ring.events.drain(..n).collect();
+                        if ring.events.is_empty() {
+                            ring.slow = false;
+                        }
+                        tap.room.notify_all();
+                        return FeedItem::Events(events);
                     }
                     if ring.closed {
                         return FeedItem::Closed;
@@ -368,6 +399,7 @@ mod tests {
     fn bus(history: usize) -> MemoryBus {
         MemoryBus::new(BusConfig {
             history_events: history,
+            slow_consumer_wait: Duration::ZERO,
             ..BusConfig::default()
         })
     }
@@ -386,7 +418,11 @@ mod tests {
         let mut exact = b.subscribe("fs.insert", StartAt::Latest, 10);
         let mut prefix = b.subscribe("fs.*", StartAt::Latest, 10);
         let mut all = b.subscribe("*", StartAt::Latest, 10);
-        b.publish(vec![ev("1", "fs.insert"), ev("2", "fs.delete"), ev("3", "x")]);
+        b.publish(vec![
+            ev("1", "fs.insert"),
+            ev("2", "fs.delete"),
+            ev("3", "x"),
+        ]);
         assert_eq!(seqs(&mut exact, 10).await, vec![1]);
         assert_eq!(seqs(&mut prefix, 10).await, vec![1, 2]);
         assert_eq!(seqs(&mut all, 10).await, vec![1, 2, 3]);
@@ -425,6 +461,53 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(seqs(&mut f, 10).await, vec![3, 4, 5]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_waits_for_a_consumer_that_keeps_up_then_a_stuck_one_is_dropped_from() {
+        let b = MemoryBus::new(BusConfig {
+            history_events: 0,
+            slow_consumer_wait: Duration::from_millis(200),
+            ..BusConfig::default()
+        });
+        let mut fast = b.subscribe("*", StartAt::Latest, 4);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 100 {
+                match fast.next(2).await {
+                    FeedItem::Events(evs) => got.extend(evs.iter().map(|e| e.seq)),
+                    other => panic!("no gap expected: {other:?}"),
+                }
+            }
+            got
+        });
+        let pub_bus = b.clone();
+        tokio::task::spawn_blocking(move || {
+            pub_bus.publish((0..100).map(|i| ev(&i.to_string(), "t")).collect())
+        })
+        .await
+        .unwrap();
+        assert_eq!(reader.await.unwrap(), (1..=100).collect::<Vec<_>>());
+
+        // A feed nobody reads: the first overflow waits once, then drops.
+        let mut stuck = b.subscribe("*", StartAt::Latest, 4);
+        let started = Instant::now();
+        let pub_bus = b.clone();
+        tokio::task::spawn_blocking(move || {
+            pub_bus.publish((100..200).map(|i| ev(&i.to_string(), "t")).collect())
+        })
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(
+            took < Duration::from_millis(2000),
+            "waited once, not per event: {took:?}"
+        );
+        assert!(matches!(
+            stuck.next(10).await,
+            FeedItem::Gap { count: 96, .. }
+        ));
     }
 
     #[tokio::test]

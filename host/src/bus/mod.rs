@@ -106,9 +106,10 @@ impl std::str::FromStr for StartAt {
         match s {
             "latest" => Ok(Self::Latest),
             "earliest" => Ok(Self::Earliest),
-            n => n.parse::<u64>().map(Self::Seq).map_err(|_| {
-                format!("`{n}` is not `earliest`, `latest` or a sequence number")
-            }),
+            n => n
+                .parse::<u64>()
+                .map(Self::Seq)
+                .map_err(|_| format!("`{n}` is not `earliest`, `latest` or a sequence number")),
         }
     }
 }
@@ -174,6 +175,9 @@ pub struct BusConfig {
     pub history_events: usize,
     /// Bytes kept in history.
     pub history_bytes: usize,
+    /// How long a publisher waits for room in a full feed buffer before it
+    /// marks that consumer slow and drops its oldest events instead.
+    pub slow_consumer_wait: Duration,
 }
 
 impl Default for BusConfig {
@@ -183,6 +187,7 @@ impl Default for BusConfig {
             dedup_ttl: DEFAULT_DEDUP_TTL,
             history_events: 10_000,
             history_bytes: 64 * 1024 * 1024,
+            slow_consumer_wait: Duration::from_millis(100),
         }
     }
 }
@@ -208,10 +213,12 @@ pub struct BusStats {
 
 /// A bus backend.
 pub trait EventBus: Send + Sync {
-    /// Deduplicates, numbers and fans out `events`, in order; one answer each.
+    /// Deduplicates, numbers and fans out `events`, in order; one answer
+    /// each. May block (bounded) while a full feed makes room: call it from
+    /// a blocking context.
     fn publish(&self, events: Vec<NewEvent>) -> Vec<Published>;
     /// Opens a feed of the events whose type matches `pattern`, from `start`;
-    /// live events beyond `capacity` unread ones drop the oldest.
+    /// a consumer more than `capacity` events behind loses the oldest.
     fn subscribe(&self, pattern: &str, start: StartAt, capacity: usize) -> Box<dyn Feed>;
     /// Adds an in-process handler.
     fn add_handler(&self, handler: Arc<dyn Handler>);

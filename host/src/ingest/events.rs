@@ -55,9 +55,7 @@ pub fn parse_events(body: &[u8]) -> Result<ParsedEvents, String> {
         Value::Array(items) => items,
         obj @ Value::Object(_) => vec![obj],
         _ => {
-            return Err(
-                "body must be one event (a JSON object) or an array of events".to_string(),
-            );
+            return Err("body must be one event (a JSON object) or an array of events".to_string());
         }
     };
     if items.len() > MAX_EVENTS_PER_REQUEST {
@@ -217,13 +215,20 @@ mod tests {
         assert_eq!(reasons[3].2, "`payload` is required");
         assert!(reasons[4].2.starts_with("unknown field `extra`"));
         assert!(reasons[5].2.contains("not an RFC 3339 time"));
-        assert_eq!((reasons[6].1, reasons[6].2), (None, "`event_id` must be a string, not a number"));
+        assert_eq!(
+            (reasons[6].1, reasons[6].2),
+            (None, "`event_id` must be a string, not a number")
+        );
         assert_eq!(reasons[7].2, "an event must be a JSON object");
     }
 
     #[test]
     fn unusable_bodies() {
-        assert!(parse_events(b"{").unwrap_err().starts_with("body is not JSON"));
+        assert!(
+            parse_events(b"{")
+                .unwrap_err()
+                .starts_with("body is not JSON")
+        );
         assert!(parse_events(b"3").unwrap_err().contains("one event"));
     }
 }

@@ -52,7 +52,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, feed: Box<dyn Feed>, tx: mpsc::Sender<Del
 
 /// The consumer loop. Returns why the stream ends, or `None` when the
 /// consumer left.
-async fn drive(ctx: &Arc<Ctx>, mut feed: Box<dyn Feed>, tx: &mpsc::Sender<Delivery>) -> Option<String> {
+async fn drive(
+    ctx: &Arc<Ctx>,
+    mut feed: Box<dyn Feed>,
+    tx: &mpsc::Sender<Delivery>,
+) -> Option<String> {
     let mut health = ctx.health.watch();
     let current = health.borrow_and_update().clone();
     if let Some(q) = current {
@@ -139,16 +143,7 @@ struct Call<'a> {
 
 impl Call<'_> {
     /// `matches` then `process` on `events`, one verdict each.
-    fn judge(&self, events: &[Arc<Event>], health: Option<&KeyHealth>) -> Vec<Verdict> {
-        let note = |ok: bool, message: &str| {
-            if let Some(h) = health {
-                if ok {
-                    h.ok();
-                } else if let Some(q) = h.fault(message) {
-                    tracing::error!(key = self.key, faults = q.faults, "key quarantined after consecutive faults; last: {}", q.last_error);
-                }
-            }
-        };
+    fn judge(&self, events: &[Arc<Event>]) -> Vec<Verdict> {
         let raws: Vec<RawEvent> = events.iter().map(|e| e.to_raw()).collect();
         let mut verdicts: Vec<Option<Verdict>> = (0..events.len()).map(|_| None).collect();
         let mut selected = Vec::new();
@@ -159,18 +154,9 @@ impl Call<'_> {
             .enumerate()
         {
             match m {
-                Ok(true) => {
-                    note(true, "");
-                    selected.push(i);
-                }
-                Ok(false) => {
-                    note(true, "");
-                    verdicts[i] = Some(Verdict::Filtered);
-                }
-                Err(f) => {
-                    note(false, &f.to_string());
-                    verdicts[i] = Some(fault_verdict(&f));
-                }
+                Ok(true) => selected.push(i),
+                Ok(false) => verdicts[i] = Some(Verdict::Filtered),
+                Err(f) => verdicts[i] = Some(fault_verdict(&f)),
             }
         }
         if !selected.is_empty() {
@@ -200,10 +186,6 @@ impl Call<'_> {
                     Ok(Outcome::Drop) => Verdict::Dropped,
                     Err(f) => fault_verdict(&f),
                 };
-                match &verdict {
-                    Verdict::Fault { message, .. } => note(false, message),
-                    _ => note(true, ""),
-                }
                 verdicts[i] = Some(verdict);
             }
         }
@@ -276,7 +258,13 @@ struct Envelope<'a> {
     data: &'a RawValue,
 }
 
-fn letter(ctx: &Ctx, event: &Arc<Event>, kind: String, message: String, attempts: u32) -> DeadLetter {
+fn letter(
+    ctx: &Ctx,
+    event: &Arc<Event>,
+    kind: String,
+    message: String,
+    attempts: u32,
+) -> DeadLetter {
     let now = now_ms();
     DeadLetter {
         id: 0,
@@ -317,7 +305,17 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
         validator: ctx.validator.as_deref(),
     };
     let mut out = Vec::new();
-    for (event, verdict) in events.iter().zip(call.judge(events, Some(&ctx.health))) {
+    for (event, verdict) in events.iter().zip(call.judge(events)) {
+        // The streak counts events in order: one whose match and process
+        // both went fine ends it.
+        match &verdict {
+            Verdict::Fault { message, .. } => {
+                if let Some(q) = ctx.health.fault(message) {
+                    tracing::error!(key = %ctx.key, faults = q.faults, "key quarantined after consecutive faults; last: {}", q.last_error);
+                }
+            }
+            _ => ctx.health.ok(),
+        }
         match verdict {
             Verdict::Emit(json) => {
                 ConsumerStats::add(&stats.delivered, 1);
@@ -385,7 +383,7 @@ pub(crate) fn replay_one(p: &Pipeline, mut letter: DeadLetter) -> ReplayResult {
         validator: validator.as_ref(),
     };
     let verdict = call
-        .judge(std::slice::from_ref(&letter.event), None)
+        .judge(std::slice::from_ref(&letter.event))
         .pop()
         .unwrap_or(Verdict::Dropped);
     match verdict {

@@ -73,8 +73,14 @@ impl Serialize for DeadLetter {
         st.serialize_field("error_kind", &self.kind)?;
         st.serialize_field("error", &self.message)?;
         st.serialize_field("attempts", &self.attempts)?;
-        st.serialize_field("first_failed_at", &crate::pipeline::rfc3339_ms(self.first_failed_ms))?;
-        st.serialize_field("last_failed_at", &crate::pipeline::rfc3339_ms(self.last_failed_ms))?;
+        st.serialize_field(
+            "first_failed_at",
+            &crate::pipeline::rfc3339_ms(self.first_failed_ms),
+        )?;
+        st.serialize_field(
+            "last_failed_at",
+            &crate::pipeline::rfc3339_ms(self.last_failed_ms),
+        )?;
         st.serialize_field("event", &EventJson(&self.event))?;
         st.end()
     }

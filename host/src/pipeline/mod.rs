@@ -521,8 +521,7 @@ pub fn now_ms() -> u64 {
 
 /// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
+    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// An index change as a bus event: `fs.insert`, `fs.update` or `fs.delete`,
@@ -544,8 +543,8 @@ pub fn change_event(c: &FeedChange) -> NewEvent {
         "ctime": m.ctime,
         "origin": c.change.source,
     });
-    let source_time = (m.mtime.is_finite() && m.mtime > 0.0)
-        .then(|| rfc3339_ms((m.mtime * 1000.0) as u64));
+    let source_time =
+        (m.mtime.is_finite() && m.mtime > 0.0).then(|| rfc3339_ms((m.mtime * 1000.0) as u64));
     NewEvent {
         id: uuid::Uuid::new_v4().to_string(),
         event_type: kind.to_string(),

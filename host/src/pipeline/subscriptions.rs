@@ -122,7 +122,12 @@ impl Subscriptions {
             }
             notified.await;
         }
-        let (r, k, s, p) = (runner.clone(), id.0.clone(), id.1.clone(), slot.params.clone());
+        let (r, k, s, p) = (
+            runner.clone(),
+            id.0.clone(),
+            id.1.clone(),
+            slot.params.clone(),
+        );
         let result = tokio::task::spawn_blocking(move || r.pre_consume(&k, &s, &p))
             .await
             .unwrap_or_else(|e| Err(PluginFault::Trap(format!("pre-consume task failed: {e}"))));

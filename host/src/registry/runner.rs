@@ -38,10 +38,15 @@ pub trait Runner: Send + Sync {
         events: &[RawEvent],
     ) -> Vec<Result<Outcome, PluginFault>>;
     /// `pre-consume`, if implemented.
-    fn pre_consume(&self, key: &str, subscription_id: &str, params: &Params)
-    -> Result<(), PluginFault>;
+    fn pre_consume(
+        &self,
+        key: &str,
+        subscription_id: &str,
+        params: &Params,
+    ) -> Result<(), PluginFault>;
     /// `cleanup`, if implemented.
-    fn cleanup(&self, key: &str, subscription_id: &str, params: &Params) -> Result<(), PluginFault>;
+    fn cleanup(&self, key: &str, subscription_id: &str, params: &Params)
+    -> Result<(), PluginFault>;
     /// The WebAssembly plugin behind it, if it is one.
     fn wasm(&self) -> Option<&LoadedPlugin> {
         None
@@ -96,7 +101,12 @@ impl Runner for LoadedPlugin {
     ) -> Result<(), PluginFault> {
         LoadedPlugin::pre_consume(self, key, subscription_id, params)
     }
-    fn cleanup(&self, key: &str, subscription_id: &str, params: &Params) -> Result<(), PluginFault> {
+    fn cleanup(
+        &self,
+        key: &str,
+        subscription_id: &str,
+        params: &Params,
+    ) -> Result<(), PluginFault> {
         LoadedPlugin::cleanup(self, key, subscription_id, params)
     }
     fn wasm(&self) -> Option<&LoadedPlugin> {

@@ -41,7 +41,9 @@ impl EventKey for Flaky {
     fn normalize_params(&self, _api: &dyn Api, params: &mut Params) -> Result<(), Error> {
         let sub = params.str("sub")?.trim().to_lowercase();
         if sub.contains('/') {
-            return Err(Error::msg(format!("param `sub`: `{sub}` may not contain '/'")));
+            return Err(Error::msg(format!(
+                "param `sub`: `{sub}` may not contain '/'"
+            )));
         }
         params.set("sub", sub);
         Ok(())
@@ -78,7 +80,12 @@ impl EventKey for Flaky {
         }
     }
 
-    fn pre_consume(&self, _api: &dyn Api, subscription_id: &str, params: &Params) -> Result<(), Error> {
+    fn pre_consume(
+        &self,
+        _api: &dyn Api,
+        subscription_id: &str,
+        params: &Params,
+    ) -> Result<(), Error> {
         if params.str("sub")? == "refuse" {
             return Err(Error::msg(format!(
                 "subscription {subscription_id} refused on purpose"
@@ -87,7 +94,12 @@ impl EventKey for Flaky {
         Ok(())
     }
 
-    fn cleanup(&self, _api: &dyn Api, _subscription_id: &str, _params: &Params) -> Result<(), Error> {
+    fn cleanup(
+        &self,
+        _api: &dyn Api,
+        _subscription_id: &str,
+        _params: &Params,
+    ) -> Result<(), Error> {
         Ok(())
     }
 }
