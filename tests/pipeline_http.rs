@@ -821,7 +821,7 @@ async fn shutdown_ends_streams_with_a_reason_and_runs_cleanups() {
     assert_eq!(last["notice"], "ended", "{rest:?}");
     assert_eq!(last["reason"], "the host is shutting down");
     assert!(
-        !host.host_api().state_of("enrich", "tag-bye").is_some(),
+        host.host_api().state_of("enrich", "tag-bye").is_none(),
         "cleanup ran"
     );
 }

@@ -158,3 +158,92 @@ fn config_file_datastores_get_their_own_keys() {
     child.wait().unwrap();
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A minimal HTTP/1.1 POST of a JSON body; returns the status line.
+fn post(addr: &str, path: &str, key: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+/// Starts `weir serve` on a free port with the given keys; returns the
+/// child and its address.
+fn serve(keys: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("WEIR_PLUGINS")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in keys {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("weir starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("a start line").unwrap();
+        if line.contains("weir serving") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            break v["fields"]["addr"].as_str().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[test]
+fn consume_exits_cleanly_when_its_output_pipe_closes() {
+    let (mut server, addr) = serve(&[
+        ("WEIR_QUERY_KEY", "pipe-query"),
+        ("WEIR_INGEST_KEY", "pipe-ingest"),
+        ("WEIR_ADMIN_KEY", "pipe-admin"),
+    ]);
+    let mut consumer = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["consume", "fs.changes", "--url", &format!("http://{addr}")])
+        .env("WEIR_API_KEY", "pipe-query")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir consume starts");
+    // Its first status line says it is subscribed.
+    let mut err = BufReader::new(consumer.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.starts_with("subscribed: key fs.changes"), "{line}");
+    let event = |i: u32| {
+        format!(
+            r#"{{"event_type":"fs.insert","source":"t","payload":{{"path":"/f{i}.txt","size":1}}}}"#
+        )
+    };
+    assert!(post(&addr, "/v1/events", "pipe-ingest", &event(0)).contains("200"));
+    let mut out = BufReader::new(consumer.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("\"path\":\"/f0.txt\""), "{first}");
+    // `| head -1`: the reader goes away; the next write meets EPIPE.
+    drop(out);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 1;
+    let status = loop {
+        if let Some(status) = consumer.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "consume did not exit on EPIPE");
+        assert!(post(&addr, "/v1/events", "pipe-ingest", &event(i)).contains("200"));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
