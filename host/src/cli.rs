@@ -71,6 +71,8 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    events: crate::config::EventsSection,
 }
 
 /// Default limits of plugin calls.
@@ -221,6 +223,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             default.queue_rows = rows;
         }
     }
+    let (bus, pipeline) = args.events.or(&file.events).resolve(&label)?;
     let config = HostConfig {
         plugin_dir: Some(plugin_dir),
         engine: EngineConfig {
@@ -230,7 +233,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         },
         keys,
         datastores,
-        ..HostConfig::default()
+        bus,
+        pipeline,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

@@ -1,4 +1,5 @@
-//! The configuration file (`weir.toml`): datastores and their API keys.
+//! The configuration file (`weir.toml`): datastores and their API keys, and
+//! the event bus and pipeline settings.
 //! Without a file there is one datastore, `default`, whose keys come from
 //! the environment or are generated.
 //!
@@ -16,6 +17,15 @@
 //!   { role = "ingest", key_env = "LAB_INGEST_KEY" },   # secret from the environment
 //!   { role = "query", key = "a-literal-secret" },
 //! ]
+//!
+//! [events]
+//! dedup_size = 10000            # event ids remembered (0: no dedup)
+//! dedup_ttl_secs = 300
+//! history_events = 10000        # events kept for replay (0: none)
+//! history_bytes = 67108864
+//! slow_consumer_wait_ms = 100   # a publisher's wait for a full consumer buffer
+//! quarantine_after = 20         # consecutive faults (0: never)
+//! dlq_capacity = 10000
 //! ```
 
 use std::path::Path;
@@ -24,7 +34,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{Keys, Role};
+use crate::bus::BusConfig;
 use crate::datastore::DatastoreConfig;
+use crate::pipeline::PipelineConfig;
 
 /// The file, as written.
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +45,94 @@ pub struct FileConfig {
     /// Declared datastores.
     #[serde(default)]
     pub datastores: Vec<DatastoreSection>,
+    /// Event bus and pipeline settings.
+    #[serde(default)]
+    pub events: EventsSection,
+}
+
+/// The `[events]` section; every field optional. The same settings exist as
+/// `weir serve` flags, which win over the file.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// Event ids remembered for dedup (0 disables it) [default: 10000].
+    #[arg(long, env = "WEIR_DEDUP_SIZE")]
+    pub dedup_size: Option<usize>,
+    /// Seconds an event id is remembered [default: 300].
+    #[arg(long, env = "WEIR_DEDUP_TTL_SECS")]
+    pub dedup_ttl_secs: Option<u64>,
+    /// Events kept in history for replay (0 disables it) [default: 10000].
+    #[arg(long, env = "WEIR_HISTORY_EVENTS")]
+    pub history_events: Option<usize>,
+    /// Bytes kept in history [default: 67108864].
+    #[arg(long, env = "WEIR_HISTORY_BYTES")]
+    pub history_bytes: Option<usize>,
+    /// Milliseconds a publisher waits for room in a full consumer buffer
+    /// before dropping that consumer's oldest events [default: 100].
+    #[arg(long, env = "WEIR_SLOW_CONSUMER_WAIT_MS")]
+    pub slow_consumer_wait_ms: Option<u64>,
+    /// Consecutive faults that quarantine a key (0: never) [default: 20].
+    #[arg(long, env = "WEIR_QUARANTINE_AFTER")]
+    pub quarantine_after: Option<u32>,
+    /// Dead letters kept [default: 10000].
+    #[arg(long, env = "WEIR_DLQ_CAPACITY")]
+    pub dlq_capacity: Option<usize>,
+}
+
+impl EventsSection {
+    /// These settings over `base` (flags over the file).
+    pub fn or(&self, base: &EventsSection) -> EventsSection {
+        EventsSection {
+            dedup_size: self.dedup_size.or(base.dedup_size),
+            dedup_ttl_secs: self.dedup_ttl_secs.or(base.dedup_ttl_secs),
+            history_events: self.history_events.or(base.history_events),
+            history_bytes: self.history_bytes.or(base.history_bytes),
+            slow_consumer_wait_ms: self.slow_consumer_wait_ms.or(base.slow_consumer_wait_ms),
+            quarantine_after: self.quarantine_after.or(base.quarantine_after),
+            dlq_capacity: self.dlq_capacity.or(base.dlq_capacity),
+        }
+    }
+
+    /// The bus and pipeline settings, defaults filled in; `file` names the
+    /// source in errors.
+    pub fn resolve(&self, file: &str) -> Result<(BusConfig, PipelineConfig), ConfigError> {
+        let mut bus = BusConfig::default();
+        let mut pipeline = PipelineConfig::default();
+        if let Some(n) = self.dedup_size {
+            bus.dedup_size = n;
+        }
+        if let Some(s) = self.dedup_ttl_secs {
+            if s == 0 {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    problem: "events.dedup_ttl_secs must be at least 1 (use dedup_size = 0 to disable dedup)".into(),
+                });
+            }
+            bus.dedup_ttl = Duration::from_secs(s);
+        }
+        if let Some(n) = self.history_events {
+            bus.history_events = n;
+        }
+        if let Some(n) = self.history_bytes {
+            bus.history_bytes = n;
+        }
+        if let Some(ms) = self.slow_consumer_wait_ms {
+            bus.slow_consumer_wait = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.quarantine_after {
+            pipeline.quarantine_after = n;
+        }
+        if let Some(n) = self.dlq_capacity {
+            if n == 0 {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    problem: "events.dlq_capacity must be at least 1".into(),
+                });
+            }
+            pipeline.dlq_capacity = n;
+        }
+        Ok((bus, pipeline))
+    }
 }
 
 /// One `[[datastores]]` entry.

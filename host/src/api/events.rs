@@ -214,6 +214,7 @@ pub(super) async fn subscriptions(
         "cleanup_runs": cleanups,
         "quarantined": p.health().quarantined().into_iter().map(|(key, q)| json!({"key": key, "quarantine": q})).collect::<Vec<_>>(),
         "bus": p.bus().stats(),
+        "events_by_type": p.event_counts(),
     })))
 }
 

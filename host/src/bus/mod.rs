@@ -11,6 +11,7 @@
 //!
 //! [`MemoryBus`] is the one backend today.
 
+mod counts;
 mod dedup;
 mod memory;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use counts::{COUNTS_PRIORITY, EventCounts};
 pub use dedup::{DEFAULT_DEDUP_SIZE, DEFAULT_DEDUP_TTL, DedupFilter};
 pub use memory::MemoryBus;
 

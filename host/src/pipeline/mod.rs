@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::bus::{EventBus, GapReason, NewEvent, Published, StartAt};
+use crate::bus::{EventBus, EventCounts, GapReason, NewEvent, Published, StartAt};
 use crate::datastore::FeedChange;
 use crate::index::ChangeKind;
 use crate::plugin::{Params, PluginFault};
@@ -279,6 +279,7 @@ pub struct Pipeline {
     health: HealthBook,
     config: PipelineConfig,
     next_consumer: AtomicU64,
+    counts: Arc<EventCounts>,
 }
 
 impl Pipeline {
@@ -288,6 +289,8 @@ impl Pipeline {
         registry: Arc<RwLock<Registry>>,
         config: PipelineConfig,
     ) -> Arc<Self> {
+        let counts = Arc::new(EventCounts::default());
+        bus.add_handler(counts.clone());
         Arc::new(Self {
             bus,
             registry,
@@ -296,12 +299,18 @@ impl Pipeline {
             health: HealthBook::new(config.quarantine_after),
             config,
             next_consumer: AtomicU64::new(1),
+            counts,
         })
     }
 
     /// The bus.
     pub fn bus(&self) -> &Arc<dyn EventBus> {
         &self.bus
+    }
+
+    /// Events published per type (the built-in metrics handler).
+    pub fn event_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counts.snapshot()
     }
 
     /// The dead-letter queue.

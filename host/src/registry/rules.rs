@@ -298,6 +298,22 @@ mod tests {
     }
 
     #[test]
+    fn reserved_param_names_and_schemas_that_are_json_but_not_json_schema() {
+        let mut d = def("k", "x");
+        d.params = vec![param("from", ParamType::String)];
+        d.schema = OutputSchema::Custom {
+            json_schema: r#"{"type": "no-such-type"}"#.into(),
+        };
+        d.implements = vec![Function::Process];
+        let got = rules(&[d]);
+        assert_eq!(got[0], Rule::ReservedParam("from".into()));
+        match &got[1] {
+            Rule::InvalidSchema(why) => assert!(why.starts_with("invalid JSON Schema"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn defaults_are_checked_against_the_type() {
         let mut d = def("k", "x");
         let mut n = param("n", ParamType::Int);
