@@ -180,15 +180,22 @@ fn sse(consumer: Consumer) -> Response {
         .into_response()
 }
 
+/// Deliveries already waiting are written together: one chunk (and one
+/// write) for many lines when the consumer is busy.
+const COALESCE: usize = 256;
+
 fn ndjson(consumer: Consumer) -> Response {
     use futures_util::StreamExt;
-    let lines = deliveries(consumer).map(|d| {
-        let mut line = match d {
-            Delivery::Envelope { json, .. } => json,
-            Delivery::Notice(n) => serde_json::to_string(&n).unwrap_or_default(),
-        };
-        line.push('\n');
-        Ok::<_, Infallible>(Bytes::from(line))
+    let lines = deliveries(consumer).ready_chunks(COALESCE).map(|ds| {
+        let mut buf = String::new();
+        for d in ds {
+            match d {
+                Delivery::Envelope { json, .. } => buf.push_str(&json),
+                Delivery::Notice(n) => buf.push_str(&serde_json::to_string(&n).unwrap_or_default()),
+            }
+            buf.push('\n');
+        }
+        Ok::<_, Infallible>(Bytes::from(buf))
     });
     let mut response = Body::from_stream(lines).into_response();
     let h = response.headers_mut();

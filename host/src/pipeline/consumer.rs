@@ -203,7 +203,7 @@ impl Call<'_> {
         } else {
             let value: serde_json::Value =
                 serde_json::from_str(&output).map_err(|e| format!("output is not JSON: {e}"))?;
-            if let Some(v) = self.validator {
+            if let Some(v) = self.validator.filter(|v| !v.is_valid(&value)) {
                 let errors: Vec<String> = v
                     .iter_errors(&value)
                     .take(3)

@@ -1,0 +1,316 @@
+//! The whole pipeline over HTTP: events `POST`ed to `/v1/events`, through
+//! the bus, `matches` and `process` of a key, to a consumer reading the
+//! NDJSON stream. The key is `fs-large-files` as a WebAssembly component and
+//! the same Rust code linked natively (a [`Runner`] in this file), measured
+//! in the same run; prints events per second, the ratio, and the latency
+//! from `POST` to consumer at a steady rate.
+//!
+//! Run: `cargo bench -p weir-host --bench pipeline` (optional argument:
+//! number of events for the throughput run, default 50000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fs_large_files::LargeFiles;
+use serde_json::{Value, json};
+use weir_host::auth::{Keys, Role};
+use weir_host::host::{Host, HostConfig};
+use weir_host::plugin::{EngineConfig, Outcome, Params, PluginFault, RawEvent};
+use weir_host::registry::{KeyDefinition, Runner};
+use weir_sdk::EventKey;
+
+const BATCH: usize = 1000;
+const QUERY: &str = "bench-query";
+const INGEST: &str = "bench-ingest";
+
+/// A host API that refuses everything (`fs.large_files` never calls it).
+struct NoApi;
+
+impl weir_sdk::Api for NoApi {
+    fn call(&self, _: &str, _: &str, _: Option<&str>) -> Result<String, weir_sdk::ApiError> {
+        Err(weir_sdk::ApiError {
+            status: 403,
+            message: "no host API in this benchmark".into(),
+        })
+    }
+}
+
+/// `fs-large-files` compiled into the host, as key `native.large_files`.
+struct Native {
+    defs: Vec<KeyDefinition>,
+}
+
+fn sdk_event(e: &RawEvent) -> weir_sdk::RawEvent {
+    weir_sdk::RawEvent::new(&e.event_type, &e.payload).with_id(&e.event_id)
+}
+
+impl Runner for Native {
+    fn name(&self) -> &str {
+        "native_large_files"
+    }
+    fn file_label(&self) -> String {
+        "native:large_files".into()
+    }
+    fn definitions(&self) -> &[KeyDefinition] {
+        &self.defs
+    }
+    fn normalize_params(&self, _: &str, params: &Params) -> Result<Params, PluginFault> {
+        Ok(params.clone())
+    }
+    fn matches(&self, _: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
+        let p = weir_sdk::Params::from_pairs(params.clone());
+        Ok(LargeFiles.matches(&sdk_event(event), &p))
+    }
+    fn matches_batch(
+        &self,
+        _: &str,
+        params: &Params,
+        events: &[RawEvent],
+    ) -> Vec<Result<bool, PluginFault>> {
+        let p = weir_sdk::Params::from_pairs(params.clone());
+        events
+            .iter()
+            .map(|e| Ok(LargeFiles.matches(&sdk_event(e), &p)))
+            .collect()
+    }
+    fn process(
+        &self,
+        key: &str,
+        params: &Params,
+        event: &RawEvent,
+    ) -> Result<Outcome, PluginFault> {
+        self.process_batch(key, params, std::slice::from_ref(event))
+            .pop()
+            .unwrap_or(Ok(Outcome::Drop))
+    }
+    fn process_batch(
+        &self,
+        _: &str,
+        params: &Params,
+        events: &[RawEvent],
+    ) -> Vec<Result<Outcome, PluginFault>> {
+        let p = weir_sdk::Params::from_pairs(params.clone());
+        events
+            .iter()
+            .map(|e| match LargeFiles.process(&NoApi, &sdk_event(e), &p) {
+                Ok(weir_sdk::Outcome::Emit(s)) => Ok(Outcome::Emit(s)),
+                Ok(weir_sdk::Outcome::Drop) => Ok(Outcome::Drop),
+                Err(err) => Err(PluginFault::Failed(err.to_string())),
+            })
+            .collect()
+    }
+    fn pre_consume(&self, _: &str, _: &str, _: &Params) -> Result<(), PluginFault> {
+        Ok(())
+    }
+    fn cleanup(&self, _: &str, _: &str, _: &Params) -> Result<(), PluginFault> {
+        Ok(())
+    }
+}
+
+fn event(i: usize) -> Value {
+    json!({
+        "event_type": "fs.insert",
+        "source": "bench",
+        "payload": {"path": format!("/data/file-{i:08}.dat"), "size": 1_000_000 + i, "mtime": 1_706_000_000.5, "is_dir": false}
+    })
+}
+
+/// Index of the event an envelope came from (from its path).
+fn index_of(envelope: &Value) -> Option<usize> {
+    envelope["data"]["path"]
+        .as_str()?
+        .strip_prefix("/data/file-")?
+        .strip_suffix(".dat")?
+        .parse()
+        .ok()
+}
+
+struct Stream {
+    resp: reqwest::Response,
+    pending: Vec<u8>,
+}
+
+impl Stream {
+    async fn open(base: &str, key: &str) -> anyhow::Result<Self> {
+        let resp = reqwest::Client::new()
+            .get(format!("{base}/v1/keys/{key}/stream?min_size=0"))
+            .header("X-API-Key", QUERY)
+            .header("Accept", "application/x-ndjson")
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status().is_success(), "{}", resp.text().await?);
+        let mut s = Self {
+            resp,
+            pending: Vec::new(),
+        };
+        let first = s
+            .next()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no notice"))?;
+        anyhow::ensure!(first["notice"] == "subscribed", "{first}");
+        Ok(s)
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Option<Value>> {
+        loop {
+            if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=nl).collect();
+                return Ok(Some(serde_json::from_slice(&line[..line.len() - 1])?));
+            }
+            match self.resp.chunk().await? {
+                Some(c) => self.pending.extend_from_slice(c.as_ref()),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+async fn post(client: &reqwest::Client, base: &str, events: Vec<Value>) -> anyhow::Result<()> {
+    let resp = client
+        .post(format!("{base}/v1/events"))
+        .header("X-API-Key", INGEST)
+        .json(&Value::Array(events))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "{}", resp.text().await?);
+    Ok(())
+}
+
+/// Events per second from the first `POST` to the last envelope; and the
+/// events the consumer lost (must be 0 for the number to mean anything).
+async fn throughput(base: &str, key: &str, n: usize, offset: usize) -> anyhow::Result<(f64, u64)> {
+    let mut stream = Stream::open(base, key).await?;
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let (mut got, mut lost) = (0usize, 0u64);
+        while got + (lost as usize) < n {
+            let Some(v) = stream.next().await? else { break };
+            if v["notice"] == "gap" {
+                lost += v["count"].as_u64().unwrap_or(0);
+            } else if v.get("notice").is_none() {
+                got += 1;
+            }
+        }
+        anyhow::Ok(lost)
+    });
+    for chunk in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+        post(
+            &client,
+            base,
+            chunk.iter().map(|i| event(offset + i)).collect(),
+        )
+        .await?;
+    }
+    let lost = reader.await??;
+    Ok((n as f64 / start.elapsed().as_secs_f64(), lost))
+}
+
+/// Latency percentiles (p50, p99, max) of `n` events posted one by one at
+/// `rate` per second.
+async fn latency(
+    base: &str,
+    key: &str,
+    n: usize,
+    rate: f64,
+    offset: usize,
+) -> anyhow::Result<(Duration, Duration, Duration)> {
+    let mut stream = Stream::open(base, key).await?;
+    let client = reqwest::Client::new();
+    let sent: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; n]));
+    let seen = sent.clone();
+    let reader = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            let Some(v) = stream.next().await? else { break };
+            if let Some(i) = index_of(&v)
+                && let Some(t) = seen.lock().unwrap()[i - offset]
+            {
+                lat.push(t.elapsed());
+            }
+        }
+        anyhow::Ok(lat)
+    });
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + period * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        sent.lock().unwrap()[i] = Some(Instant::now());
+        post(&client, base, vec![event(offset + i)]).await?;
+    }
+    let mut lat = reader.await??;
+    lat.sort();
+    let pick = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    Ok((pick(0.5), pick(0.99), *lat.last().unwrap()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(50_000);
+    let mut keys = Keys::new();
+    keys.insert(QUERY, Role::Query, "default");
+    keys.insert(INGEST, Role::Ingest, "default");
+    let host = Arc::new(Host::new(HostConfig {
+        plugin_dir: Some(weir_host::EXAMPLE_PLUGIN_DIR.into()),
+        engine: EngineConfig::default(),
+        keys,
+        ..HostConfig::default()
+    })?);
+    let mut def = host
+        .registry()
+        .lookup("fs.large_files")
+        .ok_or_else(|| anyhow::anyhow!("fs.large_files is not loaded"))?
+        .def
+        .as_ref()
+        .clone();
+    def.key = "native.large_files".into();
+    host.register(Arc::new(Native { defs: vec![def] }))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(weir_host::run(listener, host, async move {
+            let _ = stopped.await;
+        }));
+
+        println!("pipeline: POST /v1/events -> bus -> matches+process -> NDJSON consumer, {n} events, batches of {BATCH}");
+        // Warm-up: instances, connections, allocator.
+        throughput(&base, "fs.large_files", 5_000, 10_000_000).await?;
+        throughput(&base, "native.large_files", 5_000, 11_000_000).await?;
+        let (mut wasm, mut native) = (0f64, 0f64);
+        let mut lost = 0;
+        for round in 0..3 {
+            let (w, lw) = throughput(&base, "fs.large_files", n, round * 2 * n).await?;
+            let (nv, ln) = throughput(&base, "native.large_files", n, (round * 2 + 1) * n).await?;
+            wasm = wasm.max(w);
+            native = native.max(nv);
+            lost += lw + ln;
+        }
+        println!("  native key (baseline):  {:>10.0} events/s", native);
+        println!("  wasm key:               {:>10.0} events/s   ratio {:.2}x of native", wasm, wasm / native);
+        println!("  events lost to slow-consumer drops: {lost}");
+
+        let rate = 500.0;
+        let m = 1_000;
+        for (label, key, offset) in [("native", "native.large_files", 20_000_000), ("wasm", "fs.large_files", 21_000_000)] {
+            let (p50, p99, max) = latency(&base, key, m, rate, offset).await?;
+            println!(
+                "  latency {label:>6}, {m} events at {rate}/s: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            );
+        }
+        let _ = stop.send(());
+        served.await??;
+        anyhow::Ok(())
+    })
+}
