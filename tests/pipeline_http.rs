@@ -820,6 +820,18 @@ async fn shutdown_ends_streams_with_a_reason_and_runs_cleanups() {
     let last = rest.last().expect("an end notice");
     assert_eq!(last["notice"], "ended", "{rest:?}");
     assert_eq!(last["reason"], "the host is shutting down");
+    let refused = host
+        .pipeline()
+        .subscribe(weir_host::pipeline::SubscribeRequest {
+            key: "test.flaky".into(),
+            params: vec![],
+            from: weir_host::bus::StartAt::Latest,
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(weir_host::pipeline::SubscribeError::Closed)),
+        "no new subscription after shutdown"
+    );
     assert!(
         host.host_api().state_of("enrich", "tag-bye").is_none(),
         "cleanup ran"

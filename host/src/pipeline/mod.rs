@@ -280,6 +280,7 @@ pub struct Pipeline {
     config: PipelineConfig,
     next_consumer: AtomicU64,
     counts: Arc<EventCounts>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Pipeline {
@@ -300,6 +301,7 @@ impl Pipeline {
             config,
             next_consumer: AtomicU64::new(1),
             counts,
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -343,6 +345,9 @@ impl Pipeline {
         self: &Arc<Self>,
         req: SubscribeRequest,
     ) -> Result<Consumer, SubscribeError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(SubscribeError::Closed);
+        }
         let entry = self
             .registry
             .read()
@@ -493,6 +498,7 @@ impl Pipeline {
     /// Ends every feed; consumers are told and detach (running cleanups).
     /// Waits up to `limit` for the cleanups; `false` if some did not finish.
     pub async fn shutdown(&self, limit: Duration) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
         self.bus.close();
         let deadline = tokio::time::Instant::now() + limit;
         while !self.subs.is_empty() {
