@@ -73,6 +73,10 @@ struct ServeArgs {
     log_format: LogFormat,
     #[command(flatten)]
     events: crate::config::EventsSection,
+    /// How often the plugin directory is scanned for new, changed and
+    /// removed plugins, in milliseconds (0: never; load at start only).
+    #[arg(long, env = "WEIR_PLUGIN_POLL_MS", default_value_t = 500)]
+    plugin_poll_ms: u64,
 }
 
 /// Default limits of plugin calls.
@@ -243,9 +247,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(addr = %listener.local_addr()?, keys = host.registry().len(), "weir serving");
+        let watcher = (args.plugin_poll_ms > 0)
+            .then(|| host.watch_plugins(Duration::from_millis(args.plugin_poll_ms)));
         // `run` drains the queues (nothing accepted is lost) and ends the
         // subscriptions before it returns.
         crate::run(listener, host, shutdown_signal()).await?;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         tracing::info!("weir stopped");
         anyhow::Ok(0)
     })

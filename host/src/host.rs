@@ -2,7 +2,7 @@
 //! bus and pipeline. Knows nothing of HTTP; `api` and `cli` drive it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -14,8 +14,9 @@ use crate::bus::{BusConfig, EventBus, MemoryBus};
 use crate::datastore::{Datastore, DatastoreConfig};
 use crate::hostapi::BuiltinApi;
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::plugin::{EngineConfig, LoadError, PluginEngine};
-use crate::registry::{RegistrationError, Registry, Runner};
+use crate::plugin::{EngineConfig, PluginEngine};
+use crate::plugindir::PluginDir;
+use crate::registry::{Registry, Runner};
 
 /// Everything needed to build a [`Host`].
 #[derive(Debug, Clone, Default)]
@@ -34,25 +35,7 @@ pub struct HostConfig {
     pub pipeline: PipelineConfig,
 }
 
-/// Why one plugin file was not registered.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginLoadError {
-    /// It could not be compiled, linked or described.
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    /// Its definitions break registration rules; none of its keys is registered.
-    #[error("{} registration rule(s) broken: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
-    Rejected(Vec<RegistrationError>),
-}
-
-/// A plugin file that failed to load, for `/v1/plugins` and the log.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedPlugin {
-    /// The file.
-    pub file: String,
-    /// Every reason.
-    pub errors: Vec<String>,
-}
+pub use crate::plugindir::{Change as PluginChange, FailedPlugin, PluginLoadError};
 
 /// The host core.
 pub struct Host {
@@ -60,7 +43,7 @@ pub struct Host {
     engine: PluginEngine,
     api: Arc<BuiltinApi>,
     keys: Keys,
-    failed: Mutex<Vec<FailedPlugin>>,
+    plugin_dir: Option<PluginDir>,
     datastores: BTreeMap<String, Arc<Datastore>>,
     pipeline: Arc<Pipeline>,
 }
@@ -94,47 +77,82 @@ impl Host {
             engine,
             api,
             keys: config.keys,
-            failed: Mutex::default(),
+            plugin_dir: config.plugin_dir.as_deref().map(PluginDir::new),
             datastores,
             pipeline,
         };
-        if let Some(dir) = &config.plugin_dir {
-            host.load_dir(dir)?;
+        if let Some(dir) = &host.plugin_dir {
+            dir.load_all(&host.engine, &host.registry)?;
         }
         Ok(host)
     }
 
-    /// Loads every `*.wasm` in `dir`, in name order. Errors only when the
-    /// directory cannot be read.
-    pub fn load_dir(&self, dir: &Path) -> anyhow::Result<()> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| anyhow::anyhow!("cannot read plugin directory {}: {e}", dir.display()))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
-            .collect();
-        files.sort();
-        for file in files {
-            match self.load_file(&file) {
-                Ok(keys) => tracing::info!(file = %file.display(), ?keys, "plugin loaded"),
-                Err(e) => {
-                    tracing::error!(file = %file.display(), "plugin not loaded: {e}");
-                    let errors = match &e {
-                        PluginLoadError::Rejected(errs) => {
-                            errs.iter().map(|e| e.to_string()).collect()
+    /// Scans the plugin directory once (see [`crate::plugindir`]) and
+    /// brings the pipeline along: consumers of replaced keys continue on the
+    /// new version (or are ended when it refuses their params), consumers of
+    /// removed keys are ended and their cleanups run. Returns what changed.
+    pub async fn reload_plugins(self: &Arc<Self>) -> Vec<PluginChange> {
+        if self.plugin_dir.is_none() {
+            return Vec::new();
+        }
+        let this = self.clone();
+        let changes = tokio::task::spawn_blocking(move || match &this.plugin_dir {
+            Some(dir) => dir.scan(&this.engine, &this.registry),
+            None => Vec::new(),
+        })
+        .await
+        .unwrap_or_default();
+        for change in &changes {
+            match change {
+                PluginChange::Replaced { file, keys } => {
+                    let registry = self.registry();
+                    for key in &keys.replaced {
+                        if let Some(entry) = registry.lookup(key) {
+                            self.pipeline.key_replaced(entry).await;
                         }
-                        other => vec![other.to_string()],
-                    };
-                    self.failed
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(FailedPlugin {
-                            file: file.display().to_string(),
-                            errors,
-                        });
+                    }
+                    for key in &keys.removed {
+                        self.pipeline.key_removed(
+                            key,
+                            &format!(
+                                "key `{key}` was removed: the new version of {} no longer defines it",
+                                file.display()
+                            ),
+                        );
+                    }
                 }
+                PluginChange::Removed { file, keys } => {
+                    for key in keys {
+                        self.pipeline.key_removed(
+                            key,
+                            &format!(
+                                "key `{key}` was removed: its plugin file {} was deleted",
+                                file.display()
+                            ),
+                        );
+                    }
+                }
+                PluginChange::Loaded { .. } | PluginChange::Failed(_) => {}
             }
         }
-        Ok(())
+        changes
+    }
+
+    /// Scans the plugin directory every `every` until the host is dropped.
+    pub fn watch_plugins(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(host) = weak.upgrade() else { return };
+                host.reload_plugins().await;
+            }
+        })
     }
 
     /// Loads one plugin file and registers all its keys, or none.
@@ -212,12 +230,13 @@ impl Host {
         &self.keys
     }
 
-    /// Plugin files that failed to load.
+    /// Plugin files that failed to load (a failed replacement leaves the
+    /// previous version running: see `running_hash`).
     pub fn failed_plugins(&self) -> Vec<FailedPlugin> {
-        self.failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.plugin_dir
+            .as_ref()
+            .map(PluginDir::failed)
+            .unwrap_or_default()
     }
 
     /// Every loaded plugin with its keys, for `/v1/plugins`.
@@ -242,6 +261,13 @@ impl Host {
                     calls: counters.calls.load(Relaxed),
                     faults: counters.faults.load(Relaxed),
                     instances_created: counters.instances.load(Relaxed),
+                    state: "loaded",
+                    quarantined_keys: p
+                        .definitions()
+                        .iter()
+                        .filter(|d| self.pipeline.quarantine(&d.key).is_some())
+                        .map(|d| d.key.clone())
+                        .collect(),
                 }
             });
         }
@@ -268,4 +294,8 @@ pub struct PluginInfo {
     pub faults: u64,
     /// Instances created.
     pub instances_created: u64,
+    /// `loaded` (failed files are listed apart, with their reasons).
+    pub state: &'static str,
+    /// Its keys that are quarantined.
+    pub quarantined_keys: Vec<String>,
 }

@@ -15,6 +15,7 @@
 //! - [`datastore`]: sessions + queue + index + READY logic of one datastore.
 //! - [`config`]: the `weir.toml` file (datastores and their keys).
 //! - [`auth`]: API keys and roles.
+//! - [`plugindir`]: the plugin directory, loaded at start and polled for changes.
 //! - [`host`]: the assembled core (registry + engine + plugin directory).
 //! - [`api`]: the axum router over the core, and [`run`].
 //! - [`cli`]: the `weir` command line; [`consume`]: its consumer client.
@@ -32,6 +33,7 @@ pub mod index;
 pub mod ingest;
 pub mod pipeline;
 pub mod plugin;
+pub mod plugindir;
 pub mod registry;
 pub mod session;
 

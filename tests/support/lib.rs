@@ -39,13 +39,18 @@ pub fn test_limits() -> Limits {
 
 /// A host with the example plugins loaded and one key per role.
 pub fn host_with_examples() -> Arc<Host> {
+    host_with_plugin_dir(PathBuf::from(weir_host::EXAMPLE_PLUGIN_DIR))
+}
+
+/// A host over the plugin directory `dir`, with one key per role.
+pub fn host_with_plugin_dir(dir: PathBuf) -> Arc<Host> {
     let mut keys = Keys::new();
     for role in Role::ALL {
         keys.insert(&secret(role), role, "default");
     }
     Arc::new(
         Host::new(HostConfig {
-            plugin_dir: Some(PathBuf::from(weir_host::EXAMPLE_PLUGIN_DIR)),
+            plugin_dir: Some(dir),
             engine: EngineConfig {
                 limits: test_limits(),
                 cache_dir: Some(compile_cache()),

@@ -10,7 +10,9 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use std::sync::RwLock;
+
+use tokio::sync::{mpsc, watch};
 
 use super::dlq::DeadLetter;
 use super::health::KeyHealth;
@@ -25,20 +27,64 @@ pub(crate) struct Ctx {
     pub subscription_id: String,
     pub workers: usize,
     pub max_batch: usize,
-    /// Native schema: `data` is the payload as it came.
-    pub native: bool,
-    pub validator: Option<Arc<jsonschema::Validator>>,
-    pub runner: Arc<dyn Runner>,
-    pub params: Params,
+    /// The params as the consumer gave them, resolved again when the key's
+    /// plugin is replaced.
+    pub requested: Params,
+    /// What runs the key, swapped between batches when its plugin is
+    /// replaced: batches in flight finish on the version they started with.
+    pub version: RwLock<Arc<Version>>,
     pub health: Arc<KeyHealth>,
     pub stats: Arc<ConsumerStats>,
     pub pipeline: Arc<Pipeline>,
+    /// Set once, with the reason, to end this consumer.
+    pub end: watch::Sender<Option<String>>,
+}
+
+/// One version of a key as a consumer runs it.
+pub(crate) struct Version {
+    pub runner: Arc<dyn Runner>,
+    /// Normalized params.
+    pub params: Params,
+    /// Native schema: `data` is the payload as it came.
+    pub native: bool,
+    pub validator: Option<Arc<jsonschema::Validator>>,
+}
+
+impl Ctx {
+    /// The version to run the next batch with.
+    pub fn current(&self) -> Arc<Version> {
+        self.version
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs the next batches with `version`.
+    pub fn swap(&self, version: Version) {
+        *self
+            .version
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(version);
+    }
+
+    /// Ends the consumer: it delivers what is in flight, then an `ended`
+    /// notice with `reason`, and leaves its subscription.
+    pub fn finish(&self, reason: String) {
+        self.end.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
 }
 
 type Pending = Pin<Box<dyn Future<Output = Vec<Delivery>> + Send>>;
 
-/// Runs a consumer until its connection goes or the bus closes, then
-/// detaches it from its subscription.
+/// Runs a consumer until its connection goes, the bus closes or it is
+/// ended, then detaches it from its subscription.
 pub(crate) async fn run(ctx: Arc<Ctx>, feed: Box<dyn Feed>, tx: mpsc::Sender<Delivery>, id: u64) {
     if let Some(reason) = drive(&ctx, feed, &tx).await {
         let _ = tx.send(Delivery::Notice(Notice::Ended { reason })).await;
@@ -69,14 +115,18 @@ async fn drive(
             .await;
     }
     let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let mut closed = false;
+    let mut ending: Option<String> = None;
+    let mut end = ctx.end.subscribe();
     loop {
-        if closed && inflight.is_empty() {
-            return Some("the host is shutting down".into());
+        if ending.is_some() && inflight.is_empty() {
+            return ending;
         }
         tokio::select! {
             biased;
             _ = tx.closed() => return None,
+            Ok(()) = end.changed(), if ending.is_none() => {
+                ending = end.borrow_and_update().clone();
+            }
             Some(out) = inflight.next(), if !inflight.is_empty() => {
                 for d in out {
                     if tx.send(d).await.is_err() {
@@ -98,7 +148,7 @@ async fn drive(
                     return None;
                 }
             }
-            item = feed.next(ctx.max_batch), if !closed && inflight.len() < ctx.workers => {
+            item = feed.next(ctx.max_batch), if ending.is_none() && inflight.len() < ctx.workers => {
                 match item {
                     FeedItem::Events(events) => {
                         let c = ctx.clone();
@@ -116,7 +166,7 @@ async fn drive(
                         let gap = Delivery::Notice(Notice::Gap { reason, count, first_seq, last_seq });
                         inflight.push_back(Box::pin(std::future::ready(vec![gap])));
                     }
-                    FeedItem::Closed => closed = true,
+                    FeedItem::Closed => ending = Some("the host is shutting down".into()),
                 }
             }
         }
@@ -260,6 +310,7 @@ struct Envelope<'a> {
 
 fn letter(
     ctx: &Ctx,
+    params: &Params,
     event: &Arc<Event>,
     kind: String,
     message: String,
@@ -270,7 +321,7 @@ fn letter(
         id: 0,
         key: ctx.key.clone(),
         subscription_id: ctx.subscription_id.clone(),
-        params: ctx.params.clone(),
+        params: params.clone(),
         event: event.clone(),
         kind,
         message,
@@ -283,6 +334,7 @@ fn letter(
 /// One batch, on a blocking thread.
 fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
     let stats = &ctx.stats;
+    let v = ctx.current();
     ConsumerStats::add(&stats.received, events.len() as u64);
     if let Some(q) = ctx.health.quarantine() {
         ConsumerStats::add(&stats.skipped_quarantined, events.len() as u64);
@@ -292,17 +344,17 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
                 q.faults, q.last_error
             );
             ctx.pipeline
-                .bury(letter(ctx, e, "quarantined".into(), message, 0));
+                .bury(letter(ctx, &v.params, e, "quarantined".into(), message, 0));
         }
         return Vec::new();
     }
     let call = Call {
         key: &ctx.key,
         subscription_id: &ctx.subscription_id,
-        runner: ctx.runner.as_ref(),
-        params: &ctx.params,
-        native: ctx.native,
-        validator: ctx.validator.as_deref(),
+        runner: v.runner.as_ref(),
+        params: &v.params,
+        native: v.native,
+        validator: v.validator.as_deref(),
     };
     let mut out = Vec::new();
     for (event, verdict) in events.iter().zip(call.judge(events)) {
@@ -328,7 +380,8 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
             Verdict::Dropped => ConsumerStats::add(&stats.dropped_by_key, 1),
             Verdict::Fault { kind, message } => {
                 ConsumerStats::add(&stats.faults, 1);
-                ctx.pipeline.bury(letter(ctx, event, kind, message, 1));
+                ctx.pipeline
+                    .bury(letter(ctx, &v.params, event, kind, message, 1));
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod subscriptions;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -27,7 +28,7 @@ use crate::bus::{EventBus, EventCounts, GapReason, NewEvent, Published, StartAt}
 use crate::datastore::FeedChange;
 use crate::index::ChangeKind;
 use crate::plugin::{Params, PluginFault};
-use crate::registry::{OutputSchema, ParamError, Registry, Runner, params};
+use crate::registry::{OutputSchema, ParamError, RegisteredKey, Registry, params};
 use consumer::Ctx;
 use dlq::{DeadLetter, DeadLetters, Selector};
 use health::{HealthBook, Quarantine};
@@ -356,48 +357,34 @@ impl Pipeline {
             .cloned()
             .ok_or_else(|| SubscribeError::UnknownKey(req.key.clone()))?;
         let def = entry.def.clone();
-        let runner: Arc<dyn Runner> = entry.plugin.clone();
-        let resolved = params::resolve(&def, &req.params)?;
-        let normalized = {
-            let (r, k) = (runner.clone(), def.key.clone());
-            tokio::task::spawn_blocking(move || r.normalize_params(&k, &resolved))
-                .await
-                .unwrap_or_else(|e| Err(PluginFault::Trap(format!("task failed: {e}"))))
-        }
-        .map_err(|fault| match fault {
-            PluginFault::Failed(message) => SubscribeError::Normalize {
-                key: def.key.clone(),
-                message,
-            },
-            fault => SubscribeError::Fault {
-                key: def.key.clone(),
-                function: "normalize-params",
-                fault,
-            },
-        })?;
-        params::verify_normalized(&def, &normalized)?;
-        let subscription_id = params::subscription_id(&def, &normalized);
-        let validator = match &def.schema {
-            OutputSchema::Custom { json_schema } => Some(Arc::new(
-                compile_schema(json_schema).map_err(|message| SubscribeError::Fault {
-                    key: def.key.clone(),
-                    function: "describe",
-                    fault: PluginFault::Malformed(message),
-                })?,
-            )),
-            OutputSchema::Native => None,
-        };
+        let (version, subscription_id) = prepare(&entry, &req.params).await?;
+        let runner = version.runner.clone();
+        let normalized = version.params.clone();
 
         let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.config.output_buffer.max(1));
-        let stats = Arc::new(ConsumerStats::default());
+        let ctx = Arc::new(Ctx {
+            key: def.key.clone(),
+            subscription_id: subscription_id.clone(),
+            workers: def.effective_workers().max(1) as usize,
+            max_batch: self
+                .config
+                .max_batch
+                .min(def.effective_buffer_size() as usize)
+                .max(1),
+            requested: req.params.clone(),
+            version: RwLock::new(Arc::new(version)),
+            health: self.health.of(&def.key),
+            stats: Arc::new(ConsumerStats::default()),
+            pipeline: self.clone(),
+            end: tokio::sync::watch::Sender::new(None),
+        });
         let slot = Slot {
             tx: tx.clone(),
-            stats: stats.clone(),
-            params: normalized.clone(),
+            ctx: ctx.clone(),
         };
         self.subs
-            .attach(&def.key, &subscription_id, &runner, id, slot)
+            .attach(&def.key, &subscription_id, &runner, &normalized, id, slot)
             .await
             .map_err(|fault| SubscribeError::PreConsume {
                 key: def.key.clone(),
@@ -424,23 +411,6 @@ impl Pipeline {
             buffer_size: def.effective_buffer_size(),
             workers: def.effective_workers(),
         }));
-        let ctx = Arc::new(Ctx {
-            key: def.key.clone(),
-            subscription_id: subscription_id.clone(),
-            workers: def.effective_workers().max(1) as usize,
-            max_batch: self
-                .config
-                .max_batch
-                .min(def.effective_buffer_size() as usize)
-                .max(1),
-            native: validator.is_none(),
-            validator,
-            runner,
-            params: normalized,
-            health: self.health.of(&def.key),
-            stats,
-            pipeline: self.clone(),
-        });
         tokio::spawn(consumer::run(ctx, feed, tx, id));
         Ok(Consumer {
             id,
@@ -448,6 +418,38 @@ impl Pipeline {
             subscription_id,
             rx,
         })
+    }
+
+    /// The plugin running `key` was replaced by `entry`: each consumer's
+    /// params are resolved and normalized again by the new version, which
+    /// runs their next batches; a consumer the new version refuses (or gives
+    /// another subscription identity) is ended with the reason. The key's
+    /// quarantine, if any, is lifted: it is new code.
+    pub async fn key_replaced(&self, entry: &RegisteredKey) {
+        let key = entry.def.key.as_str();
+        if self.resume(key) {
+            tracing::info!(key, "quarantine lifted: the key's plugin was replaced");
+        }
+        self.subs.set_runner(key, &entry.plugin);
+        for ctx in self.subs.consumers_of(key) {
+            match prepare(entry, &ctx.requested).await {
+                Ok((version, id)) if id == ctx.subscription_id => ctx.swap(version),
+                Ok((_, id)) => ctx.finish(format!(
+                    "the new version of key `{key}` gives these params another subscription identity ({id}); subscribe again"
+                )),
+                Err(e) => ctx.finish(format!(
+                    "the new version of key `{key}` refuses this subscription: {e}"
+                )),
+            }
+        }
+    }
+
+    /// `key` is gone: its consumers are ended with `reason` (and the last
+    /// one of each subscription runs its cleanup).
+    pub fn key_removed(&self, key: &str, reason: &str) {
+        for ctx in self.subs.consumers_of(key) {
+            ctx.finish(reason.to_string());
+        }
     }
 
     /// Every subscription with its consumers.
@@ -509,6 +511,55 @@ impl Pipeline {
         }
         true
     }
+}
+
+/// Checks and normalizes `given` for `entry` and computes the subscription
+/// id: what a consumer runs the key with.
+async fn prepare(
+    entry: &RegisteredKey,
+    given: &Params,
+) -> Result<(consumer::Version, String), SubscribeError> {
+    let def = entry.def.clone();
+    let runner = entry.plugin.clone();
+    let resolved = params::resolve(&def, given)?;
+    let normalized = {
+        let (r, k) = (runner.clone(), def.key.clone());
+        tokio::task::spawn_blocking(move || r.normalize_params(&k, &resolved))
+            .await
+            .unwrap_or_else(|e| Err(PluginFault::Trap(format!("task failed: {e}"))))
+    }
+    .map_err(|fault| match fault {
+        PluginFault::Failed(message) => SubscribeError::Normalize {
+            key: def.key.clone(),
+            message,
+        },
+        fault => SubscribeError::Fault {
+            key: def.key.clone(),
+            function: "normalize-params",
+            fault,
+        },
+    })?;
+    params::verify_normalized(&def, &normalized)?;
+    let subscription_id = params::subscription_id(&def, &normalized);
+    let validator = match &def.schema {
+        OutputSchema::Custom { json_schema } => Some(Arc::new(
+            compile_schema(json_schema).map_err(|message| SubscribeError::Fault {
+                key: def.key.clone(),
+                function: "describe",
+                fault: PluginFault::Malformed(message),
+            })?,
+        )),
+        OutputSchema::Native => None,
+    };
+    Ok((
+        consumer::Version {
+            runner,
+            params: normalized,
+            native: validator.is_none(),
+            validator,
+        },
+        subscription_id,
+    ))
 }
 
 /// Compiles a custom output schema.

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
-use super::{ConsumerStats, Delivery, params_json};
+use super::consumer::Ctx;
+use super::{Delivery, params_json};
 use crate::plugin::{Params, PluginFault};
 use crate::registry::Runner;
 
@@ -28,8 +29,7 @@ pub enum Phase {
 /// One attached consumer.
 pub(crate) struct Slot {
     pub tx: mpsc::Sender<Delivery>,
-    pub stats: Arc<ConsumerStats>,
-    pub params: Params,
+    pub ctx: Arc<Ctx>,
 }
 
 struct Entry {
@@ -90,6 +90,7 @@ impl Subscriptions {
         key: &str,
         sub: &str,
         runner: &Arc<dyn Runner>,
+        params: &Params,
         slot_id: u64,
         slot: Slot,
     ) -> Result<(), PluginFault> {
@@ -112,7 +113,7 @@ impl Subscriptions {
                             Entry {
                                 phase: Phase::Starting,
                                 runner: runner.clone(),
-                                params: slot.params.clone(),
+                                params: params.clone(),
                                 consumers: BTreeMap::new(),
                             },
                         );
@@ -122,12 +123,7 @@ impl Subscriptions {
             }
             notified.await;
         }
-        let (r, k, s, p) = (
-            runner.clone(),
-            id.0.clone(),
-            id.1.clone(),
-            slot.params.clone(),
-        );
+        let (r, k, s, p) = (runner.clone(), id.0.clone(), id.1.clone(), params.clone());
         let result = tokio::task::spawn_blocking(move || r.pre_consume(&k, &s, &p))
             .await
             .unwrap_or_else(|e| Err(PluginFault::Trap(format!("pre-consume task failed: {e}"))));
@@ -187,6 +183,25 @@ impl Subscriptions {
             .count()
     }
 
+    /// Every consumer of `key`.
+    pub fn consumers_of(&self, key: &str) -> Vec<Arc<Ctx>> {
+        self.table()
+            .iter()
+            .filter(|((k, _), _)| k == key)
+            .flat_map(|(_, e)| e.consumers.values().map(|s| s.ctx.clone()))
+            .collect()
+    }
+
+    /// Runs the `cleanup` of `key`'s subscriptions with `runner` from now on
+    /// (its plugin was replaced).
+    pub fn set_runner(&self, key: &str, runner: &Arc<dyn Runner>) {
+        for ((k, _), e) in self.table().iter_mut() {
+            if k == key {
+                e.runner = runner.clone();
+            }
+        }
+    }
+
     /// `pre-consume` calls that succeeded, and `cleanup` calls made.
     pub fn lifecycle_counts(&self) -> (u64, u64) {
         (
@@ -209,8 +224,8 @@ impl Subscriptions {
                     .iter()
                     .map(|(id, slot)| ConsumerInfo {
                         id: *id,
-                        params: params_json(&slot.params),
-                        stats: slot.stats.counts(),
+                        params: params_json(&slot.ctx.current().params),
+                        stats: slot.ctx.stats.counts(),
                     })
                     .collect(),
             })
@@ -222,5 +237,143 @@ impl Subscriptions {
     /// Whether no subscription is left (all cleanups done).
     pub fn is_empty(&self) -> bool {
         self.table().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::{Outcome, RawEvent};
+    use crate::registry::KeyDefinition;
+    use std::time::Duration;
+
+    /// Records lifecycle calls; cleanup takes a while.
+    #[derive(Default)]
+    struct Slow {
+        log: Mutex<Vec<String>>,
+    }
+
+    impl Runner for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        fn file_label(&self) -> String {
+            "native:slow".into()
+        }
+        fn definitions(&self) -> &[KeyDefinition] {
+            &[]
+        }
+        fn normalize_params(&self, _: &str, p: &Params) -> Result<Params, PluginFault> {
+            Ok(p.clone())
+        }
+        fn matches(&self, _: &str, _: &Params, _: &RawEvent) -> Result<bool, PluginFault> {
+            Ok(true)
+        }
+        fn matches_batch(
+            &self,
+            _: &str,
+            _: &Params,
+            e: &[RawEvent],
+        ) -> Vec<Result<bool, PluginFault>> {
+            vec![Ok(true); e.len()]
+        }
+        fn process(&self, _: &str, _: &Params, _: &RawEvent) -> Result<Outcome, PluginFault> {
+            Ok(Outcome::Drop)
+        }
+        fn process_batch(
+            &self,
+            _: &str,
+            _: &Params,
+            e: &[RawEvent],
+        ) -> Vec<Result<Outcome, PluginFault>> {
+            vec![Ok(Outcome::Drop); e.len()]
+        }
+        fn pre_consume(&self, _: &str, sub: &str, _: &Params) -> Result<(), PluginFault> {
+            self.log.lock().unwrap().push(format!("pre {sub}"));
+            Ok(())
+        }
+        fn cleanup(&self, _: &str, sub: &str, _: &Params) -> Result<(), PluginFault> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("cleanup {sub} begins"));
+            std::thread::sleep(Duration::from_millis(200));
+            self.log.lock().unwrap().push(format!("cleanup {sub} ends"));
+            Ok(())
+        }
+    }
+
+    fn slot(runner: &Arc<dyn Runner>) -> Slot {
+        use crate::bus::MemoryBus;
+        use crate::pipeline::consumer::Version;
+        use crate::pipeline::{Pipeline, PipelineConfig};
+        let pipeline = Pipeline::new(
+            Arc::new(MemoryBus::new(Default::default())),
+            Arc::default(),
+            PipelineConfig::default(),
+        );
+        let (tx, _rx) = mpsc::channel(1);
+        Slot {
+            tx,
+            ctx: Arc::new(Ctx {
+                key: "k".into(),
+                subscription_id: "s".into(),
+                workers: 1,
+                max_batch: 1,
+                requested: vec![],
+                version: std::sync::RwLock::new(Arc::new(Version {
+                    runner: runner.clone(),
+                    params: vec![],
+                    native: true,
+                    validator: None,
+                })),
+                health: pipeline.health().of("k"),
+                stats: Arc::default(),
+                end: tokio::sync::watch::Sender::new(None),
+                pipeline,
+            }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newcomer_waits_for_the_cleanup_then_runs_pre_consume_again() {
+        let subs = Arc::new(Subscriptions::default());
+        let slow = Arc::new(Slow::default());
+        let runner: Arc<dyn Runner> = slow.clone();
+        let p = vec![];
+        subs.attach("k", "s", &runner, &p, 1, slot(&runner))
+            .await
+            .unwrap();
+        subs.attach("k", "s", &runner, &p, 2, slot(&runner))
+            .await
+            .unwrap();
+        subs.attach("k", "other", &runner, &p, 3, slot(&runner))
+            .await
+            .unwrap();
+        assert_eq!(subs.lifecycle_counts(), (2, 0));
+        subs.detach("k", "s", 1).await;
+        assert_eq!(subs.lifecycle_counts(), (2, 0), "one consumer left");
+        let leaving = {
+            let subs = subs.clone();
+            tokio::spawn(async move { subs.detach("k", "s", 2).await })
+        };
+        // Let the cleanup start, then arrive during it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        subs.attach("k", "s", &runner, &p, 4, slot(&runner))
+            .await
+            .unwrap();
+        leaving.await.unwrap();
+        assert_eq!(
+            *slow.log.lock().unwrap(),
+            vec![
+                "pre s",
+                "pre other",
+                "cleanup s begins",
+                "cleanup s ends",
+                "pre s"
+            ]
+        );
+        assert_eq!(subs.lifecycle_counts(), (3, 1));
+        assert_eq!(subs.list().len(), 2);
     }
 }

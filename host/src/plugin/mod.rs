@@ -172,8 +172,13 @@ impl PluginEngine {
             file: file.clone(),
             source,
         })?;
+        self.load_read(path, &bytes)
+    }
+
+    /// Loads `bytes`, read from `path`, with the default limits.
+    pub fn load_read(&self, path: &Path, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
         let name = plugin_name(path);
-        let mut plugin = self.load_bytes(&name, &bytes, self.config.limits.clone())?;
+        let mut plugin = self.load_bytes(&name, bytes, self.config.limits.clone())?;
         plugin.path = Some(path.to_path_buf());
         Ok(plugin)
     }

@@ -29,6 +29,17 @@ pub struct RegisteredKey {
     pub plugin: Arc<dyn Runner>,
 }
 
+/// What a [`Registry::replace`] did, by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyChanges {
+    /// Keys the new version adds.
+    pub added: Vec<String>,
+    /// Keys both versions define, now run by the new one.
+    pub replaced: Vec<String>,
+    /// Keys the new version no longer defines.
+    pub removed: Vec<String>,
+}
+
 /// Keys by name.
 #[derive(Default, Clone)]
 pub struct Registry {
@@ -44,10 +55,24 @@ impl Registry {
     /// Every rule `plugin` breaks, on its own and against the keys already
     /// registered. Empty means it can be registered.
     pub fn check(&self, plugin: &dyn Runner) -> Vec<RegistrationError> {
+        self.check_replacing(plugin, None)
+    }
+
+    /// As [`Self::check`], ignoring the keys of the plugin called `replacing`
+    /// (the version `plugin` would replace).
+    fn check_replacing(
+        &self,
+        plugin: &dyn Runner,
+        replacing: Option<&str>,
+    ) -> Vec<RegistrationError> {
         let file = plugin.file_label();
         let mut errors = check_definitions(&file, plugin.definitions());
         for def in plugin.definitions() {
-            if let Some(existing) = self.keys.get(&def.key) {
+            if let Some(existing) = self
+                .keys
+                .get(&def.key)
+                .filter(|k| Some(k.plugin.name()) != replacing)
+            {
                 errors.push(RegistrationError {
                     file: file.to_string(),
                     key: def.key.clone(),
@@ -76,6 +101,40 @@ impl Registry {
             );
         }
         Ok(())
+    }
+
+    /// Replaces every key of the plugin of the same name with the keys of
+    /// `plugin`, all at once, or changes nothing and returns every broken
+    /// rule. Keys the new version no longer defines are removed.
+    pub fn replace(
+        &mut self,
+        plugin: Arc<dyn Runner>,
+    ) -> Result<KeyChanges, Vec<RegistrationError>> {
+        let errors = self.check_replacing(plugin.as_ref(), Some(plugin.name()));
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let old = self.unregister_plugin(plugin.name());
+        let mut changes = KeyChanges::default();
+        for def in plugin.definitions() {
+            if old.contains(&def.key) {
+                changes.replaced.push(def.key.clone());
+            } else {
+                changes.added.push(def.key.clone());
+            }
+            self.keys.insert(
+                def.key.clone(),
+                RegisteredKey {
+                    def: Arc::new(def.clone()),
+                    plugin: plugin.clone(),
+                },
+            );
+        }
+        changes.removed = old
+            .into_iter()
+            .filter(|k| !self.keys.contains_key(k))
+            .collect();
+        Ok(changes)
     }
 
     /// Removes every key of the plugin called `name`; returns the keys removed.

@@ -6,102 +6,11 @@
 //! `pad` string in the payload is copied into the output.
 //!
 //! `sub` is a subscription-key param normalized to lowercase; `pre-consume`
-//! refuses `sub=refuse`. A small buffer (16) and two workers.
+//! refuses `sub=refuse`. A small buffer (16) and two workers. Outputs carry
+//! `version` (1 here); version 2 (`guest-pipeline-v2`, the same file) also
+//! refuses `sub=legacy`, for the hot-reload tests.
 
-use weir_sdk::prelude::*;
+/// Which version of the key this is.
+pub const VERSION: u32 = 1;
 
-/// The key.
-#[derive(Default)]
-pub struct Flaky;
-
-impl EventKey for Flaky {
-    fn definition(&self) -> KeyDefinition {
-        KeyDefinition::new("test.flaky", "test.*")
-            .description("Faults, drops or emits as the payload's `mode` says")
-            .param(
-                ParamDef::string("sub", "Subscription label (case-insensitive)")
-                    .default_value("main")
-                    .subscription_key(),
-            )
-            .param(ParamDef::int("min", "Smallest `n` delivered").default_value("0"))
-            .custom_schema(
-                r#"{"type":"object","required":["n"],"properties":{"n":{"type":"integer"}}}"#,
-            )
-            .buffer_size(16)
-            .workers(2)
-            .implements(
-                Functions::NORMALIZE_PARAMS
-                    | Functions::MATCHES
-                    | Functions::PROCESS
-                    | Functions::PRE_CONSUME
-                    | Functions::CLEANUP,
-            )
-    }
-
-    fn normalize_params(&self, _api: &dyn Api, params: &mut Params) -> Result<(), Error> {
-        let sub = params.str("sub")?.trim().to_lowercase();
-        if sub.contains('/') {
-            return Err(Error::msg(format!(
-                "param `sub`: `{sub}` may not contain '/'"
-            )));
-        }
-        params.set("sub", sub);
-        Ok(())
-    }
-
-    fn matches(&self, event: &RawEvent, params: &Params) -> bool {
-        let min = params.int("min").unwrap_or(0);
-        event.field_i64("n").unwrap_or(0) >= min
-    }
-
-    fn process(&self, api: &dyn Api, event: &RawEvent, params: &Params) -> Result<Outcome, Error> {
-        let n = event.field_i64("n").unwrap_or(0);
-        match event.field_str("mode").unwrap_or_default().as_str() {
-            "once" => {
-                let path = format!("/v1/state/once-{}", event.event_id);
-                match api.call("GET", &path, None) {
-                    Ok(_) => Outcome::emit(&serde_json::json!({ "n": n, "retried": true })),
-                    Err(e) if e.status == 404 => {
-                        api.call("PUT", &path, Some("true"))?;
-                        Err(Error::msg(format!("event {n} fails on its first attempt")))
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
-            "error" => Err(Error::msg(format!("event {n} refused on purpose"))),
-            "invalid" => Outcome::emit(&serde_json::json!({ "n": "not a number" })),
-            "panic" => panic!("event {n} panicked on purpose"),
-            "drop" => Ok(Outcome::Drop),
-            _ => Outcome::emit(&serde_json::json!({
-                "n": n,
-                "sub": params.str("sub")?,
-                "pad": event.field_str("pad"),
-            })),
-        }
-    }
-
-    fn pre_consume(
-        &self,
-        _api: &dyn Api,
-        subscription_id: &str,
-        params: &Params,
-    ) -> Result<(), Error> {
-        if params.str("sub")? == "refuse" {
-            return Err(Error::msg(format!(
-                "subscription {subscription_id} refused on purpose"
-            )));
-        }
-        Ok(())
-    }
-
-    fn cleanup(
-        &self,
-        _api: &dyn Api,
-        _subscription_id: &str,
-        _params: &Params,
-    ) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-weir_sdk::export_keys!(Flaky);
+include!("key.rs");

@@ -1,0 +1,263 @@
+//! A running host over a watched plugin directory: plugins copied in are
+//! loaded, new versions are swapped in under open subscriptions, broken
+//! versions leave the old one running, removed files end their keys.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use weir_host::auth::Role;
+use weir_tests::{TestServer, guest, host_with_plugin_dir};
+
+/// Copies `from` into `dir/name` the atomic way: write beside, rename.
+fn install(from: &Path, dir: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.partial"));
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+async fn keys(s: &TestServer) -> Vec<String> {
+    let (_, body) = s.send("GET", "/v1/keys", Some(Role::Query), None).await;
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Waits (bounded) until `check` holds for `GET /v1/plugins`.
+async fn wait_plugins(s: &TestServer, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = s.send("GET", "/v1/plugins", Some(Role::Admin), None).await;
+        if check(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn watched() -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(host_with_plugin_dir(dir.path().to_path_buf())).await;
+    s.host.watch_plugins(Duration::from_millis(100));
+    (dir, s)
+}
+
+fn flaky(n: i64) -> Value {
+    json!({"event_type": "test.x", "source": "t", "payload": {"n": n}})
+}
+
+#[tokio::test]
+async fn a_copied_plugin_is_loaded_within_two_seconds() {
+    let (dir, s) = watched().await;
+    assert!(keys(&s).await.is_empty());
+    let start = Instant::now();
+    install(&guest("guest-pipeline"), dir.path(), "flaky.wasm");
+    let body = wait_plugins(&s, "the plugin", |b| {
+        b["loaded"].as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let p = &body["loaded"][0];
+    assert_eq!(p["name"], "flaky");
+    assert_eq!(p["keys"], json!(["test.flaky"]));
+    assert_eq!(p["state"], "loaded");
+    assert_eq!(p["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(keys(&s).await, vec!["test.flaky"]);
+}
+
+#[tokio::test]
+async fn a_new_version_is_swapped_in_under_open_subscriptions_without_loss_or_repeat() {
+    let (dir, s) = watched().await;
+    install(&guest("guest-pipeline"), dir.path(), "flaky.wasm");
+    let v1 = wait_plugins(&s, "v1", |b| {
+        b["loaded"].as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    let (mut main, _) = s.subscribe("test.flaky", &[]).await;
+    let (mut legacy, _) = s.subscribe("test.flaky", &[("sub", "legacy")]).await;
+
+    // Events flow while the file is replaced.
+    let publisher = {
+        let base = s.base.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for n in 0..300 {
+                let resp = client
+                    .post(format!("{base}/v1/events"))
+                    .header("X-API-Key", weir_tests::secret(Role::Ingest))
+                    .json(&flaky(n))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    install(&guest("guest-pipeline-v2"), dir.path(), "flaky.wasm");
+    let v2 = wait_plugins(&s, "v2", |b| {
+        b["loaded"][0]["hash"] != v1["loaded"][0]["hash"]
+    })
+    .await;
+    assert_eq!(v2["failed"], json!([]));
+    publisher.await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut versions = Vec::new();
+    while let Some(v) = main.next(Duration::from_millis(500)).await {
+        assert!(v.get("notice").is_none(), "{v}");
+        seen.push(v["data"]["n"].as_i64().unwrap());
+        versions.push(v["data"]["version"].as_i64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        (0..300).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(versions.first(), Some(&1));
+    assert_eq!(versions.last(), Some(&2));
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]),
+        "never back to the old version"
+    );
+
+    // The consumer whose params v2 refuses was ended with that reason.
+    let rest = legacy.drain(Duration::from_millis(300)).await;
+    let end = rest.last().expect("an end notice");
+    assert_eq!(end["notice"], "ended", "{rest:?}");
+    assert!(
+        end["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`legacy` is no longer supported"),
+        "{end}"
+    );
+    // Its subscription was cleaned up; the other one lives on.
+    s.wait_subscriptions("legacy gone", |b| {
+        b["subscriptions"].as_array().unwrap().len() == 1
+    })
+    .await;
+
+    // An unchanged rewrite does nothing.
+    let loaded_at = v2["loaded"][0]["loaded_at_ms"].clone();
+    install(&guest("guest-pipeline-v2"), dir.path(), "flaky.wasm");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, now) = s.send("GET", "/v1/plugins", Some(Role::Admin), None).await;
+    assert_eq!(now["loaded"][0]["loaded_at_ms"], loaded_at);
+    drop(main);
+}
+
+#[tokio::test]
+async fn a_broken_version_leaves_the_old_one_running_and_says_why() {
+    let (dir, s) = watched().await;
+    install(&guest("guest-pipeline"), dir.path(), "flaky.wasm");
+    let v1 = wait_plugins(&s, "v1", |b| {
+        b["loaded"].as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    let (mut c, _) = s.subscribe("test.flaky", &[]).await;
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"\0asm\x0d\0\x01\0 not really").unwrap();
+    std::fs::rename(&junk, dir.path().join("flaky.wasm")).unwrap();
+    let body = wait_plugins(&s, "the failure", |b| {
+        b["failed"].as_array().is_some_and(|f| !f.is_empty())
+    })
+    .await;
+    let f = &body["failed"][0];
+    assert!(f["file"].as_str().unwrap().ends_with("flaky.wasm"));
+    assert!(
+        f["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("not a loadable weir:plugin component"),
+        "{f}"
+    );
+    assert_eq!(f["running_hash"], v1["loaded"][0]["hash"]);
+    assert_eq!(body["loaded"][0]["hash"], v1["loaded"][0]["hash"]);
+    // The old version still serves the open subscription.
+    s.publish(flaky(7)).await;
+    let e = c.envelope().await;
+    assert_eq!(
+        (e["data"]["n"].as_i64(), e["data"]["version"].as_i64()),
+        (Some(7), Some(1))
+    );
+    // A good file again clears the failure.
+    install(&guest("guest-pipeline-v2"), dir.path(), "flaky.wasm");
+    wait_plugins(&s, "recovery", |b| {
+        b["failed"] == json!([]) && b["loaded"][0]["hash"] != v1["loaded"][0]["hash"]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_removed_file_ends_its_subscriptions_and_runs_cleanup() {
+    let (dir, s) = watched().await;
+    install(&guest("guest-pipeline"), dir.path(), "flaky.wasm");
+    wait_plugins(&s, "v1", |b| {
+        b["loaded"].as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    let (mut c, _) = s.subscribe("test.flaky", &[("sub", "x")]).await;
+    std::fs::remove_file(dir.path().join("flaky.wasm")).unwrap();
+    let end = c.next(Duration::from_secs(5)).await.expect("an end notice");
+    assert_eq!(end["notice"], "ended");
+    assert!(
+        end["reason"].as_str().unwrap().contains("was deleted"),
+        "{end}"
+    );
+    assert!(
+        c.next(Duration::from_secs(2)).await.is_none(),
+        "the stream closes"
+    );
+    let subs = s
+        .wait_subscriptions("cleanup", |b| b["cleanup_runs"] == 1)
+        .await;
+    assert_eq!(subs["subscriptions"], json!([]));
+    assert!(keys(&s).await.is_empty());
+    let (status, _) = s
+        .send("GET", "/v1/keys/test.flaky", Some(Role::Query), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_file_still_being_written_is_not_loaded_until_it_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_plugin_dir(dir.path().to_path_buf());
+    let bytes = std::fs::read(guest("guest-pipeline")).unwrap();
+    let path = dir.path().join("slow.wasm");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(host.reload_plugins().await.is_empty(), "first sight: wait");
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&bytes[bytes.len() / 2..])
+        .unwrap();
+    assert!(
+        host.reload_plugins().await.is_empty(),
+        "it grew: still being written"
+    );
+    let changes = host.reload_plugins().await;
+    assert!(
+        matches!(&changes[..], [weir_host::host::PluginChange::Loaded { keys, .. }] if keys == &["test.flaky"]),
+        "{changes:?}"
+    );
+    assert!(
+        host.failed_plugins().is_empty(),
+        "the half file was never tried"
+    );
+}
