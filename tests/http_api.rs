@@ -140,3 +140,40 @@ async fn shuts_down_gracefully() {
     assert_eq!(result.expect("stops in time").unwrap(), Ok(()));
     assert!(reqwest::get(format!("{}/healthz", s.base)).await.is_err());
 }
+
+#[tokio::test]
+async fn readyz_is_public_and_turns_503_when_shutting_down() {
+    let s = weir_tests::TestServer::start(host_with_examples()).await;
+    let (status, body) = s.send("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["keys"], 4);
+    assert_eq!(body["failed_plugins"], 0);
+    assert!(body.get("datastores").is_some());
+    s.host
+        .pipeline()
+        .shutdown(std::time::Duration::from_secs(1))
+        .await;
+    let (status, body) = s.send("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "unavailable");
+}
+
+#[tokio::test]
+async fn a_bearer_token_works_like_x_api_key() {
+    let s = start().await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/keys", s.base))
+        .header("Authorization", format!("Bearer {}", secret(Role::Query)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/keys", s.base))
+        .header("Authorization", "Bearer nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}

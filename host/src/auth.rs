@@ -121,6 +121,14 @@ impl Keys {
         );
     }
 
+    /// Keys of datastore `name`.
+    pub fn count_for(&self, name: &str) -> usize {
+        self.by_hash
+            .values()
+            .filter(|k| k.datastore == name)
+            .count()
+    }
+
     /// Adds every key of `other`.
     pub fn extend(&mut self, other: Keys) {
         self.by_hash.extend(other.by_hash);

@@ -34,6 +34,20 @@ enum Command {
     Plugins(PluginsCommand),
     /// Subscribe to a key of a running host and print its events.
     Consume(crate::consume::ConsumeArgs),
+    /// Check configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a `weir.toml` (and the environment variables it names);
+    /// exit 0 with a summary, or 1 with what is wrong.
+    Check {
+        /// The file.
+        #[arg(long, env = "WEIR_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -173,6 +187,7 @@ pub fn run(
         Command::Plugins(PluginsCommand::Validate { file }) => validate(&file, out),
         Command::Plugins(PluginsCommand::Test(args)) => test(&args, out),
         Command::Consume(args) => crate::consume::consume(&args, out, err),
+        Command::Config(ConfigCommand::Check { config }) => config_check(&config, out),
     };
     match result {
         Ok(code) => code,
@@ -258,6 +273,36 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         tracing::info!("weir stopped");
         anyhow::Ok(0)
     })
+}
+
+fn config_check(path: &Path, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let file = crate::config::load(path)?;
+    let label = path.display().to_string();
+    let (datastores, keys) = file.resolve(&label, &|var| std::env::var(var).ok())?;
+    let (bus, pipeline) = file.events.resolve(&label)?;
+    writeln!(out, "{label}: ok")?;
+    for d in &datastores {
+        writeln!(
+            out,
+            "  datastore {}: session timeout {} s, queue {} rows, {} key(s)",
+            d.name,
+            d.sessions.timeout.as_secs(),
+            d.queue_rows,
+            keys.count_for(&d.name)
+        )?;
+    }
+    writeln!(
+        out,
+        "  events: dedup {} ids for {} s, history {} events / {} bytes, slow-consumer wait {} ms, quarantine after {}, {} dead letters",
+        bus.dedup_size,
+        bus.dedup_ttl.as_secs(),
+        bus.history_events,
+        bus.history_bytes,
+        bus.slow_consumer_wait.as_millis(),
+        pipeline.quarantine_after,
+        pipeline.dlq_capacity
+    )?;
+    Ok(0)
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -40,6 +40,9 @@ pub enum AppError {
     /// 503 with `Retry-After`: the ingestion queue is full.
     #[error("{0}")]
     Busy(String),
+    /// 503 with `Retry-After`: the host cannot serve this now.
+    #[error("{0}")]
+    Unavailable(String),
     /// 406: the client accepts none of the formats offered.
     #[error("{0}")]
     NotAcceptable(String),
@@ -74,6 +77,7 @@ impl AppError {
             Self::Session(SessionError::Expired(_)) => (session_gone(), "session_expired"),
             Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
             Self::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
             Self::Subscribe(e) => match e {

@@ -1,9 +1,11 @@
 //! The HTTP layer: a thin axum router over [`Host`]. Every route but
-//! `/healthz` needs an `X-API-Key` of the right role.
+//! `/healthz` and `/readyz` needs a key of the right role (`X-API-Key`, or
+//! `Authorization: Bearer`).
 //!
 //! | route | role |
 //! |---|---|
 //! | `GET /healthz` | public |
+//! | `GET /readyz` | public |
 //! | `GET /v1/keys` | query |
 //! | `GET /v1/keys/{key}` | query |
 //! | `GET /v1/keys/{key}/stream` (SSE or NDJSON) | query |
@@ -62,6 +64,7 @@ pub const MAX_EVENTS_BYTES: usize = 16 * 1024 * 1024;
 pub fn router(host: Arc<Host>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/{key}", get(get_key))
         .route("/v1/keys/{key}/stream", get(events::stream_key))
@@ -169,8 +172,19 @@ pub async fn run(
     Ok(())
 }
 
+/// The key a request presents: `X-API-Key`, or `Authorization: Bearer`
+/// (what scrapers and generic HTTP clients can send).
 fn presented(headers: &HeaderMap) -> Option<&str> {
-    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+        })
 }
 
 /// Checks the request's key for `role`; returns the key.
@@ -207,6 +221,21 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
 
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// Ready for traffic: 200 while serving, 503 once shutting down. Public
+/// (probes), so it tells counts only, never names.
+async fn readyz(State(host): State<Arc<Host>>) -> Result<Json<Value>, AppError> {
+    if host.pipeline().is_closed() {
+        return Err(AppError::Unavailable("the host is shutting down".into()));
+    }
+    Ok(Json(json!({
+        "status": "ready",
+        "keys": host.registry().len(),
+        "failed_plugins": host.failed_plugins().len(),
+        "datastores_ready": host.datastores().filter(|d| d.readiness().is_ok()).count(),
+        "datastores": host.datastores().count(),
+    })))
 }
 
 async fn not_found() -> AppError {

@@ -497,6 +497,11 @@ impl Pipeline {
         self.dlq.push(letter);
     }
 
+    /// Whether [`Self::shutdown`] has begun.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     /// Ends every feed; consumers are told and detach (running cleanups).
     /// Waits up to `limit` for the cleanups; `false` if some did not finish.
     pub async fn shutdown(&self, limit: Duration) -> bool {
