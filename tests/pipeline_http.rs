@@ -837,3 +837,99 @@ async fn shutdown_ends_streams_with_a_reason_and_runs_cleanups() {
         "cleanup ran"
     );
 }
+
+/// The value of one sample line of a Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_are_present_and_move_with_traffic() {
+    let s = server().await;
+    let scrape = || async {
+        let resp = s
+            .client
+            .get(format!("{}/metrics", s.base))
+            .header(
+                "Authorization",
+                format!("Bearer {}", weir_tests::secret(Role::Query)),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        resp.text().await.unwrap()
+    };
+    let before = scrape().await;
+    for family in [
+        "# TYPE weir_plugin_calls_total counter",
+        "# TYPE weir_key_call_duration_seconds histogram",
+        "# TYPE weir_datastore_queue_rows gauge",
+        "# TYPE weir_bus_published_total counter",
+    ] {
+        assert!(before.contains(family), "{family} missing:\n{before}");
+    }
+    assert_eq!(
+        sample(&before, "weir_datastore_sessions{datastore=\"default\"}"),
+        Some(0.0)
+    );
+    let published = sample(&before, "weir_bus_published_total").unwrap();
+
+    let (mut c, sub) = s.subscribe("test.flaky", &[]).await;
+    s.publish(Value::Array(vec![
+        flaky(1, ""),
+        flaky(2, "error"),
+        flaky(3, ""),
+    ]))
+    .await;
+    assert_eq!(collect(&mut c).await.0.len(), 2);
+    let after = scrape().await;
+    let k = |rest: &str| {
+        sample(
+            &after,
+            &format!("weir_key_events_total{{key=\"test.flaky\",outcome=\"{rest}\"}}"),
+        )
+    };
+    assert_eq!(k("received"), Some(3.0));
+    assert_eq!(k("emitted"), Some(2.0));
+    assert_eq!(
+        sample(
+            &after,
+            "weir_key_faults_total{key=\"test.flaky\",kind=\"plugin_error\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &after,
+            "weir_key_call_duration_seconds_count{key=\"test.flaky\",function=\"process_batch\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        sample(&after, "weir_bus_published_total"),
+        Some(published + 3.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            &format!(
+                "weir_subscription_consumers{{key=\"test.flaky\",subscription_id=\"{}\"}}",
+                sub["subscription_id"].as_str().unwrap()
+            )
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&after, "weir_dead_letters"), Some(1.0));
+    assert!(sample(&after, "weir_plugin_calls_total{plugin=\"guest_pipeline\"}").unwrap() > 0.0);
+    let (status, _) = s.send("GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -13,6 +13,7 @@
 //! - [`ingest`]: agent pushes parsed row by row into index operations.
 //! - [`session`]: agent sessions of a datastore (last agent wins).
 //! - [`datastore`]: sessions + queue + index + READY logic of one datastore.
+//! - [`metrics`]: the Prometheus text rendering of every counter.
 //! - [`config`]: the `weir.toml` file (datastores and their keys).
 //! - [`auth`]: API keys and roles.
 //! - [`plugindir`]: the plugin directory, loaded at start and polled for changes.
@@ -31,6 +32,7 @@ pub mod host;
 pub mod hostapi;
 pub mod index;
 pub mod ingest;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugindir;

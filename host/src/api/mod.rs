@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `GET /healthz` | public |
 //! | `GET /readyz` | public |
+//! | `GET /metrics` (Prometheus text; `Authorization: Bearer` works) | query |
 //! | `GET /v1/keys` | query |
 //! | `GET /v1/keys/{key}` | query |
 //! | `GET /v1/keys/{key}/stream` (SSE or NDJSON) | query |
@@ -65,6 +66,7 @@ pub fn router(host: Arc<Host>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/{key}", get(get_key))
         .route("/v1/keys/{key}/stream", get(events::stream_key))
@@ -236,6 +238,25 @@ async fn readyz(State(host): State<Arc<Host>>) -> Result<Json<Value>, AppError> 
         "datastores_ready": host.datastores().filter(|d| d.readiness().is_ok()).count(),
         "datastores": host.datastores().count(),
     })))
+}
+
+async fn metrics(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, AppError> {
+    use axum::response::IntoResponse;
+    authorize(&host, &headers, Role::Query)?;
+    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&host))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn not_found() -> AppError {

@@ -11,11 +11,14 @@ use futures_util::stream::FuturesOrdered;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::RwLock;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
 use super::dlq::DeadLetter;
 use super::health::KeyHealth;
+use super::stats::KeyStats;
 use super::{ConsumerStats, Delivery, Notice, Pipeline, ReplayResult, now_ms, rfc3339_ms};
 use crate::bus::{Event, Feed, FeedItem, GapReason};
 use crate::plugin::{Outcome, Params, PluginFault, RawEvent};
@@ -35,6 +38,7 @@ pub(crate) struct Ctx {
     pub version: RwLock<Arc<Version>>,
     pub health: Arc<KeyHealth>,
     pub stats: Arc<ConsumerStats>,
+    pub key_stats: Arc<KeyStats>,
     pub pipeline: Arc<Pipeline>,
     /// Set once, with the reason, to end this consumer.
     pub end: watch::Sender<Option<String>>,
@@ -161,6 +165,7 @@ async fn drive(
                     FeedItem::Gap { reason, count, first_seq, last_seq } => {
                         if reason == GapReason::BufferOverflow {
                             ConsumerStats::add(&ctx.stats.overflow_dropped, count);
+                            ctx.key_stats.overflow_dropped.fetch_add(count, Ordering::Relaxed);
                             tracing::debug!(key = %ctx.key, subscription = %ctx.subscription_id, count, "consumer slower than its buffer: oldest events dropped");
                         }
                         let gap = Delivery::Notice(Notice::Gap { reason, count, first_seq, last_seq });
@@ -192,17 +197,18 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// `matches` then `process` on `events`, one verdict each.
-    fn judge(&self, events: &[Arc<Event>]) -> Vec<Verdict> {
+    /// `matches` then `process` on `events`, one verdict each; call
+    /// durations go to `stats`.
+    fn judge(&self, events: &[Arc<Event>], stats: Option<&KeyStats>) -> Vec<Verdict> {
         let raws: Vec<RawEvent> = events.iter().map(|e| e.to_raw()).collect();
         let mut verdicts: Vec<Option<Verdict>> = (0..events.len()).map(|_| None).collect();
         let mut selected = Vec::new();
-        for (i, m) in self
-            .runner
-            .matches_batch(self.key, self.params, &raws)
-            .into_iter()
-            .enumerate()
-        {
+        let started = Instant::now();
+        let matched = self.runner.matches_batch(self.key, self.params, &raws);
+        if let Some(s) = stats {
+            s.matches_latency.observe(started.elapsed());
+        }
+        for (i, m) in matched.into_iter().enumerate() {
             match m {
                 Ok(true) => selected.push(i),
                 Ok(false) => verdicts[i] = Some(Verdict::Filtered),
@@ -223,7 +229,11 @@ impl Call<'_> {
                     .filter_map(|(r, k)| k.then_some(r))
                     .collect()
             };
+            let started = Instant::now();
             let outcomes = self.runner.process_batch(self.key, self.params, &chosen);
+            if let Some(s) = stats {
+                s.process_latency.observe(started.elapsed());
+            }
             for (&i, outcome) in selected.iter().zip(outcomes) {
                 let verdict = match outcome {
                     Ok(Outcome::Emit(out)) => match self.envelope(&events[i], out) {
@@ -338,6 +348,9 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
     ConsumerStats::add(&stats.received, events.len() as u64);
     if let Some(q) = ctx.health.quarantine() {
         ConsumerStats::add(&stats.skipped_quarantined, events.len() as u64);
+        ctx.key_stats
+            .skipped_quarantined
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         for e in events {
             let message = format!(
                 "not processed: key quarantined after {} consecutive faults (last: {})",
@@ -357,7 +370,10 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
         validator: v.validator.as_deref(),
     };
     let mut out = Vec::new();
-    for (event, verdict) in events.iter().zip(call.judge(events)) {
+    let ks = &ctx.key_stats;
+    ks.received
+        .fetch_add(events.len() as u64, Ordering::Relaxed);
+    for (event, verdict) in events.iter().zip(call.judge(events, Some(ks))) {
         // The streak counts events in order: one whose match and process
         // both went fine ends it.
         match &verdict {
@@ -371,15 +387,23 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
         match verdict {
             Verdict::Emit(json) => {
                 ConsumerStats::add(&stats.delivered, 1);
+                ks.emitted.fetch_add(1, Ordering::Relaxed);
                 out.push(Delivery::Envelope {
                     seq: event.seq,
                     json,
                 });
             }
-            Verdict::Filtered => ConsumerStats::add(&stats.filtered, 1),
-            Verdict::Dropped => ConsumerStats::add(&stats.dropped_by_key, 1),
+            Verdict::Filtered => {
+                ConsumerStats::add(&stats.filtered, 1);
+                ks.filtered.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Dropped => {
+                ConsumerStats::add(&stats.dropped_by_key, 1);
+                ks.dropped.fetch_add(1, Ordering::Relaxed);
+            }
             Verdict::Fault { kind, message } => {
                 ConsumerStats::add(&stats.faults, 1);
+                ks.fault(&kind);
                 ctx.pipeline
                     .bury(letter(ctx, &v.params, event, kind, message, 1));
             }
@@ -436,7 +460,7 @@ pub(crate) fn replay_one(p: &Pipeline, mut letter: DeadLetter) -> ReplayResult {
         validator: validator.as_ref(),
     };
     let verdict = call
-        .judge(std::slice::from_ref(&letter.event))
+        .judge(std::slice::from_ref(&letter.event), None)
         .pop()
         .unwrap_or(Verdict::Dropped);
     match verdict {

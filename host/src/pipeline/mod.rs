@@ -14,6 +14,7 @@
 mod consumer;
 pub mod dlq;
 pub mod health;
+pub mod stats;
 pub mod subscriptions;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -282,6 +283,7 @@ pub struct Pipeline {
     next_consumer: AtomicU64,
     counts: Arc<EventCounts>,
     closed: std::sync::atomic::AtomicBool,
+    stats: stats::StatsBook,
 }
 
 impl Pipeline {
@@ -303,6 +305,7 @@ impl Pipeline {
             next_consumer: AtomicU64::new(1),
             counts,
             closed: std::sync::atomic::AtomicBool::new(false),
+            stats: stats::StatsBook::default(),
         })
     }
 
@@ -314,6 +317,11 @@ impl Pipeline {
     /// Events published per type (the built-in metrics handler).
     pub fn event_counts(&self) -> std::collections::BTreeMap<String, u64> {
         self.counts.snapshot()
+    }
+
+    /// Cumulative stats of every key that has run.
+    pub fn key_stats(&self) -> Vec<(String, Arc<stats::KeyStats>)> {
+        self.stats.all()
     }
 
     /// The dead-letter queue.
@@ -376,6 +384,7 @@ impl Pipeline {
             version: RwLock::new(Arc::new(version)),
             health: self.health.of(&def.key),
             stats: Arc::new(ConsumerStats::default()),
+            key_stats: self.stats.of(&def.key),
             pipeline: self.clone(),
             end: tokio::sync::watch::Sender::new(None),
         });

@@ -329,6 +329,7 @@ mod tests {
                 })),
                 health: pipeline.health().of("k"),
                 stats: Arc::default(),
+                key_stats: Arc::default(),
                 end: tokio::sync::watch::Sender::new(None),
                 pipeline,
             }),
