@@ -933,3 +933,51 @@ async fn metrics_are_present_and_move_with_traffic() {
     let (status, _) = s.send("GET", "/metrics", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn shutdown_delivers_what_was_accepted_before_ending_the_streams() {
+    let mut s = server().await;
+    let (mut c, _) = s.subscribe("fs.changes", &[]).await;
+    let (_, grant) = s
+        .send(
+            "POST",
+            "/api/v1/pipe/session/",
+            Some(Role::Ingest),
+            Some(json!({"task_id": "agent-1:pipe", "source_type": "fs"})),
+        )
+        .await;
+    let sid = grant["session_id"].as_str().unwrap().to_string();
+    let rows: Vec<Value> = (0..2000)
+        .map(|i| json!({"path": format!("/f/{i:05}.txt"), "size": i, "modified_time": 1_700_000_000.0}))
+        .collect();
+    let (status, _) = s
+        .send(
+            "POST",
+            &format!("/api/v1/pipe/ingest/{sid}/events"),
+            Some(Role::Ingest),
+            Some(
+                json!({"session_id": sid, "source_type": "snapshot", "is_end": true,
+                "events": [{"event_type": "update", "index": 1, "rows": rows}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Stop at once: the push may still be queued.
+    let reader = tokio::spawn(async move { c.drain(Duration::from_secs(10)).await });
+    s.stop().await;
+    let lines = reader.await.unwrap();
+    let (envs, notices): (Vec<&Value>, Vec<&Value>) =
+        lines.iter().partition(|v| v.get("notice").is_none());
+    let paths: BTreeSet<&str> = envs
+        .iter()
+        .map(|e| e["data"]["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains("/f/00000.txt") && paths.contains("/f/01999.txt"));
+    assert_eq!(envs.len(), 2000, "every file, once");
+    assert_eq!(notices.last().unwrap()["notice"], "ended", "{notices:?}");
+    assert_eq!(
+        lines.last().unwrap()["notice"],
+        "ended",
+        "the end comes after every event"
+    );
+}

@@ -85,7 +85,15 @@ impl Ctx {
     }
 }
 
-type Pending = Pin<Box<dyn Future<Output = Vec<Delivery>> + Send>>;
+/// What one batch produced: deliveries, and per event whether it faulted
+/// (with the message), for the fault streak.
+#[derive(Default)]
+struct Batch {
+    deliveries: Vec<Delivery>,
+    faults: Vec<Option<String>>,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Batch> + Send>>;
 
 /// Runs a consumer until its connection goes, the bus closes or it is
 /// ended, then detaches it from its subscription.
@@ -131,8 +139,20 @@ async fn drive(
             Ok(()) = end.changed(), if ending.is_none() => {
                 ending = end.borrow_and_update().clone();
             }
-            Some(out) = inflight.next(), if !inflight.is_empty() => {
-                for d in out {
+            Some(batch) = inflight.next(), if !inflight.is_empty() => {
+                // The streak is counted in bus order, whichever worker
+                // finished first.
+                for fault in batch.faults {
+                    match fault {
+                        Some(message) => {
+                            if let Some(q) = ctx.health.fault(&message) {
+                                tracing::error!(key = %ctx.key, faults = q.faults, "key quarantined after consecutive faults; last: {}", q.last_error);
+                            }
+                        }
+                        None => ctx.health.ok(),
+                    }
+                }
+                for d in batch.deliveries {
                     if tx.send(d).await.is_err() {
                         return None;
                     }
@@ -169,7 +189,10 @@ async fn drive(
                             tracing::debug!(key = %ctx.key, subscription = %ctx.subscription_id, count, "consumer slower than its buffer: oldest events dropped");
                         }
                         let gap = Delivery::Notice(Notice::Gap { reason, count, first_seq, last_seq });
-                        inflight.push_back(Box::pin(std::future::ready(vec![gap])));
+                        inflight.push_back(Box::pin(std::future::ready(Batch {
+                            deliveries: vec![gap],
+                            faults: Vec::new(),
+                        })));
                     }
                     FeedItem::Closed => ending = Some("the host is shutting down".into()),
                 }
@@ -342,7 +365,7 @@ fn letter(
 }
 
 /// One batch, on a blocking thread.
-fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
+fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
     let stats = &ctx.stats;
     let v = ctx.current();
     ConsumerStats::add(&stats.received, events.len() as u64);
@@ -359,7 +382,7 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
             ctx.pipeline
                 .bury(letter(ctx, &v.params, e, "quarantined".into(), message, 0));
         }
-        return Vec::new();
+        return Batch::default();
     }
     let call = Call {
         key: &ctx.key,
@@ -369,26 +392,21 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Vec<Delivery> {
         native: v.native,
         validator: v.validator.as_deref(),
     };
-    let mut out = Vec::new();
+    let mut out = Batch::default();
     let ks = &ctx.key_stats;
     ks.received
         .fetch_add(events.len() as u64, Ordering::Relaxed);
     for (event, verdict) in events.iter().zip(call.judge(events, Some(ks))) {
-        // The streak counts events in order: one whose match and process
-        // both went fine ends it.
-        match &verdict {
-            Verdict::Fault { message, .. } => {
-                if let Some(q) = ctx.health.fault(message) {
-                    tracing::error!(key = %ctx.key, faults = q.faults, "key quarantined after consecutive faults; last: {}", q.last_error);
-                }
-            }
-            _ => ctx.health.ok(),
-        }
+        // An event whose match and process both went fine ends a streak.
+        out.faults.push(match &verdict {
+            Verdict::Fault { message, .. } => Some(message.clone()),
+            _ => None,
+        });
         match verdict {
             Verdict::Emit(json) => {
                 ConsumerStats::add(&stats.delivered, 1);
                 ks.emitted.fetch_add(1, Ordering::Relaxed);
-                out.push(Delivery::Envelope {
+                out.deliveries.push(Delivery::Envelope {
                     seq: event.seq,
                     json,
                 });
