@@ -9,13 +9,9 @@ use serde_json::{Value, json};
 use weir_host::auth::{Keys, Role};
 use weir_host::datastore::DatastoreConfig;
 use weir_host::host::{Host, HostConfig};
-use weir_tests::secret;
+use weir_tests::{TestServer, secret};
 
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    host: Arc<Host>,
-}
+type Server = TestServer;
 
 async fn start_with(datastore: DatastoreConfig) -> Server {
     let mut keys = Keys::new();
@@ -31,74 +27,20 @@ async fn start_with(datastore: DatastoreConfig) -> Server {
         })
         .unwrap(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(weir_host::run(
-        listener,
-        host.clone(),
-        std::future::pending(),
-    ));
-    Server {
-        base,
-        client: reqwest::Client::new(),
-        host,
-    }
+    TestServer::start(host).await
 }
 
 async fn start() -> Server {
     start_with(DatastoreConfig::named("default")).await
 }
 
-impl Server {
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        role: Option<Role>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.client.request(method.parse().unwrap(), url);
-        if let Some(role) = role {
-            req = req.header("X-API-Key", secret(role));
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn create_session(&self) -> String {
-        let (status, body) = self
-            .send(
-                "POST",
-                "/api/v1/pipe/session/",
-                Some(Role::Ingest),
-                Some(json!({"task_id": "agent-1:pipe", "source_type": "fs"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body["session_id"].as_str().unwrap().to_string()
-    }
-
-    async fn push(&self, sid: &str, mut body: Value) -> (StatusCode, Value) {
-        body["session_id"] = json!(sid);
-        self.send(
-            "POST",
-            &format!("/api/v1/pipe/ingest/{sid}/events"),
-            Some(Role::Ingest),
-            Some(body),
-        )
-        .await
-    }
-
+/// Reading the views of `default`.
+trait Views {
     /// Views of `default`, waiting (bounded) while the queue drains.
+    async fn view(&self, path: &str) -> (StatusCode, Value);
+}
+
+impl Views for TestServer {
     async fn view(&self, path: &str) -> (StatusCode, Value) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {

@@ -20,6 +20,12 @@ fn flaky(n: i64, mode: &str) -> Value {
     json!({"event_type": "test.x", "source": "t", "payload": {"n": n, "mode": mode}})
 }
 
+/// A complete snapshot push of `rows`.
+fn snapshot(rows: Value) -> Value {
+    json!({"source_type": "snapshot", "is_end": true,
+        "events": [{"event_type": "update", "index": 1, "rows": rows}]})
+}
+
 /// Envelopes until quiet; notices are returned apart.
 async fn collect(s: &mut NdjsonStream) -> (Vec<Value>, Vec<Value>) {
     s.drain(QUIET)
@@ -674,32 +680,14 @@ async fn fs_changes_from_an_agent_push_reach_a_large_files_subscriber() {
         )
         .await;
     let (mut changes, _) = s.subscribe("fs.changes", &[]).await;
-    let (_, grant) = s
-        .send(
-            "POST",
-            "/api/v1/pipe/session/",
-            Some(Role::Ingest),
-            Some(json!({"task_id": "agent-1:pipe", "source_type": "fs"})),
-        )
-        .await;
-    let sid = grant["session_id"].as_str().unwrap();
+    let sid = s.create_session().await;
     let rows = json!([
         {"path": "/data", "size": 4096, "modified_time": 1_700_000_000.0, "is_directory": true},
         {"path": "/data/small.txt", "size": 10, "modified_time": 1_700_000_000.0},
         {"path": "/data/big.bin", "size": 5_000_000, "modified_time": 1_700_000_000.0},
         {"path": "/other/big.bin", "size": 5_000_000, "modified_time": 1_700_000_000.0}
     ]);
-    let (status, body) = s
-        .send(
-            "POST",
-            &format!("/api/v1/pipe/ingest/{sid}/events"),
-            Some(Role::Ingest),
-            Some(
-                json!({"session_id": sid, "source_type": "snapshot", "is_end": true,
-                "events": [{"event_type": "update", "index": 1, "rows": rows}]}),
-            ),
-        )
-        .await;
+    let (status, body) = s.push(&sid, snapshot(rows)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let e = big.envelope().await;
     assert_eq!(e["event_type"], "fs.insert");
@@ -719,12 +707,10 @@ async fn fs_changes_from_an_agent_push_reach_a_large_files_subscriber() {
     );
 
     // A realtime delete follows as fs.delete.
-    s.send(
-        "POST",
-        &format!("/api/v1/pipe/ingest/{sid}/events"),
-        Some(Role::Ingest),
-        Some(json!({"session_id": sid, "source_type": "message",
-            "events": [{"event_type": "delete", "index": 2, "rows": [{"path": "/data/small.txt"}]}]})),
+    s.push(
+        &sid,
+        json!({"source_type": "message",
+            "events": [{"event_type": "delete", "index": 2, "rows": [{"path": "/data/small.txt"}]}]}),
     )
     .await;
     let (envs, _) = collect(&mut changes).await;
@@ -938,29 +924,11 @@ async fn metrics_are_present_and_move_with_traffic() {
 async fn shutdown_delivers_what_was_accepted_before_ending_the_streams() {
     let mut s = server().await;
     let (mut c, _) = s.subscribe("fs.changes", &[]).await;
-    let (_, grant) = s
-        .send(
-            "POST",
-            "/api/v1/pipe/session/",
-            Some(Role::Ingest),
-            Some(json!({"task_id": "agent-1:pipe", "source_type": "fs"})),
-        )
-        .await;
-    let sid = grant["session_id"].as_str().unwrap().to_string();
+    let sid = s.create_session().await;
     let rows: Vec<Value> = (0..2000)
         .map(|i| json!({"path": format!("/f/{i:05}.txt"), "size": i, "modified_time": 1_700_000_000.0}))
         .collect();
-    let (status, _) = s
-        .send(
-            "POST",
-            &format!("/api/v1/pipe/ingest/{sid}/events"),
-            Some(Role::Ingest),
-            Some(
-                json!({"session_id": sid, "source_type": "snapshot", "is_end": true,
-                "events": [{"event_type": "update", "index": 1, "rows": rows}]}),
-            ),
-        )
-        .await;
+    let (status, _) = s.push(&sid, snapshot(Value::Array(rows))).await;
     assert_eq!(status, StatusCode::OK);
     // Stop at once: the push may still be queued.
     let reader = tokio::spawn(async move { c.drain(Duration::from_secs(10)).await });

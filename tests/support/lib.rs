@@ -151,6 +151,36 @@ impl TestServer {
         )
     }
 
+    /// Creates an agent session on the `default` datastore; returns its id.
+    pub async fn create_session(&self) -> String {
+        let (status, body) = self
+            .send(
+                "POST",
+                "/api/v1/pipe/session/",
+                Some(Role::Ingest),
+                Some(serde_json::json!({"task_id": "agent-1:pipe", "source_type": "fs"})),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        body["session_id"].as_str().unwrap().to_string()
+    }
+
+    /// Pushes `body` (its `session_id` set to `sid`) as the agent does.
+    pub async fn push(
+        &self,
+        sid: &str,
+        mut body: serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        body["session_id"] = serde_json::json!(sid);
+        self.send(
+            "POST",
+            &format!("/api/v1/pipe/ingest/{sid}/events"),
+            Some(Role::Ingest),
+            Some(body),
+        )
+        .await
+    }
+
     /// Publishes events with the ingest key; returns the answer.
     pub async fn publish(&self, events: serde_json::Value) -> serde_json::Value {
         let (status, body) = self

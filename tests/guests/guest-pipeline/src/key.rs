@@ -27,6 +27,8 @@ impl EventKey for Flaky {
                     | Functions::MATCHES
                     | Functions::PROCESS
                     | Functions::PRE_CONSUME
+                    // The SDK's default cleanup (Ok) is enough: declared so
+                    // that the host runs it.
                     | Functions::CLEANUP,
             )
     }
@@ -88,15 +90,6 @@ impl EventKey for Flaky {
                 "subscription {subscription_id} refused on purpose"
             )));
         }
-        Ok(())
-    }
-
-    fn cleanup(
-        &self,
-        _api: &dyn Api,
-        _subscription_id: &str,
-        _params: &Params,
-    ) -> Result<(), Error> {
         Ok(())
     }
 }
