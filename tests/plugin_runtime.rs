@@ -208,13 +208,7 @@ fn enrich_calls_the_host_api_in_pre_consume_process_and_cleanup() {
 /// the faulting instance was recycled, and that everything else still works.
 fn assert_process_fault(action: &str, expected: FaultKind) -> PluginFault {
     let (host, k) = hostile_host();
-    let created = k
-        .plugin
-        .wasm()
-        .expect("a wasm plugin")
-        .counters()
-        .instances
-        .load(Relaxed);
+    let created = counters(&k).instances.load(Relaxed);
     let fault = k
         .plugin
         .process(&k.def.key, &vec![], &chaos(action))
@@ -226,14 +220,7 @@ fn assert_process_fault(action: &str, expected: FaultKind) -> PluginFault {
         .process(&k.def.key, &vec![], &chaos("echo"))
         .unwrap();
     assert_eq!(ok, Outcome::Emit(r#"{"do":"echo"}"#.into()));
-    let recycled = k
-        .plugin
-        .wasm()
-        .expect("a wasm plugin")
-        .counters()
-        .instances
-        .load(Relaxed)
-        > created;
+    let recycled = counters(&k).instances.load(Relaxed) > created;
     assert_eq!(recycled, fault.recycles_instance(), "{action}");
     // ...and other plugins never noticed.
     assert_large_files_serves(&host);
@@ -348,15 +335,7 @@ fn deadline_is_reset_on_every_call() {
         calls += 1;
     }
     assert!(calls > 20);
-    assert_eq!(
-        k.plugin
-            .wasm()
-            .expect("a wasm plugin")
-            .counters()
-            .faults
-            .load(Relaxed),
-        0
-    );
+    assert_eq!(counters(&k).faults.load(Relaxed), 0);
 }
 
 #[test]
@@ -510,24 +489,8 @@ fn concurrent_calls_share_the_instance_pool() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(
-        k.plugin
-            .wasm()
-            .expect("a wasm plugin")
-            .counters()
-            .faults
-            .load(Relaxed),
-        0
-    );
-    assert!(
-        k.plugin
-            .wasm()
-            .expect("a wasm plugin")
-            .counters()
-            .instances
-            .load(Relaxed)
-            <= 5
-    );
+    assert_eq!(counters(&k).faults.load(Relaxed), 0);
+    assert!(counters(&k).instances.load(Relaxed) <= 5);
 }
 
 #[test]
@@ -586,4 +549,9 @@ fn compiled_cache_is_reused() {
         .load_file(&weir_tests::example("fs-large-files"))
         .unwrap();
     assert_eq!(second.definitions(), first.definitions());
+}
+
+/// The call counters of a key's wasm plugin.
+fn counters(k: &weir_host::registry::RegisteredKey) -> &weir_host::plugin::Counters {
+    k.plugin.wasm().expect("a wasm plugin").counters()
 }
