@@ -261,3 +261,96 @@ async fn a_file_still_being_written_is_not_loaded_until_it_settles() {
         "the half file was never tried"
     );
 }
+
+#[tokio::test]
+async fn a_manifest_sets_limits_and_reloads_its_plugin_when_it_changes() {
+    let (dir, s) = watched().await;
+    std::fs::write(
+        dir.path().join("flaky.toml"),
+        "[limits]\ncall_deadline_ms = 700\nmemory_mib = 16\n",
+    )
+    .unwrap();
+    install(&guest("guest-pipeline"), dir.path(), "flaky.wasm");
+    let first = wait_plugins(&s, "the plugin", |b| {
+        b["loaded"].as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    let p = &first["loaded"][0];
+    assert_eq!(p["limits"]["call_deadline_ms"], 700);
+    assert_eq!(p["limits"]["memory_mib"], 16);
+    assert_eq!(p["limits"]["matches_deadline_ms"], 50, "the test default");
+    assert!(
+        p["version"]
+            .as_str()
+            .unwrap()
+            .starts_with(p["hash"].as_str().unwrap())
+    );
+
+    // The same component, a new manifest: reloaded with the new limits.
+    let tmp = dir.path().join("flaky.toml.partial");
+    std::fs::write(&tmp, "[limits]\ncall_deadline_ms = 900\n").unwrap();
+    std::fs::rename(&tmp, dir.path().join("flaky.toml")).unwrap();
+    let second = wait_plugins(&s, "the new limits", |b| {
+        b["loaded"][0]["limits"]["call_deadline_ms"] == 900
+    })
+    .await;
+    assert_eq!(second["loaded"][0]["hash"], p["hash"]);
+    assert_ne!(second["loaded"][0]["version"], p["version"]);
+
+    // A bad manifest is refused, naming the field; the plugin keeps running.
+    std::fs::write(&tmp, "[limits]\nmemory_mib = 0\n").unwrap();
+    std::fs::rename(&tmp, dir.path().join("flaky.toml")).unwrap();
+    let failed = wait_plugins(&s, "the refusal", |b| {
+        b["failed"].as_array().is_some_and(|f| !f.is_empty())
+    })
+    .await;
+    assert!(
+        failed["failed"][0]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("limits.memory_mib = 0: must be from 1 to"),
+        "{failed}"
+    );
+    assert_eq!(failed["loaded"][0]["limits"]["call_deadline_ms"], 900);
+    std::fs::write(&tmp, "[capabilities]\nhosts = 1\n").unwrap();
+    std::fs::rename(&tmp, dir.path().join("flaky.toml")).unwrap();
+    wait_plugins(&s, "unknown section refused", |b| {
+        b["failed"][0]["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown field `capabilities`"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn manifest_limits_bind_the_plugin_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hostile.wasm");
+    std::fs::copy(guest("guest-hostile"), &wasm).unwrap();
+    std::fs::write(
+        dir.path().join("hostile.toml"),
+        "[limits]\ncall_deadline_ms = 30\n",
+    )
+    .unwrap();
+    let host = host_with_plugin_dir(dir.path().to_path_buf());
+    let k = host
+        .registry()
+        .lookup("hostile.chaos")
+        .cloned()
+        .expect("loaded");
+    let started = Instant::now();
+    let fault = k
+        .plugin
+        .process(
+            &k.def.key,
+            &vec![],
+            &weir_tests::event("e", "x", json!({"do": "loop"})),
+        )
+        .unwrap_err();
+    assert_eq!(fault.to_string(), "deadline of 30 ms exceeded");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}

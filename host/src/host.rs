@@ -252,6 +252,8 @@ impl Host {
                     name: p.name().to_string(),
                     file: p.path().map(|f| f.display().to_string()),
                     hash: p.hash().to_string(),
+                    version: p.version().to_string(),
+                    limits: PluginLimits::of(p.limits()),
                     keys: p.definitions().iter().map(|d| d.key.clone()).collect(),
                     loaded_at_ms: p
                         .loaded_at()
@@ -284,6 +286,10 @@ pub struct PluginInfo {
     pub file: Option<String>,
     /// SHA-256 of the component.
     pub hash: String,
+    /// The hash, with `+` and the manifest's short hash when it has one.
+    pub version: String,
+    /// The limits its calls run with (defaults, or its manifest's).
+    pub limits: PluginLimits,
     /// Its keys.
     pub keys: Vec<String>,
     /// Load time, ms since the Unix epoch.
@@ -298,4 +304,28 @@ pub struct PluginInfo {
     pub state: &'static str,
     /// Its keys that are quarantined.
     pub quarantined_keys: Vec<String>,
+}
+
+/// A plugin's limits, as `/v1/plugins` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginLimits {
+    /// Linear memory per instance, MiB.
+    pub memory_mib: usize,
+    /// Deadline of `matches`, ms.
+    pub matches_deadline_ms: u64,
+    /// Deadline of other calls, ms.
+    pub call_deadline_ms: u64,
+    /// Largest output of one event, KiB.
+    pub max_output_kib: usize,
+}
+
+impl PluginLimits {
+    fn of(l: &crate::plugin::Limits) -> Self {
+        Self {
+            memory_mib: l.memory_bytes / (1024 * 1024),
+            matches_deadline_ms: l.matches_deadline.as_millis() as u64,
+            call_deadline_ms: l.call_deadline.as_millis() as u64,
+            max_output_kib: l.max_output_bytes / 1024,
+        }
+    }
 }

@@ -6,7 +6,9 @@
 //! identified by its content hash: a rewrite with the same bytes does
 //! nothing; new bytes are compiled and checked beside the running version
 //! and swapped in only if they pass; a file that disappears unregisters its
-//! keys. What happened is returned as [`Change`]s for the pipeline to act on.
+//! keys. A manifest (`NAME.toml`, see [`crate::plugin::manifest`]) is part of
+//! its plugin: changing it reloads the plugin with the new limits. What
+//! happened is returned as [`Change`]s for the pipeline to act on.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::plugin::{LoadError, PluginEngine, plugin_name};
+use crate::plugin::{LoadError, PluginEngine, manifest, plugin_name};
 use crate::registry::{KeyChanges, RegistrationError, Registry};
 
 /// Why one plugin file was not (re)registered.
@@ -47,11 +49,11 @@ pub struct FailedPlugin {
     pub file: String,
     /// Every reason.
     pub errors: Vec<String>,
-    /// SHA-256 of the content that failed.
+    /// SHA-256 of the content that failed (`+` the manifest's short hash).
     pub hash: Option<String>,
     /// When, ms since the Unix epoch.
     pub failed_at_ms: u64,
-    /// SHA-256 of the version still running, when a replacement failed.
+    /// Version of what still runs, when a replacement failed.
     pub running_hash: Option<String>,
 }
 
@@ -83,8 +85,9 @@ pub enum Change {
     Failed(FailedPlugin),
 }
 
-/// Size and modification time: what tells a scan a file changed.
-type Stamp = (u64, Option<SystemTime>);
+/// Size and modification time of the component and of its manifest: what
+/// tells a scan something changed.
+type Stamp = (u64, Option<SystemTime>, Option<(u64, Option<SystemTime>)>);
 
 #[derive(Debug, Default)]
 struct Seen {
@@ -139,7 +142,10 @@ impl PluginDir {
             }
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_file() {
-                out.insert(path, (meta.len(), meta.modified().ok()));
+                let manifest = std::fs::metadata(manifest::path_for(&path))
+                    .ok()
+                    .map(|m| (m.len(), m.modified().ok()));
+                out.insert(path, (meta.len(), meta.modified().ok(), manifest));
             }
         }
         Ok(out)
@@ -239,7 +245,7 @@ impl PluginDir {
             .unwrap_or_else(PoisonError::into_inner)
             .list()
             .find(|k| k.plugin.name() == name)
-            .and_then(|k| k.plugin.wasm().map(|p| p.hash().to_string()));
+            .and_then(|k| k.plugin.wasm().map(|p| p.version().to_string()));
         let fail = |hash: Option<String>, e: PluginLoadError| {
             tracing::error!(file = %path.display(), running = ?running, "plugin not loaded: {e}");
             let failed = FailedPlugin {
@@ -265,7 +271,26 @@ impl PluginDir {
                 );
             }
         };
-        let hash = hex::encode(Sha256::digest(&bytes));
+        let manifest_path = manifest::path_for(path);
+        let manifest = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return fail(
+                    None,
+                    LoadError::Read {
+                        file: manifest_path.display().to_string(),
+                        source,
+                    }
+                    .into(),
+                );
+            }
+        };
+        // The same identity as `LoadedPlugin::version`.
+        let mut hash = hex::encode(Sha256::digest(&bytes));
+        if let Some(text) = &manifest {
+            hash = format!("{hash}+{}", &hex::encode(Sha256::digest(text))[..16]);
+        }
         if running.as_deref() == Some(hash.as_str()) {
             lock(&self.failed).remove(path);
             return None;
@@ -277,7 +302,7 @@ impl PluginDir {
             // Already failed with these bytes; the reasons stand.
             return None;
         }
-        let plugin = match engine.load_read(path, &bytes) {
+        let plugin = match engine.load_read(path, &bytes, manifest.as_deref()) {
             Ok(p) => Arc::new(p),
             Err(e) => return fail(Some(hash), e.into()),
         };

@@ -15,6 +15,7 @@
 
 mod bindings;
 mod fault;
+pub mod manifest;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,10 @@ pub use fault::{FaultKind, PluginFault};
 use crate::hostapi::HostApi;
 use crate::registry::{Function, KeyDefinition, OutputSchema, ParamDef, ParamType, ParamValue};
 use state::{Running, StoreState};
+
+/// Linear memory reserved per pooled instance slot (at least): the most a
+/// manifest may grant.
+const POOL_SLOT_MEMORY: usize = 256 * 1024 * 1024;
 
 /// How often the epoch advances; deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -108,6 +113,14 @@ pub enum LoadError {
         /// Compiler or linker message.
         reason: String,
     },
+    /// The manifest beside it is not valid.
+    #[error("{file}: {reason}")]
+    Manifest {
+        /// The manifest file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// `describe` faulted.
     #[error("{file}: describe failed: {fault}")]
     Describe {
@@ -165,22 +178,65 @@ impl PluginEngine {
         &self.config
     }
 
-    /// Loads the component at `path` with the default limits.
+    /// Loads the component at `path`, with the limits of its manifest
+    /// (`NAME.toml` beside it) if there is one.
     pub fn load_file(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
         let file = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             file: file.clone(),
             source,
         })?;
-        self.load_read(path, &bytes)
+        let manifest_path = manifest::path_for(path);
+        let manifest = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(LoadError::Read {
+                    file: manifest_path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        self.load_read(path, &bytes, manifest.as_deref())
     }
 
-    /// Loads `bytes`, read from `path`, with the default limits.
-    pub fn load_read(&self, path: &Path, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
+    /// Loads `bytes`, read from `path`, with `manifest` (the text of its
+    /// `NAME.toml`, if any).
+    pub fn load_read(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        manifest: Option<&str>,
+    ) -> Result<LoadedPlugin, LoadError> {
         let name = plugin_name(path);
-        let mut plugin = self.load_bytes(&name, bytes, self.config.limits.clone())?;
+        let limits = match manifest {
+            None => self.config.limits.clone(),
+            Some(text) => manifest::Manifest::parse(text)
+                .and_then(|m| m.limits(&self.config.limits, self.max_memory_bytes()))
+                .map_err(|reason| LoadError::Manifest {
+                    file: manifest::path_for(path).display().to_string(),
+                    reason,
+                })?,
+        };
+        let mut plugin = self.load_bytes(&name, bytes, limits)?;
         plugin.path = Some(path.to_path_buf());
+        if let Some(text) = manifest {
+            plugin.version = format!(
+                "{}+{}",
+                plugin.hash,
+                &hex::encode(Sha256::digest(text))[..16]
+            );
+        }
         Ok(plugin)
+    }
+
+    /// The most linear memory one instance may be given.
+    pub fn max_memory_bytes(&self) -> usize {
+        if self.config.pooling {
+            self.config.limits.memory_bytes.max(POOL_SLOT_MEMORY)
+        } else {
+            usize::MAX / 2
+        }
     }
 
     /// Compiles `bytes`, instantiates it once and asks it to `describe`
@@ -208,6 +264,7 @@ impl PluginEngine {
         let mut plugin = LoadedPlugin {
             name: name.to_string(),
             path: None,
+            version: hash.clone(),
             hash,
             defs: Vec::new(),
             pre,
@@ -279,7 +336,7 @@ fn build_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
         pool.total_core_instances(2048);
         pool.total_memories(1024);
         pool.total_tables(1024);
-        pool.max_memory_size(config.limits.memory_bytes.max(256 * 1024 * 1024));
+        pool.max_memory_size(config.limits.memory_bytes.max(POOL_SLOT_MEMORY));
         let mut pooled = wasm.clone();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&pooled) {
@@ -331,6 +388,9 @@ pub struct LoadedPlugin {
     name: String,
     path: Option<PathBuf>,
     hash: String,
+    /// The component hash, plus the manifest's when there is one: what
+    /// tells a reload whether anything changed.
+    version: String,
     defs: Vec<KeyDefinition>,
     pre: bindings::PluginPre<StoreState>,
     engine: Engine,
@@ -383,6 +443,12 @@ impl LoadedPlugin {
     /// SHA-256 of the component bytes, hex.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// The component hash, with `+` and the manifest's short hash when a
+    /// manifest set its limits.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// When it was loaded.
