@@ -314,12 +314,85 @@ async fn a_manifest_sets_limits_and_reloads_its_plugin_when_it_changes() {
     assert_eq!(failed["loaded"][0]["limits"]["call_deadline_ms"], 900);
     std::fs::write(&tmp, "[capabilities]\nhosts = 1\n").unwrap();
     std::fs::rename(&tmp, dir.path().join("flaky.toml")).unwrap();
-    wait_plugins(&s, "unknown section refused", |b| {
+    wait_plugins(&s, "unknown field refused", |b| {
         b["failed"][0]["errors"][0]
             .as_str()
-            .is_some_and(|e| e.contains("unknown field `capabilities`"))
+            .is_some_and(|e| e.contains("unknown field `hosts`"))
     })
     .await;
+}
+
+#[tokio::test]
+async fn host_api_routes_are_granted_by_the_manifest_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("guest-hostile"), dir.path().join("hostile.wasm")).unwrap();
+    std::fs::copy(
+        weir_tests::example("enrich"),
+        dir.path().join("enrich.wasm"),
+    )
+    .unwrap();
+    let host = host_with_plugin_dir(dir.path().to_path_buf());
+    let chaos = host.registry().lookup("hostile.chaos").cloned().unwrap();
+    let api = weir_tests::event("e", "x", json!({"do": "api"}));
+    // No manifest: nothing granted; the guest gets a clear refusal.
+    let fault = chaos
+        .plugin
+        .process(&chaos.def.key, &vec![], &api)
+        .unwrap_err();
+    assert!(
+        fault
+            .to_string()
+            .contains("plugin `hostile` is not granted `POST /v1/echo`; grant it in hostile.toml"),
+        "{fault}"
+    );
+    // Without its grants, enrich cannot record its subscription: refused.
+    let s = TestServer::start(host.clone()).await;
+    let (status, body) = match s.stream("enrich.context", &[("tag", "a")]).await {
+        Err(e) => e,
+        Ok(_) => panic!("accepted"),
+    };
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is not granted `PUT /v1/state/tag-a`"),
+        "{body}"
+    );
+
+    // Granted: the same call works.
+    std::fs::write(
+        dir.path().join("hostile.toml"),
+        "[capabilities]\napi = [\"POST /v1/echo\"]\n",
+    )
+    .unwrap();
+    let changes = {
+        host.reload_plugins().await;
+        host.reload_plugins().await
+    };
+    assert!(
+        matches!(
+            &changes[..],
+            [weir_host::host::PluginChange::Replaced { .. }]
+        ),
+        "{changes:?}"
+    );
+    let chaos = host.registry().lookup("hostile.chaos").cloned().unwrap();
+    let out = chaos.plugin.process(&chaos.def.key, &vec![], &api).unwrap();
+    assert!(
+        matches!(out, weir_host::plugin::Outcome::Emit(ref s) if s.contains("/v1/echo")),
+        "{out:?}"
+    );
+    // A route outside the grant is still refused.
+    let mut other = api.clone();
+    other.payload = json!({"do": "match_api"}).to_string();
+    assert!(
+        chaos
+            .plugin
+            .matches(&chaos.def.key, &vec![], &other)
+            .is_err(),
+        "matches may never call"
+    );
 }
 
 #[tokio::test]

@@ -51,8 +51,10 @@ fn ensure_wasm_target() {
 }
 
 /// Builds `packages` for `wasm32-wasip2` with the `plugin` profile and copies
-/// each `<package>.wasm` (dashes as underscores) into `out`, each by write
-/// then rename so that a watcher never sees half a file. Tells cargo to rerun
+/// each `<package>.wasm` (dashes as underscores) into `out`, with its
+/// manifest (`<watch dir>/<package>/plugin.toml`, as `<package>.toml`) when
+/// it has one; each by write then rename so that a watcher never sees half
+/// a file. Tells cargo to rerun
 /// when `watch` (paths below `root`) change.
 pub fn build_components(root: &Path, packages: &[&str], watch: &[&str], out: &Path) {
     for dir in watch {
@@ -97,7 +99,26 @@ pub fn build_components(root: &Path, packages: &[&str], watch: &[&str], out: &Pa
     );
     std::fs::create_dir_all(out).expect("cannot create the component output directory");
     for p in packages {
-        let file = format!("{}.wasm", p.replace('-', "_"));
+        let stem = p.replace('-', "_");
+        // A package's manifest (`plugin.toml`) goes beside its component as
+        // `<stem>.toml`, before the component, so a watcher sees both.
+        let manifest = watch
+            .iter()
+            .map(|dir| root.join(dir).join(p).join("plugin.toml"))
+            .find(|m| m.is_file());
+        let target = out.join(format!("{stem}.toml"));
+        match manifest {
+            Some(m) => {
+                let tmp = out.join(format!(".{stem}.toml.tmp"));
+                std::fs::copy(&m, &tmp)
+                    .unwrap_or_else(|e| panic!("cannot copy {}: {e}", m.display()));
+                std::fs::rename(&tmp, &target).expect("cannot rename the copied manifest");
+            }
+            None => {
+                let _ = std::fs::remove_file(&target);
+            }
+        }
+        let file = format!("{stem}.wasm");
         let built = wasm_target.join("wasm32-wasip2/plugin").join(&file);
         let tmp = out.join(format!(".{file}.tmp"));
         std::fs::copy(&built, &tmp)

@@ -1,5 +1,6 @@
 //! The optional manifest beside a component: `NAME.toml` next to
-//! `NAME.wasm`, setting that plugin's limits.
+//! `NAME.wasm`, setting that plugin's limits and granting its capabilities.
+//! Nothing is granted by default.
 //!
 //! ```toml
 //! [limits]
@@ -7,6 +8,11 @@
 //! matches_deadline_ms = 20   # one `matches` / `matches-batch` call
 //! call_deadline_ms = 1000    # every other call
 //! max_output_kib = 256       # one event's output
+//!
+//! [capabilities]
+//! # host API routes `call-api` may reach: METHOD (or *) and a path where
+//! # `*` is one segment and a final `**` any rest
+//! api = ["GET /v1/keys", "GET /v1/keys/*", "* /v1/state/**"]
 //! ```
 //!
 //! Every field is optional; what is not set keeps the host's default.
@@ -27,6 +33,95 @@ pub struct Manifest {
     /// Limits of this plugin's calls.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// What the plugin may reach.
+    #[serde(default)]
+    pub capabilities: CapabilitiesSection,
+}
+
+/// `[capabilities]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilitiesSection {
+    /// Host API routes `call-api` may reach, as `METHOD /path` patterns.
+    #[serde(default)]
+    pub api: Vec<String>,
+}
+
+/// Whether path `segs` fits pattern `want` (`*` one segment, a final `**`
+/// any rest).
+fn path_matches(want: &[String], segs: &[&str]) -> bool {
+    match (want.split_first(), segs.split_first()) {
+        (Some((w, _)), _) if w == "**" => true,
+        (Some((w, wrest)), Some((s, srest))) => (w == "*" || w == s) && path_matches(wrest, srest),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// One granted route pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Grant {
+    /// Upper-case method, or `*`.
+    method: String,
+    /// Path segments; `*` one segment, a final `**` any rest.
+    segments: Vec<String>,
+}
+
+/// The host API routes a plugin may call. Empty: none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiGrants {
+    grants: Vec<Grant>,
+}
+
+impl ApiGrants {
+    /// Parses `METHOD /path` patterns; errors name the bad one.
+    pub fn parse(patterns: &[String]) -> Result<Self, String> {
+        let mut grants = Vec::new();
+        for (i, p) in patterns.iter().enumerate() {
+            let bad = |why: &str| format!("capabilities.api[{i}] = \"{p}\": {why}");
+            let (method, path) = p
+                .trim()
+                .split_once(' ')
+                .ok_or_else(|| bad("expected `METHOD /path`, such as `GET /v1/keys`"))?;
+            let method = method.trim().to_ascii_uppercase();
+            if method != "*"
+                && !["GET", "PUT", "POST", "DELETE", "PATCH"].contains(&method.as_str())
+            {
+                return Err(bad("the method is not GET, PUT, POST, DELETE, PATCH or *"));
+            }
+            let path = path.trim();
+            if !path.starts_with('/') {
+                return Err(bad("the path must start with /"));
+            }
+            let segments: Vec<String> = path
+                .trim_matches('/')
+                .split('/')
+                .map(str::to_string)
+                .collect();
+            if let Some(at) = segments.iter().position(|s| s == "**")
+                && at + 1 != segments.len()
+            {
+                return Err(bad("`**` may only end a path"));
+            }
+            grants.push(Grant { method, segments });
+        }
+        Ok(Self { grants })
+    }
+
+    /// Whether `method path` (query string ignored) is granted.
+    pub fn allows(&self, method: &str, path: &str) -> bool {
+        let route = path.split('?').next().unwrap_or(path);
+        let segs: Vec<&str> = route.trim_matches('/').split('/').collect();
+        self.grants.iter().any(|g| {
+            (g.method == "*" || g.method.eq_ignore_ascii_case(method))
+                && path_matches(&g.segments, &segs)
+        })
+    }
+
+    /// Whether nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
 }
 
 /// `[limits]`.
@@ -54,7 +149,14 @@ pub fn path_for(wasm: &Path) -> PathBuf {
 impl Manifest {
     /// Parses manifest text; errors name the field.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        let m: Self = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        m.grants()?;
+        Ok(m)
+    }
+
+    /// The host API routes granted.
+    pub fn grants(&self) -> Result<ApiGrants, String> {
+        ApiGrants::parse(&self.capabilities.api)
     }
 
     /// `base` with this manifest's limits, checked: memory from 1 MiB to
@@ -109,6 +211,29 @@ impl Manifest {
 mod tests {
     use super::*;
 
+    fn grants(p: &[&str]) -> ApiGrants {
+        ApiGrants::parse(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn route_patterns() {
+        let g = grants(&["GET /v1/keys", "get /v1/keys/*", "* /v1/state/**"]);
+        assert!(g.allows("GET", "/v1/keys"));
+        assert!(g.allows("GET", "/v1/keys?x=1"));
+        assert!(g.allows("GET", "/v1/keys/fs.changes"));
+        assert!(!g.allows("POST", "/v1/keys"));
+        assert!(!g.allows("GET", "/v1/keys/a/b"));
+        assert!(g.allows("DELETE", "/v1/state/tag-a"));
+        assert!(g.allows("PUT", "/v1/state"));
+        assert!(!g.allows("GET", "/v1/echo"));
+        assert!(!ApiGrants::default().allows("GET", "/v1/keys"));
+        let bad = |p: &str| ApiGrants::parse(&[p.to_string()]).unwrap_err();
+        assert!(bad("/v1/keys").contains("expected `METHOD /path`"));
+        assert!(bad("FETCH /v1/keys").contains("the method is not"));
+        assert!(bad("GET v1").contains("must start with /"));
+        assert!(bad("GET /a/**/b").contains("`**` may only end a path"));
+    }
+
     #[test]
     fn fields_override_the_defaults_and_are_checked() {
         let base = Limits::default();
@@ -128,11 +253,8 @@ mod tests {
                 .unwrap_err()
                 .contains("matches_deadline_ms")
         );
-        let unknown = Manifest::parse("[capabilities]\napi = []\n").unwrap_err();
-        assert!(
-            unknown.contains("unknown field `capabilities`"),
-            "{unknown}"
-        );
+        let unknown = Manifest::parse("[network]\nhosts = []\n").unwrap_err();
+        assert!(unknown.contains("unknown field `network`"), "{unknown}");
         assert_eq!(Manifest::parse("").unwrap(), Manifest::default());
     }
 }

@@ -209,16 +209,21 @@ impl PluginEngine {
         manifest: Option<&str>,
     ) -> Result<LoadedPlugin, LoadError> {
         let name = plugin_name(path);
-        let limits = match manifest {
-            None => self.config.limits.clone(),
+        let (limits, grants) = match manifest {
+            None => (self.config.limits.clone(), manifest::ApiGrants::default()),
             Some(text) => manifest::Manifest::parse(text)
-                .and_then(|m| m.limits(&self.config.limits, self.max_memory_bytes()))
+                .and_then(|m| {
+                    Ok((
+                        m.limits(&self.config.limits, self.max_memory_bytes())?,
+                        m.grants()?,
+                    ))
+                })
                 .map_err(|reason| LoadError::Manifest {
                     file: manifest::path_for(path).display().to_string(),
                     reason,
                 })?,
         };
-        let mut plugin = self.load_bytes(&name, bytes, limits)?;
+        let mut plugin = self.load_granted(&name, bytes, limits, grants)?;
         plugin.path = Some(path.to_path_buf());
         if let Some(text) = manifest {
             plugin.version = format!(
@@ -248,6 +253,17 @@ impl PluginEngine {
         bytes: &[u8],
         limits: Limits,
     ) -> Result<LoadedPlugin, LoadError> {
+        self.load_granted(name, bytes, limits, manifest::ApiGrants::default())
+    }
+
+    /// [`Self::load_bytes`] with host API grants.
+    fn load_granted(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        limits: Limits,
+        grants: manifest::ApiGrants,
+    ) -> Result<LoadedPlugin, LoadError> {
         let hash = hex::encode(Sha256::digest(bytes));
         let compile_err = |reason: String| LoadError::Compile {
             file: name.to_string(),
@@ -271,6 +287,7 @@ impl PluginEngine {
             engine: self.engine.clone(),
             limits,
             api: self.api.clone(),
+            grants: Arc::new(grants),
             idle: Mutex::new(Vec::new()),
             max_idle: self.config.max_idle_instances,
             loaded_at: SystemTime::now(),
@@ -396,6 +413,8 @@ pub struct LoadedPlugin {
     engine: Engine,
     limits: Limits,
     api: Arc<dyn HostApi>,
+    /// Host API routes its `call-api` may reach.
+    grants: Arc<manifest::ApiGrants>,
     idle: Mutex<Vec<Slot>>,
     max_idle: usize,
     loaded_at: SystemTime,
@@ -491,6 +510,7 @@ impl LoadedPlugin {
             self.name.as_str().into(),
             self.limits.memory_bytes,
             self.api.clone(),
+            self.grants.clone(),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

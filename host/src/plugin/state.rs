@@ -90,12 +90,18 @@ pub(crate) struct StoreState {
     pub running: Running,
     pub flags: CallFlags,
     api: Arc<dyn HostApi>,
+    grants: Arc<super::manifest::ApiGrants>,
 }
 
 impl StoreState {
     /// State with no filesystem, network, environment or arguments; stdout
     /// and stderr go to `tracing`.
-    pub fn new(plugin: Arc<str>, memory_limit: usize, api: Arc<dyn HostApi>) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        memory_limit: usize,
+        api: Arc<dyn HostApi>,
+        grants: Arc<super::manifest::ApiGrants>,
+    ) -> Self {
         let tag = Arc::new(Mutex::new(Tag::default()));
         let mut builder = WasiCtx::builder();
         builder
@@ -116,6 +122,7 @@ impl StoreState {
             running: Running::Idle,
             flags: CallFlags::default(),
             api,
+            grants,
         }
     }
 
@@ -205,6 +212,16 @@ impl host::Host for StoreState {
             return Err(host::ApiError {
                 status: 403,
                 message: "call-api is not allowed while matches runs; use process".into(),
+            });
+        }
+        if !self.grants.allows(&method, &path) {
+            tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, key, %method, %path, "call-api refused: not granted");
+            return Err(host::ApiError {
+                status: 403,
+                message: format!(
+                    "plugin `{}` is not granted `{method} {path}`; grant it in {}.toml: [capabilities] api = [\"{method} {path}\"]",
+                    self.plugin, self.plugin
+                ),
             });
         }
         let caller = Caller {
