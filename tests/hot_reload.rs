@@ -427,3 +427,61 @@ async fn manifest_limits_bind_the_plugin_calls() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_granted_directory_is_readable_in_the_guest_and_nothing_else_is() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("guest-hostile"), dir.path().join("hostile.wasm")).unwrap();
+    std::fs::create_dir(dir.path().join("reference")).unwrap();
+    std::fs::write(dir.path().join("reference/data.txt"), "42").unwrap();
+    // Plugin calls run on blocking threads, as the pipeline runs them (WASI
+    // file access blocks on the runtime).
+    async fn probe(host: &std::sync::Arc<weir_host::host::Host>) -> Value {
+        let k = host.registry().lookup("hostile.chaos").cloned().unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            k.plugin.process(
+                &k.def.key,
+                &vec![],
+                &weir_tests::event("p", "x", json!({"do": "probe"})),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        match out {
+            weir_host::plugin::Outcome::Emit(s) => serde_json::from_str(&s).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+    // No manifest: no filesystem at all.
+    let host = host_with_plugin_dir(dir.path().to_path_buf());
+    let seen = probe(&host).await;
+    assert_ne!(seen["fs_root"], "readable", "{seen}");
+
+    // `reference` granted as the guest's `/`: readable; the host's /etc is not.
+    std::fs::write(
+        dir.path().join("hostile.toml"),
+        "[[capabilities.dirs]]\nhost = \"reference\"\nguest = \"/\"\n",
+    )
+    .unwrap();
+    host.reload_plugins().await;
+    host.reload_plugins().await;
+    let seen = probe(&host).await;
+    assert_eq!(seen["fs_root"], "readable", "{seen}");
+    assert_ne!(seen["fs_etc"], "readable", "{seen}");
+
+    // A directory that does not exist is refused, naming the field.
+    std::fs::write(
+        dir.path().join("hostile.toml"),
+        "[[capabilities.dirs]]\nhost = \"missing\"\nguest = \"/data\"\n",
+    )
+    .unwrap();
+    host.reload_plugins().await;
+    host.reload_plugins().await;
+    let failed = host.failed_plugins();
+    assert!(
+        failed[0].errors[0].contains("capabilities.dirs[0].host")
+            && failed[0].errors[0].contains("not a directory"),
+        "{failed:?}"
+    );
+}

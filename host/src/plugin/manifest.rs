@@ -13,6 +13,10 @@
 //! # host API routes `call-api` may reach: METHOD (or *) and a path where
 //! # `*` is one segment and a final `**` any rest
 //! api = ["GET /v1/keys", "GET /v1/keys/*", "* /v1/state/**"]
+//!
+//! [[capabilities.dirs]]     # read-only reference data
+//! host = "reference"        # relative to this file, or absolute
+//! guest = "/data"
 //! ```
 //!
 //! Every field is optional; what is not set keeps the host's default.
@@ -45,6 +49,28 @@ pub struct CapabilitiesSection {
     /// Host API routes `call-api` may reach, as `METHOD /path` patterns.
     #[serde(default)]
     pub api: Vec<String>,
+    /// Host directories the guest may read, each at a guest path.
+    #[serde(default)]
+    pub dirs: Vec<DirSection>,
+}
+
+/// One `[[capabilities.dirs]]`: a host directory, read-only in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSection {
+    /// The host directory; relative paths are relative to the manifest.
+    pub host: PathBuf,
+    /// Where the guest sees it (absolute, such as `/data`).
+    pub guest: String,
+}
+
+/// A checked read-only directory grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    /// The host directory, absolute.
+    pub host: PathBuf,
+    /// The guest path.
+    pub guest: String,
 }
 
 /// Whether path `segs` fits pattern `want` (`*` one segment, a final `**`
@@ -157,6 +183,36 @@ impl Manifest {
     /// The host API routes granted.
     pub fn grants(&self) -> Result<ApiGrants, String> {
         ApiGrants::parse(&self.capabilities.api)
+    }
+
+    /// The directories granted, resolved against `base` (the manifest's
+    /// directory) and checked to exist.
+    pub fn dirs(&self, base: &Path) -> Result<Vec<Preopen>, String> {
+        let mut out: Vec<Preopen> = Vec::new();
+        for (i, d) in self.capabilities.dirs.iter().enumerate() {
+            let at = format!("capabilities.dirs[{i}]");
+            if !d.guest.starts_with('/') {
+                return Err(format!(
+                    "{at}.guest = \"{}\": must be an absolute path such as /data",
+                    d.guest
+                ));
+            }
+            if out.iter().any(|o| o.guest == d.guest) {
+                return Err(format!("{at}.guest = \"{}\": given twice", d.guest));
+            }
+            let host = base.join(&d.host);
+            if !host.is_dir() {
+                return Err(format!(
+                    "{at}.host = \"{}\": not a directory",
+                    host.display()
+                ));
+            }
+            out.push(Preopen {
+                host,
+                guest: d.guest.clone(),
+            });
+        }
+        Ok(out)
     }
 
     /// `base` with this manifest's limits, checked: memory from 1 MiB to

@@ -44,6 +44,16 @@ const POOL_SLOT_MEMORY: usize = 256 * 1024 * 1024;
 /// How often the epoch advances; deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// What a plugin's manifest grants: host API routes and read-only
+/// directories. Nothing by default.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// Routes `call-api` may reach.
+    pub api: manifest::ApiGrants,
+    /// Directories preopened read-only.
+    pub dirs: Vec<manifest::Preopen>,
+}
+
 /// Resource limits of one plugin's calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -209,13 +219,17 @@ impl PluginEngine {
         manifest: Option<&str>,
     ) -> Result<LoadedPlugin, LoadError> {
         let name = plugin_name(path);
+        let base = path.parent().unwrap_or(Path::new("."));
         let (limits, grants) = match manifest {
-            None => (self.config.limits.clone(), manifest::ApiGrants::default()),
+            None => (self.config.limits.clone(), Grants::default()),
             Some(text) => manifest::Manifest::parse(text)
                 .and_then(|m| {
                     Ok((
                         m.limits(&self.config.limits, self.max_memory_bytes())?,
-                        m.grants()?,
+                        Grants {
+                            api: m.grants()?,
+                            dirs: m.dirs(base)?,
+                        },
                     ))
                 })
                 .map_err(|reason| LoadError::Manifest {
@@ -253,16 +267,16 @@ impl PluginEngine {
         bytes: &[u8],
         limits: Limits,
     ) -> Result<LoadedPlugin, LoadError> {
-        self.load_granted(name, bytes, limits, manifest::ApiGrants::default())
+        self.load_granted(name, bytes, limits, Grants::default())
     }
 
-    /// [`Self::load_bytes`] with host API grants.
+    /// [`Self::load_bytes`] with a manifest's grants.
     fn load_granted(
         &self,
         name: &str,
         bytes: &[u8],
         limits: Limits,
-        grants: manifest::ApiGrants,
+        grants: Grants,
     ) -> Result<LoadedPlugin, LoadError> {
         let hash = hex::encode(Sha256::digest(bytes));
         let compile_err = |reason: String| LoadError::Compile {
@@ -413,8 +427,8 @@ pub struct LoadedPlugin {
     engine: Engine,
     limits: Limits,
     api: Arc<dyn HostApi>,
-    /// Host API routes its `call-api` may reach.
-    grants: Arc<manifest::ApiGrants>,
+    /// What its manifest grants.
+    grants: Arc<Grants>,
     idle: Mutex<Vec<Slot>>,
     max_idle: usize,
     loaded_at: SystemTime,
@@ -511,7 +525,8 @@ impl LoadedPlugin {
             self.limits.memory_bytes,
             self.api.clone(),
             self.grants.clone(),
-        );
+        )
+        .map_err(PluginFault::Instantiate)?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks(deadline));

@@ -90,18 +90,19 @@ pub(crate) struct StoreState {
     pub running: Running,
     pub flags: CallFlags,
     api: Arc<dyn HostApi>,
-    grants: Arc<super::manifest::ApiGrants>,
+    grants: Arc<super::Grants>,
 }
 
 impl StoreState {
-    /// State with no filesystem, network, environment or arguments; stdout
-    /// and stderr go to `tracing`.
+    /// State with no network, environment or arguments, and no filesystem
+    /// but the directories `grants` preopens read-only; stdout and stderr go
+    /// to `tracing`. Fails when a granted directory cannot be opened.
     pub fn new(
         plugin: Arc<str>,
         memory_limit: usize,
         api: Arc<dyn HostApi>,
-        grants: Arc<super::manifest::ApiGrants>,
-    ) -> Self {
+        grants: Arc<super::Grants>,
+    ) -> Result<Self, String> {
         let tag = Arc::new(Mutex::new(Tag::default()));
         let mut builder = WasiCtx::builder();
         builder
@@ -110,7 +111,12 @@ impl StoreState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        Self {
+        for d in &grants.dirs {
+            builder
+                .preopened_dir(&d.host, &d.guest, wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot open {} for the guest: {e}", d.host.display()))?;
+        }
+        Ok(Self {
             wasi: builder.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
@@ -123,7 +129,7 @@ impl StoreState {
             flags: CallFlags::default(),
             api,
             grants,
-        }
+        })
     }
 
     /// Marks the start of a call of `running` for `key`.
@@ -214,7 +220,7 @@ impl host::Host for StoreState {
                 message: "call-api is not allowed while matches runs; use process".into(),
             });
         }
-        if !self.grants.allows(&method, &path) {
+        if !self.grants.api.allows(&method, &path) {
             tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, key, %method, %path, "call-api refused: not granted");
             return Err(host::ApiError {
                 status: 403,
