@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::plugin::{LoadError, PluginEngine, manifest, plugin_name};
+use crate::plugin::{LoadError, PluginEngine, manifest, plugin_name, read_plugin, version_of};
 use crate::registry::{KeyChanges, RegistrationError, Registry};
 
 /// Why one plugin file was not (re)registered.
@@ -258,39 +258,11 @@ impl PluginDir {
             lock(&self.failed).insert(path.to_path_buf(), failed.clone());
             Some(Change::Failed(failed))
         };
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(source) => {
-                return fail(
-                    None,
-                    LoadError::Read {
-                        file: path.display().to_string(),
-                        source,
-                    }
-                    .into(),
-                );
-            }
+        let (bytes, manifest) = match read_plugin(path) {
+            Ok(read) => read,
+            Err(e) => return fail(None, e.into()),
         };
-        let manifest_path = manifest::path_for(path);
-        let manifest = match std::fs::read_to_string(&manifest_path) {
-            Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return fail(
-                    None,
-                    LoadError::Read {
-                        file: manifest_path.display().to_string(),
-                        source,
-                    }
-                    .into(),
-                );
-            }
-        };
-        // The same identity as `LoadedPlugin::version`.
-        let mut hash = hex::encode(Sha256::digest(&bytes));
-        if let Some(text) = &manifest {
-            hash = format!("{hash}+{}", &hex::encode(Sha256::digest(text))[..16]);
-        }
+        let hash = version_of(&hex::encode(Sha256::digest(&bytes)), manifest.as_deref());
         if running.as_deref() == Some(hash.as_str()) {
             lock(&self.failed).remove(path);
             return None;

@@ -6,15 +6,24 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A minimal HTTP/1.1 GET; returns the status line and the body.
-fn get(addr: &str, path: &str, key: &str) -> (String, String) {
+/// A minimal HTTP/1.1 request with an optional JSON body; returns the
+/// status line and the body.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<&str>,
+) -> (String, String) {
     let mut stream = TcpStream::connect(addr).expect("connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let body = body.unwrap_or("");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut response = String::new();
@@ -27,38 +36,78 @@ fn get(addr: &str, path: &str, key: &str) -> (String, String) {
     (status, body)
 }
 
-#[test]
-fn serve_starts_with_the_example_plugins_and_stops_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("WEIR_QUERY_KEY", "smoke-query")
+fn get(addr: &str, path: &str, key: &str) -> (String, String) {
+    request(addr, "GET", path, key, None)
+}
+
+/// A running `weir serve`.
+struct Served {
+    child: std::process::Child,
+    /// Its address.
+    addr: String,
+    /// Its JSON start line.
+    start: serde_json::Value,
+    /// Its stderr lines before the start line.
+    before: Vec<String>,
+}
+
+/// Starts `weir serve --listen 127.0.0.1:0 --log-format json ARGS` with the
+/// example plugins and `env`; waits for its start line. The rest of its
+/// stderr is drained so it never blocks on a full pipe.
+fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
         .env_remove("WEIR_PLUGINS")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("weir starts");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let start = Instant::now();
-    let mut addr = None;
-    let mut generated = 0;
-    let mut lines = stderr.lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.starts_with("generated ") {
-            generated += 1;
-        }
-        if line.contains("weir serving") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            assert_eq!(v["fields"]["keys"], 4, "{line}");
-            addr = v["fields"]["addr"].as_str().map(str::to_string);
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "no start line");
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
     }
+    let mut child = cmd.spawn().expect("weir starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = Instant::now();
+    let mut before = Vec::new();
+    let start = loop {
+        let line = lines.next().expect("a start line").unwrap();
+        if line.contains("weir serving") {
+            break serde_json::from_str::<serde_json::Value>(&line).unwrap();
+        }
+        before.push(line);
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no start line"
+        );
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let addr = start["fields"]["addr"]
+        .as_str()
+        .expect("the host logs its address")
+        .to_string();
+    Served {
+        child,
+        addr,
+        start,
+        before,
+    }
+}
+
+#[test]
+fn serve_starts_with_the_example_plugins_and_stops_on_sigterm() {
+    let Served {
+        mut child,
+        addr,
+        start,
+        before,
+    } = serve(&[], &[("WEIR_QUERY_KEY", "smoke-query")]);
+    assert_eq!(start["fields"]["keys"], 4, "{start}");
     // Ingest and admin keys were not given: generated and printed.
-    assert_eq!(generated, 2);
-    let addr = addr.expect("the host logs its address");
+    let generated = before
+        .iter()
+        .filter(|l| l.starts_with("generated "))
+        .count();
+    assert_eq!(generated, 2, "{before:?}");
     let (status, body) = get(&addr, "/v1/keys", "smoke-query");
     assert!(status.contains("200"), "{status} {body}");
     assert!(body.contains("\"fs.large_files\""), "{body}");
@@ -73,8 +122,6 @@ fn serve_starts_with_the_example_plugins_and_stops_on_sigterm() {
             .unwrap()
             .success()
     );
-    // Drain the rest of stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -117,33 +164,16 @@ fn config_file_datastores_get_their_own_keys() {
         "[[datastores]]\nname = \"lab\"\nkeys = [{ role = \"query\", key_env = \"LAB_QUERY\" }]\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--config",
-        ])
-        .arg(&file)
-        .env("LAB_QUERY", "lab-query-secret")
-        .env("WEIR_QUERY_KEY", "default-query-secret")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut addr = None;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if line.contains("weir serving") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            addr = v["fields"]["addr"].as_str().map(str::to_string);
-            break;
-        }
-    }
-    let addr = addr.expect("started");
+    let file_arg = file.display().to_string();
+    let Served {
+        mut child, addr, ..
+    } = serve(
+        &["--config", &file_arg],
+        &[
+            ("LAB_QUERY", "lab-query-secret"),
+            ("WEIR_QUERY_KEY", "default-query-secret"),
+        ],
+    );
     let (status, body) = get(&addr, "/api/v1/views/lab/stats", "lab-query-secret");
     assert!(status.contains("503"), "{status} {body}");
     assert!(
@@ -159,55 +189,20 @@ fn config_file_datastores_get_their_own_keys() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-/// A minimal HTTP/1.1 POST of a JSON body; returns the status line.
-fn post(addr: &str, path: &str, key: &str, body: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.lines().next().unwrap_or_default().to_string()
-}
-
-/// Starts `weir serve` on a free port with the given keys; returns the
-/// child and its address.
-fn serve(keys: &[(&str, &str)]) -> (std::process::Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env_remove("WEIR_PLUGINS")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in keys {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("weir starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("a start line").unwrap();
-        if line.contains("weir serving") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["fields"]["addr"].as_str().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[test]
 fn consume_exits_cleanly_when_its_output_pipe_closes() {
-    let (mut server, addr) = serve(&[
-        ("WEIR_QUERY_KEY", "pipe-query"),
-        ("WEIR_INGEST_KEY", "pipe-ingest"),
-        ("WEIR_ADMIN_KEY", "pipe-admin"),
-    ]);
+    let Served {
+        child: mut server,
+        addr,
+        ..
+    } = serve(
+        &[],
+        &[
+            ("WEIR_QUERY_KEY", "pipe-query"),
+            ("WEIR_INGEST_KEY", "pipe-ingest"),
+            ("WEIR_ADMIN_KEY", "pipe-admin"),
+        ],
+    );
     let mut consumer = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["consume", "fs.changes", "--url", &format!("http://{addr}")])
         .env("WEIR_API_KEY", "pipe-query")
@@ -220,12 +215,14 @@ fn consume_exits_cleanly_when_its_output_pipe_closes() {
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
     assert!(line.starts_with("subscribed: key fs.changes"), "{line}");
+    let post_event =
+        |addr: &str, body: &str| request(addr, "POST", "/v1/events", "pipe-ingest", Some(body)).0;
     let event = |i: u32| {
         format!(
             r#"{{"event_type":"fs.insert","source":"t","payload":{{"path":"/f{i}.txt","size":1}}}}"#
         )
     };
-    assert!(post(&addr, "/v1/events", "pipe-ingest", &event(0)).contains("200"));
+    assert!(post_event(&addr, &event(0)).contains("200"));
     let mut out = BufReader::new(consumer.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
@@ -239,7 +236,7 @@ fn consume_exits_cleanly_when_its_output_pipe_closes() {
             break status;
         }
         assert!(Instant::now() < deadline, "consume did not exit on EPIPE");
-        assert!(post(&addr, "/v1/events", "pipe-ingest", &event(i)).contains("200"));
+        assert!(post_event(&addr, &event(i)).contains("200"));
         i += 1;
         std::thread::sleep(Duration::from_millis(50));
     };

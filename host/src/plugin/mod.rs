@@ -191,22 +191,7 @@ impl PluginEngine {
     /// Loads the component at `path`, with the limits of its manifest
     /// (`NAME.toml` beside it) if there is one.
     pub fn load_file(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
-        let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        let manifest_path = manifest::path_for(path);
-        let manifest = match std::fs::read_to_string(&manifest_path) {
-            Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(LoadError::Read {
-                    file: manifest_path.display().to_string(),
-                    source,
-                });
-            }
-        };
+        let (bytes, manifest) = read_plugin(path)?;
         self.load_read(path, &bytes, manifest.as_deref())
     }
 
@@ -239,13 +224,7 @@ impl PluginEngine {
         };
         let mut plugin = self.load_granted(&name, bytes, limits, grants)?;
         plugin.path = Some(path.to_path_buf());
-        if let Some(text) = manifest {
-            plugin.version = format!(
-                "{}+{}",
-                plugin.hash,
-                &hex::encode(Sha256::digest(text))[..16]
-            );
-        }
+        plugin.version = version_of(&plugin.hash, manifest);
         Ok(plugin)
     }
 
@@ -388,6 +367,36 @@ fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// Reads the component at `path` and the text of its manifest, if it has
+/// one.
+pub fn read_plugin(path: &Path) -> Result<(Vec<u8>, Option<String>), LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        file: path.display().to_string(),
+        source,
+    })?;
+    let manifest_path = manifest::path_for(path);
+    let manifest = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(LoadError::Read {
+                file: manifest_path.display().to_string(),
+                source,
+            });
+        }
+    };
+    Ok((bytes, manifest))
+}
+
+/// A plugin's identity for reloads: the component's SHA-256 (`hash`), with
+/// `+` and the manifest's short hash when it has one.
+pub fn version_of(hash: &str, manifest: Option<&str>) -> String {
+    match manifest {
+        Some(text) => format!("{hash}+{}", &hex::encode(Sha256::digest(text))[..16]),
+        None => hash.to_string(),
+    }
 }
 
 /// `dir/fs_large_files.wasm` -> `fs_large_files`.
