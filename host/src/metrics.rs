@@ -2,7 +2,6 @@
 //! rendered from the core on each scrape. Knows nothing of HTTP.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering::Relaxed;
 
 use crate::host::Host;
 use crate::pipeline::stats::{Histogram, LATENCY_BUCKETS};
@@ -100,18 +99,19 @@ pub fn render(host: &Host) -> String {
         "Events per key by outcome: received, filtered (matches said no), emitted, dropped (by process), overflow_dropped (slow consumer), skipped_quarantined.",
     );
     for (key, s) in &keys {
+        let c = s.events.counts();
         for (outcome, n) in [
-            ("received", &s.received),
-            ("filtered", &s.filtered),
-            ("emitted", &s.emitted),
-            ("dropped", &s.dropped),
-            ("overflow_dropped", &s.overflow_dropped),
-            ("skipped_quarantined", &s.skipped_quarantined),
+            ("received", c.received),
+            ("filtered", c.filtered),
+            ("emitted", c.delivered),
+            ("dropped", c.dropped_by_key),
+            ("overflow_dropped", c.overflow_dropped),
+            ("skipped_quarantined", c.skipped_quarantined),
         ] {
             o.sample(
                 "weir_key_events_total",
                 &[("key", key), ("outcome", outcome)],
-                n.load(Relaxed),
+                n,
             );
         }
     }

@@ -11,7 +11,7 @@ use futures_util::stream::FuturesOrdered;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::RwLock;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -22,7 +22,7 @@ use super::stats::KeyStats;
 use super::{ConsumerStats, Delivery, Notice, Pipeline, ReplayResult, now_ms, rfc3339_ms};
 use crate::bus::{Event, Feed, FeedItem, GapReason};
 use crate::plugin::{Outcome, Params, PluginFault, RawEvent};
-use crate::registry::Runner;
+use crate::registry::{OutputCheck, Runner};
 
 /// Everything a consumer's batches need.
 pub(crate) struct Ctx {
@@ -49,12 +49,18 @@ pub(crate) struct Version {
     pub runner: Arc<dyn Runner>,
     /// Normalized params.
     pub params: Params,
-    /// Native schema: `data` is the payload as it came.
-    pub native: bool,
-    pub validator: Option<Arc<jsonschema::Validator>>,
+    /// How output is checked (from the registered key).
+    pub output: OutputCheck,
 }
 
 impl Ctx {
+    /// Adds `n` to a counter of this consumer and to the same counter of
+    /// its key.
+    fn count(&self, field: fn(&ConsumerStats) -> &AtomicU64, n: u64) {
+        self.stats.add(field, n);
+        self.key_stats.events.add(field, n);
+    }
+
     /// The version to run the next batch with.
     pub fn current(&self) -> Arc<Version> {
         self.version
@@ -184,8 +190,7 @@ async fn drive(
                     }
                     FeedItem::Gap { reason, count, first_seq, last_seq } => {
                         if reason == GapReason::BufferOverflow {
-                            ConsumerStats::add(&ctx.stats.overflow_dropped, count);
-                            ctx.key_stats.overflow_dropped.fetch_add(count, Ordering::Relaxed);
+                            ctx.count(|s| &s.overflow_dropped, count);
                             tracing::debug!(key = %ctx.key, subscription = %ctx.subscription_id, count, "consumer slower than its buffer: oldest events dropped");
                         }
                         let gap = Delivery::Notice(Notice::Gap { reason, count, first_seq, last_seq });
@@ -215,8 +220,7 @@ struct Call<'a> {
     subscription_id: &'a str,
     runner: &'a dyn Runner,
     params: &'a Params,
-    native: bool,
-    validator: Option<&'a jsonschema::Validator>,
+    output: &'a OutputCheck,
 }
 
 impl Call<'_> {
@@ -281,29 +285,32 @@ impl Call<'_> {
     /// The envelope around `output`; an error when a custom schema rejects
     /// it (or it is not JSON).
     fn envelope(&self, event: &Event, output: String) -> Result<String, String> {
-        let data: Box<RawValue> = if self.native {
-            RawValue::from_string(output).map_err(|e| format!("output is not JSON: {e}"))?
-        } else {
-            let value: serde_json::Value =
-                serde_json::from_str(&output).map_err(|e| format!("output is not JSON: {e}"))?;
-            if let Some(v) = self.validator.filter(|v| !v.is_valid(&value)) {
-                let errors: Vec<String> = v
-                    .iter_errors(&value)
-                    .take(3)
-                    .map(|e| {
-                        let at = e.instance_path().to_string();
-                        format!("{} {e}", if at.is_empty() { "/" } else { &at })
-                    })
-                    .collect();
-                if !errors.is_empty() {
-                    return Err(format!(
-                        "output does not match the key's schema: {}",
-                        errors.join("; ")
-                    ));
-                }
+        let data: Box<RawValue> = match self.output {
+            OutputCheck::Native => {
+                RawValue::from_string(output).map_err(|e| format!("output is not JSON: {e}"))?
             }
-            // Re-serialized compact: one envelope stays on one line.
-            RawValue::from_string(value.to_string()).map_err(|e| e.to_string())?
+            OutputCheck::Schema(v) => {
+                let value: serde_json::Value = serde_json::from_str(&output)
+                    .map_err(|e| format!("output is not JSON: {e}"))?;
+                if !v.is_valid(&value) {
+                    let errors: Vec<String> = v
+                        .iter_errors(&value)
+                        .take(3)
+                        .map(|e| {
+                            let at = e.instance_path().to_string();
+                            format!("{} {e}", if at.is_empty() { "/" } else { &at })
+                        })
+                        .collect();
+                    if !errors.is_empty() {
+                        return Err(format!(
+                            "output does not match the key's schema: {}",
+                            errors.join("; ")
+                        ));
+                    }
+                }
+                // Re-serialized compact: one envelope stays on one line.
+                RawValue::from_string(value.to_string()).map_err(|e| e.to_string())?
+            }
         };
         serde_json::to_string(&Envelope {
             id: &event.new.id,
@@ -366,14 +373,12 @@ fn letter(
 
 /// One batch, on a blocking thread.
 fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
-    let stats = &ctx.stats;
     let v = ctx.current();
-    ConsumerStats::add(&stats.received, events.len() as u64);
+    let n = events.len() as u64;
+    // A key counts what reached its functions; a consumer, all it pulled.
+    ctx.stats.add(|s| &s.received, n);
     if let Some(q) = ctx.health.quarantine() {
-        ConsumerStats::add(&stats.skipped_quarantined, events.len() as u64);
-        ctx.key_stats
-            .skipped_quarantined
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        ctx.count(|s| &s.skipped_quarantined, n);
         for e in events {
             let message = format!(
                 "not processed: key quarantined after {} consecutive faults (last: {})",
@@ -389,13 +394,11 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
         subscription_id: &ctx.subscription_id,
         runner: v.runner.as_ref(),
         params: &v.params,
-        native: v.native,
-        validator: v.validator.as_deref(),
+        output: &v.output,
     };
     let mut out = Batch::default();
     let ks = &ctx.key_stats;
-    ks.received
-        .fetch_add(events.len() as u64, Ordering::Relaxed);
+    ks.events.add(|s| &s.received, n);
     for (event, verdict) in events.iter().zip(call.judge(events, Some(ks))) {
         // An event whose match and process both went fine ends a streak.
         out.faults.push(match &verdict {
@@ -404,23 +407,16 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
         });
         match verdict {
             Verdict::Emit(json) => {
-                ConsumerStats::add(&stats.delivered, 1);
-                ks.emitted.fetch_add(1, Ordering::Relaxed);
+                ctx.count(|s| &s.delivered, 1);
                 out.deliveries.push(Delivery::Envelope {
                     seq: event.seq,
                     json,
                 });
             }
-            Verdict::Filtered => {
-                ConsumerStats::add(&stats.filtered, 1);
-                ks.filtered.fetch_add(1, Ordering::Relaxed);
-            }
-            Verdict::Dropped => {
-                ConsumerStats::add(&stats.dropped_by_key, 1);
-                ks.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            Verdict::Filtered => ctx.count(|s| &s.filtered, 1),
+            Verdict::Dropped => ctx.count(|s| &s.dropped_by_key, 1),
             Verdict::Fault { kind, message } => {
-                ConsumerStats::add(&stats.faults, 1);
+                ctx.count(|s| &s.faults, 1);
                 ks.fault(&kind);
                 ctx.pipeline
                     .bury(letter(ctx, &v.params, event, kind, message, 1));
@@ -460,22 +456,12 @@ pub(crate) fn replay_one(p: &Pipeline, mut letter: DeadLetter) -> ReplayResult {
         );
         return skipped(letter, why);
     }
-    let validator = match &entry.def.schema {
-        crate::registry::OutputSchema::Custom { json_schema } => {
-            match super::compile_schema(json_schema) {
-                Ok(v) => Some(v),
-                Err(e) => return skipped(letter, e),
-            }
-        }
-        crate::registry::OutputSchema::Native => None,
-    };
     let call = Call {
         key: &letter.key,
         subscription_id: &letter.subscription_id,
         runner: entry.plugin.as_ref(),
         params: &letter.params,
-        native: validator.is_none(),
-        validator: validator.as_ref(),
+        output: &entry.output,
     };
     let verdict = call
         .judge(std::slice::from_ref(&letter.event), None)

@@ -29,7 +29,7 @@ use crate::bus::{EventBus, EventCounts, GapReason, NewEvent, Published, StartAt}
 use crate::datastore::FeedChange;
 use crate::index::ChangeKind;
 use crate::plugin::{Params, PluginFault};
-use crate::registry::{OutputSchema, ParamError, RegisteredKey, Registry, params};
+use crate::registry::{ParamError, RegisteredKey, Registry, params};
 use consumer::Ctx;
 use dlq::{DeadLetter, DeadLetters, Selector};
 use health::{HealthBook, Quarantine};
@@ -157,8 +157,9 @@ pub struct ConsumerCounts {
 }
 
 impl ConsumerStats {
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    /// Adds `n` to the counter `field` picks.
+    fn add(&self, field: fn(&Self) -> &AtomicU64, n: u64) {
+        field(self).fetch_add(n, Ordering::Relaxed);
     }
 
     /// A snapshot.
@@ -555,32 +556,14 @@ async fn prepare(
     })?;
     params::verify_normalized(&def, &normalized)?;
     let subscription_id = params::subscription_id(&def, &normalized);
-    let validator = match &def.schema {
-        OutputSchema::Custom { json_schema } => Some(Arc::new(
-            compile_schema(json_schema).map_err(|message| SubscribeError::Fault {
-                key: def.key.clone(),
-                function: "describe",
-                fault: PluginFault::Malformed(message),
-            })?,
-        )),
-        OutputSchema::Native => None,
-    };
     Ok((
         consumer::Version {
             runner,
             params: normalized,
-            native: validator.is_none(),
-            validator,
+            output: entry.output.clone(),
         },
         subscription_id,
     ))
-}
-
-/// Compiles a custom output schema.
-pub fn compile_schema(json_schema: &str) -> Result<jsonschema::Validator, String> {
-    let schema: serde_json::Value =
-        serde_json::from_str(json_schema).map_err(|e| format!("schema is not JSON: {e}"))?;
-    jsonschema::validator_for(&schema).map_err(|e| format!("invalid JSON Schema: {e}"))
 }
 
 /// Params as a JSON object, in their order.

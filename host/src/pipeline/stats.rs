@@ -49,18 +49,9 @@ impl Histogram {
 /// Counters of one key across all its consumers.
 #[derive(Debug, Default)]
 pub struct KeyStats {
-    /// Events handed to the key.
-    pub received: AtomicU64,
-    /// Events `matches` rejected.
-    pub filtered: AtomicU64,
-    /// Envelopes produced.
-    pub emitted: AtomicU64,
-    /// Events `process` dropped.
-    pub dropped: AtomicU64,
-    /// Events lost to slow consumers.
-    pub overflow_dropped: AtomicU64,
-    /// Events not run because the key was quarantined.
-    pub skipped_quarantined: AtomicU64,
+    /// The same counters as each consumer keeps, summed over all of them
+    /// and kept after they leave.
+    pub events: super::ConsumerStats,
     /// Faults by kind.
     pub faults: Mutex<BTreeMap<String, u64>>,
     /// Duration of `matches-batch` calls.

@@ -324,8 +324,7 @@ mod tests {
                 version: std::sync::RwLock::new(Arc::new(Version {
                     runner: runner.clone(),
                     params: vec![],
-                    native: true,
-                    validator: None,
+                    output: crate::registry::OutputCheck::Native,
                 })),
                 health: pipeline.health().of("k"),
                 stats: Arc::default(),

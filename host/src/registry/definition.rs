@@ -209,3 +209,10 @@ pub fn event_type_matches(pattern: &str, event_type: &str) -> bool {
         None => pattern == event_type,
     }
 }
+
+/// Compiles a custom output schema.
+pub fn compile_schema(json_schema: &str) -> Result<jsonschema::Validator, String> {
+    let schema: serde_json::Value =
+        serde_json::from_str(json_schema).map_err(|e| format!("schema is not JSON: {e}"))?;
+    jsonschema::validator_for(&schema).map_err(|e| format!("invalid JSON Schema: {e}"))
+}

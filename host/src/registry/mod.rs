@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 pub use definition::{
     AUTH_TYPES, DEFAULT_BUFFER_SIZE, DEFAULT_WORKERS, Function, KeyDefinition, MAX_BUFFER_SIZE,
-    OutputSchema, ParamDef, ParamType, ParamValue, event_type_matches,
+    OutputSchema, ParamDef, ParamType, ParamValue, compile_schema, event_type_matches,
 };
 pub use params::ParamError;
 pub use rules::{RegistrationError, Rule, check_definitions};
@@ -27,6 +27,17 @@ pub struct RegisteredKey {
     pub def: Arc<KeyDefinition>,
     /// The plugin (or native code) implementing it.
     pub plugin: Arc<dyn Runner>,
+    /// How its output is checked, compiled once at registration.
+    pub output: OutputCheck,
+}
+
+/// How a key's output is checked before it is delivered.
+#[derive(Clone)]
+pub enum OutputCheck {
+    /// Native schema: the payload is delivered as it came.
+    Native,
+    /// Custom schema: the output must be JSON matching it.
+    Schema(Arc<jsonschema::Validator>),
 }
 
 /// What a [`Registry::replace`] did, by key.
@@ -38,6 +49,35 @@ pub struct KeyChanges {
     pub replaced: Vec<String>,
     /// Keys the new version no longer defines.
     pub removed: Vec<String>,
+}
+
+/// The entries of `plugin`'s keys, their output schemas compiled. The rules
+/// already refused schemas that do not compile; one that does not here is
+/// reported the same way.
+fn entries(plugin: &Arc<dyn Runner>) -> Result<Vec<RegisteredKey>, Vec<RegistrationError>> {
+    plugin
+        .definitions()
+        .iter()
+        .map(|def| {
+            let output = match &def.schema {
+                OutputSchema::Native => OutputCheck::Native,
+                OutputSchema::Custom { json_schema } => {
+                    OutputCheck::Schema(Arc::new(compile_schema(json_schema).map_err(|e| {
+                        vec![RegistrationError {
+                            file: plugin.file_label(),
+                            key: def.key.clone(),
+                            rule: Rule::InvalidSchema(e),
+                        }]
+                    })?))
+                }
+            };
+            Ok(RegisteredKey {
+                def: Arc::new(def.clone()),
+                plugin: plugin.clone(),
+                output,
+            })
+        })
+        .collect()
 }
 
 /// Keys by name.
@@ -91,14 +131,8 @@ impl Registry {
         if !errors.is_empty() {
             return Err(errors);
         }
-        for def in plugin.definitions() {
-            self.keys.insert(
-                def.key.clone(),
-                RegisteredKey {
-                    def: Arc::new(def.clone()),
-                    plugin: plugin.clone(),
-                },
-            );
+        for entry in entries(&plugin)? {
+            self.keys.insert(entry.def.key.clone(), entry);
         }
         Ok(())
     }
@@ -114,21 +148,17 @@ impl Registry {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let new = entries(&plugin)?;
         let old = self.unregister_plugin(plugin.name());
         let mut changes = KeyChanges::default();
-        for def in plugin.definitions() {
-            if old.contains(&def.key) {
-                changes.replaced.push(def.key.clone());
+        for entry in new {
+            let key = entry.def.key.clone();
+            if old.contains(&key) {
+                changes.replaced.push(key.clone());
             } else {
-                changes.added.push(def.key.clone());
+                changes.added.push(key.clone());
             }
-            self.keys.insert(
-                def.key.clone(),
-                RegisteredKey {
-                    def: Arc::new(def.clone()),
-                    plugin: plugin.clone(),
-                },
-            );
+            self.keys.insert(key, entry);
         }
         changes.removed = old
             .into_iter()

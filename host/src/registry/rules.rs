@@ -182,7 +182,7 @@ pub fn check_definitions(file: &str, defs: &[KeyDefinition]) -> Vec<Registration
                 if !def.implements(Function::Process) {
                     push(key, Rule::CustomSchemaWithoutProcess);
                 }
-                if let Err(e) = crate::pipeline::compile_schema(json_schema) {
+                if let Err(e) = super::definition::compile_schema(json_schema) {
                     push(key, Rule::InvalidSchema(e));
                 }
             }
