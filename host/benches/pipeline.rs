@@ -35,7 +35,8 @@ impl weir_sdk::Api for NoApi {
     }
 }
 
-/// `fs-large-files` compiled into the host, as key `native.large_files`.
+/// `fs-large-files` compiled into the host, as key `native.large_files`
+/// (it has no normalize-params, pre-consume or cleanup: the defaults).
 struct Native {
     defs: Vec<KeyDefinition>,
 }
@@ -54,13 +55,6 @@ impl Runner for Native {
     fn definitions(&self) -> &[KeyDefinition] {
         &self.defs
     }
-    fn normalize_params(&self, _: &str, params: &Params) -> Result<Params, PluginFault> {
-        Ok(params.clone())
-    }
-    fn matches(&self, _: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
-        let p = weir_sdk::Params::from_pairs(params.clone());
-        Ok(LargeFiles.matches(&sdk_event(event), &p))
-    }
     fn matches_batch(
         &self,
         _: &str,
@@ -72,16 +66,6 @@ impl Runner for Native {
             .iter()
             .map(|e| Ok(LargeFiles.matches(&sdk_event(e), &p)))
             .collect()
-    }
-    fn process(
-        &self,
-        key: &str,
-        params: &Params,
-        event: &RawEvent,
-    ) -> Result<Outcome, PluginFault> {
-        self.process_batch(key, params, std::slice::from_ref(event))
-            .pop()
-            .unwrap_or(Ok(Outcome::Drop))
     }
     fn process_batch(
         &self,
@@ -98,12 +82,6 @@ impl Runner for Native {
                 Err(err) => Err(PluginFault::Failed(err.to_string())),
             })
             .collect()
-    }
-    fn pre_consume(&self, _: &str, _: &str, _: &Params) -> Result<(), PluginFault> {
-        Ok(())
-    }
-    fn cleanup(&self, _: &str, _: &str, _: &Params) -> Result<(), PluginFault> {
-        Ok(())
     }
 }
 

@@ -263,12 +263,6 @@ mod tests {
         fn definitions(&self) -> &[KeyDefinition] {
             &[]
         }
-        fn normalize_params(&self, _: &str, p: &Params) -> Result<Params, PluginFault> {
-            Ok(p.clone())
-        }
-        fn matches(&self, _: &str, _: &Params, _: &RawEvent) -> Result<bool, PluginFault> {
-            Ok(true)
-        }
         fn matches_batch(
             &self,
             _: &str,
@@ -276,9 +270,6 @@ mod tests {
             e: &[RawEvent],
         ) -> Vec<Result<bool, PluginFault>> {
             vec![Ok(true); e.len()]
-        }
-        fn process(&self, _: &str, _: &Params, _: &RawEvent) -> Result<Outcome, PluginFault> {
-            Ok(Outcome::Drop)
         }
         fn process_batch(
             &self,

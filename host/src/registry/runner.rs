@@ -16,10 +16,16 @@ pub trait Runner: Send + Sync {
     fn file_label(&self) -> String;
     /// The keys it implements.
     fn definitions(&self) -> &[KeyDefinition];
-    /// `normalize-params`, or the params unchanged.
-    fn normalize_params(&self, key: &str, params: &Params) -> Result<Params, PluginFault>;
-    /// `matches` for one event.
-    fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault>;
+    /// `normalize-params`, or (by default) the params unchanged.
+    fn normalize_params(&self, _key: &str, params: &Params) -> Result<Params, PluginFault> {
+        Ok(params.clone())
+    }
+    /// `matches` for one event; by default a batch of one.
+    fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
+        self.matches_batch(key, params, std::slice::from_ref(event))
+            .pop()
+            .unwrap_or(Ok(false))
+    }
     /// `matches` for a batch: one answer per event.
     fn matches_batch(
         &self,
@@ -27,9 +33,17 @@ pub trait Runner: Send + Sync {
         params: &Params,
         events: &[RawEvent],
     ) -> Vec<Result<bool, PluginFault>>;
-    /// `process` for one event.
-    fn process(&self, key: &str, params: &Params, event: &RawEvent)
-    -> Result<Outcome, PluginFault>;
+    /// `process` for one event; by default a batch of one.
+    fn process(
+        &self,
+        key: &str,
+        params: &Params,
+        event: &RawEvent,
+    ) -> Result<Outcome, PluginFault> {
+        self.process_batch(key, params, std::slice::from_ref(event))
+            .pop()
+            .unwrap_or(Ok(Outcome::Drop))
+    }
     /// `process` for a batch: one answer per event.
     fn process_batch(
         &self,
@@ -37,16 +51,24 @@ pub trait Runner: Send + Sync {
         params: &Params,
         events: &[RawEvent],
     ) -> Vec<Result<Outcome, PluginFault>>;
-    /// `pre-consume`, if implemented.
+    /// `pre-consume`; by default nothing to do.
     fn pre_consume(
         &self,
-        key: &str,
-        subscription_id: &str,
-        params: &Params,
-    ) -> Result<(), PluginFault>;
-    /// `cleanup`, if implemented.
-    fn cleanup(&self, key: &str, subscription_id: &str, params: &Params)
-    -> Result<(), PluginFault>;
+        _key: &str,
+        _subscription_id: &str,
+        _params: &Params,
+    ) -> Result<(), PluginFault> {
+        Ok(())
+    }
+    /// `cleanup`; by default nothing to do.
+    fn cleanup(
+        &self,
+        _key: &str,
+        _subscription_id: &str,
+        _params: &Params,
+    ) -> Result<(), PluginFault> {
+        Ok(())
+    }
     /// The WebAssembly plugin behind it, if it is one.
     fn wasm(&self) -> Option<&LoadedPlugin> {
         None
