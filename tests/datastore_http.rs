@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use weir_host::auth::{Keys, Role};
 use weir_host::datastore::DatastoreConfig;
 use weir_host::host::{Host, HostConfig};
-use weir_tests::{TestServer, secret};
+use weir_tests::{TestServer, rows_push, secret, snapshot_end};
 
 type Server = TestServer;
 
@@ -698,11 +698,6 @@ async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() 
     assert_eq!(stats["total_files"].as_u64(), Some(accepted));
 }
 
-/// One push of rows from `source` (snapshot, message, audit).
-fn rows_push(source: &str, kind: &str, rows: Value) -> Value {
-    json!({"source_type": source, "events": [{"event_type": kind, "index": 1_000_000_000_000u64, "rows": rows}]})
-}
-
 #[tokio::test]
 async fn arbitration_rules_through_http() {
     let s = start().await;
@@ -719,61 +714,51 @@ async fn arbitration_rules_through_http() {
         ]),
     );
     assert_eq!(s.push(&sid, snapshot).await.0, StatusCode::OK);
-    let mut end = rows_push("snapshot", "update", json!([]));
-    end["is_end"] = json!(true);
-    assert_eq!(s.push(&sid, end).await.0, StatusCode::OK);
+    assert_eq!(
+        s.push(&sid, snapshot_end(json!([]))).await.0,
+        StatusCode::OK
+    );
     let size = |tree: &Value| tree["size"].as_u64();
 
     // Realtime delete tombstones the path: an older snapshot row cannot bring it back...
     assert_eq!(
-        s.push(
-            &sid,
-            rows_push("message", "delete", json!([{"path": "/d/gone"}]))
-        )
-        .await
-        .0,
+        s.push_rows(&sid, "message", "delete", json!([{"path": "/d/gone"}]))
+            .await
+            .0,
         StatusCode::OK
     );
-    s.push(
+    s.push_rows(
         &sid,
-        rows_push(
-            "snapshot",
-            "update",
-            json!([{"path": "/d/gone", "size": 9, "modified_time": old}]),
-        ),
+        "snapshot",
+        "update",
+        json!([{"path": "/d/gone", "size": 9, "modified_time": old}]),
     )
     .await;
     assert_eq!(s.view("tree?path=/d/gone").await.0, StatusCode::NOT_FOUND);
     // ...but a realtime upsert always can.
-    s.push(
+    s.push_rows(
         &sid,
-        rows_push(
-            "message",
-            "update",
-            json!([{"path": "/d/gone", "size": 7, "modified_time": old}]),
-        ),
+        "message",
+        "update",
+        json!([{"path": "/d/gone", "size": 7, "modified_time": old}]),
     )
     .await;
     assert_eq!(size(&s.view("tree?path=/d/gone").await.1), Some(7));
 
     // Snapshot rows with the same or an older mtime are ignored; newer ones applied.
-    s.push(
+    s.push_rows(
         &sid,
-        rows_push(
-            "snapshot",
-            "update",
-            json!([{"path": "/d/keep", "size": 5, "modified_time": old}]),
-        ),
+        "snapshot",
+        "update",
+        json!([{"path": "/d/keep", "size": 5, "modified_time": old}]),
     )
     .await;
     assert_eq!(size(&s.view("tree?path=/d/keep").await.1), Some(1));
-    s.push(
+    s.push_rows(
         &sid,
-        rows_push(
-            "snapshot",
-            "update",
-            json!([{"path": "/d/keep", "size": 5, "modified_time": old + 1.0}]),
-        ),
+        "snapshot",
+        "update",
+        json!([{"path": "/d/keep", "size": 5, "modified_time": old + 1.0}]),
     )
     .await;
     assert_eq!(size(&s.view("tree?path=/d/keep").await.1), Some(5));
@@ -789,26 +774,22 @@ async fn arbitration_rules_through_http() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    s.push(
+    s.push_rows(
         &sid,
-        rows_push(
-            "message",
-            "update",
-            json!([{"path": "/d/hot", "size": 1, "modified_time": now, "is_atomic_write": false}]),
-        ),
+        "message",
+        "update",
+        json!([{"path": "/d/hot", "size": 1, "modified_time": now, "is_atomic_write": false}]),
     )
     .await;
     assert_eq!(
         s.view("tree?path=/d/hot").await.1["integrity_suspect"],
         true
     );
-    s.push(
+    s.push_rows(
         &sid,
-        rows_push(
-            "message",
-            "update",
-            json!([{"path": "/d/hot", "size": 2, "modified_time": old, "is_atomic_write": true}]),
-        ),
+        "message",
+        "update",
+        json!([{"path": "/d/hot", "size": 2, "modified_time": old, "is_atomic_write": true}]),
     )
     .await;
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weir_host::auth::Role;
-use weir_tests::{NdjsonStream, TestServer, host_with_pipeline_guest};
+use weir_tests::{NdjsonStream, TestServer, host_with_pipeline_guest, snapshot_end};
 
 const QUIET: Duration = Duration::from_millis(400);
 
@@ -18,12 +18,6 @@ async fn server() -> TestServer {
 
 fn flaky(n: i64, mode: &str) -> Value {
     json!({"event_type": "test.x", "source": "t", "payload": {"n": n, "mode": mode}})
-}
-
-/// A complete snapshot push of `rows`.
-fn snapshot(rows: Value) -> Value {
-    json!({"source_type": "snapshot", "is_end": true,
-        "events": [{"event_type": "update", "index": 1, "rows": rows}]})
 }
 
 /// Envelopes until quiet; notices are returned apart.
@@ -687,7 +681,7 @@ async fn fs_changes_from_an_agent_push_reach_a_large_files_subscriber() {
         {"path": "/data/big.bin", "size": 5_000_000, "modified_time": 1_700_000_000.0},
         {"path": "/other/big.bin", "size": 5_000_000, "modified_time": 1_700_000_000.0}
     ]);
-    let (status, body) = s.push(&sid, snapshot(rows)).await;
+    let (status, body) = s.push(&sid, snapshot_end(rows)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let e = big.envelope().await;
     assert_eq!(e["event_type"], "fs.insert");
@@ -707,10 +701,11 @@ async fn fs_changes_from_an_agent_push_reach_a_large_files_subscriber() {
     );
 
     // A realtime delete follows as fs.delete.
-    s.push(
+    s.push_rows(
         &sid,
-        json!({"source_type": "message",
-            "events": [{"event_type": "delete", "index": 2, "rows": [{"path": "/data/small.txt"}]}]}),
+        "message",
+        "delete",
+        json!([{"path": "/data/small.txt"}]),
     )
     .await;
     let (envs, _) = collect(&mut changes).await;
@@ -928,7 +923,7 @@ async fn shutdown_delivers_what_was_accepted_before_ending_the_streams() {
     let rows: Vec<Value> = (0..2000)
         .map(|i| json!({"path": format!("/f/{i:05}.txt"), "size": i, "modified_time": 1_700_000_000.0}))
         .collect();
-    let (status, _) = s.push(&sid, snapshot(Value::Array(rows))).await;
+    let (status, _) = s.push(&sid, snapshot_end(Value::Array(rows))).await;
     assert_eq!(status, StatusCode::OK);
     // Stop at once: the push may still be queued.
     let reader = tokio::spawn(async move { c.drain(Duration::from_secs(10)).await });

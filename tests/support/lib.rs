@@ -181,6 +181,18 @@ impl TestServer {
         .await
     }
 
+    /// Pushes `rows` from `source` (`snapshot`, `message`, `audit`) as one
+    /// event of `kind` (`update`, `delete`).
+    pub async fn push_rows(
+        &self,
+        sid: &str,
+        source: &str,
+        kind: &str,
+        rows: serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.push(sid, rows_push(source, kind, rows)).await
+    }
+
     /// Publishes events with the ingest key; returns the answer.
     pub async fn publish(&self, events: serde_json::Value) -> serde_json::Value {
         let (status, body) = self
@@ -307,6 +319,19 @@ impl NdjsonStream {
         }
         out
     }
+}
+
+/// An agent push body: `rows` from `source` (`snapshot`, `message`,
+/// `audit`) as one event of `kind` (`update`, `delete`).
+pub fn rows_push(source: &str, kind: &str, rows: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"source_type": source, "events": [{"event_type": kind, "index": 1_000_000_000_000u64, "rows": rows}]})
+}
+
+/// A snapshot push of `rows` that ends the snapshot.
+pub fn snapshot_end(rows: serde_json::Value) -> serde_json::Value {
+    let mut push = rows_push("snapshot", "update", rows);
+    push["is_end"] = serde_json::json!(true);
+    push
 }
 
 /// A host with the example plugins and the pipeline test guest.
