@@ -16,14 +16,31 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Label names and values of one sample.
+type Labels = Vec<(&'static str, String)>;
+
+fn label(name: &'static str, value: &str) -> Labels {
+    vec![(name, value.to_string())]
+}
+
 struct Out(String);
 
 impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    /// One family: its `# HELP` and `# TYPE` lines, then its samples.
+    fn metric<V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels, V)>,
+    ) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            self.sample(name, &labels, value);
+        }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    fn sample(&mut self, name: &str, labels: &[(&str, String)], value: impl std::fmt::Display) {
         let labels: Vec<String> = labels
             .iter()
             .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
@@ -35,17 +52,19 @@ impl Out {
         }
     }
 
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+    /// The samples of one histogram series (its family line written apart).
+    fn histogram(&mut self, name: &str, labels: &Labels, h: &Histogram) {
         let (buckets, count, sum) = h.snapshot();
-        for (bound, n) in LATENCY_BUCKETS.iter().zip(buckets) {
-            let le = bound.to_string();
-            let mut l = labels.to_vec();
-            l.push(("le", &le));
+        let les = LATENCY_BUCKETS
+            .iter()
+            .map(f64::to_string)
+            .zip(buckets)
+            .chain([("+Inf".to_string(), count)]);
+        for (le, n) in les {
+            let mut l = labels.clone();
+            l.push(("le", le));
             self.sample(&format!("{name}_bucket"), &l, n);
         }
-        let mut l = labels.to_vec();
-        l.push(("le", "+Inf"));
-        self.sample(&format!("{name}_bucket"), &l, count);
         self.sample(&format!("{name}_sum"), labels, sum);
         self.sample(&format!("{name}_count"), labels, count);
     }
@@ -56,260 +75,241 @@ pub fn render(host: &Host) -> String {
     let mut o = Out(String::new());
 
     let plugins = host.plugins();
-    o.family(
+    let per_plugin = |v: fn(&crate::host::PluginInfo) -> u64| {
+        plugins
+            .iter()
+            .map(move |p| (label("plugin", &p.name), v(p)))
+            .collect::<Vec<_>>()
+    };
+    o.metric(
         "weir_plugin_calls_total",
         "counter",
         "Calls into a plugin's component.",
+        per_plugin(|p| p.calls),
     );
-    for p in &plugins {
-        o.sample("weir_plugin_calls_total", &[("plugin", &p.name)], p.calls);
-    }
-    o.family(
+    o.metric(
         "weir_plugin_faults_total",
         "counter",
         "Calls into a plugin that faulted.",
+        per_plugin(|p| p.faults),
     );
-    for p in &plugins {
-        o.sample("weir_plugin_faults_total", &[("plugin", &p.name)], p.faults);
-    }
-    o.family(
+    o.metric(
         "weir_plugin_instances_created_total",
         "counter",
         "Instances created (the first, plus one per fault that recycled one).",
+        per_plugin(|p| p.instances_created),
     );
-    for p in &plugins {
-        o.sample(
-            "weir_plugin_instances_created_total",
-            &[("plugin", &p.name)],
-            p.instances_created,
-        );
-    }
-    o.family(
+    o.metric(
         "weir_plugin_failed",
         "gauge",
         "Plugin files that failed to load.",
+        [(vec![], host.failed_plugins().len())],
     );
-    o.sample("weir_plugin_failed", &[], host.failed_plugins().len());
 
     let pipeline = host.pipeline();
     let keys = pipeline.key_stats();
-    o.family(
+    o.metric(
         "weir_key_events_total",
         "counter",
         "Events per key by outcome: received, filtered (matches said no), emitted, dropped (by process), overflow_dropped (slow consumer), skipped_quarantined.",
+        keys.iter().flat_map(|(key, s)| {
+            let c = s.events.counts();
+            [
+                ("received", c.received),
+                ("filtered", c.filtered),
+                ("emitted", c.delivered),
+                ("dropped", c.dropped_by_key),
+                ("overflow_dropped", c.overflow_dropped),
+                ("skipped_quarantined", c.skipped_quarantined),
+            ]
+            .map(|(outcome, n)| {
+                (
+                    vec![("key", key.clone()), ("outcome", outcome.to_string())],
+                    n,
+                )
+            })
+        }),
     );
-    for (key, s) in &keys {
-        let c = s.events.counts();
-        for (outcome, n) in [
-            ("received", c.received),
-            ("filtered", c.filtered),
-            ("emitted", c.delivered),
-            ("dropped", c.dropped_by_key),
-            ("overflow_dropped", c.overflow_dropped),
-            ("skipped_quarantined", c.skipped_quarantined),
-        ] {
-            o.sample(
-                "weir_key_events_total",
-                &[("key", key), ("outcome", outcome)],
-                n,
-            );
-        }
-    }
-    o.family(
+    o.metric(
         "weir_key_faults_total",
         "counter",
         "Events a key faulted on, by kind.",
+        keys.iter().flat_map(|(key, s)| {
+            s.faults
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(|(kind, n)| (vec![("key", key.clone()), ("kind", kind.clone())], *n))
+                .collect::<Vec<_>>()
+        }),
     );
-    for (key, s) in &keys {
-        let faults = s
-            .faults
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        for (kind, n) in faults {
-            o.sample("weir_key_faults_total", &[("key", key), ("kind", &kind)], n);
-        }
-    }
-    o.family(
-        "weir_key_call_duration_seconds",
+    let latency = "weir_key_call_duration_seconds";
+    o.metric::<u64>(
+        latency,
         "histogram",
         "Duration of batch calls into a key, by function.",
+        [],
     );
     for (key, s) in &keys {
-        o.histogram(
-            "weir_key_call_duration_seconds",
-            &[("key", key), ("function", "matches_batch")],
-            &s.matches_latency,
-        );
-        o.histogram(
-            "weir_key_call_duration_seconds",
-            &[("key", key), ("function", "process_batch")],
-            &s.process_latency,
-        );
+        for (function, h) in [
+            ("matches_batch", &s.matches_latency),
+            ("process_batch", &s.process_latency),
+        ] {
+            let labels = vec![("key", key.clone()), ("function", function.to_string())];
+            o.histogram(latency, &labels, h);
+        }
     }
-    o.family(
+    o.metric(
         "weir_key_quarantined",
         "gauge",
         "1 while a key is quarantined.",
+        host.registry().list().map(|k| {
+            (
+                label("key", &k.def.key),
+                u8::from(pipeline.quarantine(&k.def.key).is_some()),
+            )
+        }),
     );
-    for k in host.registry().list() {
-        let q = pipeline.quarantine(&k.def.key).is_some();
-        o.sample("weir_key_quarantined", &[("key", &k.def.key)], u8::from(q));
-    }
 
     let subs = pipeline.subscriptions();
-    o.family(
+    let sub_labels = |s: &crate::pipeline::subscriptions::SubscriptionInfo| {
+        vec![
+            ("key", s.key.clone()),
+            ("subscription_id", s.subscription_id.clone()),
+        ]
+    };
+    o.metric(
         "weir_subscription_consumers",
         "gauge",
         "Consumers attached to a subscription.",
+        subs.iter()
+            .map(|s| (sub_labels(s), s.consumers.len() as u64)),
     );
-    for s in &subs {
-        o.sample(
-            "weir_subscription_consumers",
-            &[("key", &s.key), ("subscription_id", &s.subscription_id)],
-            s.consumers.len(),
-        );
-    }
-    o.family(
+    o.metric(
         "weir_subscription_overflow_dropped",
         "gauge",
         "Events the subscription's current consumers lost to full buffers.",
+        subs.iter().map(|s| {
+            let dropped: u64 = s.consumers.iter().map(|c| c.stats.overflow_dropped).sum();
+            (sub_labels(s), dropped)
+        }),
     );
-    for s in &subs {
-        let dropped: u64 = s.consumers.iter().map(|c| c.stats.overflow_dropped).sum();
-        o.sample(
-            "weir_subscription_overflow_dropped",
-            &[("key", &s.key), ("subscription_id", &s.subscription_id)],
-            dropped,
-        );
-    }
     let (pre, clean) = pipeline.lifecycle_counts();
-    o.family(
+    o.metric(
         "weir_pre_consume_total",
         "counter",
         "Pre-consume calls that succeeded.",
+        [(vec![], pre)],
     );
-    o.sample("weir_pre_consume_total", &[], pre);
-    o.family("weir_cleanup_total", "counter", "Cleanup calls.");
-    o.sample("weir_cleanup_total", &[], clean);
+    o.metric(
+        "weir_cleanup_total",
+        "counter",
+        "Cleanup calls.",
+        [(vec![], clean)],
+    );
     let dlq = pipeline.dead_letters();
-    o.family("weir_dead_letters", "gauge", "Dead letters held.");
-    o.sample("weir_dead_letters", &[], dlq.len());
-    o.family(
+    o.metric(
+        "weir_dead_letters",
+        "gauge",
+        "Dead letters held.",
+        [(vec![], dlq.len() as u64)],
+    );
+    o.metric(
         "weir_dead_letters_evicted_total",
         "counter",
         "Dead letters evicted by newer ones.",
+        [(vec![], dlq.evicted())],
     );
-    o.sample("weir_dead_letters_evicted_total", &[], dlq.evicted());
 
     let bus = pipeline.bus().stats();
-    o.family(
-        "weir_bus_published_total",
-        "counter",
-        "Events accepted by the bus.",
-    );
-    o.sample("weir_bus_published_total", &[], bus.published);
-    o.family(
-        "weir_bus_duplicates_total",
-        "counter",
-        "Events refused as duplicates.",
-    );
-    o.sample("weir_bus_duplicates_total", &[], bus.duplicates);
-    o.family(
-        "weir_bus_history_events",
-        "gauge",
-        "Events held for replay.",
-    );
-    o.sample("weir_bus_history_events", &[], bus.history_events);
-    o.family("weir_bus_history_bytes", "gauge", "Bytes held for replay.");
-    o.sample("weir_bus_history_bytes", &[], bus.history_bytes);
-    o.family("weir_bus_feeds", "gauge", "Live consumer feeds.");
-    o.sample("weir_bus_feeds", &[], bus.feeds);
-    o.family(
+    for (name, kind, help, value) in [
+        (
+            "weir_bus_published_total",
+            "counter",
+            "Events accepted by the bus.",
+            bus.published,
+        ),
+        (
+            "weir_bus_duplicates_total",
+            "counter",
+            "Events refused as duplicates.",
+            bus.duplicates,
+        ),
+        (
+            "weir_bus_history_events",
+            "gauge",
+            "Events held for replay.",
+            bus.history_events as u64,
+        ),
+        (
+            "weir_bus_history_bytes",
+            "gauge",
+            "Bytes held for replay.",
+            bus.history_bytes as u64,
+        ),
+        (
+            "weir_bus_feeds",
+            "gauge",
+            "Live consumer feeds.",
+            bus.feeds as u64,
+        ),
+    ] {
+        o.metric(name, kind, help, [(vec![], value)]);
+    }
+    o.metric(
         "weir_bus_events_by_type_total",
         "counter",
         "Events accepted, by type.",
+        pipeline
+            .event_counts()
+            .into_iter()
+            .map(|(t, n)| (label("event_type", &t), n)),
     );
-    for (t, n) in pipeline.event_counts() {
-        o.sample("weir_bus_events_by_type_total", &[("event_type", &t)], n);
-    }
 
-    o.family(
+    let datastores: Vec<_> = host.datastores().map(|d| (d, d.stats())).collect();
+    let per_datastore =
+        |v: &dyn Fn(&crate::datastore::Datastore, &crate::datastore::Stats) -> u64| {
+            datastores
+                .iter()
+                .map(|(d, s)| (label("datastore", d.name()), v(d, s)))
+                .collect::<Vec<_>>()
+        };
+    o.metric(
         "weir_datastore_queue_rows",
         "gauge",
         "Rows waiting in a datastore's ingestion queue.",
+        per_datastore(&|_, s| s.queued_rows as u64),
     );
-    for d in host.datastores() {
-        o.sample(
-            "weir_datastore_queue_rows",
-            &[("datastore", d.name())],
-            d.queued_rows(),
-        );
-    }
-    let stats: Vec<_> = host
-        .datastores()
-        .map(|d| (d.name().to_string(), d.stats()))
-        .collect();
-    o.family(
+    o.metric(
         "weir_datastore_rows_applied_total",
         "counter",
         "Rows applied to a datastore's index.",
+        per_datastore(&|_, s| s.rows_applied),
     );
-    for (name, s) in &stats {
-        o.sample(
-            "weir_datastore_rows_applied_total",
-            &[("datastore", name)],
-            s.rows_applied,
-        );
-    }
-    o.family(
+    o.metric(
         "weir_datastore_rows_rejected_total",
         "counter",
         "Rows rejected as malformed.",
+        per_datastore(&|_, s| s.rows_rejected),
     );
-    for (name, s) in &stats {
-        o.sample(
-            "weir_datastore_rows_rejected_total",
-            &[("datastore", name)],
-            s.rows_rejected,
-        );
-    }
-    o.family(
+    o.metric(
         "weir_datastore_files",
         "gauge",
         "Files in a datastore's index.",
+        per_datastore(&|_, s| s.total_files as u64),
     );
-    for (name, s) in &stats {
-        o.sample(
-            "weir_datastore_files",
-            &[("datastore", name)],
-            s.total_files,
-        );
-    }
-    o.family(
+    o.metric(
         "weir_datastore_sessions",
         "gauge",
         "Live agent sessions (0 or 1: the last agent wins).",
+        per_datastore(&|d, _| u64::from(d.session().is_some())),
     );
-    for d in host.datastores() {
-        o.sample(
-            "weir_datastore_sessions",
-            &[("datastore", d.name())],
-            u8::from(d.session().is_some()),
-        );
-    }
-    o.family(
+    o.metric(
         "weir_datastore_ready",
         "gauge",
         "1 while a datastore's views are READY.",
+        per_datastore(&|d, _| u64::from(d.readiness().is_ok())),
     );
-    for d in host.datastores() {
-        o.sample(
-            "weir_datastore_ready",
-            &[("datastore", d.name())],
-            u8::from(d.readiness().is_ok()),
-        );
-    }
     o.0
 }
 
@@ -321,7 +321,7 @@ mod tests {
     fn label_values_are_escaped() {
         assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         let mut o = Out(String::new());
-        o.sample("m", &[("k", "v\"")], 1);
+        o.sample("m", &label("k", "v\""), 1);
         assert_eq!(o.0, "m{k=\"v\\\"\"} 1\n");
     }
 }
