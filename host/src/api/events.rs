@@ -289,21 +289,11 @@ pub(super) async fn dlq_replay(
 ) -> Result<Json<Value>, AppError> {
     authorize(&host, &headers, Role::Admin)?;
     let body = body_bytes(body)?;
-    let mut sel = Selector::default();
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Replay {
-            #[serde(default)]
-            ids: Vec<u64>,
-            #[serde(default)]
-            key: Option<String>,
-        }
-        let r: Replay = serde_json::from_slice(&body)
-            .map_err(|e| AppError::BadRequest(format!("body: {e}")))?;
-        sel.ids = r.ids;
-        sel.key = r.key;
-    }
+    let sel: Selector = if body.iter().all(u8::is_ascii_whitespace) {
+        Selector::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("body: {e}")))?
+    };
     let results = host.pipeline().replay(sel).await;
     Ok(Json(json!({
         "results": results,

@@ -86,8 +86,10 @@ impl Serialize for DeadLetter {
     }
 }
 
-/// Which dead letters an operation applies to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which dead letters an operation applies to; also the body of
+/// `POST /v1/dlq/replay`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Selector {
     /// Only these ids (empty: any).
     pub ids: Vec<u64>,
