@@ -108,10 +108,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn now_ms() -> u64 {
-    crate::pipeline::now_ms()
-}
-
 impl PluginDir {
     /// A directory not scanned yet.
     pub fn new(dir: &Path) -> Self {
@@ -252,7 +248,7 @@ impl PluginDir {
                 file: path.display().to_string(),
                 errors: e.reasons(),
                 hash,
-                failed_at_ms: now_ms(),
+                failed_at_ms: crate::bus::now_ms(),
                 running_hash: running.clone(),
             };
             lock(&self.failed).insert(path.to_path_buf(), failed.clone());

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -177,10 +177,7 @@ impl State {
 
 impl EventBus for MemoryBus {
     fn publish(&self, events: Vec<NewEvent>) -> Vec<Published> {
-        let now_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = super::now_ms();
         let now = Instant::now();
         let mut st = lock(&self.inner.state);
         let mut out = Vec::with_capacity(events.len());

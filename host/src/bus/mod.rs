@@ -28,6 +28,14 @@ pub use memory::MemoryBus;
 
 use crate::plugin::RawEvent;
 
+/// Now, ms since the Unix epoch: what event timestamps are.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// An event offered to the bus, before it has a sequence number.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {

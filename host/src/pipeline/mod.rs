@@ -574,13 +574,7 @@ pub fn params_json(params: &Params) -> serde_json::Map<String, serde_json::Value
         .collect()
 }
 
-/// Now, ms since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::bus::now_ms;
 
 /// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
