@@ -379,13 +379,19 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
     ctx.stats.add(|s| &s.received, n);
     if let Some(q) = ctx.health.quarantine() {
         ctx.count(|s| &s.skipped_quarantined, n);
+        let message = format!(
+            "not processed: key quarantined after {} consecutive faults (last: {})",
+            q.faults, q.last_error
+        );
         for e in events {
-            let message = format!(
-                "not processed: key quarantined after {} consecutive faults (last: {})",
-                q.faults, q.last_error
-            );
-            ctx.pipeline
-                .bury(letter(ctx, &v.params, e, "quarantined".into(), message, 0));
+            ctx.pipeline.bury(letter(
+                ctx,
+                &v.params,
+                e,
+                "quarantined".into(),
+                message.clone(),
+                0,
+            ));
         }
         return Batch::default();
     }
