@@ -1,50 +1,17 @@
 //! The HTTP layer on a loopback port: public health, API-key roles, JSON
 //! errors, graceful shutdown.
 
-use std::sync::Arc;
-
 use reqwest::StatusCode;
 use serde_json::Value;
 use weir_host::auth::Role;
-use weir_tests::{host_with_examples, secret};
+use weir_tests::{TestServer, host_with_examples, secret};
 
-struct Server {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow_free::Result>,
+async fn start() -> TestServer {
+    TestServer::start(host_with_examples()).await
 }
 
-mod anyhow_free {
-    pub type Result = std::result::Result<(), String>;
-}
-
-async fn start() -> Server {
-    let host = host_with_examples();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        weir_host::run(listener, Arc::clone(&host), async move {
-            let _ = stopped.await;
-        })
-        .await
-        .map_err(|e| e.to_string())
-    });
-    Server {
-        base,
-        stop: Some(stop),
-        task,
-    }
-}
-
-async fn get(server: &Server, path: &str, key: Option<Role>) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new().get(format!("{}{path}", server.base));
-    if let Some(role) = key {
-        req = req.header("X-API-Key", secret(role));
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap())
+async fn get(server: &TestServer, path: &str, key: Option<Role>) -> (StatusCode, Value) {
+    server.send("GET", path, key, None).await
 }
 
 #[tokio::test]
@@ -135,15 +102,15 @@ async fn plugins_are_admin_only() {
 async fn shuts_down_gracefully() {
     let mut s = start().await;
     assert_eq!(get(&s, "/healthz", None).await.0, StatusCode::OK);
-    s.stop.take().unwrap().send(()).unwrap();
-    let result = tokio::time::timeout(std::time::Duration::from_secs(5), &mut s.task).await;
-    assert_eq!(result.expect("stops in time").unwrap(), Ok(()));
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.stop())
+        .await
+        .expect("stops in time");
     assert!(reqwest::get(format!("{}/healthz", s.base)).await.is_err());
 }
 
 #[tokio::test]
 async fn readyz_is_public_and_turns_503_when_shutting_down() {
-    let s = weir_tests::TestServer::start(host_with_examples()).await;
+    let s = start().await;
     let (status, body) = s.send("GET", "/readyz", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ready");
