@@ -104,8 +104,7 @@ fn index_of(envelope: &Value) -> Option<usize> {
 }
 
 struct Stream {
-    resp: reqwest::Response,
-    pending: Vec<u8>,
+    lines: weir_host::consume::NdjsonLines,
 }
 
 impl Stream {
@@ -118,8 +117,7 @@ impl Stream {
             .await?;
         anyhow::ensure!(resp.status().is_success(), "{}", resp.text().await?);
         let mut s = Self {
-            resp,
-            pending: Vec::new(),
+            lines: weir_host::consume::NdjsonLines::new(resp),
         };
         let first = s
             .next()
@@ -130,15 +128,9 @@ impl Stream {
     }
 
     async fn next(&mut self) -> anyhow::Result<Option<Value>> {
-        loop {
-            if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=nl).collect();
-                return Ok(Some(serde_json::from_slice(&line[..line.len() - 1])?));
-            }
-            match self.resp.chunk().await? {
-                Some(c) => self.pending.extend_from_slice(c.as_ref()),
-                None => return Ok(None),
-            }
+        match self.lines.next_line().await? {
+            Some(line) => Ok(Some(serde_json::from_slice(&line)?)),
+            None => Ok(None),
         }
     }
 }

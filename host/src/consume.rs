@@ -77,7 +77,7 @@ async fn stream(
     if let Some(key) = &args.api_key {
         req = req.header("X-API-Key", key);
     }
-    let mut resp = req
+    let resp = req
         .send()
         .await
         .with_context(|| format!("cannot reach {}", args.url))?;
@@ -89,38 +89,64 @@ async fn stream(
         return Ok(1);
     }
     let mut seen = 0u64;
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(chunk) = resp.chunk().await.context("stream interrupted")? {
-        pending.extend_from_slice(chunk.as_ref());
-        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=nl).collect();
-            let line = &line[..line.len() - 1];
-            if line.is_empty() {
-                continue;
-            }
-            let value: Value =
-                serde_json::from_slice(line).context("the host sent a line that is not JSON")?;
-            if let Some(kind) = value.get("notice").and_then(Value::as_str) {
-                writeln!(err, "{}", status_line(kind, &value))?;
-                if kind == "ended" {
-                    return Ok(0);
-                }
-                continue;
-            }
-            match write_event(args, line, &value, out) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
-                Err(e) => return Err(e.into()),
-            }
-            seen += 1;
-            if args.max_events.is_some_and(|max| seen >= max) {
-                writeln!(err, "done: {seen} events")?;
+    let mut lines = NdjsonLines::new(resp);
+    while let Some(line) = lines.next_line().await.context("stream interrupted")? {
+        let value: Value =
+            serde_json::from_slice(&line).context("the host sent a line that is not JSON")?;
+        if let Some(kind) = value.get("notice").and_then(Value::as_str) {
+            writeln!(err, "{}", status_line(kind, &value))?;
+            if kind == "ended" {
                 return Ok(0);
             }
+            continue;
+        }
+        match write_event(args, &line, &value, out) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+        seen += 1;
+        if args.max_events.is_some_and(|max| seen >= max) {
+            writeln!(err, "done: {seen} events")?;
+            return Ok(0);
         }
     }
     writeln!(err, "error: the host closed the stream without ending it")?;
     Ok(1)
+}
+
+/// The lines of an NDJSON response as they arrive (empty lines skipped).
+pub struct NdjsonLines {
+    resp: reqwest::Response,
+    pending: Vec<u8>,
+}
+
+impl NdjsonLines {
+    /// Reads `resp` line by line.
+    pub fn new(resp: reqwest::Response) -> Self {
+        Self {
+            resp,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next line, without its newline; `None` at the end of the body.
+    /// Cancel-safe: a dropped call loses nothing already received.
+    pub async fn next_line(&mut self) -> reqwest::Result<Option<Vec<u8>>> {
+        loop {
+            while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.pending.drain(..=nl).collect();
+                line.pop();
+                if !line.is_empty() {
+                    return Ok(Some(line));
+                }
+            }
+            match self.resp.chunk().await? {
+                Some(chunk) => self.pending.extend_from_slice(chunk.as_ref()),
+                None => return Ok(None),
+            }
+        }
+    }
 }
 
 fn write_event(

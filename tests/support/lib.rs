@@ -224,8 +224,7 @@ impl TestServer {
             return Err((status, resp.json().await.unwrap_or_default()));
         }
         Ok(NdjsonStream {
-            resp,
-            pending: Vec::new(),
+            lines: weir_host::consume::NdjsonLines::new(resp),
         })
     }
 
@@ -279,25 +278,17 @@ impl TestServer {
 
 /// An NDJSON stream being read line by line.
 pub struct NdjsonStream {
-    resp: reqwest::Response,
-    pending: Vec<u8>,
+    lines: weir_host::consume::NdjsonLines,
 }
 
 impl NdjsonStream {
     /// The next line as JSON; `None` at the end of the stream or after
     /// `wait` without a line.
     pub async fn next(&mut self, wait: Duration) -> Option<serde_json::Value> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=nl).collect();
-                return Some(serde_json::from_slice(&line[..line.len() - 1]).expect("a JSON line"));
-            }
-            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
-                Ok(Ok(Some(chunk))) => self.pending.extend_from_slice(chunk.as_ref()),
-                Ok(Ok(None)) | Err(_) => return None,
-                Ok(Err(e)) => panic!("stream failed: {e}"),
-            }
+        match tokio::time::timeout(wait, self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => Some(serde_json::from_slice(&line).expect("a JSON line")),
+            Ok(Ok(None)) | Err(_) => None,
+            Ok(Err(e)) => panic!("stream failed: {e}"),
         }
     }
 
