@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use fs_large_files::LargeFiles;
 use weir_host::hostapi::BuiltinApi;
 use weir_host::plugin::{EngineConfig, Params, PluginEngine, RawEvent};
+use weir_host::registry::Runner;
 use weir_sdk::EventKey;
 
 const ROUNDS: usize = 5;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::auth::Keys;
 use crate::host::{Host, HostConfig, PluginLoadError};
 use crate::plugin::{EngineConfig, Limits, LoadedPlugin, Outcome, Params, RawEvent};
-use crate::registry::{Function, KeyDefinition, OutputSchema, params};
+use crate::registry::{Function, KeyDefinition, OutputSchema, Runner, params};
 
 /// Weir: a WebAssembly-pluggable event processing host.
 #[derive(Debug, Parser)]

@@ -34,7 +34,9 @@ pub type Params = Vec<(String, String)>;
 pub use fault::{FaultKind, PluginFault};
 
 use crate::hostapi::HostApi;
-use crate::registry::{Function, KeyDefinition, OutputSchema, ParamDef, ParamType, ParamValue};
+use crate::registry::{
+    Function, KeyDefinition, OutputSchema, ParamDef, ParamType, ParamValue, Runner,
+};
 use state::{Running, StoreState};
 
 /// Linear memory reserved per pooled instance slot (at least): the most a
@@ -617,10 +619,29 @@ impl LoadedPlugin {
         }
         outcome
     }
+}
+
+/// The pipeline runs wasm keys through [`Runner`]: these are the calls.
+impl Runner for LoadedPlugin {
+    fn name(&self) -> &str {
+        LoadedPlugin::name(self)
+    }
+
+    fn file_label(&self) -> String {
+        LoadedPlugin::file_label(self)
+    }
+
+    fn definitions(&self) -> &[KeyDefinition] {
+        LoadedPlugin::definitions(self)
+    }
+
+    fn wasm(&self) -> Option<&LoadedPlugin> {
+        Some(self)
+    }
 
     /// Runs `normalize-params` (if the key implements it) and returns the
     /// normalized parameters; otherwise returns `params` unchanged.
-    pub fn normalize_params(&self, key: &str, params: &Params) -> Result<Params, PluginFault> {
+    fn normalize_params(&self, key: &str, params: &Params) -> Result<Params, PluginFault> {
         if self.require(key, Function::NormalizeParams).is_err() {
             return Ok(params.clone());
         }
@@ -637,12 +658,7 @@ impl LoadedPlugin {
     }
 
     /// Runs `matches` on one event; `true` for keys that do not implement it.
-    pub fn matches(
-        &self,
-        key: &str,
-        params: &Params,
-        event: &RawEvent,
-    ) -> Result<bool, PluginFault> {
+    fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
         if self.require(key, Function::Matches).is_err() {
             return Ok(true);
         }
@@ -660,7 +676,7 @@ impl LoadedPlugin {
     /// Runs `matches-batch`: one answer per event. When the batch as a whole
     /// faults, the events are retried one by one on fresh instances so that
     /// only the events that fault get a fault.
-    pub fn matches_batch(
+    fn matches_batch(
         &self,
         key: &str,
         params: &Params,
@@ -692,7 +708,7 @@ impl LoadedPlugin {
 
     /// Runs `process` on one event. A key with a native schema (no
     /// `process`) emits the payload unchanged.
-    pub fn process(
+    fn process(
         &self,
         key: &str,
         params: &Params,
@@ -712,7 +728,7 @@ impl LoadedPlugin {
 
     /// Runs `process-batch`: one answer per event, with the same per-event
     /// retry as [`Self::matches_batch`] when the whole batch faults.
-    pub fn process_batch(
+    fn process_batch(
         &self,
         key: &str,
         params: &Params,
@@ -753,7 +769,7 @@ impl LoadedPlugin {
     }
 
     /// Runs `pre-consume` if the key implements it.
-    pub fn pre_consume(
+    fn pre_consume(
         &self,
         key: &str,
         subscription_id: &str,
@@ -775,7 +791,7 @@ impl LoadedPlugin {
     }
 
     /// Runs `cleanup` if the key implements it.
-    pub fn cleanup(
+    fn cleanup(
         &self,
         key: &str,
         subscription_id: &str,

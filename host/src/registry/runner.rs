@@ -1,5 +1,7 @@
-//! What runs a registered key: a WebAssembly plugin ([`LoadedPlugin`]) or
-//! native Rust code linked into the host (built-in keys, benchmarks).
+//! What runs a registered key: a WebAssembly plugin ([`LoadedPlugin`], whose
+//! implementation lives with the engine in `plugin/`) or native Rust code
+//! linked into the host (built-in keys, benchmarks), which implements the
+//! batch functions and takes the defaults for the rest.
 //!
 //! The pipeline only ever calls keys through this trait.
 
@@ -72,66 +74,5 @@ pub trait Runner: Send + Sync {
     /// The WebAssembly plugin behind it, if it is one.
     fn wasm(&self) -> Option<&LoadedPlugin> {
         None
-    }
-}
-
-impl Runner for LoadedPlugin {
-    fn name(&self) -> &str {
-        LoadedPlugin::name(self)
-    }
-    fn file_label(&self) -> String {
-        LoadedPlugin::file_label(self)
-    }
-    fn definitions(&self) -> &[KeyDefinition] {
-        LoadedPlugin::definitions(self)
-    }
-    fn normalize_params(&self, key: &str, params: &Params) -> Result<Params, PluginFault> {
-        LoadedPlugin::normalize_params(self, key, params)
-    }
-    fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
-        LoadedPlugin::matches(self, key, params, event)
-    }
-    fn matches_batch(
-        &self,
-        key: &str,
-        params: &Params,
-        events: &[RawEvent],
-    ) -> Vec<Result<bool, PluginFault>> {
-        LoadedPlugin::matches_batch(self, key, params, events)
-    }
-    fn process(
-        &self,
-        key: &str,
-        params: &Params,
-        event: &RawEvent,
-    ) -> Result<Outcome, PluginFault> {
-        LoadedPlugin::process(self, key, params, event)
-    }
-    fn process_batch(
-        &self,
-        key: &str,
-        params: &Params,
-        events: &[RawEvent],
-    ) -> Vec<Result<Outcome, PluginFault>> {
-        LoadedPlugin::process_batch(self, key, params, events)
-    }
-    fn pre_consume(
-        &self,
-        key: &str,
-        subscription_id: &str,
-        params: &Params,
-    ) -> Result<(), PluginFault> {
-        LoadedPlugin::pre_consume(self, key, subscription_id, params)
-    }
-    fn cleanup(
-        &self,
-        key: &str,
-        subscription_id: &str,
-        params: &Params,
-    ) -> Result<(), PluginFault> {
-        LoadedPlugin::cleanup(self, key, subscription_id, params)
-    }
-    fn wasm(&self) -> Option<&LoadedPlugin> {
-        Some(self)
     }
 }
