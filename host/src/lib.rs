@@ -7,6 +7,7 @@
 //! - [`plugin`]: the wasmtime engine, loaded plugins, faults.
 //! - [`registry`]: key definitions, registration rules, parameter checks.
 //! - [`hostapi`]: the routes plugins reach through `call-api`.
+//! - [`upstream`]: the HTTP services manifests grant, reached through `call-api`.
 //! - [`bus`]: dedup, sequence numbers, history and fan-out of events.
 //! - [`pipeline`]: subscriptions, key calls, envelopes, dead letters.
 //! - [`index`]: the hash tree of file-system metadata and its arbitration rules.
@@ -38,6 +39,7 @@ pub mod plugin;
 pub mod plugindir;
 pub mod registry;
 pub mod session;
+pub mod upstream;
 
 pub use api::run;
 

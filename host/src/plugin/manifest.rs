@@ -17,6 +17,14 @@
 //! [[capabilities.dirs]]     # read-only reference data
 //! host = "reference"        # relative to this file, or absolute
 //! guest = "/data"
+//!
+//! [[capabilities.upstreams]] # call-api("GET", "/upstream/geo/...")
+//! name = "geo"
+//! base_url = "https://geo.example.com/v1"
+//! methods = ["GET"]          # the default
+//! timeout_ms = 2000          # default 5000, never beyond the call's deadline
+//! max_response_kib = 256     # default 1024
+//! headers = { Authorization = "Bearer ${GEO_TOKEN}" }  # from the host's env
 //! ```
 //!
 //! Every field is optional; what is not set keeps the host's default.
@@ -29,6 +37,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Limits;
+use crate::upstream::{Upstream, UpstreamSection};
 
 /// The manifest, as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -52,6 +61,9 @@ pub struct CapabilitiesSection {
     /// Host directories the guest may read, each at a guest path.
     #[serde(default)]
     pub dirs: Vec<DirSection>,
+    /// HTTP services the guest may reach through the host.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSection>,
 }
 
 /// One `[[capabilities.dirs]]`: a host directory, read-only in the guest.
@@ -211,6 +223,21 @@ impl Manifest {
                 host,
                 guest: d.guest.clone(),
             });
+        }
+        Ok(out)
+    }
+
+    /// The upstream services granted, checked, with header secrets taken
+    /// from `env` (the host's environment).
+    pub fn upstreams(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Upstream>, String> {
+        let mut out: Vec<Upstream> = Vec::new();
+        for (i, u) in self.capabilities.upstreams.iter().enumerate() {
+            let at = format!("capabilities.upstreams[{i}]");
+            let up = u.check(&at, env)?;
+            if out.iter().any(|o| o.name == up.name) {
+                return Err(format!("{at}.name = \"{}\": given twice", up.name));
+            }
+            out.push(up);
         }
         Ok(out)
     }

@@ -37,6 +37,7 @@ use crate::hostapi::HostApi;
 use crate::registry::{
     Function, KeyDefinition, OutputSchema, ParamDef, ParamType, ParamValue, Runner,
 };
+use crate::upstream::UpstreamClient;
 use state::{Running, StoreState};
 
 /// Linear memory reserved per pooled instance slot (at least): the most a
@@ -54,6 +55,8 @@ pub struct Grants {
     pub api: manifest::ApiGrants,
     /// Directories preopened read-only.
     pub dirs: Vec<manifest::Preopen>,
+    /// HTTP services reachable at `/upstream/NAME/...`.
+    pub upstreams: Vec<crate::upstream::Upstream>,
 }
 
 /// Resource limits of one plugin's calls.
@@ -158,6 +161,8 @@ pub struct PluginEngine {
     linker: Arc<Linker<StoreState>>,
     config: EngineConfig,
     api: Arc<dyn HostApi>,
+    /// Shared by every plugin's upstream calls (one connection pool).
+    upstream: Arc<UpstreamClient>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -181,6 +186,7 @@ impl PluginEngine {
             linker: Arc::new(linker),
             config,
             api,
+            upstream: Arc::default(),
             ticker_stop,
         })
     }
@@ -216,6 +222,7 @@ impl PluginEngine {
                         Grants {
                             api: m.grants()?,
                             dirs: m.dirs(base)?,
+                            upstreams: m.upstreams(&|var| std::env::var(var).ok())?,
                         },
                     ))
                 })
@@ -282,6 +289,7 @@ impl PluginEngine {
             engine: self.engine.clone(),
             limits,
             api: self.api.clone(),
+            upstream: self.upstream.clone(),
             grants: Arc::new(grants),
             idle: Mutex::new(Vec::new()),
             max_idle: self.config.max_idle_instances,
@@ -417,6 +425,17 @@ pub struct Counters {
     pub faults: AtomicU64,
     /// Instances created (the first plus one per recycle).
     pub instances: AtomicU64,
+    /// Linear memory of its instances.
+    pub memory: Arc<MemoryGauge>,
+}
+
+/// Linear memory of a plugin's instances, kept by their memory limiters.
+#[derive(Debug, Default)]
+pub struct MemoryGauge {
+    /// Bytes held by the instances alive now (pooled or running).
+    pub current: AtomicU64,
+    /// The most any one instance has held.
+    pub peak: AtomicU64,
 }
 
 /// One idle instance with its store.
@@ -438,6 +457,7 @@ pub struct LoadedPlugin {
     engine: Engine,
     limits: Limits,
     api: Arc<dyn HostApi>,
+    upstream: Arc<UpstreamClient>,
     /// What its manifest grants.
     grants: Arc<Grants>,
     idle: Mutex<Vec<Slot>>,
@@ -534,7 +554,9 @@ impl LoadedPlugin {
         let state = StoreState::new(
             self.name.as_str().into(),
             self.limits.memory_bytes,
+            self.counters.memory.clone(),
             self.api.clone(),
+            self.upstream.clone(),
             self.grants.clone(),
         )
         .map_err(PluginFault::Instantiate)?;
@@ -592,7 +614,7 @@ impl LoadedPlugin {
                 self.counters.faults.fetch_add(1, Ordering::Relaxed);
             })?,
         };
-        slot.store.data_mut().begin(running, key);
+        slot.store.data_mut().begin(running, key, deadline);
         slot.store.set_epoch_deadline(ticks(deadline));
         let result = f(&slot.world, &mut slot.store);
         let flags = slot.store.data_mut().end();

@@ -2,8 +2,10 @@
 //! what the current call is, and the host functions the guest imports.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
@@ -13,8 +15,10 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::MemoryGauge;
 use super::bindings::{host, types};
 use crate::hostapi::{Caller, HostApi};
+use crate::upstream::{self, UpstreamClient};
 
 /// Which export is running, for the `matches` API rule and log tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +49,22 @@ pub(crate) struct Tag {
     pub stderr: String,
 }
 
-/// Caps linear memory growth and remembers that it did.
+/// Caps linear memory growth and remembers that it did; keeps the
+/// plugin's memory gauge.
 pub(crate) struct MemoryLimiter {
     pub limit: usize,
     pub exhausted: bool,
+    /// Bytes this instance holds (what the gauge was given).
+    held: usize,
+    gauge: Arc<MemoryGauge>,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.gauge
+            .current
+            .fetch_sub(self.held as u64, Ordering::Relaxed);
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -66,6 +82,14 @@ impl ResourceLimiter for MemoryLimiter {
                 "memory limit of {} bytes exhausted (asked for {desired})",
                 self.limit
             );
+        }
+        // Called for the initial memory too, so `held` is the whole size.
+        if desired > self.held {
+            self.gauge
+                .current
+                .fetch_add((desired - self.held) as u64, Ordering::Relaxed);
+            self.gauge.peak.fetch_max(desired as u64, Ordering::Relaxed);
+            self.held = desired;
         }
         Ok(true)
     }
@@ -89,7 +113,10 @@ pub(crate) struct StoreState {
     tag: Arc<Mutex<Tag>>,
     pub running: Running,
     pub flags: CallFlags,
+    /// When the current call's deadline passes (upstream waits end by it).
+    deadline: Option<Instant>,
     api: Arc<dyn HostApi>,
+    upstream: Arc<UpstreamClient>,
     grants: Arc<super::Grants>,
 }
 
@@ -100,7 +127,9 @@ impl StoreState {
     pub fn new(
         plugin: Arc<str>,
         memory_limit: usize,
+        memory: Arc<MemoryGauge>,
         api: Arc<dyn HostApi>,
+        upstream: Arc<UpstreamClient>,
         grants: Arc<super::Grants>,
     ) -> Result<Self, String> {
         let tag = Arc::new(Mutex::new(Tag::default()));
@@ -122,19 +151,25 @@ impl StoreState {
             limiter: MemoryLimiter {
                 limit: memory_limit,
                 exhausted: false,
+                held: 0,
+                gauge: memory,
             },
             plugin,
             tag,
             running: Running::Idle,
             flags: CallFlags::default(),
+            deadline: None,
             api,
+            upstream,
             grants,
         })
     }
 
-    /// Marks the start of a call of `running` for `key`.
-    pub fn begin(&mut self, running: Running, key: &str) {
+    /// Marks the start of a call of `running` for `key`, due within
+    /// `deadline`.
+    pub fn begin(&mut self, running: Running, key: &str, deadline: Duration) {
         self.running = running;
+        self.deadline = Instant::now().checked_add(deadline);
         self.flags = CallFlags::default();
         self.limiter.exhausted = false;
         let mut tag = self.tag.lock().unwrap_or_else(PoisonError::into_inner);
@@ -148,6 +183,7 @@ impl StoreState {
     /// Marks the end of a call; returns what happened during it.
     pub fn end(&mut self) -> CallFlags {
         self.running = Running::Idle;
+        self.deadline = None;
         let mut flags = std::mem::take(&mut self.flags);
         flags.memory_exhausted = self.limiter.exhausted;
         flags
@@ -219,6 +255,26 @@ impl host::Host for StoreState {
                 status: 403,
                 message: "call-api is not allowed while matches runs; use process".into(),
             });
+        }
+        if let Some((name, rest)) = upstream::split(&path) {
+            let Some(up) = self.grants.upstreams.iter().find(|u| u.name == name) else {
+                tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, key, %method, %path, "call-api refused: upstream not granted");
+                return Err(host::ApiError {
+                    status: 403,
+                    message: format!(
+                        "plugin `{}` has no upstream `{name}`; declare it in {}.toml: [[capabilities.upstreams]] name = \"{name}\" base_url = \"...\"",
+                        self.plugin, self.plugin
+                    ),
+                });
+            };
+            return self
+                .upstream
+                .call(up, &method, rest, body.as_deref(), self.deadline)
+                .inspect_err(|e| tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, key, upstream = name, %method, status = e.status, "upstream call failed: {}", e.message))
+                .map_err(|e| host::ApiError {
+                    status: e.status,
+                    message: e.message,
+                });
         }
         if !self.grants.api.allows(&method, &path) {
             tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, key, %method, %path, "call-api refused: not granted");

@@ -4,7 +4,10 @@
 //! In `matches`: `loop` spins forever, `api` calls the host API, `panic`
 //! panics. In `process`: `loop`, `alloc` (unbounded allocation), `panic`,
 //! `huge` (4 MiB output), `bad_json`, `error`, `stdout` (prints), `probe`
-//! (reports what the sandbox lets it see); anything else echoes the payload.
+//! (reports what the sandbox lets it see), `call` (calls the host API with
+//! the payload's `method`, `path` and `body`, and emits `{ok}` with the
+//! answer or `{status, message}` with the error); anything else echoes the
+//! payload.
 
 use weir_sdk::prelude::*;
 
@@ -70,6 +73,16 @@ impl EventKey for Chaos {
                 let echoed: serde_json::Value =
                     api.send_json("POST", "/v1/echo", &serde_json::json!({"n": 1}))?;
                 Outcome::emit(&echoed)
+            }
+            "call" => {
+                let field = |name: &str| event.field_str(name).unwrap_or_default();
+                let body = event.field_str("body");
+                Outcome::emit(
+                    &match api.call(&field("method"), &field("path"), body.as_deref()) {
+                        Ok(text) => serde_json::json!({ "ok": text }),
+                        Err(e) => serde_json::json!({ "status": e.status, "message": e.message }),
+                    },
+                )
             }
             "probe" => Outcome::emit(&serde_json::json!({
                 "env": std::env::vars().count(),

@@ -1,0 +1,221 @@
+//! Upstream HTTP services granted by a manifest, end to end: a real HTTP
+//! server started here stands for the service; the hostile guest calls it
+//! through `call-api("…", "/upstream/NAME/…")` in a host over a plugin
+//! directory. The secret header comes from this process's environment.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{any, get};
+use serde_json::{Value, json};
+use weir_host::host::Host;
+use weir_tests::{guest, host_with_plugin_dir};
+
+/// The only environment variable this test binary sets (before any thread
+/// that could read the environment exists).
+const TOKEN_VAR: &str = "WEIR_TEST_UPSTREAM_TOKEN";
+const TOKEN: &str = "upstream-s3cret";
+
+/// The service: echoes what it got (path, query, method, body, the headers
+/// the host added), or misbehaves on purpose.
+fn service() -> Router {
+    async fn echo(headers: HeaderMap, req: Request) -> impl IntoResponse {
+        let method = req.method().to_string();
+        let uri = req.uri().clone();
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        let header = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        axum::Json(json!({
+            "method": method,
+            "path": uri.path(),
+            "query": uri.query(),
+            "authorization": header("authorization"),
+            "x_static": header("x-static"),
+            "body": String::from_utf8_lossy(&body),
+        }))
+    }
+    Router::new()
+        .route("/api/echo/{*rest}", any(echo))
+        .route(
+            "/api/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .route("/api/big", get(|| async { "x".repeat(100 * 1024) }))
+        .route(
+            "/api/missing",
+            get(|| async { (StatusCode::NOT_FOUND, "nothing here") }),
+        )
+        .route(
+            "/api/elsewhere",
+            get(|| async { Redirect::temporary("http://127.0.0.1:9/steal") }),
+        )
+}
+
+/// What the guest got back for one `call`: `{ok}` or `{status, message}`.
+async fn call(host: &Host, method: &str, path: &str, body: Option<Value>) -> Value {
+    let k = host.registry().lookup("hostile.chaos").cloned().unwrap();
+    let mut payload = json!({"do": "call", "method": method, "path": path});
+    if let Some(b) = body {
+        payload["body"] = Value::String(b.to_string());
+    }
+    // Plugin calls run on blocking threads, as in the pipeline.
+    let out = tokio::task::spawn_blocking(move || {
+        k.plugin
+            .process(&k.def.key, &vec![], &weir_tests::event("u", "x", payload))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    match out {
+        weir_host::plugin::Outcome::Emit(s) => serde_json::from_str(&s).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn ok(answer: &Value) -> Value {
+    serde_json::from_str(answer["ok"].as_str().unwrap_or_else(|| panic!("{answer}"))).unwrap()
+}
+
+#[test]
+fn granted_upstreams_are_reached_with_host_secrets_and_bounded() {
+    // SAFETY: set before the runtime or any other thread of this test binary
+    // (it has this one test) exists.
+    unsafe { std::env::set_var(TOKEN_VAR, TOKEN) };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(scenario());
+}
+
+async fn scenario() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, service()).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("guest-hostile"), dir.path().join("hostile.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("hostile.toml"),
+        format!(
+            r#"[limits]
+call_deadline_ms = 2000
+
+[[capabilities.upstreams]]
+name = "ref"
+base_url = "http://{addr}/api/"
+methods = ["GET", "POST"]
+timeout_ms = 300
+max_response_kib = 64
+headers = {{ Authorization = "Bearer ${{{TOKEN_VAR}}}", X-Static = "plain" }}
+"#
+        ),
+    )
+    .unwrap();
+    let host = host_with_plugin_dir(dir.path().to_path_buf());
+    assert!(
+        host.failed_plugins().is_empty(),
+        "{:?}",
+        host.failed_plugins()
+    );
+
+    // Granted: the host adds the headers; path and query pass through.
+    let got = ok(&call(&host, "GET", "/upstream/ref/echo/a/b?x=1&y=%20", None).await);
+    assert_eq!(got["method"], "GET");
+    assert_eq!(got["path"], "/api/echo/a/b");
+    assert_eq!(got["query"], "x=1&y=%20");
+    assert_eq!(got["authorization"], format!("Bearer {TOKEN}"));
+    assert_eq!(got["x_static"], "plain");
+    let posted = ok(&call(&host, "post", "/upstream/ref/echo/p", Some(json!({"n": 1}))).await);
+    assert_eq!(
+        (posted["method"].as_str(), posted["body"].as_str()),
+        (Some("POST"), Some(r#"{"n":1}"#))
+    );
+
+    // Not granted: another upstream name, another method.
+    let refused = call(&host, "GET", "/upstream/other/x", None).await;
+    assert_eq!(refused["status"], 403, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("plugin `hostile` has no upstream `other`; declare it in hostile.toml"),
+        "{refused}"
+    );
+    let method = call(&host, "DELETE", "/upstream/ref/echo/x", None).await;
+    assert_eq!(method["status"], 405, "{method}");
+
+    // Bounded: timeout, size cap; the guest's calls fail alone, the host
+    // and the next call are fine.
+    let started = Instant::now();
+    let slow = call(&host, "GET", "/upstream/ref/slow", None).await;
+    assert_eq!(slow["status"], 504, "{slow}");
+    assert_eq!(
+        slow["message"],
+        "upstream `ref` did not answer within 300 ms"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let big = call(&host, "GET", "/upstream/ref/big", None).await;
+    assert_eq!(big["status"], 502, "{big}");
+    assert!(
+        big["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 64 KiB"),
+        "{big}"
+    );
+
+    // The service's own errors pass through with its status; redirects are
+    // not followed (nothing but base_url's host is reached); `..` cannot
+    // climb out of base_url.
+    let missing = call(&host, "GET", "/upstream/ref/missing", None).await;
+    assert_eq!(missing["status"], 404);
+    assert_eq!(
+        missing["message"],
+        "upstream `ref` answered 404 Not Found: nothing here"
+    );
+    let moved = call(&host, "GET", "/upstream/ref/elsewhere", None).await;
+    assert_eq!(moved["status"], 307, "{moved}");
+    let climb = call(&host, "GET", "/upstream/ref/../secret", None).await;
+    assert_eq!(climb["status"], 400, "{climb}");
+    let again = ok(&call(&host, "GET", "/upstream/ref/echo/again", None).await);
+    assert_eq!(again["path"], "/api/echo/again");
+
+    // A manifest naming a variable the host does not have is refused at
+    // load, naming it; the running version stays.
+    std::fs::write(
+        dir.path().join("hostile.toml"),
+        format!(
+            "[[capabilities.upstreams]]\nname = \"ref\"\nbase_url = \"http://{addr}/api\"\nheaders = {{ X-Key = \"${{WEIR_TEST_NOT_SET}}\" }}\n"
+        ),
+    )
+    .unwrap();
+    host.reload_plugins().await;
+    host.reload_plugins().await;
+    let failed = host.failed_plugins();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let reason = serde_json::to_value(&failed[0]).unwrap().to_string();
+    assert!(
+        reason.contains("capabilities.upstreams[0].headers.X-Key: environment variable `WEIR_TEST_NOT_SET` is not set"),
+        "{reason}"
+    );
+    let still = ok(&call(&host, "GET", "/upstream/ref/echo/still", None).await);
+    assert_eq!(still["authorization"], format!("Bearer {TOKEN}"));
+}
