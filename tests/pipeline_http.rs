@@ -911,6 +911,20 @@ async fn metrics_are_present_and_move_with_traffic() {
     );
     assert_eq!(sample(&after, "weir_dead_letters"), Some(1.0));
     assert!(sample(&after, "weir_plugin_calls_total{plugin=\"guest_pipeline\"}").unwrap() > 0.0);
+    let memory = sample(
+        &after,
+        "weir_plugin_memory_bytes{plugin=\"guest_pipeline\"}",
+    )
+    .unwrap();
+    let peak = sample(
+        &after,
+        "weir_plugin_memory_peak_bytes{plugin=\"guest_pipeline\"}",
+    )
+    .unwrap();
+    assert!(
+        memory > 0.0 && peak > 0.0 && peak <= memory,
+        "{memory} {peak}"
+    );
     let (status, _) = s.send("GET", "/metrics", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

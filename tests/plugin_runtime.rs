@@ -247,6 +247,29 @@ fn unbounded_allocation_hits_the_memory_cap() {
 }
 
 #[test]
+fn the_memory_gauge_follows_live_instances() {
+    let (_host, k) = hostile_host();
+    let memory = || {
+        let m = &counters(&k).memory;
+        (m.current.load(Relaxed), m.peak.load(Relaxed))
+    };
+    k.plugin
+        .process(&k.def.key, &vec![], &chaos("echo"))
+        .unwrap();
+    // One idle instance holds its memory.
+    let (idle, _) = memory();
+    assert!(idle > 0 && idle < 8 << 20, "{idle}");
+    // The hoarding instance grows to the cap, faults and is dropped: its
+    // memory is given back, its peak stays.
+    k.plugin
+        .process(&k.def.key, &vec![], &chaos("alloc"))
+        .unwrap_err();
+    let (after, peak) = memory();
+    assert!(peak > 24 << 20 && peak <= 32 << 20, "{peak}");
+    assert!(after <= idle, "{after} > {idle}");
+}
+
+#[test]
 fn panic_is_a_trap_with_the_guest_message() {
     let fault = assert_process_fault("panic", FaultKind::Trap);
     assert!(

@@ -263,6 +263,8 @@ impl Host {
                     calls: counters.calls.load(Relaxed),
                     faults: counters.faults.load(Relaxed),
                     instances_created: counters.instances.load(Relaxed),
+                    memory_bytes: counters.memory.current.load(Relaxed),
+                    memory_peak_bytes: counters.memory.peak.load(Relaxed),
                     state: "loaded",
                     quarantined_keys: p
                         .definitions()
@@ -300,6 +302,10 @@ pub struct PluginInfo {
     pub faults: u64,
     /// Instances created.
     pub instances_created: u64,
+    /// Linear memory its live instances (idle or running) hold, bytes.
+    pub memory_bytes: u64,
+    /// The most linear memory one of its instances has held, bytes.
+    pub memory_peak_bytes: u64,
     /// `loaded` (failed files are listed apart, with their reasons).
     pub state: &'static str,
     /// Its keys that are quarantined.

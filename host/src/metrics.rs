@@ -100,6 +100,18 @@ pub fn render(host: &Host) -> String {
         per_plugin(|p| p.instances_created),
     );
     o.metric(
+        "weir_plugin_memory_bytes",
+        "gauge",
+        "Linear memory held by a plugin's live instances (idle or running).",
+        per_plugin(|p| p.memory_bytes),
+    );
+    o.metric(
+        "weir_plugin_memory_peak_bytes",
+        "gauge",
+        "The most linear memory one instance of a plugin has held.",
+        per_plugin(|p| p.memory_peak_bytes),
+    );
+    o.metric(
         "weir_plugin_failed",
         "gauge",
         "Plugin files that failed to load.",
