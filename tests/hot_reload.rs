@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weir_host::auth::Role;
-use weir_tests::{TestServer, guest, host_with_plugin_dir};
+use weir_tests::{TestServer, chaos_call, chaos_ok, guest, host_with_plugin_dir};
 
 /// Copies `from` into `dir/name` the atomic way: write beside, rename.
 fn install(from: &Path, dir: &Path, name: &str) {
@@ -483,5 +483,90 @@ async fn a_granted_directory_is_readable_in_the_guest_and_nothing_else_is() {
         failed[0].errors[0].contains("capabilities.dirs[0].host")
             && failed[0].errors[0].contains("not a directory"),
         "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn datastore_views_are_host_api_routes_granted_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("guest-hostile"), dir.path().join("hostile.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("hostile.toml"),
+        "[capabilities]\napi = [\"GET /v1/datastores\", \"GET /v1/datastores/*/tree\", \"GET /v1/datastores/default/stats\"]\n",
+    )
+    .unwrap();
+    let host = host_with_plugin_dir(dir.path().to_path_buf());
+    let s = TestServer::start(host.clone()).await;
+    // Before the agent's snapshot: the views are not ready.
+    let early = chaos_call(&host, "GET", "/v1/datastores/default/tree", None).await;
+    assert_eq!(early["status"], 503, "{early}");
+    assert_eq!(
+        chaos_ok(&chaos_call(&host, "GET", "/v1/datastores", None).await),
+        json!([{"name": "default", "ready": false}])
+    );
+
+    let sid = s.create_session().await;
+    let rows = json!([
+        {"path": "/d", "is_dir": true, "modified_time": 1.0},
+        {"path": "/d/a.txt", "size": 3, "modified_time": 1.0},
+        {"path": "/d/b.log", "size": 5, "modified_time": 1.0},
+    ]);
+    let (status, _) = s.push(&sid, weir_tests::snapshot_end(rows)).await;
+    assert_eq!(status, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let tree = loop {
+        let got = chaos_call(
+            &host,
+            "GET",
+            "/v1/datastores/default/tree?path=/d&only_path=true",
+            None,
+        )
+        .await;
+        if got.get("ok").is_some() || Instant::now() > deadline {
+            break chaos_ok(&got);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names: Vec<&str> = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a.txt", "b.log"], "{tree}");
+    let stats = chaos_ok(&chaos_call(&host, "GET", "/v1/datastores/default/stats", None).await);
+    assert_eq!(stats["total_files"], 2, "{stats}");
+
+    // Bad requests are named; search is not granted.
+    let missing = chaos_call(&host, "GET", "/v1/datastores/default/tree?path=/nope", None).await;
+    assert_eq!(
+        (missing["status"].as_u64(), missing["message"].as_str()),
+        (Some(404), Some("path `/nope` is not in the index"))
+    );
+    let bad = chaos_call(&host, "GET", "/v1/datastores/default/tree?depth=2", None).await;
+    assert_eq!(bad["status"], 400, "{bad}");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `depth`"),
+        "{bad}"
+    );
+    let unknown = chaos_call(&host, "GET", "/v1/datastores/other/tree", None).await;
+    assert_eq!(unknown["status"], 404, "{unknown}");
+    let search = chaos_call(
+        &host,
+        "GET",
+        "/v1/datastores/default/search?pattern=*.txt",
+        None,
+    )
+    .await;
+    assert_eq!(search["status"], 403, "{search}");
+    assert!(
+        search["message"]
+            .as_str()
+            .unwrap()
+            .contains("not granted `GET /v1/datastores/default/search?pattern=*.txt`"),
+        "{search}"
     );
 }

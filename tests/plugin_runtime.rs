@@ -550,8 +550,10 @@ fn compiled_cache_is_reused() {
         cache_dir: Some(cache.path().to_path_buf()),
         ..Default::default()
     };
-    let api: Arc<dyn weir_host::hostapi::HostApi> =
-        Arc::new(weir_host::hostapi::BuiltinApi::new(Default::default()));
+    let api: Arc<dyn weir_host::hostapi::HostApi> = Arc::new(weir_host::hostapi::BuiltinApi::new(
+        Default::default(),
+        Default::default(),
+    ));
     let engine = weir_host::plugin::PluginEngine::new(config(), api.clone()).unwrap();
     let first = engine
         .load_file(&weir_tests::example("fs-large-files"))

@@ -10,9 +10,8 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{any, get};
-use serde_json::{Value, json};
-use weir_host::host::Host;
-use weir_tests::{guest, host_with_plugin_dir};
+use serde_json::json;
+use weir_tests::{chaos_call, chaos_ok, guest, host_with_plugin_dir};
 
 /// The only environment variable this test binary sets (before any thread
 /// that could read the environment exists).
@@ -63,31 +62,6 @@ fn service() -> Router {
         )
 }
 
-/// What the guest got back for one `call`: `{ok}` or `{status, message}`.
-async fn call(host: &Host, method: &str, path: &str, body: Option<Value>) -> Value {
-    let k = host.registry().lookup("hostile.chaos").cloned().unwrap();
-    let mut payload = json!({"do": "call", "method": method, "path": path});
-    if let Some(b) = body {
-        payload["body"] = Value::String(b.to_string());
-    }
-    // Plugin calls run on blocking threads, as in the pipeline.
-    let out = tokio::task::spawn_blocking(move || {
-        k.plugin
-            .process(&k.def.key, &vec![], &weir_tests::event("u", "x", payload))
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    match out {
-        weir_host::plugin::Outcome::Emit(s) => serde_json::from_str(&s).unwrap(),
-        other => panic!("{other:?}"),
-    }
-}
-
-fn ok(answer: &Value) -> Value {
-    serde_json::from_str(answer["ok"].as_str().unwrap_or_else(|| panic!("{answer}"))).unwrap()
-}
-
 #[test]
 fn granted_upstreams_are_reached_with_host_secrets_and_bounded() {
     // SAFETY: set before the runtime or any other thread of this test binary
@@ -133,20 +107,21 @@ headers = {{ Authorization = "Bearer ${{{TOKEN_VAR}}}", X-Static = "plain" }}
     );
 
     // Granted: the host adds the headers; path and query pass through.
-    let got = ok(&call(&host, "GET", "/upstream/ref/echo/a/b?x=1&y=%20", None).await);
+    let got = chaos_ok(&chaos_call(&host, "GET", "/upstream/ref/echo/a/b?x=1&y=%20", None).await);
     assert_eq!(got["method"], "GET");
     assert_eq!(got["path"], "/api/echo/a/b");
     assert_eq!(got["query"], "x=1&y=%20");
     assert_eq!(got["authorization"], format!("Bearer {TOKEN}"));
     assert_eq!(got["x_static"], "plain");
-    let posted = ok(&call(&host, "post", "/upstream/ref/echo/p", Some(json!({"n": 1}))).await);
+    let posted =
+        chaos_ok(&chaos_call(&host, "post", "/upstream/ref/echo/p", Some(json!({"n": 1}))).await);
     assert_eq!(
         (posted["method"].as_str(), posted["body"].as_str()),
         (Some("POST"), Some(r#"{"n":1}"#))
     );
 
     // Not granted: another upstream name, another method.
-    let refused = call(&host, "GET", "/upstream/other/x", None).await;
+    let refused = chaos_call(&host, "GET", "/upstream/other/x", None).await;
     assert_eq!(refused["status"], 403, "{refused}");
     assert!(
         refused["message"]
@@ -155,13 +130,13 @@ headers = {{ Authorization = "Bearer ${{{TOKEN_VAR}}}", X-Static = "plain" }}
             .contains("plugin `hostile` has no upstream `other`; declare it in hostile.toml"),
         "{refused}"
     );
-    let method = call(&host, "DELETE", "/upstream/ref/echo/x", None).await;
+    let method = chaos_call(&host, "DELETE", "/upstream/ref/echo/x", None).await;
     assert_eq!(method["status"], 405, "{method}");
 
     // Bounded: timeout, size cap; the guest's calls fail alone, the host
     // and the next call are fine.
     let started = Instant::now();
-    let slow = call(&host, "GET", "/upstream/ref/slow", None).await;
+    let slow = chaos_call(&host, "GET", "/upstream/ref/slow", None).await;
     assert_eq!(slow["status"], 504, "{slow}");
     assert_eq!(
         slow["message"],
@@ -172,7 +147,7 @@ headers = {{ Authorization = "Bearer ${{{TOKEN_VAR}}}", X-Static = "plain" }}
         "{:?}",
         started.elapsed()
     );
-    let big = call(&host, "GET", "/upstream/ref/big", None).await;
+    let big = chaos_call(&host, "GET", "/upstream/ref/big", None).await;
     assert_eq!(big["status"], 502, "{big}");
     assert!(
         big["message"]
@@ -185,17 +160,17 @@ headers = {{ Authorization = "Bearer ${{{TOKEN_VAR}}}", X-Static = "plain" }}
     // The service's own errors pass through with its status; redirects are
     // not followed (nothing but base_url's host is reached); `..` cannot
     // climb out of base_url.
-    let missing = call(&host, "GET", "/upstream/ref/missing", None).await;
+    let missing = chaos_call(&host, "GET", "/upstream/ref/missing", None).await;
     assert_eq!(missing["status"], 404);
     assert_eq!(
         missing["message"],
         "upstream `ref` answered 404 Not Found: nothing here"
     );
-    let moved = call(&host, "GET", "/upstream/ref/elsewhere", None).await;
+    let moved = chaos_call(&host, "GET", "/upstream/ref/elsewhere", None).await;
     assert_eq!(moved["status"], 307, "{moved}");
-    let climb = call(&host, "GET", "/upstream/ref/../secret", None).await;
+    let climb = chaos_call(&host, "GET", "/upstream/ref/../secret", None).await;
     assert_eq!(climb["status"], 400, "{climb}");
-    let again = ok(&call(&host, "GET", "/upstream/ref/echo/again", None).await);
+    let again = chaos_ok(&chaos_call(&host, "GET", "/upstream/ref/echo/again", None).await);
     assert_eq!(again["path"], "/api/echo/again");
 
     // A manifest naming a variable the host does not have is refused at
@@ -216,6 +191,6 @@ headers = {{ Authorization = "Bearer ${{{TOKEN_VAR}}}", X-Static = "plain" }}
         reason.contains("capabilities.upstreams[0].headers.X-Key: environment variable `WEIR_TEST_NOT_SET` is not set"),
         "{reason}"
     );
-    let still = ok(&call(&host, "GET", "/upstream/ref/echo/still", None).await);
+    let still = chaos_ok(&chaos_call(&host, "GET", "/upstream/ref/echo/still", None).await);
     assert_eq!(still["authorization"], format!("Bearer {TOKEN}"));
 }

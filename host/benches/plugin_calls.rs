@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
-    let api = Arc::new(BuiltinApi::new(Default::default()));
+    let api = Arc::new(BuiltinApi::new(Default::default(), Default::default()));
     let engine = PluginEngine::new(EngineConfig::default(), api)?;
     let path = std::path::Path::new(weir_host::EXAMPLE_PLUGIN_DIR).join("fs_large_files.wasm");
     let plugin = engine.load_file(&path)?;

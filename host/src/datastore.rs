@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::index::view::{TreeQuery, ViewError, check_tree, write_search, write_tree};
 use crate::index::{Change, Feedback, FsIndex, IndexConfig, Source};
 use crate::ingest::rows::{Batch, Op, Rejected};
 use crate::session::{Session, SessionConfig, SessionError, Sessions};
@@ -347,6 +348,29 @@ impl Datastore {
     /// Runs `f` on the index under a read lock.
     pub fn read_index<R>(&self, f: impl FnOnce(&FsIndex) -> R) -> R {
         f(&self.index.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The tree view `query` asks for, as JSON, within the size guard
+    /// (`max_tree_items`). Call [`Self::readiness`] first.
+    pub fn tree_json(&self, query: &TreeQuery) -> Result<Vec<u8>, ViewError> {
+        let limit = self.config.max_tree_items;
+        self.read_index(|ix| {
+            let root = check_tree(ix, query, limit)?;
+            let mut out = Vec::with_capacity(256);
+            write_tree(ix, query, root, now_secs(), &mut out)?;
+            Ok(out)
+        })
+    }
+
+    /// The nodes matching `pattern` (see [`write_search`]), as JSON, at
+    /// most `max_tree_items`. Call [`Self::readiness`] first.
+    pub fn search_json(&self, pattern: &str) -> Result<Vec<u8>, ViewError> {
+        let limit = self.config.max_tree_items;
+        self.read_index(|ix| {
+            let mut out = Vec::with_capacity(256);
+            write_search(ix, pattern, limit, now_secs(), &mut out)?;
+            Ok(out)
+        })
     }
 
     /// Rows waiting in the queue.

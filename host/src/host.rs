@@ -54,8 +54,6 @@ impl Host {
     /// it does not stop the host.
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
         let registry = Arc::new(RwLock::new(Registry::new()));
-        let api = Arc::new(BuiltinApi::new(registry.clone()));
-        let engine = PluginEngine::new(config.engine, api.clone())?;
         let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new(config.bus));
         let pipeline = Pipeline::new(bus, registry.clone(), config.pipeline);
         let mut configs = config.datastores;
@@ -72,6 +70,8 @@ impl Host {
                 anyhow::bail!("datastore `{name}` is declared twice");
             }
         }
+        let api = Arc::new(BuiltinApi::new(registry.clone(), datastores.clone()));
+        let engine = PluginEngine::new(config.engine, api.clone())?;
         let host = Self {
             registry,
             engine,

@@ -3,14 +3,22 @@
 //! plugin only learns the answer.
 //!
 //! Routes: `GET /v1/keys`, `GET /v1/keys/{key}`, `ANY /v1/echo[...]` (answers
-//! what it was sent, for tests and plugin authors) and a key-value state per
-//! plugin at `GET|PUT|DELETE /v1/state/{name}`.
+//! what it was sent, for tests and plugin authors), a key-value state per
+//! plugin at `GET|PUT|DELETE /v1/state/{name}`, and the datastore views:
+//! `GET /v1/datastores` (names and readiness), `GET
+//! /v1/datastores/{name}/stats`, `.../tree?path=&recursive=&max_depth=&only_path=`
+//! and `.../search?pattern=` (the same answers, and size guard, as the HTTP
+//! views). A plugin reaches only what its manifest grants.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde_json::{Value, json};
 
+use serde::Deserialize;
+
+use crate::datastore::Datastore;
+use crate::index::view::{TreeQuery, ViewError};
 use crate::registry::Registry;
 
 /// Who is calling: the plugin and the key it is serving.
@@ -62,15 +70,20 @@ pub const MAX_STATE_ENTRIES: usize = 10_000;
 /// The built-in route set.
 pub struct BuiltinApi {
     registry: Arc<RwLock<Registry>>,
+    datastores: BTreeMap<String, Arc<Datastore>>,
     /// Per plugin, per name: a JSON value.
     state: Mutex<HashMap<String, HashMap<String, Value>>>,
 }
 
 impl BuiltinApi {
-    /// Routes over `registry`.
-    pub fn new(registry: Arc<RwLock<Registry>>) -> Self {
+    /// Routes over `registry` and `datastores`.
+    pub fn new(
+        registry: Arc<RwLock<Registry>>,
+        datastores: BTreeMap<String, Arc<Datastore>>,
+    ) -> Self {
         Self {
             registry,
+            datastores,
             state: Mutex::default(),
         }
     }
@@ -97,6 +110,72 @@ impl BuiltinApi {
             .lookup(key)
             .ok_or_else(|| ApiError::new(404, format!("no key `{key}`")))?;
         serde_json::to_value(&*k.def).map_err(|e| ApiError::new(500, e.to_string()))
+    }
+
+    fn datastore(&self, name: &str) -> Result<&Arc<Datastore>, ApiError> {
+        let ds = self
+            .datastores
+            .get(name)
+            .ok_or_else(|| ApiError::new(404, format!("no datastore `{name}`")))?;
+        ds.readiness()
+            .map_err(|e| ApiError::new(503, e.to_string()))?;
+        Ok(ds)
+    }
+
+    /// `GET /v1/datastores/{name}/{view}` with `query` (the part after `?`).
+    fn view(&self, name: &str, view: &str, query: &str) -> Result<String, ApiError> {
+        fn args<T: for<'de> Deserialize<'de>>(query: &str) -> Result<T, ApiError> {
+            serde_urlencoded::from_str(query)
+                .map_err(|e| ApiError::new(400, format!("query string: {e}")))
+        }
+        let json = |bytes: Vec<u8>| {
+            String::from_utf8(bytes).map_err(|e| ApiError::new(500, e.to_string()))
+        };
+        let view_err = |e: ViewError| match e {
+            ViewError::NotFound(_) => ApiError::new(404, e.to_string()),
+            ViewError::TooLarge { .. } => ApiError::new(413, e.to_string()),
+            ViewError::Io(_) => ApiError::new(500, e.to_string()),
+        };
+        match view {
+            "stats" => {
+                let ds = self.datastore(name)?;
+                serde_json::to_string(&ds.stats()).map_err(|e| ApiError::new(500, e.to_string()))
+            }
+            "tree" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Tree {
+                    path: Option<String>,
+                    recursive: Option<bool>,
+                    max_depth: Option<u32>,
+                    only_path: Option<bool>,
+                }
+                let a: Tree = args(query)?;
+                let q = TreeQuery::from_params(a.path, a.recursive, a.max_depth, a.only_path)
+                    .map_err(|e| ApiError::new(400, e))?;
+                json(self.datastore(name)?.tree_json(&q).map_err(view_err)?)
+            }
+            "search" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Search {
+                    pattern: String,
+                }
+                let a: Search = args(query)?;
+                if a.pattern.is_empty() {
+                    return Err(ApiError::new(400, "`pattern` is empty"));
+                }
+                json(
+                    self.datastore(name)?
+                        .search_json(&a.pattern)
+                        .map_err(view_err)?,
+                )
+            }
+            _ => Err(ApiError::new(
+                404,
+                format!("no view `{view}` (stats, tree, search)"),
+            )),
+        }
     }
 
     fn state(
@@ -156,9 +235,22 @@ impl HostApi for BuiltinApi {
         body: Option<&str>,
     ) -> Result<String, ApiError> {
         let method = method.to_ascii_uppercase();
-        let route = path.split('?').next().unwrap_or(path);
+        let (route, query) = path.split_once('?').unwrap_or((path, ""));
         let segments: Vec<&str> = route.trim_matches('/').split('/').collect();
         let value = match (method.as_str(), segments.as_slice()) {
+            ("GET", ["v1", "datastores"]) => Value::Array(
+                self.datastores
+                    .values()
+                    .map(|d| json!({ "name": d.name(), "ready": d.readiness().is_ok() }))
+                    .collect(),
+            ),
+            ("GET", ["v1", "datastores", name, view]) => return self.view(name, view, query),
+            (_, ["v1", "datastores", ..]) => {
+                return Err(ApiError::new(
+                    405,
+                    format!("{method} is not allowed on {route} (GET)"),
+                ));
+            }
             ("GET", ["v1", "keys"]) => self.keys(),
             ("GET", ["v1", "keys", key]) => self.key(key)?,
             (_, ["v1", "keys", ..]) => {
@@ -206,7 +298,7 @@ mod tests {
 
     #[test]
     fn state_is_per_plugin() {
-        let api = BuiltinApi::new(Default::default());
+        let api = BuiltinApi::new(Default::default(), Default::default());
         assert_eq!(
             call(&api, "a", "PUT", "/v1/state/x", Some(r#"{"v":1}"#)),
             Ok(json!({"v": 1}))
@@ -234,7 +326,7 @@ mod tests {
 
     #[test]
     fn bad_requests_are_clear() {
-        let api = BuiltinApi::new(Default::default());
+        let api = BuiltinApi::new(Default::default(), Default::default());
         let status = |m, p, b| call(&api, "a", m, p, b).unwrap_err();
         assert_eq!(status("PUT", "/v1/state/x", Some("{no")).status, 400);
         assert_eq!(
@@ -254,7 +346,7 @@ mod tests {
 
     #[test]
     fn echo_answers_what_it_was_sent() {
-        let api = BuiltinApi::new(Default::default());
+        let api = BuiltinApi::new(Default::default(), Default::default());
         let got = call(&api, "a", "post", "/v1/echo/x?y=1", Some("[1]")).unwrap();
         assert_eq!(
             got,

@@ -332,3 +332,40 @@ pub fn host_with_pipeline_guest() -> Arc<Host> {
         .expect("the pipeline guest registers");
     host
 }
+
+/// What the hostile guest's `call` action got back from `call-api(method,
+/// path, body)` in `host`'s `hostile.chaos` key: `{ok}` with the answer text
+/// or `{status, message}`. Runs on a blocking thread, as the pipeline does.
+pub async fn chaos_call(
+    host: &Host,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let k = host
+        .registry()
+        .lookup("hostile.chaos")
+        .cloned()
+        .expect("hostile loaded");
+    let mut payload = serde_json::json!({"do": "call", "method": method, "path": path});
+    if let Some(b) = body {
+        payload["body"] = serde_json::Value::String(b.to_string());
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        k.plugin
+            .process(&k.def.key, &vec![], &event("u", "x", payload))
+    })
+    .await
+    .expect("call ran")
+    .expect("the call action never faults");
+    match out {
+        weir_host::plugin::Outcome::Emit(s) => serde_json::from_str(&s).expect("JSON"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The parsed `ok` answer of a [`chaos_call`]; panics with the error.
+pub fn chaos_ok(answer: &serde_json::Value) -> serde_json::Value {
+    let text = answer["ok"].as_str().unwrap_or_else(|| panic!("{answer}"));
+    serde_json::from_str(text).expect("JSON answer")
+}

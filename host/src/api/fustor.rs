@@ -18,7 +18,7 @@ use super::{AppError, authorize_datastore, body_bytes};
 use crate::auth::Role;
 use crate::datastore::{Datastore, now_secs};
 use crate::host::Host;
-use crate::index::view::{TreeQuery, ViewError, check_tree, write_tree};
+use crate::index::view::TreeQuery;
 use crate::index::{Feedback, Meta, normalize};
 use crate::ingest::rows::parse_batch;
 
@@ -169,26 +169,16 @@ pub(super) async fn tree_of(
     params: TreeParams,
 ) -> Result<Response, AppError> {
     let ds = ready_view(host, headers, name)?;
-    let raw = params.path.unwrap_or_else(|| "/".into());
-    let path = normalize(&raw)
-        .ok_or_else(|| AppError::BadRequest(format!("path `{raw}` is not a clean path")))?;
-    let query = TreeQuery {
-        path,
-        recursive: params.recursive.unwrap_or(true),
-        max_depth: params.max_depth,
-        only_path: params.only_path.unwrap_or(false),
-    };
-    let limit = ds.config().max_tree_items;
-    let body = tokio::task::spawn_blocking(move || {
-        ds.read_index(|ix| {
-            let root = check_tree(ix, &query, limit)?;
-            let mut out = Vec::with_capacity(256);
-            write_tree(ix, &query, root, now_secs(), &mut out)?;
-            Ok::<_, ViewError>(out)
-        })
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.into()))??;
+    let query = TreeQuery::from_params(
+        params.path,
+        params.recursive,
+        params.max_depth,
+        params.only_path,
+    )
+    .map_err(AppError::BadRequest)?;
+    let body = tokio::task::spawn_blocking(move || ds.tree_json(&query))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))??;
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -260,16 +250,9 @@ pub(super) async fn search(
     if params.pattern.is_empty() {
         return Err(AppError::BadRequest("`pattern` is empty".into()));
     }
-    let limit = ds.config().max_tree_items;
-    let body = tokio::task::spawn_blocking(move || {
-        ds.read_index(|ix| {
-            let mut out = Vec::with_capacity(256);
-            crate::index::view::write_search(ix, &params.pattern, limit, now_secs(), &mut out)?;
-            Ok::<_, ViewError>(out)
-        })
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.into()))??;
+    let body = tokio::task::spawn_blocking(move || ds.search_json(&params.pattern))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))??;
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 

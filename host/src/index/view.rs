@@ -25,6 +25,27 @@ pub struct TreeQuery {
     pub only_path: bool,
 }
 
+impl TreeQuery {
+    /// A query from request parameters: `path` (default `/`, must be clean),
+    /// `recursive` (default true), `max_depth`, `only_path` (default false).
+    pub fn from_params(
+        path: Option<String>,
+        recursive: Option<bool>,
+        max_depth: Option<u32>,
+        only_path: Option<bool>,
+    ) -> Result<Self, String> {
+        let raw = path.unwrap_or_else(|| "/".into());
+        let path =
+            super::normalize(&raw).ok_or_else(|| format!("path `{raw}` is not a clean path"))?;
+        Ok(Self {
+            path,
+            recursive: recursive.unwrap_or(true),
+            max_depth,
+            only_path: only_path.unwrap_or(false),
+        })
+    }
+}
+
 /// Why a tree cannot be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
