@@ -37,6 +37,15 @@ keys = [{ role = "query", key = "s3cret" }]
 [events]
 history_events = 42
 quarantine_after = 5
+
+[server]
+listen = "0.0.0.0:8080"
+log_format = "json"
+plugin_poll_ms = 0
+
+[limits]
+memory_mib = 16
+call_deadline_ms = 250
 "#,
     );
     assert_eq!(code, 0, "{err}");
@@ -48,6 +57,15 @@ quarantine_after = 5
     assert!(out.contains("datastore default"), "{out}");
     assert!(out.contains("history 42 events"), "{out}");
     assert!(out.contains("quarantine after 5"), "{out}");
+    assert!(
+        out.contains("server: listen 0.0.0.0:8080, plugins "),
+        "{out}"
+    );
+    assert!(out.contains("poll never, log json"), "{out}");
+    assert!(
+        out.contains("limits: memory 16 MiB, matches 50 ms, calls 250 ms, output 1024 KiB"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -69,6 +87,18 @@ fn problems_are_named() {
         err.contains("events.dlq_capacity must be at least 1"),
         "{err}"
     );
+    let (code, _, err) = check("[limits]\nmemory_mib = 0\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("limits.memory_mib = 0: must be from 1 to 1024"),
+        "{err}"
+    );
+    let (code, _, err) = check("[server]\nlog = \"info,[[[\"\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("server.log = \"info,[[[\""), "{err}");
+    let (code, _, err) = check("[server]\nlisten = \"nowhere\"\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid socket address"), "{err}");
     let (code, _, err) = check("[[datastores]]\nname = \"a b\"\n");
     assert_eq!(code, 1);
     assert!(err.contains("name must be 1 to 64 letters"), "{err}");

@@ -3,17 +3,18 @@
 //! output streams so that tests drive it in-process.
 
 use std::io::{BufRead, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::auth::Keys;
+use crate::config::{LogFormat, MAX_DEFAULT_MEMORY_MIB, ServerSection};
 use crate::host::{Host, HostConfig, PluginLoadError};
+use crate::plugin::manifest::LimitsSection;
 use crate::plugin::{EngineConfig, Limits, LoadedPlugin, Outcome, Params, RawEvent};
 use crate::registry::{Function, KeyDefinition, OutputSchema, Runner, params};
 
@@ -50,27 +51,18 @@ enum ConfigCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Settings of `weir serve`; each also as an environment variable.
+/// Settings of `weir serve`; each also as an environment variable, and
+/// (but the config path and the default datastore's two) in `weir.toml`.
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Directory of plugin components (`*.wasm`). Default: the example
-    /// plugins built with this binary.
-    #[arg(long, env = "WEIR_PLUGINS")]
-    plugins: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
-    #[command(flatten)]
-    limits: LimitArgs,
-    /// Configuration file declaring datastores and their API keys.
+    /// Configuration file: server, default limits, datastores and their API
+    /// keys, events. Flags and environment win over it.
     #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerSection,
+    #[command(flatten)]
+    limits: LimitsSection,
     /// Seconds without heartbeat or push before an agent session of the
     /// `default` datastore expires and its views answer 503 [default: 30].
     #[arg(long, env = "WEIR_SESSION_TIMEOUT_SECS")]
@@ -79,46 +71,8 @@ struct ServeArgs {
     /// pushes beyond get 503 [default: 100000].
     #[arg(long, env = "WEIR_QUEUE_ROWS")]
     queue_rows: Option<usize>,
-    /// Directory for compiled components (keyed by content hash).
-    #[arg(long, env = "WEIR_COMPILE_CACHE")]
-    compile_cache: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: LogFormat,
     #[command(flatten)]
     events: crate::config::EventsSection,
-    /// How often the plugin directory is scanned for new, changed and
-    /// removed plugins, in milliseconds (0: never; load at start only).
-    #[arg(long, env = "WEIR_PLUGIN_POLL_MS", default_value_t = 500)]
-    plugin_poll_ms: u64,
-}
-
-/// Default limits of plugin calls.
-#[derive(Debug, Args)]
-struct LimitArgs {
-    /// Deadline of one `matches` call, in milliseconds.
-    #[arg(long, env = "WEIR_MATCHES_DEADLINE_MS", default_value_t = 50)]
-    matches_deadline_ms: u64,
-    /// Deadline of every other plugin call, in milliseconds.
-    #[arg(long, env = "WEIR_CALL_DEADLINE_MS", default_value_t = 5000)]
-    call_deadline_ms: u64,
-    /// Linear memory cap per plugin instance, in MiB.
-    #[arg(long, env = "WEIR_PLUGIN_MEMORY_MIB", default_value_t = 64)]
-    plugin_memory_mib: usize,
-    /// Largest output of one event, in KiB.
-    #[arg(long, env = "WEIR_MAX_OUTPUT_KIB", default_value_t = 1024)]
-    max_output_kib: usize,
-}
-
-impl LimitArgs {
-    fn limits(&self) -> Limits {
-        Limits {
-            matches_deadline: Duration::from_millis(self.matches_deadline_ms),
-            call_deadline: Duration::from_millis(self.call_deadline_ms),
-            memory_bytes: self.plugin_memory_mib * 1024 * 1024,
-            max_output_bytes: self.max_output_kib * 1024,
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,7 +108,7 @@ struct TestArgs {
     #[arg(long)]
     events: PathBuf,
     #[command(flatten)]
-    limits: LimitArgs,
+    limits: LimitsSection,
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -206,10 +160,6 @@ pub fn run(
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<i32> {
-    init_tracing(args.log_format);
-    let plugin_dir = args
-        .plugins
-        .unwrap_or_else(|| PathBuf::from(crate::EXAMPLE_PLUGIN_DIR));
     let file = match &args.config {
         Some(path) => crate::config::load(path)?,
         None => crate::config::FileConfig::default(),
@@ -218,6 +168,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         .config
         .as_ref()
         .map_or("(no config file)".to_string(), |p| p.display().to_string());
+    let settings = crate::config::serve_settings(
+        &args.server.or(&file.server),
+        &args.limits.or(&file.limits),
+        &label,
+    )?;
+    init_tracing(settings.log_format, &settings.log);
     let (mut datastores, mut keys) = file.resolve(&label, &|var| std::env::var(var).ok())?;
     let (default_keys, generated) = Keys::for_default_datastore(|var| std::env::var(var).ok());
     keys.extend(default_keys);
@@ -244,10 +200,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     }
     let (bus, pipeline) = args.events.or(&file.events).resolve(&label)?;
     let config = HostConfig {
-        plugin_dir: Some(plugin_dir),
+        plugin_dir: Some(settings.plugins.clone()),
         engine: EngineConfig {
-            limits: args.limits.limits(),
-            cache_dir: args.compile_cache,
+            limits: settings.limits.clone(),
+            cache_dir: settings.compile_cache.clone(),
             ..EngineConfig::default()
         },
         keys,
@@ -258,12 +214,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let host = Arc::new(tokio::task::spawn_blocking(move || Host::new(config)).await??);
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, keys = host.registry().len(), "weir serving");
-        let watcher = (args.plugin_poll_ms > 0)
-            .then(|| host.watch_plugins(Duration::from_millis(args.plugin_poll_ms)));
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, plugins = %settings.plugins.display(), keys = host.registry().len(), "weir serving");
+        let watcher = settings.plugin_poll.map(|every| host.watch_plugins(every));
         // `run` drains the queues (nothing accepted is lost) and ends the
         // subscriptions before it returns.
         crate::run(listener, host, shutdown_signal()).await?;
@@ -280,7 +235,36 @@ fn config_check(path: &Path, out: &mut dyn Write) -> anyhow::Result<i32> {
     let label = path.display().to_string();
     let (datastores, keys) = file.resolve(&label, &|var| std::env::var(var).ok())?;
     let (bus, pipeline) = file.events.resolve(&label)?;
+    let serve = crate::config::serve_settings(&file.server, &file.limits, &label)?;
     writeln!(out, "{label}: ok")?;
+    writeln!(
+        out,
+        "  server: listen {}, plugins {}, poll {}, log {} ({}), compile cache {}",
+        serve.listen,
+        serve.plugins.display(),
+        serve.plugin_poll.map_or("never".to_string(), |d| format!(
+            "every {} ms",
+            d.as_millis()
+        )),
+        match serve.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        },
+        serve.log,
+        serve
+            .compile_cache
+            .as_ref()
+            .map_or("none".to_string(), |p| p.display().to_string()),
+    )?;
+    let l = &serve.limits;
+    writeln!(
+        out,
+        "  limits: memory {} MiB, matches {} ms, calls {} ms, output {} KiB",
+        l.memory_bytes >> 20,
+        l.matches_deadline.as_millis(),
+        l.call_deadline.as_millis(),
+        l.max_output_bytes >> 10
+    )?;
     for d in &datastores {
         writeln!(
             out,
@@ -327,8 +311,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// Logs to stderr in `format`, filtered by `filter` (checked already).
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -495,7 +480,11 @@ struct InputEvent {
 }
 
 fn test(args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let host = offline_host(args.limits.limits())?;
+    let host = offline_host(
+        args.limits
+            .apply(&Limits::default(), MAX_DEFAULT_MEMORY_MIB * 1024 * 1024)
+            .map_err(anyhow::Error::msg)?,
+    )?;
     let plugin = Arc::new(load(&host, &args.file)?);
     // Registered so that the plugin's own `GET /v1/keys` sees its keys; the
     // rules are reported, not fatal, so that a broken plugin can be tried.

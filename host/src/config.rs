@@ -1,9 +1,26 @@
-//! The configuration file (`weir.toml`): datastores and their API keys, and
-//! the event bus and pipeline settings.
+//! The configuration file (`weir.toml`): the server, default plugin limits,
+//! datastores and their API keys, and the event bus and pipeline settings.
+//! Every `[server]`, `[limits]` and `[events]` setting is also a `weir serve`
+//! flag and environment variable (see `weir serve --help`); flags and
+//! environment win over the file, the file over the defaults.
 //! Without a file there is one datastore, `default`, whose keys come from
 //! the environment or are generated.
 //!
 //! ```toml
+//! [server]
+//! listen = "127.0.0.1:7070"
+//! plugins = "plugins"           # relative to this file; default: the examples
+//! plugin_poll_ms = 500          # 0: load at start only
+//! compile_cache = "cache"       # compiled components, by content hash
+//! log_format = "json"           # or "text"
+//! log = "info,weir::plugin=debug"  # tracing filter (RUST_LOG syntax)
+//!
+//! [limits]                      # defaults; a plugin's manifest overrides them
+//! memory_mib = 64
+//! matches_deadline_ms = 50
+//! call_deadline_ms = 5000
+//! max_output_kib = 1024
+//!
 //! [[datastores]]
 //! name = "lab"
 //! session_timeout_secs = 30     # optional, as every setting below
@@ -28,7 +45,8 @@
 //! dlq_capacity = 10000
 //! ```
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -37,17 +55,146 @@ use crate::auth::{Keys, Role};
 use crate::bus::BusConfig;
 use crate::datastore::DatastoreConfig;
 use crate::pipeline::PipelineConfig;
+use crate::plugin::Limits;
+use crate::plugin::manifest::LimitsSection;
 
 /// The file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// Listening address, plugins, logging.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Default limits of plugin calls.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// Declared datastores.
     #[serde(default)]
     pub datastores: Vec<DatastoreSection>,
     /// Event bus and pipeline settings.
     #[serde(default)]
     pub events: EventsSection,
+}
+
+/// How `weir serve` writes its logs (to stderr).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[server]` section; every field optional. The same settings exist as
+/// `weir serve` flags, which win over the file.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "WEIR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of plugin components (`*.wasm`, each with an optional
+    /// `NAME.toml` manifest) [default: the example plugins built with this
+    /// binary].
+    #[arg(long, env = "WEIR_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+    /// How often the plugin directory is scanned for new, changed and
+    /// removed plugins, ms (0: load at start only) [default: 500].
+    #[arg(long, env = "WEIR_PLUGIN_POLL_MS")]
+    pub plugin_poll_ms: Option<u64>,
+    /// Directory for compiled components, keyed by content hash (restarts
+    /// skip compiling) [default: none].
+    #[arg(long, env = "WEIR_COMPILE_CACHE")]
+    pub compile_cache: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter in `RUST_LOG` syntax, such as `info,weir::plugin=debug`
+    /// [default: `RUST_LOG`, else info].
+    #[arg(long, env = "WEIR_LOG")]
+    pub log: Option<String>,
+}
+
+impl ServerSection {
+    /// These settings over `base` (flags over the file).
+    pub fn or(&self, base: &ServerSection) -> ServerSection {
+        ServerSection {
+            listen: self.listen.or(base.listen),
+            plugins: self.plugins.clone().or_else(|| base.plugins.clone()),
+            plugin_poll_ms: self.plugin_poll_ms.or(base.plugin_poll_ms),
+            compile_cache: self
+                .compile_cache
+                .clone()
+                .or_else(|| base.compile_cache.clone()),
+            log_format: self.log_format.or(base.log_format),
+            log: self.log.clone().or_else(|| base.log.clone()),
+        }
+    }
+}
+
+/// What `weir serve` runs with: the `[server]` and `[limits]` settings,
+/// defaults filled in and checked.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Plugin directory.
+    pub plugins: PathBuf,
+    /// Scan interval of the plugin directory; `None`: never.
+    pub plugin_poll: Option<Duration>,
+    /// Compile cache directory.
+    pub compile_cache: Option<PathBuf>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+    /// Default limits of plugin calls.
+    pub limits: Limits,
+}
+
+/// Largest default instance memory (a manifest may ask up to this, too).
+pub const MAX_DEFAULT_MEMORY_MIB: usize = 1024;
+
+/// Resolves `server` and `limits` (already merged: flags over the file);
+/// `file` names the source in errors.
+pub fn serve_settings(
+    server: &ServerSection,
+    limits: &LimitsSection,
+    file: &str,
+) -> Result<ServeSettings, ConfigError> {
+    let err = |problem: String| ConfigError {
+        file: file.to_string(),
+        problem,
+    };
+    let log = server
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::EnvFilter::try_new(&log)
+        .map_err(|e| err(format!("server.log = \"{log}\": {e}")))?;
+    let limits = limits
+        .apply(&Limits::default(), MAX_DEFAULT_MEMORY_MIB * 1024 * 1024)
+        .map_err(err)?;
+    Ok(ServeSettings {
+        listen: server
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+        plugins: server
+            .plugins
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::EXAMPLE_PLUGIN_DIR)),
+        plugin_poll: match server.plugin_poll_ms.unwrap_or(500) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        },
+        compile_cache: server.compile_cache.clone(),
+        log_format: server.log_format.unwrap_or_default(),
+        log,
+        limits,
+    })
 }
 
 /// The `[events]` section; every field optional. The same settings exist as
@@ -189,7 +336,17 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
         problem,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_string()))
+    let mut file: FileConfig =
+        toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+    // Paths in the file are relative to the file, not to where weir runs.
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in [&mut file.server.plugins, &mut file.server.compile_cache]
+        .into_iter()
+        .flatten()
+    {
+        *p = base.join(&*p);
+    }
+    Ok(file)
 }
 
 impl FileConfig {

@@ -52,11 +52,18 @@ struct Served {
 }
 
 /// Starts `weir serve --listen 127.0.0.1:0 --log-format json ARGS` with the
-/// example plugins and `env`; waits for its start line. The rest of its
-/// stderr is drained so it never blocks on a full pipe.
+/// example plugins and `env`; waits for its start line.
 fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
+    let flags = ["--listen", "127.0.0.1:0", "--log-format", "json"];
+    serve_with(&[&flags[..], args].concat(), env)
+}
+
+/// Starts `weir serve ARGS` (which must make it log JSON) with `env`; waits
+/// for its start line. The rest of its stderr is drained so it never blocks
+/// on a full pipe.
+fn serve_with(args: &[&str], env: &[(&str, &str)]) -> Served {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+    cmd.arg("serve")
         .args(args)
         .env_remove("WEIR_PLUGINS")
         .env("RUST_LOG", "info")
@@ -186,6 +193,63 @@ fn config_file_datastores_get_their_own_keys() {
     assert!(status.contains("403"), "{status}");
     child.kill().unwrap();
     child.wait().unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn server_and_limit_settings_come_from_the_config_file_and_flags_win() {
+    let dir = std::env::temp_dir().join(format!("weir-config-server-{}", std::process::id()));
+    let plugins = dir.join("my-plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(
+        std::path::Path::new(weir_host::EXAMPLE_PLUGIN_DIR).join("fs_large_files.wasm"),
+        plugins.join("fs_large_files.wasm"),
+    )
+    .unwrap();
+    let file = dir.join("weir.toml");
+    // Relative paths are the file's; the log format and listen address
+    // come from the file alone (no flags).
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugins = \"my-plugins\"\nlog_format = \"json\"\nplugin_poll_ms = 0\n\n[limits]\ncall_deadline_ms = 1234\nmemory_mib = 16\n",
+    )
+    .unwrap();
+    let file_arg = file.display().to_string();
+    let Served {
+        mut child,
+        addr,
+        start,
+        ..
+    } = serve_with(
+        &["--config", &file_arg, "--plugin-memory-mib", "24"],
+        &[("WEIR_ADMIN_KEY", "admin-secret")],
+    );
+    assert_eq!(start["fields"]["keys"], 1, "{start}");
+    let (status, body) = get(&addr, "/v1/plugins", "admin-secret");
+    assert!(status.contains("200"), "{status} {body}");
+    let plugins: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let limits = &plugins["loaded"][0]["limits"];
+    assert_eq!(limits["call_deadline_ms"], 1234, "{body}");
+    assert_eq!(limits["memory_mib"], 24, "the flag wins: {body}");
+    assert!(
+        plugins["loaded"][0]["file"]
+            .as_str()
+            .unwrap()
+            .contains("my-plugins"),
+        "{body}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A bad value in the file is named, and nothing starts.
+    std::fs::write(&file, "[server]\nlog_format = \"xml\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--config", &file_arg])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown variant `xml`"), "{stderr}");
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -162,18 +162,82 @@ impl ApiGrants {
     }
 }
 
-/// `[limits]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// `[limits]`: in a manifest, that plugin's limits; in `weir.toml` and as
+/// `weir serve` flags, the host's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
-    /// Linear memory cap per instance, MiB.
+    /// Linear memory cap per plugin instance, MiB [default: 64].
+    #[arg(long = "plugin-memory-mib", env = "WEIR_PLUGIN_MEMORY_MIB")]
     pub memory_mib: Option<usize>,
-    /// Deadline of `matches` and `matches-batch`, ms.
+    /// Deadline of one `matches` (or `matches-batch`) call, ms [default: 50].
+    #[arg(long, env = "WEIR_MATCHES_DEADLINE_MS")]
     pub matches_deadline_ms: Option<u64>,
-    /// Deadline of every other call, ms.
+    /// Deadline of every other plugin call, ms [default: 5000].
+    #[arg(long, env = "WEIR_CALL_DEADLINE_MS")]
     pub call_deadline_ms: Option<u64>,
-    /// Largest output of one event, KiB.
+    /// Largest output of one event, KiB [default: 1024].
+    #[arg(long, env = "WEIR_MAX_OUTPUT_KIB")]
     pub max_output_kib: Option<usize>,
+}
+
+impl LimitsSection {
+    /// These settings over `base` (flags over the file).
+    pub fn or(&self, base: &LimitsSection) -> LimitsSection {
+        LimitsSection {
+            memory_mib: self.memory_mib.or(base.memory_mib),
+            matches_deadline_ms: self.matches_deadline_ms.or(base.matches_deadline_ms),
+            call_deadline_ms: self.call_deadline_ms.or(base.call_deadline_ms),
+            max_output_kib: self.max_output_kib.or(base.max_output_kib),
+        }
+    }
+
+    /// `base` with these limits, checked: memory from 1 MiB to
+    /// `max_memory_bytes`, deadlines from 1 ms to 10 minutes, output from
+    /// 1 KiB to 64 MiB. Errors name the field.
+    pub fn apply(&self, base: &Limits, max_memory_bytes: usize) -> Result<Limits, String> {
+        let l = self;
+        let mut out = base.clone();
+        if let Some(mib) = l.memory_mib {
+            let max = max_memory_bytes / (1024 * 1024);
+            if mib == 0 || mib > max {
+                return Err(format!(
+                    "limits.memory_mib = {mib}: must be from 1 to {max}"
+                ));
+            }
+            out.memory_bytes = mib * 1024 * 1024;
+        }
+        for (field, value, target) in [
+            (
+                "matches_deadline_ms",
+                l.matches_deadline_ms,
+                &mut out.matches_deadline,
+            ),
+            (
+                "call_deadline_ms",
+                l.call_deadline_ms,
+                &mut out.call_deadline,
+            ),
+        ] {
+            if let Some(ms) = value {
+                if ms == 0 || ms > MAX_DEADLINE_MS {
+                    return Err(format!(
+                        "limits.{field} = {ms}: must be from 1 to {MAX_DEADLINE_MS}"
+                    ));
+                }
+                *target = Duration::from_millis(ms);
+            }
+        }
+        if let Some(kib) = l.max_output_kib {
+            if kib == 0 || kib > 64 * 1024 {
+                return Err(format!(
+                    "limits.max_output_kib = {kib}: must be from 1 to 65536"
+                ));
+            }
+            out.max_output_bytes = kib * 1024;
+        }
+        Ok(out)
+    }
 }
 
 /// Longest deadline a manifest may set.
@@ -242,51 +306,10 @@ impl Manifest {
         Ok(out)
     }
 
-    /// `base` with this manifest's limits, checked: memory from 1 MiB to
-    /// `max_memory_bytes`, deadlines from 1 ms to 10 minutes, output from
-    /// 1 KiB to 64 MiB.
+    /// `base` with this manifest's limits, checked (see
+    /// [`LimitsSection::apply`]).
     pub fn limits(&self, base: &Limits, max_memory_bytes: usize) -> Result<Limits, String> {
-        let l = &self.limits;
-        let mut out = base.clone();
-        if let Some(mib) = l.memory_mib {
-            let max = max_memory_bytes / (1024 * 1024);
-            if mib == 0 || mib > max {
-                return Err(format!(
-                    "limits.memory_mib = {mib}: must be from 1 to {max}"
-                ));
-            }
-            out.memory_bytes = mib * 1024 * 1024;
-        }
-        for (field, value, target) in [
-            (
-                "matches_deadline_ms",
-                l.matches_deadline_ms,
-                &mut out.matches_deadline,
-            ),
-            (
-                "call_deadline_ms",
-                l.call_deadline_ms,
-                &mut out.call_deadline,
-            ),
-        ] {
-            if let Some(ms) = value {
-                if ms == 0 || ms > MAX_DEADLINE_MS {
-                    return Err(format!(
-                        "limits.{field} = {ms}: must be from 1 to {MAX_DEADLINE_MS}"
-                    ));
-                }
-                *target = Duration::from_millis(ms);
-            }
-        }
-        if let Some(kib) = l.max_output_kib {
-            if kib == 0 || kib > 64 * 1024 {
-                return Err(format!(
-                    "limits.max_output_kib = {kib}: must be from 1 to 65536"
-                ));
-            }
-            out.max_output_bytes = kib * 1024;
-        }
-        Ok(out)
+        self.limits.apply(base, max_memory_bytes)
     }
 }
 
