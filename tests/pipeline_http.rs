@@ -336,6 +336,19 @@ async fn match_then_process_in_bus_order_with_parallel_workers() {
     assert!(e["timestamp"].as_str().unwrap().ends_with('Z'));
     assert_eq!(e["id"].as_str().unwrap().len(), 36);
     assert_eq!(e["data"]["sub"], "main");
+    let (_, subs) = s
+        .send("GET", "/v1/subscriptions", Some(Role::Admin), None)
+        .await;
+    let counts = &subs["subscriptions"][0]["consumers"][0];
+    for (field, n) in [
+        ("received", 200),
+        ("matched", 195),
+        ("filtered", 5),
+        ("dropped_by_key", 28),
+        ("delivered", 167),
+    ] {
+        assert_eq!(counts[field], n, "{field}: {counts}");
+    }
 }
 
 #[tokio::test]
@@ -879,6 +892,7 @@ async fn metrics_are_present_and_move_with_traffic() {
         )
     };
     assert_eq!(k("received"), Some(3.0));
+    assert_eq!(k("matched"), Some(3.0));
     assert_eq!(k("emitted"), Some(2.0));
     assert_eq!(
         sample(

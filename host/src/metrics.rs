@@ -123,11 +123,12 @@ pub fn render(host: &Host) -> String {
     o.metric(
         "weir_key_events_total",
         "counter",
-        "Events per key by outcome: received, filtered (matches said no), emitted, dropped (by process), overflow_dropped (slow consumer), skipped_quarantined.",
+        "Events per key by outcome: received, matched (matches said yes), filtered (matches said no), emitted, dropped (by process), overflow_dropped (slow consumer), skipped_quarantined.",
         keys.iter().flat_map(|(key, s)| {
             let c = s.events.counts();
             [
                 ("received", c.received),
+                ("matched", c.matched),
                 ("filtered", c.filtered),
                 ("emitted", c.delivered),
                 ("dropped", c.dropped_by_key),

@@ -226,7 +226,8 @@ struct Call<'a> {
 impl Call<'_> {
     /// `matches` then `process` on `events`, one verdict each; call
     /// durations go to `stats`.
-    fn judge(&self, events: &[Arc<Event>], stats: Option<&KeyStats>) -> Vec<Verdict> {
+    /// The verdict on each of `events`, and how many `matches` accepted.
+    fn judge(&self, events: &[Arc<Event>], stats: Option<&KeyStats>) -> (Vec<Verdict>, u64) {
         let raws: Vec<RawEvent> = events.iter().map(|e| e.to_raw()).collect();
         let mut verdicts: Vec<Option<Verdict>> = (0..events.len()).map(|_| None).collect();
         let mut selected = Vec::new();
@@ -276,10 +277,11 @@ impl Call<'_> {
                 verdicts[i] = Some(verdict);
             }
         }
-        verdicts
+        let verdicts = verdicts
             .into_iter()
             .map(|v| v.unwrap_or(Verdict::Dropped))
-            .collect()
+            .collect();
+        (verdicts, selected.len() as u64)
     }
 
     /// The envelope around `output`; an error when a custom schema rejects
@@ -405,7 +407,9 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
     let mut out = Batch::default();
     let ks = &ctx.key_stats;
     ks.events.add(|s| &s.received, n);
-    for (event, verdict) in events.iter().zip(call.judge(events, Some(ks))) {
+    let (verdicts, matched) = call.judge(events, Some(ks));
+    ctx.count(|s| &s.matched, matched);
+    for (event, verdict) in events.iter().zip(verdicts) {
         // An event whose match and process both went fine ends a streak.
         out.faults.push(match &verdict {
             Verdict::Fault { message, .. } => Some(message.clone()),
@@ -471,6 +475,7 @@ pub(crate) fn replay_one(p: &Pipeline, mut letter: DeadLetter) -> ReplayResult {
     };
     let verdict = call
         .judge(std::slice::from_ref(&letter.event), None)
+        .0
         .pop()
         .unwrap_or(Verdict::Dropped);
     match verdict {

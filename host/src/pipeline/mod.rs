@@ -129,6 +129,7 @@ pub enum Notice {
 #[derive(Debug, Default)]
 pub struct ConsumerStats {
     received: AtomicU64,
+    matched: AtomicU64,
     delivered: AtomicU64,
     filtered: AtomicU64,
     dropped_by_key: AtomicU64,
@@ -142,6 +143,8 @@ pub struct ConsumerStats {
 pub struct ConsumerCounts {
     /// Events pulled from the bus.
     pub received: u64,
+    /// Events `matches` accepted (then processed).
+    pub matched: u64,
     /// Envelopes delivered.
     pub delivered: u64,
     /// Events `matches` rejected.
@@ -167,6 +170,7 @@ impl ConsumerStats {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ConsumerCounts {
             received: l(&self.received),
+            matched: l(&self.matched),
             delivered: l(&self.delivered),
             filtered: l(&self.filtered),
             dropped_by_key: l(&self.dropped_by_key),
