@@ -75,42 +75,48 @@ pub fn render(host: &Host) -> String {
     let mut o = Out(String::new());
 
     let plugins = host.plugins();
-    let per_plugin = |v: fn(&crate::host::PluginInfo) -> u64| {
+    let per_plugin = |v: PluginSample| {
         plugins
             .iter()
             .map(move |p| (label("plugin", &p.name), v(p)))
             .collect::<Vec<_>>()
     };
-    o.metric(
-        "weir_plugin_calls_total",
-        "counter",
-        "Calls into a plugin's component.",
-        per_plugin(|p| p.calls),
-    );
-    o.metric(
-        "weir_plugin_faults_total",
-        "counter",
-        "Calls into a plugin that faulted.",
-        per_plugin(|p| p.faults),
-    );
-    o.metric(
-        "weir_plugin_instances_created_total",
-        "counter",
-        "Instances created (the first, plus one per fault that recycled one).",
-        per_plugin(|p| p.instances_created),
-    );
-    o.metric(
-        "weir_plugin_memory_bytes",
-        "gauge",
-        "Linear memory held by a plugin's live instances (idle or running).",
-        per_plugin(|p| p.memory_bytes),
-    );
-    o.metric(
-        "weir_plugin_memory_peak_bytes",
-        "gauge",
-        "The most linear memory one instance of a plugin has held.",
-        per_plugin(|p| p.memory_peak_bytes),
-    );
+    type PluginSample = fn(&crate::host::PluginInfo) -> u64;
+    let plugin_families: [(&str, &str, &str, PluginSample); 5] = [
+        (
+            "weir_plugin_calls_total",
+            "counter",
+            "Calls into a plugin's component.",
+            |p| p.calls,
+        ),
+        (
+            "weir_plugin_faults_total",
+            "counter",
+            "Calls into a plugin that faulted.",
+            |p| p.faults,
+        ),
+        (
+            "weir_plugin_instances_created_total",
+            "counter",
+            "Instances created (the first, plus one per fault that recycled one).",
+            |p| p.instances_created,
+        ),
+        (
+            "weir_plugin_memory_bytes",
+            "gauge",
+            "Linear memory held by a plugin's live instances (idle or running).",
+            |p| p.memory_bytes,
+        ),
+        (
+            "weir_plugin_memory_peak_bytes",
+            "gauge",
+            "The most linear memory one instance of a plugin has held.",
+            |p| p.memory_peak_bytes,
+        ),
+    ];
+    for (name, kind, help, sample) in plugin_families {
+        o.metric(name, kind, help, per_plugin(sample));
+    }
     o.metric(
         "weir_plugin_failed",
         "gauge",

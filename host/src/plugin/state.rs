@@ -256,16 +256,24 @@ impl host::Host for StoreState {
                 message: "call-api is not allowed while matches runs; use process".into(),
             });
         }
+        // A refusal: logged with plugin and key, answered 403 with `why`
+        // and the manifest line that would grant the call.
+        let refuse = |why: &str, fix: String| {
+            tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, key, %method, %path, "call-api refused: {why}");
+            Err(host::ApiError {
+                status: 403,
+                message: format!("plugin `{}` {why}; {fix}", self.plugin),
+            })
+        };
         if let Some((name, rest)) = upstream::split(&path) {
             let Some(up) = self.grants.upstreams.iter().find(|u| u.name == name) else {
-                tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, key, %method, %path, "call-api refused: upstream not granted");
-                return Err(host::ApiError {
-                    status: 403,
-                    message: format!(
-                        "plugin `{}` has no upstream `{name}`; declare it in {}.toml: [[capabilities.upstreams]] name = \"{name}\" base_url = \"...\"",
-                        self.plugin, self.plugin
+                return refuse(
+                    &format!("has no upstream `{name}`"),
+                    format!(
+                        "declare it in {}.toml: [[capabilities.upstreams]] name = \"{name}\" base_url = \"...\"",
+                        self.plugin
                     ),
-                });
+                );
             };
             return self
                 .upstream
@@ -277,14 +285,13 @@ impl host::Host for StoreState {
                 });
         }
         if !self.grants.api.allows(&method, &path) {
-            tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, key, %method, %path, "call-api refused: not granted");
-            return Err(host::ApiError {
-                status: 403,
-                message: format!(
-                    "plugin `{}` is not granted `{method} {path}`; grant it in {}.toml: [capabilities] api = [\"{method} {path}\"]",
-                    self.plugin, self.plugin
+            return refuse(
+                &format!("is not granted `{method} {path}`"),
+                format!(
+                    "grant it in {}.toml: [capabilities] api = [\"{method} {path}\"]",
+                    self.plugin
                 ),
-            });
+            );
         }
         let caller = Caller {
             plugin: &self.plugin,
