@@ -1,5 +1,8 @@
 //! The HTTP layer on a loopback port: public health, API-key roles, JSON
-//! errors, graceful shutdown.
+//! errors, graceful shutdown, and the OpenAPI document against the routes
+//! really served.
+
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -143,4 +146,178 @@ async fn a_bearer_token_works_like_x_api_key() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Paths clients count on: each must be in `/openapi.json`.
+const KNOWN_PATHS: [&str; 35] = [
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/metrics",
+    "/v1/keys",
+    "/v1/keys/{key}",
+    "/v1/keys/{key}/stream",
+    "/v1/keys/{key}/resume",
+    "/v1/events",
+    "/v1/subscriptions",
+    "/v1/dlq",
+    "/v1/dlq/replay",
+    "/v1/plugins",
+    "/v1/datastores/{datastore}/alarm",
+    "/api/v1/pipe/session/",
+    "/api/v1/pipe/session",
+    "/api/v1/pipe/session/{sid}/heartbeat",
+    "/api/v1/pipe/session/{sid}",
+    "/api/v1/pipe/ingest/{sid}/events",
+    "/api/v1/pipe/consistency/audit/start",
+    "/api/v1/pipe/consistency/audit/end",
+    "/api/v1/pipe/consistency/sentinel/tasks",
+    "/api/v1/pipe/consistency/sentinel/feedback",
+    "/api/v1/views/{datastore}/tree",
+    "/api/v1/views/{datastore}/stats",
+    "/api/v1/views/{datastore}/search",
+    "/api/v1/views/{datastore}/suspect-list",
+    "/api/v1/views/{datastore}/blind-spots",
+    "/ingestor-api/v1/sessions/",
+    "/ingestor-api/v1/sessions/{sid}/heartbeat",
+    "/ingestor-api/v1/sessions/{sid}",
+    "/ingestor-api/v1/events/",
+    "/ingestor-api/v1/consistency/alarm",
+    "/views/fs/tree",
+    "/views/fs/stats",
+];
+
+#[tokio::test]
+async fn openapi_json_is_public_and_describes_the_routes() {
+    let s = start().await;
+    let (status, doc) = get(&s, "/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    let version = doc["openapi"].as_str().expect("an OpenAPI version");
+    assert!(version.starts_with("3.1."), "OpenAPI {version}");
+    assert_eq!(doc["info"]["title"], "Weir");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let paths = doc["paths"].as_object().expect("paths");
+    for path in KNOWN_PATHS {
+        assert!(paths.contains_key(path), "`{path}` is not documented");
+    }
+    let stream = &paths["/v1/keys/{key}/stream"]["get"]["responses"]["200"]["content"];
+    assert!(stream.get("text/event-stream").is_some(), "{stream}");
+    assert!(stream.get("application/x-ndjson").is_some(), "{stream}");
+    let metrics = &paths["/metrics"]["get"]["responses"]["200"]["content"];
+    assert!(
+        metrics
+            .as_object()
+            .is_some_and(|c| c.keys().all(|t| t.starts_with("text/plain"))),
+        "{metrics}"
+    );
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["api_key"]["name"], "X-API-Key", "{schemes}");
+    assert_eq!(schemes["bearer"]["scheme"], "bearer", "{schemes}");
+}
+
+/// A plausible value for a path parameter.
+fn plausible(param: &str) -> &'static str {
+    match param {
+        "key" => "fs.large_files",
+        "sid" => "no-such-session",
+        "datastore" => "default",
+        other => panic!("no plausible value for path parameter `{other}`: add one"),
+    }
+}
+
+/// `template` with its `{param}`s replaced by plausible values.
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(
+            |segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(param) => plausible(param),
+                None => segment,
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Sends `method path` (with the key of `role`, if any, and no body) and
+/// reads the status; the body only if it ends soon (a stream does not).
+async fn probe(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    role: Option<Role>,
+) -> (StatusCode, Option<Value>) {
+    let method = method.to_ascii_uppercase().parse().expect("an HTTP method");
+    let mut req = s.client.request(method, format!("{}{path}", s.base));
+    if let Some(role) = role {
+        req = req.header("X-API-Key", secret(role));
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), req.send())
+        .await
+        .expect("the answer's head comes in time")
+        .expect("the request is answered");
+    let status = resp.status();
+    let body = match tokio::time::timeout(Duration::from_millis(500), resp.bytes()).await {
+        Ok(Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
+        _ => None,
+    };
+    (status, body)
+}
+
+/// Every operation of the document is really served, and secured as
+/// documented: without a key it answers 401 unless it has no security;
+/// with an admin key it is never the router's fallback 404 (`no such
+/// route`) nor a 405. The converse, a route served but not documented,
+/// cannot exist by construction: the router is built from the same
+/// `#[utoipa::path]` annotations as the document (`OpenApiRouter` and
+/// `routes!` in `weir_host::api`), never with a plain `.route(...)`.
+#[tokio::test]
+async fn every_documented_operation_is_served_and_secured_as_documented() {
+    let s = start().await;
+    let (status, doc) = get(&s, "/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut probed = 0;
+    for (template, item) in doc["paths"].as_object().expect("paths") {
+        let path = concrete(template);
+        for (method, op) in item.as_object().expect("a path item") {
+            let what = format!("{} {template}", method.to_ascii_uppercase());
+            let public = match op.get("security") {
+                None => true,
+                Some(requirements) => requirements.as_array().is_some_and(|r| {
+                    r.is_empty()
+                        || r.iter()
+                            .any(|x| x.as_object().is_some_and(|o| o.is_empty()))
+                }),
+            };
+            let (status, body) = probe(&s, method, &path, None).await;
+            if public {
+                assert_ne!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{what} is public: {body:?}"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{what} without a key: {body:?}"
+                );
+                let body = body.expect("a JSON error");
+                assert_eq!(body["error"], "unauthorized", "{what}: {body}");
+            }
+            let (status, body) = probe(&s, method, &path, Some(Role::Admin)).await;
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{what} is not served"
+            );
+            let fallback = status == StatusCode::NOT_FOUND
+                && body
+                    .as_ref()
+                    .is_some_and(|b| b["detail"] == "no such route");
+            assert!(!fallback, "{what} is not served: {body:?}");
+            probed += 1;
+        }
+    }
+    assert!(probed >= 36, "only {probed} operations documented");
 }

@@ -1,5 +1,5 @@
-//! API keys and roles. Every HTTP route but `/healthz` names the role it
-//! needs; `admin` satisfies every role.
+//! API keys and roles. Every HTTP route but `/healthz`, `/readyz` and
+//! `/openapi.json` names the role it needs; `admin` satisfies every role.
 
 use std::collections::HashMap;
 use std::fmt;

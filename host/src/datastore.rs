@@ -68,11 +68,12 @@ pub struct FeedChange {
 pub type ChangeSink = Arc<dyn Fn(&[FeedChange]) + Send + Sync>;
 
 /// What the agent is told when its session is created.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionGrant {
     /// The new session id.
     pub session_id: String,
     /// Always `leader`: the newest session is authoritative.
+    #[schema(value_type = String, example = "leader")]
     pub role: &'static str,
     /// Seconds without heartbeat or push before it expires.
     pub session_timeout_seconds: u64,
@@ -509,7 +510,8 @@ impl Datastore {
 }
 
 /// Stats of one datastore, as `GET .../stats` shows them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = DatastoreStats)]
 pub struct Stats {
     /// Files in the index.
     pub total_files: usize,

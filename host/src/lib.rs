@@ -19,7 +19,8 @@
 //! - [`auth`]: API keys and roles.
 //! - [`plugindir`]: the plugin directory, loaded at start and polled for changes.
 //! - [`host`]: the assembled core (registry + engine + plugin directory).
-//! - [`api`]: the axum router over the core, and [`run`].
+//! - [`api`]: the axum router over the core (built with its OpenAPI
+//!   document, served at `/openapi.json`), and [`run`].
 //! - [`cli`]: the `weir` command line; [`consume`]: its consumer client.
 
 pub mod api;

@@ -4,7 +4,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::AuthError;
 use crate::datastore::{NotReady, PushError};
@@ -15,7 +16,28 @@ use crate::session::SessionError;
 /// Seconds a client is asked to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "2";
 
-/// An error answered as `{error, detail}` JSON. Internal details are logged,
+/// The JSON body of every error answer: `{error, detail}`, and `rejected`
+/// when no event of a publish was accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: `unauthorized`, `forbidden`, `not_found`,
+    /// `bad_request`, `too_large`, `session_unknown`, `session_obsolete`,
+    /// `session_expired`, `not_ready`, `busy`, `unavailable`,
+    /// `not_acceptable`, `rejected`, `invalid_param`, `pre_consume_failed`,
+    /// `plugin_fault`, `shutting_down` or `internal`.
+    #[schema(value_type = String, example = "not_found")]
+    pub error: &'static str,
+    /// What went wrong, for people.
+    #[schema(example = "no key `nope`")]
+    pub detail: String,
+    /// Only with `rejected` (422 of `POST /v1/events`): every event refused,
+    /// with its reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::ingest::events::RejectedEvent>>, nullable = false)]
+    pub rejected: Option<serde_json::Value>,
+}
+
+/// An error answered as `{error, detail}` JSON ([`ErrorBody`]). Internal details are logged,
 /// never sent.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -102,11 +124,16 @@ impl IntoResponse for AppError {
         if let Self::Internal(cause) = &self {
             tracing::error!("internal error: {cause:#}");
         }
-        let mut body = json!({ "error": code, "detail": self.to_string() });
-        if let Self::Rejected { rejected, .. } = self {
-            body["rejected"] = rejected;
-        }
-        let body = Json(body);
+        let detail = self.to_string();
+        let rejected = match self {
+            Self::Rejected { rejected, .. } => Some(rejected),
+            _ => None,
+        };
+        let body = Json(ErrorBody {
+            error: code,
+            detail,
+            rejected,
+        });
         if status == StatusCode::SERVICE_UNAVAILABLE {
             return (status, [(RETRY_AFTER, RETRY_AFTER_SECS)], body).into_response();
         }

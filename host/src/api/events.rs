@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
@@ -16,24 +17,40 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde_json::{Value, json};
 
-use super::{AppError, authorize, body_bytes};
+use super::{AppError, ErrorBody, authorize, body_bytes, path, query};
 use crate::auth::Role;
 use crate::bus::{Published, StartAt};
 use crate::host::Host;
-use crate::ingest::events::parse_events;
+use crate::ingest::events::{ParsedEvents, parse_events};
 use crate::pipeline::dlq::Selector;
 use crate::pipeline::{Consumer, Delivery, SubscribeRequest};
 
 /// Query pairs as given, in order.
 type Pairs = Vec<(String, String)>;
 
-fn query(q: Result<Query<Pairs>, QueryRejection>) -> Result<Pairs, AppError> {
-    q.map(|Query(p)| p)
-        .map_err(|e| AppError::BadRequest(format!("query string: {}", e.body_text())))
-}
-
-/// `POST /v1/events`: one event or an array; answers which were accepted
-/// (with their sequence numbers), which were duplicates, which rejected.
+/// Publish events.
+///
+/// Needs role `ingest`. One event or an array of events, each checked on its
+/// own; answers which were accepted (with their sequence numbers), which
+/// were duplicates and which rejected (422 when none was accepted).
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body(content = ParsedEvents, content_type = "application/json",
+        description = "One event, or an array of at most 10000 events."),
+    responses(
+        (status = 200, description = "`accepted` (`index`, `event_id`, `seq`), `duplicates` (`index`, `event_id`) and `rejected` (`index`, `event_id`, `reason`).", body = Object),
+        (status = 400, description = "The body as a whole is unusable (not JSON, not an event or array, too many events).", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 16 MiB.", body = ErrorBody),
+        (status = 422, description = "No event accepted; `rejected` lists every event with its reason.", body = ErrorBody),
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn publish(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -103,15 +120,47 @@ fn format_for(headers: &HeaderMap) -> Result<Format, AppError> {
     }
 }
 
-/// `GET /v1/keys/{key}/stream?param=value...&from=earliest|latest|SEQ`.
-/// SSE resumes after `Last-Event-ID` when no `from` is given.
+/// Subscribe to a key's output.
+///
+/// Needs role `query`. A long-lived stream of the key's envelopes and
+/// notices (the first line is a `subscribed` notice): Server-Sent Events for
+/// `Accept: text/event-stream` (each envelope's `id` is its sequence
+/// number), otherwise NDJSON. Every query pair but `from` is a parameter of
+/// the key. SSE resumes after `Last-Event-ID` when no `from` is given.
+#[utoipa::path(
+    get,
+    path = "/v1/keys/{key}/stream",
+    tag = "keys",
+    params(
+        ("key" = String, Path, description = "The key, such as `fs.large_files`."),
+        ("from" = Option<String>, Query, description = "Where to start: `earliest`, `latest` (default) or a sequence number."),
+        ("params" = Option<std::collections::BTreeMap<String, String>>, Query, style = Form, explode,
+            description = "The key's parameters, one query pair each (such as `min_size=1000000`)."),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this sequence number (when no `from` is given)."),
+    ),
+    responses(
+        (status = 200, description = "The stream: SSE (`text/event-stream`) or one JSON object a line (`application/x-ndjson`).",
+            content((String = "text/event-stream"), (String = "application/x-ndjson"))),
+        (status = 400, description = "A bad `from`, `Last-Event-ID` or parameter (`bad_request`, `invalid_param`).", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "No such key.", body = ErrorBody),
+        (status = 406, description = "The client accepts neither SSE nor NDJSON.", body = ErrorBody),
+        (status = 502, description = "The key's plugin failed (`pre_consume_failed`, `plugin_fault`).", body = ErrorBody),
+        (status = 503, description = "Shutting down (`shutting_down`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 pub(super) async fn stream_key(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Response, AppError> {
     authorize(&host, &headers, Role::Query)?;
+    let key = path(key)?;
     let format = format_for(&headers)?;
     let mut from = None;
     let mut params = Vec::new();
@@ -207,7 +256,23 @@ fn ndjson(consumer: Consumer) -> Response {
     response
 }
 
-/// `GET /v1/subscriptions` (admin).
+/// The subscriptions.
+///
+/// Needs role `admin`. Subscriptions and their consumers with counters,
+/// pre-consume and cleanup runs, quarantined keys, bus stats, events by
+/// type.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    tag = "events",
+    responses(
+        (status = 200, description = "`subscriptions`, `pre_consume_runs`, `cleanup_runs`, `quarantined`, `bus`, `events_by_type`.", body = Object),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("admin"))),
+)]
 pub(super) async fn subscriptions(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -225,13 +290,31 @@ pub(super) async fn subscriptions(
     })))
 }
 
-/// `POST /v1/keys/{key}/resume` (admin).
+/// Lift a key's quarantine.
+///
+/// Needs role `admin`. Answers whether the key was quarantined.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{key}/resume",
+    tag = "keys",
+    params(("key" = String, Path, description = "The key, such as `fs.large_files`.")),
+    responses(
+        (status = 200, description = "`key`, and `resumed`: whether it was quarantined.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "No such key.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("admin"))),
+)]
 pub(super) async fn resume(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
     authorize(&host, &headers, Role::Admin)?;
+    let key = path(key)?;
     if host.registry().lookup(&key).is_none() {
         return Err(AppError::NotFound(format!("no key `{key}`")));
     }
@@ -264,7 +347,28 @@ fn selector(pairs: Pairs) -> Result<(Selector, Option<usize>), AppError> {
     Ok((sel, limit))
 }
 
-/// `GET /v1/dlq?key=&id=&limit=` (admin).
+/// The dead letters.
+///
+/// Needs role `admin`. Dead letters, oldest first, with the total held and
+/// how many were evicted.
+#[utoipa::path(
+    get,
+    path = "/v1/dlq",
+    tag = "events",
+    params(
+        ("key" = Option<String>, Query, description = "Only this key's letters."),
+        ("id" = Option<Vec<u64>>, Query, explode, description = "Only these letters (repeatable)."),
+        ("limit" = Option<usize>, Query, description = "At most this many (default 100, at most 10000)."),
+    ),
+    responses(
+        (status = 200, description = "`total`, `evicted` and `letters`.", body = Object),
+        (status = 400, description = "A bad or unknown query parameter.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("admin"))),
+)]
 pub(super) async fn dlq_list(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -280,8 +384,26 @@ pub(super) async fn dlq_list(
     })))
 }
 
-/// `POST /v1/dlq/replay` with `{"ids": [...], "key": "..."}` (both
-/// optional; an empty body replays everything) (admin).
+/// Replay dead letters.
+///
+/// Needs role `admin`. Runs the selected letters again through the current
+/// plugin; an empty body replays every letter.
+#[utoipa::path(
+    post,
+    path = "/v1/dlq/replay",
+    tag = "events",
+    request_body(content = Option<Selector>, content_type = "application/json",
+        description = "Which letters (both fields optional); an empty body selects all."),
+    responses(
+        (status = 200, description = "`results` per letter and the letters `remaining`.", body = Object),
+        (status = 400, description = "A body that is not a selector.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("admin"))),
+)]
 pub(super) async fn dlq_replay(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -301,7 +423,27 @@ pub(super) async fn dlq_replay(
     })))
 }
 
-/// `DELETE /v1/dlq?key=&id=` (admin): removes the selected letters.
+/// Delete dead letters.
+///
+/// Needs role `admin`. Removes the selected letters (all without a
+/// selection).
+#[utoipa::path(
+    delete,
+    path = "/v1/dlq",
+    tag = "events",
+    params(
+        ("key" = Option<String>, Query, description = "Only this key's letters."),
+        ("id" = Option<Vec<u64>>, Query, explode, description = "Only these letters (repeatable)."),
+    ),
+    responses(
+        (status = 200, description = "How many were `deleted`, and the letters `remaining`.", body = Object),
+        (status = 400, description = "A bad or unknown query parameter.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("admin"))),
+)]
 pub(super) async fn dlq_delete(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,

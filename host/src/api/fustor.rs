@@ -6,17 +6,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{AppError, authorize_datastore, body_bytes};
+use super::{AppError, ErrorBody, authorize, authorize_datastore, body_bytes, path, query};
 use crate::auth::Role;
-use crate::datastore::{Datastore, now_secs};
+use crate::datastore::{Datastore, SessionGrant, Stats, now_secs};
 use crate::host::Host;
 use crate::index::view::TreeQuery;
 use crate::index::{Feedback, Meta, normalize};
@@ -34,16 +35,42 @@ pub(super) fn datastore_of(
     })
 }
 
-#[derive(Deserialize)]
-struct CreateSession {
+/// The body of a session creation.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct CreateSession {
+    /// The agent's task, such as `agent-1:pipe`; not empty. Other fields
+    /// the agent sends are ignored.
+    #[schema(example = "agent-1:pipe")]
     task_id: String,
 }
 
+/// Create an agent session.
+///
+/// Needs role `ingest`. A new authoritative session on the key's datastore:
+/// the previous one is obsolete at once and the index is cleared for the new
+/// snapshot. Answers the session id, its timeout and the audit and sentinel
+/// intervals.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipe/session/",
+    tag = "fustor",
+    request_body(content = CreateSession, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new session.", body = SessionGrant),
+        (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn create_session(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<SessionGrant>, AppError> {
     let ds = datastore_of(&host, &headers, Role::Ingest)?;
     let body = body_bytes(body)?;
     let req: CreateSession = serde_json::from_slice(&body).map_err(|e| {
@@ -52,41 +79,134 @@ pub(super) async fn create_session(
     if req.task_id.trim().is_empty() {
         return Err(AppError::BadRequest("`task_id` is empty".into()));
     }
-    let grant = ds.create_session(&req.task_id);
-    Ok(Json(
-        serde_json::to_value(grant).map_err(|e| AppError::Internal(e.into()))?,
-    ))
+    Ok(Json(ds.create_session(&req.task_id)))
 }
 
+/// Create an agent session (the path without its final slash).
+///
+/// Needs role `ingest`. The same as `POST /api/v1/pipe/session/`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipe/session",
+    tag = "fustor",
+    operation_id = "create_session_unslashed",
+    request_body(content = CreateSession, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new session.", body = SessionGrant),
+        (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
+pub(super) async fn create_session_unslashed(
+    host: State<Arc<Host>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SessionGrant>, AppError> {
+    create_session(host, headers, body).await
+}
+
+/// Keep an agent session alive.
+///
+/// Needs role `ingest`. 419 when the session is unknown, obsolete or
+/// expired: the agent then creates a new one.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipe/session/{sid}/heartbeat",
+    tag = "fustor",
+    params(("sid" = String, Path, description = "The session id.")),
+    responses(
+        (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn heartbeat(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(sid): Path<String>,
+    sid: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
     let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let sid = path(sid)?;
     ds.heartbeat(&sid)?;
     Ok(Json(
         json!({"status": "ok", "role": "leader", "message": null, "can_realtime": null, "commands": []}),
     ))
 }
 
+/// End an agent session.
+///
+/// Needs role `ingest`. Ending a session that is not there is not an error.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/pipe/session/{sid}",
+    tag = "fustor",
+    params(("sid" = String, Path, description = "The session id.")),
+    responses(
+        (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn delete_session(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(sid): Path<String>,
+    sid: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
     let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let sid = path(sid)?;
     ds.delete_session(&sid);
     Ok(Json(json!({"status": "terminated", "session_id": sid})))
 }
 
+/// Push rows of a session.
+///
+/// Needs role `ingest`. A batch of events of rows (`source_type`
+/// `snapshot`, `message` or `audit`; `is_end` ends a snapshot); bad rows are
+/// rejected one by one and listed in the answer. Nothing of the push is
+/// accepted on 419 or 503.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipe/ingest/{sid}/events",
+    tag = "fustor",
+    params(("sid" = String, Path, description = "The session id; a `session_id` in the body must be the same.")),
+    request_body(content = Object, content_type = "application/json",
+        description = "A Fustor push: `events` (each `event_type` `update` or `delete`, `index`, `rows`), `source_type`, `is_end`, optional `session_id`."),
+    responses(
+        (status = 200, description = "`status` `ok`, the `count` of rows queued and the `rejected` rows with reasons.", body = Object),
+        (status = 400, description = "A body that is not a push, or whose `session_id` differs from the path's.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 MiB.", body = ErrorBody),
+        (status = 419, description = "The session may not push (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
+        (status = 503, description = "The ingestion queue is full (`busy`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn ingest(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(sid): Path<String>,
+    sid: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    push(&host, &headers, Some(sid), body)
+    authorize(&host, &headers, Role::Ingest)?;
+    push(&host, &headers, Some(path(sid)?), body)
 }
 
 /// A push; the session id comes from the path (Fustor) or the body (seed).
@@ -116,6 +236,22 @@ pub(super) fn push(
     ))
 }
 
+/// Signal the start of an audit.
+///
+/// Needs role `ingest`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipe/consistency/audit/start",
+    tag = "fustor",
+    responses(
+        (status = 200, description = "`status` `audit_started`.", body = Object),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn audit_start(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -124,6 +260,23 @@ pub(super) async fn audit_start(
     Ok(Json(json!({"status": "audit_started"})))
 }
 
+/// Signal the end of an audit.
+///
+/// Needs role `ingest`. Files the audit did not see are deleted as blind
+/// spots.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipe/consistency/audit/end",
+    tag = "fustor",
+    responses(
+        (status = 200, description = "`status` `audit_ended`.", body = Object),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn audit_end(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -133,11 +286,16 @@ pub(super) async fn audit_end(
 }
 
 /// Query of `GET .../tree`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct TreeParams {
+    /// The directory (or file) to show; default `/`.
     path: Option<String>,
+    /// Whether to descend into subdirectories; default true.
     recursive: Option<bool>,
+    /// How deep to descend; default unlimited.
     max_depth: Option<u32>,
+    /// Paths only, without metadata; default false.
     only_path: Option<bool>,
 }
 
@@ -152,12 +310,45 @@ fn ready_view(host: &Host, headers: &HeaderMap, name: &str) -> Result<Arc<Datast
     Ok(ds)
 }
 
+/// The name in the path of a view, once the key is checked for `query`
+/// (so that a bad path never answers before a missing key).
+fn view_name(
+    host: &Host,
+    headers: &HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<String, AppError> {
+    authorize(host, headers, Role::Query)?;
+    path(name)
+}
+
+/// The tree view of a datastore.
+///
+/// Needs role `query` on the datastore. Streamed from the index.
+#[utoipa::path(
+    get,
+    path = "/api/v1/views/{datastore}/tree",
+    tag = "fustor-views",
+    params(("datastore" = String, Path, description = "The datastore."), TreeParams),
+    responses(
+        (status = 200, description = "The tree under `path`.", body = Object),
+        (status = 400, description = "A bad query, a path that is not clean, or a subtree larger than `max_tree_items`.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        (status = 404, description = "No such datastore, or no such path in it.", body = ErrorBody),
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 pub(super) async fn tree(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
-    Query(params): Query<TreeParams>,
+    name: Result<Path<String>, PathRejection>,
+    params: Result<Query<TreeParams>, QueryRejection>,
 ) -> Result<Response, AppError> {
+    let name = view_name(&host, &headers, name)?;
     tree_of(&host, &headers, &name, params).await
 }
 
@@ -166,9 +357,10 @@ pub(super) async fn tree_of(
     host: &Host,
     headers: &HeaderMap,
     name: &str,
-    params: TreeParams,
+    params: Result<Query<TreeParams>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let ds = ready_view(host, headers, name)?;
+    let params = query(params)?;
     let query = TreeQuery::from_params(
         params.path,
         params.recursive,
@@ -182,11 +374,32 @@ pub(super) async fn tree_of(
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// The stats of a datastore.
+///
+/// Needs role `query` on the datastore.
+#[utoipa::path(
+    get,
+    path = "/api/v1/views/{datastore}/stats",
+    tag = "fustor-views",
+    params(("datastore" = String, Path, description = "The datastore.")),
+    responses(
+        (status = 200, description = "The datastore's stats.", body = Stats),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        (status = 404, description = "No such datastore.", body = ErrorBody),
+        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 pub(super) async fn stats(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, AppError> {
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<Stats>, AppError> {
+    let name = view_name(&host, &headers, name)?;
     stats_of(&host, &headers, &name)
 }
 
@@ -195,18 +408,37 @@ pub(super) fn stats_of(
     host: &Host,
     headers: &HeaderMap,
     name: &str,
-) -> Result<Json<Value>, AppError> {
-    let ds = ready_view(host, headers, name)?;
-    Ok(Json(
-        serde_json::to_value(ds.stats()).map_err(|e| AppError::Internal(e.into()))?,
-    ))
+) -> Result<Json<Stats>, AppError> {
+    Ok(Json(ready_view(host, headers, name)?.stats()))
 }
 
+/// The suspect files of a datastore.
+///
+/// Needs role `query` on the datastore. Files changed too recently to be
+/// trusted, with the time they stop being suspect.
+#[utoipa::path(
+    get,
+    path = "/api/v1/views/{datastore}/suspect-list",
+    tag = "fustor-views",
+    params(("datastore" = String, Path, description = "The datastore.")),
+    responses(
+        (status = 200, description = "An array of `{path, suspect_until}`.", body = Vec<Object>),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        (status = 404, description = "No such datastore.", body = ErrorBody),
+        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 pub(super) async fn suspect_list(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
+    let name = view_name(&host, &headers, name)?;
     let ds = ready_view(&host, &headers, &name)?;
     let now = now_secs();
     let list: Vec<Value> = ds.read_index(|ix| {
@@ -218,11 +450,33 @@ pub(super) async fn suspect_list(
     Ok(Json(Value::Array(list)))
 }
 
+/// The blind spots of a datastore.
+///
+/// Needs role `query` on the datastore. Files first seen by an audit
+/// (additions) and files deleted because an audit missed them (deletions).
+#[utoipa::path(
+    get,
+    path = "/api/v1/views/{datastore}/blind-spots",
+    tag = "fustor-views",
+    params(("datastore" = String, Path, description = "The datastore.")),
+    responses(
+        (status = 200, description = "`additions_count`, `additions`, `deletion_count`, `deletions`.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        (status = 404, description = "No such datastore.", body = ErrorBody),
+        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 pub(super) async fn blind_spots(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
+    let name = view_name(&host, &headers, name)?;
     let ds = ready_view(&host, &headers, &name)?;
     Ok(Json(ds.read_index(|ix| {
         json!({
@@ -235,18 +489,44 @@ pub(super) async fn blind_spots(
 }
 
 /// Query of `GET .../search`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct SearchParams {
+    /// A glob pattern, such as `*.log`; not empty.
     pattern: String,
 }
 
+/// Search a datastore.
+///
+/// Needs role `query` on the datastore. The files whose path matches a glob
+/// pattern, streamed from the index.
+#[utoipa::path(
+    get,
+    path = "/api/v1/views/{datastore}/search",
+    tag = "fustor-views",
+    params(("datastore" = String, Path, description = "The datastore."), SearchParams),
+    responses(
+        (status = 200, description = "The matching files.", body = Object),
+        (status = 400, description = "No or an empty `pattern`, or more matches than `max_tree_items`.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        (status = 404, description = "No such datastore.", body = ErrorBody),
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 pub(super) async fn search(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
-    Query(params): Query<SearchParams>,
+    name: Result<Path<String>, PathRejection>,
+    params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Response, AppError> {
+    let name = view_name(&host, &headers, name)?;
     let ds = ready_view(&host, &headers, &name)?;
+    let params = query(params)?;
     if params.pattern.is_empty() {
         return Err(AppError::BadRequest("`pattern` is empty".into()));
     }
@@ -256,6 +536,23 @@ pub(super) async fn search(
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// The sentinel's task.
+///
+/// Needs role `ingest`. Suspect paths the agent should check, or `{}` when
+/// there are none.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipe/consistency/sentinel/tasks",
+    tag = "fustor",
+    responses(
+        (status = 200, description = "`{type: suspect_check, paths, view_id}`, or `{}`.", body = Object),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn sentinel_tasks(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -270,19 +567,47 @@ pub(super) async fn sentinel_tasks(
     ))
 }
 
-#[derive(Deserialize)]
-struct FeedbackBody {
+/// The body of sentinel feedback.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct FeedbackBody {
+    /// What the agent found, one path each.
     updates: Vec<FeedbackUpdate>,
 }
 
-#[derive(Deserialize)]
-struct FeedbackUpdate {
+/// What the agent found at one suspect path.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct FeedbackUpdate {
+    /// The path checked.
     path: String,
+    /// `exists` or `missing`.
+    #[schema(example = "exists")]
     status: String,
+    /// Modification time, seconds since the epoch (needed with `exists`).
     mtime: Option<f64>,
+    /// Size in bytes (with `exists`; default 0).
     size: Option<u64>,
 }
 
+/// Report what the sentinel found.
+///
+/// Needs role `ingest`. Updates that are not usable are rejected one by one
+/// and listed in the answer.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipe/consistency/sentinel/feedback",
+    tag = "fustor",
+    request_body(content = FeedbackBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "`status` `processed`, `drivers_updated` and the `rejected` updates with reasons.", body = Object),
+        (status = 400, description = "A body without `updates`.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn sentinel_feedback(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,

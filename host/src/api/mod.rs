@@ -1,33 +1,20 @@
-//! The HTTP layer: a thin axum router over [`Host`]. Every route but
-//! `/healthz` and `/readyz` needs a key of the right role (`X-API-Key`, or
-//! `Authorization: Bearer`).
+//! The HTTP layer: a thin axum router over [`Host`].
 //!
-//! | route | role |
-//! |---|---|
-//! | `GET /healthz` | public |
-//! | `GET /readyz` | public |
-//! | `GET /metrics` (Prometheus text; `Authorization: Bearer` works) | query |
-//! | `GET /v1/keys` | query |
-//! | `GET /v1/keys/{key}` | query |
-//! | `GET /v1/keys/{key}/stream` (SSE or NDJSON) | query |
-//! | `POST /v1/keys/{key}/resume` | admin |
-//! | `POST /v1/events` | ingest |
-//! | `GET /v1/subscriptions` | admin |
-//! | `GET /v1/dlq`, `POST /v1/dlq/replay`, `DELETE /v1/dlq` | admin |
-//! | `GET /v1/plugins` | admin |
-//! | `POST /api/v1/pipe/session/` | ingest |
-//! | `POST /api/v1/pipe/session/{sid}/heartbeat` | ingest |
-//! | `DELETE /api/v1/pipe/session/{sid}` | ingest |
-//! | `POST /api/v1/pipe/ingest/{sid}/events` | ingest |
-//! | `POST /api/v1/pipe/consistency/audit/{start,end}` | ingest |
-//! | `GET /api/v1/pipe/consistency/sentinel/tasks` | ingest |
-//! | `POST /api/v1/pipe/consistency/sentinel/feedback` | ingest |
-//! | `GET /api/v1/views/{datastore}/{tree,stats,search,suspect-list,blind-spots}` | query |
-//! | `POST /ingestor-api/v1/sessions/`, `.../{sid}/heartbeat`, `DELETE .../{sid}` | ingest |
-//! | `POST /ingestor-api/v1/events/` (session id in the body) | ingest |
-//! | `POST /ingestor-api/v1/consistency/alarm` | ingest |
-//! | `GET /views/fs/{tree,stats}` (the key's datastore) | query |
-//! | `POST /v1/datastores/{datastore}/alarm` | admin |
+//! Every handler carries a `#[utoipa::path]` annotation, and the router is
+//! built from those annotations (`OpenApiRouter` + `routes!`), so the
+//! OpenAPI 3.1 document served at `GET /openapi.json` describes exactly the
+//! routes served. That document is public, like `/healthz` and `/readyz`:
+//! it is documentation and tells no secret. Every other route needs a key of
+//! the right role (`X-API-Key`, or `Authorization: Bearer`; `admin` fits
+//! every role). The route groups (see `/openapi.json` for each route):
+//!
+//! - `/healthz`, `/readyz`, `/openapi.json` (public), `/metrics` (query);
+//! - `/v1/keys/...` (query; `resume`: admin), `POST /v1/events` (ingest),
+//!   `/v1/subscriptions`, `/v1/dlq...`, `/v1/plugins`,
+//!   `/v1/datastores/{datastore}/alarm` (admin);
+//! - the Fustor agent routes `/api/v1/pipe/...` (ingest) and views
+//!   `/api/v1/views/{datastore}/...` (query);
+//! - the seed's `/ingestor-api/v1/...` (ingest) and `/views/fs/...` (query).
 
 mod error;
 mod events;
@@ -38,15 +25,22 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::{delete, get, post};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use utoipa::openapi::security::{
+    ApiKey as ApiKeyScheme, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-pub use error::AppError;
+pub use error::{AppError, ErrorBody};
 
 use crate::auth::{ApiKey, Role};
 use crate::host::Host;
@@ -61,83 +55,120 @@ pub const MAX_PUSH_BYTES: usize = 64 * 1024 * 1024;
 /// Largest `POST /v1/events` body.
 pub const MAX_EVENTS_BYTES: usize = 16 * 1024 * 1024;
 
-/// The router over `host`.
+/// Name of the `X-API-Key` security scheme in the OpenAPI document.
+const API_KEY_SCHEME: &str = "api_key";
+
+/// Name of the `Authorization: Bearer` security scheme.
+const BEARER_SCHEME: &str = "bearer";
+
+/// The document's frame (info, tags, security schemes); its paths come from
+/// the handlers as [`api`] registers them.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Weir",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "Weir, a WebAssembly-pluggable event-processing host. Every route but \
+            `/healthz`, `/readyz` and `/openapi.json` needs an API key (`X-API-Key`, or \
+            `Authorization: Bearer`) of the role its description names (`x-weir-role`); \
+            `admin` fits every role. Errors are JSON `{error, detail}` (`ErrorBody`)."
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "system", description = "Health, readiness, metrics and this document."),
+        (name = "keys", description = "EventKeys: definitions, streams of their output, quarantine."),
+        (name = "events", description = "Publishing events, subscriptions and dead letters."),
+        (name = "plugins", description = "The loaded plugins and the failed ones."),
+        (name = "datastores", description = "Operator actions on datastores."),
+        (name = "fustor", description = "The Fustor 0.8.17 agent routes: sessions, pushes, audits, sentinel."),
+        (name = "fustor-views", description = "The Fustor views of a datastore."),
+        (name = "seed", description = "The seed's routes, addressed by the API key's datastore."),
+    ),
+)]
+struct ApiDoc;
+
+/// Adds the two ways to present a key.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            API_KEY_SCHEME,
+            SecurityScheme::ApiKey(ApiKeyScheme::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "An API key of the role the route needs.",
+            ))),
+        );
+        components.add_security_scheme(
+            BEARER_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The same API key as `Authorization: Bearer KEY`."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route with its OpenAPI operation, from the handlers'
+/// `#[utoipa::path]` annotations: the router and the document are both made
+/// from this one list. Routes are added only through `routes!` (never a
+/// plain `.route(...)`), so a route cannot be served undocumented. One
+/// `routes!` per path: it mounts every handler it lists on every path they
+/// name.
+fn api() -> OpenApiRouter<Arc<Host>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics))
+        .routes(routes!(list_keys))
+        .routes(routes!(get_key))
+        .routes(routes!(events::stream_key))
+        .routes(routes!(events::resume))
+        .routes(routes!(events::publish).layer(DefaultBodyLimit::max(MAX_EVENTS_BYTES)))
+        .routes(routes!(events::subscriptions))
+        .routes(routes!(events::dlq_list, events::dlq_delete))
+        .routes(routes!(events::dlq_replay))
+        .routes(routes!(list_plugins))
+        .routes(routes!(seed::admin_alarm))
+        .routes(routes!(fustor::create_session))
+        .routes(routes!(fustor::create_session_unslashed))
+        .routes(routes!(fustor::heartbeat))
+        .routes(routes!(fustor::delete_session))
+        .routes(routes!(fustor::ingest).layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)))
+        .routes(routes!(fustor::audit_start))
+        .routes(routes!(fustor::audit_end))
+        .routes(routes!(fustor::sentinel_tasks))
+        .routes(routes!(fustor::sentinel_feedback))
+        .routes(routes!(fustor::tree))
+        .routes(routes!(fustor::stats))
+        .routes(routes!(fustor::search))
+        .routes(routes!(fustor::suspect_list))
+        .routes(routes!(fustor::blind_spots))
+        .routes(routes!(seed::create_session))
+        .routes(routes!(seed::heartbeat))
+        .routes(routes!(seed::delete_session))
+        .routes(routes!(seed::push).layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)))
+        .routes(routes!(seed::agent_alarm))
+        .routes(routes!(seed::tree))
+        .routes(routes!(seed::stats))
+}
+
+/// The OpenAPI 3.1 document of every route, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// The router over `host`: the routes of `api()`, the document they make
+/// (served at `/openapi.json`), the JSON 404 fallback, the body limit.
 pub fn router(host: Arc<Host>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/keys", get(list_keys))
-        .route("/v1/keys/{key}", get(get_key))
-        .route("/v1/keys/{key}/stream", get(events::stream_key))
-        .route("/v1/keys/{key}/resume", post(events::resume))
-        .route(
-            "/v1/events",
-            post(events::publish).layer(DefaultBodyLimit::max(MAX_EVENTS_BYTES)),
-        )
-        .route("/v1/subscriptions", get(events::subscriptions))
-        .route("/v1/dlq", get(events::dlq_list).delete(events::dlq_delete))
-        .route("/v1/dlq/replay", post(events::dlq_replay))
-        .route("/v1/plugins", get(list_plugins))
-        .route("/api/v1/pipe/session/", post(fustor::create_session))
-        .route("/api/v1/pipe/session", post(fustor::create_session))
-        .route(
-            "/api/v1/pipe/session/{sid}/heartbeat",
-            post(fustor::heartbeat),
-        )
-        .route("/api/v1/pipe/session/{sid}", delete(fustor::delete_session))
-        .route(
-            "/api/v1/pipe/ingest/{sid}/events",
-            post(fustor::ingest).layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)),
-        )
-        .route(
-            "/api/v1/pipe/consistency/audit/start",
-            post(fustor::audit_start),
-        )
-        .route(
-            "/api/v1/pipe/consistency/audit/end",
-            post(fustor::audit_end),
-        )
-        .route("/api/v1/views/{datastore}/tree", get(fustor::tree))
-        .route("/api/v1/views/{datastore}/stats", get(fustor::stats))
-        .route("/api/v1/views/{datastore}/search", get(fustor::search))
-        .route(
-            "/api/v1/views/{datastore}/suspect-list",
-            get(fustor::suspect_list),
-        )
-        .route(
-            "/api/v1/views/{datastore}/blind-spots",
-            get(fustor::blind_spots),
-        )
-        .route(
-            "/api/v1/pipe/consistency/sentinel/tasks",
-            get(fustor::sentinel_tasks),
-        )
-        .route(
-            "/api/v1/pipe/consistency/sentinel/feedback",
-            post(fustor::sentinel_feedback),
-        )
-        .route("/ingestor-api/v1/sessions/", post(fustor::create_session))
-        .route(
-            "/ingestor-api/v1/sessions/{sid}/heartbeat",
-            post(fustor::heartbeat),
-        )
-        .route(
-            "/ingestor-api/v1/sessions/{sid}",
-            delete(fustor::delete_session),
-        )
-        .route(
-            "/ingestor-api/v1/events/",
-            post(seed::push).layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)),
-        )
-        .route(
-            "/ingestor-api/v1/consistency/alarm",
-            post(seed::agent_alarm),
-        )
-        .route("/views/fs/tree", get(seed::tree))
-        .route("/views/fs/stats", get(seed::stats))
-        .route("/v1/datastores/{datastore}/alarm", post(seed::admin_alarm))
+    let (routes, document) = api().split_for_parts();
+    routes
         .fallback(not_found)
+        .layer(Extension(Document(Arc::new(document))))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(host)
 }
@@ -221,12 +252,52 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
     })
 }
 
+/// The query string as `T`, or a JSON 400 naming the problem.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| AppError::BadRequest(format!("query string: {}", e.body_text())))
+}
+
+/// The path parameter(s) as `T`, or a JSON 400 naming the problem (such as
+/// a percent-encoding that is not UTF-8).
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, AppError> {
+    p.map(|Path(t)| t)
+        .map_err(|e| AppError::BadRequest(format!("path: {}", e.body_text())))
+}
+
+/// The document `GET /openapi.json` serves: the one made with the router.
+#[derive(Clone)]
+struct Document(Arc<utoipa::openapi::OpenApi>);
+
+/// Liveness.
+///
+/// Public: answers `{"status": "ok"}` while the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`.", body = Object)),
+    extensions(("x-weir-role" = json!("public"))),
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready for traffic: 200 while serving, 503 once shutting down. Public
-/// (probes), so it tells counts only, never names.
+/// Readiness.
+///
+/// Public (probes), so it tells counts only, never names: 200 while
+/// serving, 503 once shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "system",
+    responses(
+        (status = 200, description = "Ready: `status`, and counts of keys, failed plugins, datastores and ready datastores.", body = Object),
+        (status = 503, description = "Shutting down (`unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    extensions(("x-weir-role" = json!("public"))),
+)]
 async fn readyz(State(host): State<Arc<Host>>) -> Result<Json<Value>, AppError> {
     if host.pipeline().is_closed() {
         return Err(AppError::Unavailable("the host is shutting down".into()));
@@ -240,29 +311,77 @@ async fn readyz(State(host): State<Arc<Host>>) -> Result<Json<Value>, AppError> 
     })))
 }
 
-async fn metrics(
-    State(host): State<Arc<Host>>,
-    headers: HeaderMap,
-) -> Result<axum::response::Response, AppError> {
-    use axum::response::IntoResponse;
+/// This OpenAPI 3.1 document.
+///
+/// Public: it describes every route (it is generated from the code that
+/// serves them) and tells no secret.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "system",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of every route.", body = Object),
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+    ),
+    extensions(("x-weir-role" = json!("public"))),
+)]
+async fn openapi_json(
+    Extension(Document(document)): Extension<Document>,
+) -> Result<Response, AppError> {
+    let body = serde_json::to_vec(&*document).map_err(|e| AppError::Internal(e.into()))?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Prometheus metrics.
+///
+/// Needs role `query`. Per plugin calls and faults; per key events by
+/// outcome, faults, latency and quarantine; per subscription consumers and
+/// drops; bus, dead letters; per datastore queue, rows, files, sessions,
+/// readiness. Scrapers can send the key as `Authorization: Bearer`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    responses(
+        (status = 200, description = "Prometheus text exposition format.", body = String,
+            content_type = crate::metrics::CONTENT_TYPE),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
+async fn metrics(State(host): State<Arc<Host>>, headers: HeaderMap) -> Result<Response, AppError> {
     authorize(&host, &headers, Role::Query)?;
     let text = tokio::task::spawn_blocking(move || crate::metrics::render(&host))
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            crate::metrics::CONTENT_TYPE,
-        )],
-        text,
-    )
-        .into_response())
+    Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
+/// Any path no route serves: a JSON 404 (`no such route`).
 async fn not_found() -> AppError {
     AppError::NotFound("no such route".into())
 }
 
+/// Every key definition.
+///
+/// Needs role `query`. The definitions of the registered EventKeys, sorted
+/// by key.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "keys",
+    responses(
+        (status = 200, description = "An array of key definitions (key, description, event type, params, output schema, ...).", body = Vec<Object>),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 async fn list_keys(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -275,12 +394,32 @@ async fn list_keys(
     ))
 }
 
+/// One key definition.
+///
+/// Needs role `query`. The definition with its `quarantine` state.
+#[utoipa::path(
+    get,
+    path = "/v1/keys/{key}",
+    tag = "keys",
+    params(("key" = String, Path, description = "The key, such as `fs.large_files`.")),
+    responses(
+        (status = 200, description = "The key definition and its `quarantine` state.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "No such key.", body = ErrorBody),
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 async fn get_key(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
     authorize(&host, &headers, Role::Query)?;
+    let key = path(key)?;
     let registry = host.registry();
     let k = registry
         .lookup(&key)
@@ -291,6 +430,22 @@ async fn get_key(
     Ok(Json(def))
 }
 
+/// The plugins.
+///
+/// Needs role `admin`. Loaded plugins (file, SHA-256, keys, load time, call
+/// and fault counters, limits) and failed ones with every reason.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    tag = "plugins",
+    responses(
+        (status = 200, description = "`loaded` and `failed` plugins.", body = Object),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("admin"))),
+)]
 async fn list_plugins(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -299,4 +454,116 @@ async fn list_plugins(
     Ok(Json(
         json!({ "loaded": host.plugins(), "failed": host.failed_plugins() }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashSet};
+
+    use super::*;
+
+    fn document() -> Value {
+        serde_json::to_value(openapi()).expect("the document serializes")
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_of_weir() {
+        let doc = document();
+        let version = doc["openapi"].as_str().expect("an openapi version");
+        assert!(version.starts_with("3.1."), "{version}");
+        assert_eq!(doc["info"]["title"], "Weir");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes[API_KEY_SCHEME]["type"], "apiKey");
+        assert_eq!(schemes[API_KEY_SCHEME]["in"], "header");
+        assert_eq!(schemes[API_KEY_SCHEME]["name"], "X-API-Key");
+        assert_eq!(schemes[BEARER_SCHEME]["type"], "http");
+        assert_eq!(schemes[BEARER_SCHEME]["scheme"], "bearer");
+    }
+
+    #[test]
+    fn every_operation_is_described_consistently() {
+        let doc = document();
+        let tags: HashSet<&str> = doc["tags"]
+            .as_array()
+            .expect("tags")
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        let secured = json!([{ "api_key": [] }, { "bearer": [] }]);
+        let mut ids = HashSet::new();
+        let mut public = BTreeSet::new();
+        let mut count = 0;
+        for (route, item) in doc["paths"].as_object().expect("paths") {
+            let in_route: BTreeSet<&str> = route
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            for (method, op) in item.as_object().expect("a path item") {
+                count += 1;
+                let what = format!("{method} {route}");
+                let id = op["operationId"].as_str().expect("an operationId");
+                assert!(ids.insert(id), "{what}: operationId `{id}` is not unique");
+                assert!(
+                    op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                    "{what}: no summary"
+                );
+                for tag in op["tags"].as_array().expect("tags") {
+                    let tag = tag.as_str().unwrap_or_default();
+                    assert!(tags.contains(tag), "{what}: tag `{tag}` is not declared");
+                }
+                let declared: BTreeSet<&str> = op["parameters"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter(|p| p["in"] == "path")
+                            .filter_map(|p| p["name"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(declared, in_route, "{what}: path parameters");
+                let responses = op["responses"].as_object().expect("responses");
+                assert!(
+                    responses.keys().any(|s| s.starts_with('2')),
+                    "{what}: no success answer"
+                );
+                for (status, response) in responses {
+                    if status.as_str() >= "400" {
+                        assert_eq!(
+                            response["content"]["application/json"]["schema"]["$ref"],
+                            "#/components/schemas/ErrorBody",
+                            "{what}: answer {status}"
+                        );
+                    }
+                }
+                match op["x-weir-role"].as_str() {
+                    Some("public") => {
+                        assert!(op.get("security").is_none(), "{what}: public but secured");
+                        public.insert(what);
+                    }
+                    Some(role @ ("query" | "ingest" | "admin")) => {
+                        assert_eq!(op["security"], secured, "{what}: security");
+                        let description = op["description"].as_str().unwrap_or_default();
+                        assert!(
+                            description.contains(&format!("Needs role `{role}`")),
+                            "{what}: the description does not name role `{role}`"
+                        );
+                        for status in ["401", "403"] {
+                            assert!(responses.contains_key(status), "{what}: no {status}");
+                        }
+                    }
+                    other => panic!("{what}: x-weir-role {other:?}"),
+                }
+            }
+        }
+        assert_eq!(
+            public,
+            BTreeSet::from([
+                "get /healthz".to_string(),
+                "get /openapi.json".to_string(),
+                "get /readyz".to_string(),
+            ])
+        );
+        assert!(count >= 36, "only {count} operations");
+    }
 }

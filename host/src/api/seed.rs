@@ -1,21 +1,133 @@
 //! The seed's Fusion routes (`/ingestor-api/v1/...`, `/views/fs/...`): the
 //! same core as the Fustor routes, addressed by the API key's datastore.
+//! The session routes are thin wrappers over the Fustor handlers, so that
+//! each path has its own documented operation.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::fustor::{self, TreeParams, datastore_of};
-use super::{AppError, authorize};
+use super::fustor::{self, CreateSession, TreeParams, datastore_of};
+use super::{AppError, ErrorBody, authorize, path};
 use crate::auth::Role;
+use crate::datastore::{SessionGrant, Stats};
 use crate::host::Host;
 
+/// Create an agent session (the seed's path).
+///
+/// Needs role `ingest`. The same as `POST /api/v1/pipe/session/`.
+#[utoipa::path(
+    post,
+    path = "/ingestor-api/v1/sessions/",
+    tag = "seed",
+    operation_id = "seed_create_session",
+    request_body(content = CreateSession, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new session.", body = SessionGrant),
+        (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
+pub(super) async fn create_session(
+    host: State<Arc<Host>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SessionGrant>, AppError> {
+    fustor::create_session(host, headers, body).await
+}
+
+/// Keep an agent session alive (the seed's path).
+///
+/// Needs role `ingest`. The same as
+/// `POST /api/v1/pipe/session/{sid}/heartbeat`.
+#[utoipa::path(
+    post,
+    path = "/ingestor-api/v1/sessions/{sid}/heartbeat",
+    tag = "seed",
+    operation_id = "seed_heartbeat",
+    params(("sid" = String, Path, description = "The session id.")),
+    responses(
+        (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
+pub(super) async fn heartbeat(
+    host: State<Arc<Host>>,
+    headers: HeaderMap,
+    sid: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, AppError> {
+    fustor::heartbeat(host, headers, sid).await
+}
+
+/// End an agent session (the seed's path).
+///
+/// Needs role `ingest`. The same as `DELETE /api/v1/pipe/session/{sid}`.
+#[utoipa::path(
+    delete,
+    path = "/ingestor-api/v1/sessions/{sid}",
+    tag = "seed",
+    operation_id = "seed_delete_session",
+    params(("sid" = String, Path, description = "The session id.")),
+    responses(
+        (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
+pub(super) async fn delete_session(
+    host: State<Arc<Host>>,
+    headers: HeaderMap,
+    sid: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, AppError> {
+    fustor::delete_session(host, headers, sid).await
+}
+
+/// Push rows (the seed's form).
+///
+/// Needs role `ingest`. Like `POST /api/v1/pipe/ingest/{sid}/events`, with
+/// the session id in the body (`session_id`) and `is_snapshot_end` to end a
+/// snapshot.
+#[utoipa::path(
+    post,
+    path = "/ingestor-api/v1/events/",
+    tag = "seed",
+    request_body(content = Object, content_type = "application/json",
+        description = "A push: `session_id`, `events` (each `event_type` `update` or `delete`, `index`, `rows`), `source_type`, `is_snapshot_end`."),
+    responses(
+        (status = 200, description = "`status` `ok`, the `count` of rows queued and the `rejected` rows with reasons.", body = Object),
+        (status = 400, description = "A body that is not a push, or has no `session_id`.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 MiB.", body = ErrorBody),
+        (status = 419, description = "The session may not push (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
+        (status = 503, description = "The ingestion queue is full (`busy`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn push(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -28,25 +140,83 @@ fn own_datastore(host: &Host, headers: &HeaderMap) -> Result<String, AppError> {
     Ok(authorize(host, headers, Role::Query)?.datastore)
 }
 
+/// The tree view of the key's datastore.
+///
+/// Needs role `query`. Like `GET /api/v1/views/{datastore}/tree` for the
+/// datastore of the key.
+#[utoipa::path(
+    get,
+    path = "/views/fs/tree",
+    tag = "seed",
+    operation_id = "seed_tree",
+    params(TreeParams),
+    responses(
+        (status = 200, description = "The tree under `path`.", body = Object),
+        (status = 400, description = "A bad query, a path that is not clean, or a subtree larger than `max_tree_items`.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured, or no such path in it.", body = ErrorBody),
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 pub(super) async fn tree(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Query(params): Query<TreeParams>,
+    params: Result<Query<TreeParams>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let name = own_datastore(&host, &headers)?;
     fustor::tree_of(&host, &headers, &name, params).await
 }
 
+/// The stats of the key's datastore.
+///
+/// Needs role `query`. Like `GET /api/v1/views/{datastore}/stats` for the
+/// datastore of the key.
+#[utoipa::path(
+    get,
+    path = "/views/fs/stats",
+    tag = "seed",
+    operation_id = "seed_stats",
+    responses(
+        (status = 200, description = "The datastore's stats.", body = Stats),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
 pub(super) async fn stats(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Stats>, AppError> {
     let name = own_datastore(&host, &headers)?;
     fustor::stats_of(&host, &headers, &name)
 }
 
-/// The authoritative agent (ingest key) signals that the tree is wrong:
-/// views answer 503 until the next complete snapshot.
+/// Raise a consistency alarm (the agent).
+///
+/// Needs role `ingest`. The authoritative agent signals that the tree is
+/// wrong: the views answer 503 until the next complete snapshot.
+#[utoipa::path(
+    post,
+    path = "/ingestor-api/v1/consistency/alarm",
+    tag = "seed",
+    responses(
+        (status = 200, description = "`status` `alarm_raised` and the `datastore`.", body = Object),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("ingest"))),
+)]
 pub(super) async fn agent_alarm(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
@@ -58,12 +228,32 @@ pub(super) async fn agent_alarm(
     ))
 }
 
-/// An operator (admin key) raises a consistency alarm on a datastore.
+/// Raise a consistency alarm (an operator).
+///
+/// Needs role `admin` on the datastore. The views answer 503 until the next
+/// complete snapshot.
+#[utoipa::path(
+    post,
+    path = "/v1/datastores/{datastore}/alarm",
+    tag = "datastores",
+    params(("datastore" = String, Path, description = "The datastore.")),
+    responses(
+        (status = 200, description = "`status` `alarm_raised` and the `datastore`.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
+        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        (status = 404, description = "No such datastore.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("admin"))),
+)]
 pub(super) async fn admin_alarm(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
+    authorize(&host, &headers, Role::Admin)?;
+    let name = path(name)?;
     super::authorize_datastore(&host, &headers, Role::Admin, &name)?;
     let ds = host
         .datastore(&name)

@@ -4,6 +4,11 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, KnownFormat, Object, ObjectBuilder, OneOfBuilder, Schema,
+    SchemaFormat, SchemaType, Type,
+};
 
 use crate::bus::NewEvent;
 
@@ -27,12 +32,13 @@ const FIELDS: [&str; 6] = [
 ];
 
 /// An event that was not accepted, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RejectedEvent {
     /// Position in the request (0 for a single object).
     pub index: usize,
     /// Its id, when it had a usable one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub event_id: Option<String>,
     /// What is wrong.
     pub reason: String,
@@ -45,6 +51,75 @@ pub struct ParsedEvents {
     pub valid: Vec<(usize, NewEvent)>,
     /// Invalid events.
     pub rejected: Vec<RejectedEvent>,
+}
+
+/// The wire form [`parse_events`] reads, for the OpenAPI document: one event
+/// object, or an array of at most [`MAX_EVENTS_PER_REQUEST`] of them, each
+/// with the fields of [`FIELDS`] only.
+impl utoipa::PartialSchema for ParsedEvents {
+    fn schema() -> RefOr<Schema> {
+        let event = event_schema();
+        OneOfBuilder::new()
+            .description(Some(
+                "One event, or an array of events (each checked on its own).",
+            ))
+            .item(event.clone())
+            .item(
+                ArrayBuilder::new()
+                    .items(event)
+                    .max_items(Some(MAX_EVENTS_PER_REQUEST)),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ParsedEvents {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Events".into()
+    }
+}
+
+/// The schema of one event object: the fields of [`FIELDS`].
+fn event_schema() -> Object {
+    let text = |description: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_FIELD_BYTES))
+            .description(Some(description))
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "event_id",
+            text("Unique id; duplicates within the dedup window are answered as duplicates. A UUID when absent."),
+        )
+        .property(
+            "event_type",
+            text("Type, such as `fs.insert`: letters, digits and `. _ - :`.")
+                .pattern(Some("^[A-Za-z0-9._:-]+$")),
+        )
+        .required("event_type")
+        .property("source", text("Who produced it."))
+        .required("source")
+        .property(
+            "source_time",
+            text("When it happened at the source (RFC 3339).").format(Some(
+                SchemaFormat::KnownFormat(KnownFormat::DateTime),
+            )),
+        )
+        .property("correlation_id", text("Correlation id."))
+        .property(
+            "payload",
+            ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .description(Some(format!(
+                    "Any JSON value, at most {MAX_PAYLOAD_BYTES} bytes as compact JSON."
+                ))),
+        )
+        .required("payload")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .build()
 }
 
 /// Parses a request body. Errors only when the body as a whole is unusable.
@@ -169,6 +244,13 @@ fn optional_text(obj: &mut Map<String, Value>, name: &str) -> Result<Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schema_names_exactly_the_fields_read() {
+        let event = event_schema();
+        let named: Vec<&str> = event.properties.keys().map(String::as_str).collect();
+        assert_eq!(named, FIELDS);
+    }
 
     fn parse(body: &str) -> ParsedEvents {
         parse_events(body.as_bytes()).unwrap()

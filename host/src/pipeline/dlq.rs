@@ -88,7 +88,7 @@ impl Serialize for DeadLetter {
 
 /// Which dead letters an operation applies to; also the body of
 /// `POST /v1/dlq/replay`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Selector {
     /// Only these ids (empty: any).
