@@ -426,7 +426,7 @@ pub(super) async fn dlq_replay(
 /// Delete dead letters.
 ///
 /// Needs role `admin`. Removes the selected letters (all without a
-/// selection).
+/// selection), the oldest `limit` of them when a limit is given.
 #[utoipa::path(
     delete,
     path = "/v1/dlq",
@@ -434,6 +434,7 @@ pub(super) async fn dlq_replay(
     params(
         ("key" = Option<String>, Query, description = "Only this key's letters."),
         ("id" = Option<Vec<u64>>, Query, explode, description = "Only these letters (repeatable)."),
+        ("limit" = Option<usize>, Query, description = "At most this many, oldest first (default: all selected)."),
     ),
     responses(
         (status = 200, description = "How many were `deleted`, and the letters `remaining`.", body = Object),
@@ -450,8 +451,8 @@ pub(super) async fn dlq_delete(
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
     authorize(&host, &headers, Role::Admin)?;
-    let (sel, _) = selector(query(q)?)?;
+    let (sel, limit) = selector(query(q)?)?;
     let dlq = host.pipeline().dead_letters();
-    let deleted = dlq.take(&sel).len();
+    let deleted = dlq.take(&sel, limit.unwrap_or(usize::MAX)).len();
     Ok(Json(json!({ "deleted": deleted, "remaining": dlq.len() })))
 }

@@ -156,11 +156,22 @@ impl DeadLetters {
             .collect()
     }
 
-    /// Removes and returns the letters selected.
-    pub fn take(&self, selector: &Selector) -> Vec<DeadLetter> {
+    /// Removes and returns the oldest `limit` letters selected.
+    pub fn take(&self, selector: &Selector, limit: usize) -> Vec<DeadLetter> {
         let mut q = self.lock();
-        let (taken, kept): (Vec<_>, Vec<_>) = q.drain(..).partition(|d| selector.selects(d));
-        *q = kept.into();
+        let mut taken = Vec::new();
+        let kept: VecDeque<DeadLetter> = q
+            .drain(..)
+            .filter_map(|d| {
+                if taken.len() < limit && selector.selects(&d) {
+                    taken.push(d);
+                    None
+                } else {
+                    Some(d)
+                }
+            })
+            .collect();
+        *q = kept;
         taken
     }
 

@@ -494,7 +494,7 @@ impl Pipeline {
     /// plugin, delivering output to the subscription's current consumers.
     /// Letters that fail again (or cannot run) go back with their id.
     pub async fn replay(self: &Arc<Self>, selector: Selector) -> Vec<ReplayResult> {
-        let letters = self.dlq.take(&selector);
+        let letters = self.dlq.take(&selector, usize::MAX);
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             letters
