@@ -507,7 +507,13 @@ impl Pipeline {
     }
 
     fn bury(&self, letter: DeadLetter) {
-        tracing::warn!(key = %letter.key, subscription = %letter.subscription_id, event = %letter.event.new.id, kind = %letter.kind, "dead letter: {}", letter.message);
+        // A quarantined key buries every event it skips; the quarantine
+        // itself was logged once, so these would only flood the log.
+        if letter.kind == "quarantined" {
+            tracing::debug!(key = %letter.key, subscription = %letter.subscription_id, event = %letter.event.new.id, kind = %letter.kind, "dead letter: {}", letter.message);
+        } else {
+            tracing::warn!(key = %letter.key, subscription = %letter.subscription_id, event = %letter.event.new.id, kind = %letter.kind, "dead letter: {}", letter.message);
+        }
         self.dlq.push(letter);
     }
 
