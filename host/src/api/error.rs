@@ -16,6 +16,33 @@ use crate::session::SessionError;
 /// Seconds a client is asked to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "2";
 
+/// The answers every keyed route may give before it runs: 401 and 403 (the
+/// key's role). Listed in each route's `responses(...)`.
+#[derive(utoipa::IntoResponses)]
+pub enum AuthErrors {
+    /// 401.
+    #[response(status = 401, description = "No key, or an unknown one.")]
+    Unauthorized(ErrorBody),
+    /// 403.
+    #[response(status = 403, description = "The key's role does not fit.")]
+    Forbidden(ErrorBody),
+}
+
+/// [`AuthErrors`] of a route scoped to a datastore: 403 also when the key
+/// is another datastore's.
+#[derive(utoipa::IntoResponses)]
+pub enum DatastoreAuthErrors {
+    /// 401.
+    #[response(status = 401, description = "No key, or an unknown one.")]
+    Unauthorized(ErrorBody),
+    /// 403.
+    #[response(
+        status = 403,
+        description = "The key's role or datastore does not fit."
+    )]
+    Forbidden(ErrorBody),
+}
+
 /// The JSON body of every error answer: `{error, detail}`, and `rejected`
 /// when no event of a publish was accepted.
 #[derive(Debug, Serialize, ToSchema)]

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde_json::{Value, json};
 
-use super::{AppError, ErrorBody, authorize, body_bytes, path, query};
+use super::{AppError, AuthErrors, ErrorBody, authorize, body_bytes, path, query};
 use crate::auth::Role;
 use crate::bus::{Published, StartAt};
 use crate::host::Host;
@@ -42,8 +42,7 @@ type Pairs = Vec<(String, String)>;
     responses(
         (status = 200, description = "`accepted` (`index`, `event_id`, `seq`), `duplicates` (`index`, `event_id`) and `rejected` (`index`, `event_id`, `reason`).", body = Object),
         (status = 400, description = "The body as a whole is unusable (not JSON, not an event or array, too many events).", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 413, description = "The body is larger than 16 MiB.", body = ErrorBody),
         (status = 422, description = "No event accepted; `rejected` lists every event with its reason.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
@@ -142,8 +141,7 @@ fn format_for(headers: &HeaderMap) -> Result<Format, AppError> {
         (status = 200, description = "The stream: SSE (`text/event-stream`) or one JSON object a line (`application/x-ndjson`).",
             content((String = "text/event-stream"), (String = "application/x-ndjson"))),
         (status = 400, description = "A bad `from`, `Last-Event-ID` or parameter (`bad_request`, `invalid_param`).", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "No such key.", body = ErrorBody),
         (status = 406, description = "The client accepts neither SSE nor NDJSON.", body = ErrorBody),
         (status = 502, description = "The key's plugin failed (`pre_consume_failed`, `plugin_fault`).", body = ErrorBody),
@@ -267,8 +265,7 @@ fn ndjson(consumer: Consumer) -> Response {
     tag = "events",
     responses(
         (status = 200, description = "`subscriptions`, `pre_consume_runs`, `cleanup_runs`, `quarantined`, `bus`, `events_by_type`.", body = Object),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
@@ -301,8 +298,7 @@ pub(super) async fn subscriptions(
     responses(
         (status = 200, description = "`key`, and `resumed`: whether it was quarantined.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "No such key.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -363,8 +359,7 @@ fn selector(pairs: Pairs) -> Result<(Selector, Option<usize>), AppError> {
     responses(
         (status = 200, description = "`total`, `evicted` and `letters`.", body = Object),
         (status = 400, description = "A bad or unknown query parameter.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
@@ -397,8 +392,7 @@ pub(super) async fn dlq_list(
     responses(
         (status = 200, description = "`results` per letter and the letters `remaining`.", body = Object),
         (status = 400, description = "A body that is not a selector.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -439,8 +433,7 @@ pub(super) async fn dlq_replay(
     responses(
         (status = 200, description = "How many were `deleted`, and the letters `remaining`.", body = Object),
         (status = 400, description = "A bad or unknown query parameter.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),

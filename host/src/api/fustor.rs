@@ -15,7 +15,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{AppError, ErrorBody, authorize, authorize_datastore, body_bytes, path, query};
+use super::{
+    AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, authorize, authorize_datastore,
+    body_bytes, path, query,
+};
 use crate::auth::Role;
 use crate::datastore::{Datastore, SessionGrant, Stats, now_secs};
 use crate::host::Host;
@@ -58,8 +61,7 @@ pub(super) struct CreateSession {
     responses(
         (status = 200, description = "The new session.", body = SessionGrant),
         (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
@@ -94,8 +96,7 @@ pub(super) async fn create_session(
     responses(
         (status = 200, description = "The new session.", body = SessionGrant),
         (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
@@ -122,8 +123,7 @@ pub(super) async fn create_session_unslashed(
     responses(
         (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
         (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
     ),
@@ -154,8 +154,7 @@ pub(super) async fn heartbeat(
     responses(
         (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -188,8 +187,7 @@ pub(super) async fn delete_session(
     responses(
         (status = 200, description = "`status` `ok`, the `count` of rows queued and the `rejected` rows with reasons.", body = Object),
         (status = 400, description = "A body that is not a push, or whose `session_id` differs from the path's.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 MiB.", body = ErrorBody),
         (status = 419, description = "The session may not push (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
@@ -245,8 +243,7 @@ pub(super) fn push(
     tag = "fustor",
     responses(
         (status = 200, description = "`status` `audit_started`.", body = Object),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -270,8 +267,7 @@ pub(super) async fn audit_start(
     tag = "fustor",
     responses(
         (status = 200, description = "`status` `audit_ended`.", body = Object),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -332,8 +328,7 @@ fn view_name(
     responses(
         (status = 200, description = "The tree under `path`.", body = Object),
         (status = 400, description = "A bad query, a path that is not clean, or a subtree larger than `max_tree_items`.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        DatastoreAuthErrors,
         (status = 404, description = "No such datastore, or no such path in it.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
         (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
@@ -385,8 +380,7 @@ pub(super) async fn tree_of(
     responses(
         (status = 200, description = "The datastore's stats.", body = Stats),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
         (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
@@ -424,8 +418,7 @@ pub(super) fn stats_of(
     responses(
         (status = 200, description = "An array of `{path, suspect_until}`.", body = Vec<Object>),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
         (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
@@ -462,8 +455,7 @@ pub(super) async fn suspect_list(
     responses(
         (status = 200, description = "`additions_count`, `additions`, `deletion_count`, `deletions`.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
         (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
@@ -508,8 +500,7 @@ pub(super) struct SearchParams {
     responses(
         (status = 200, description = "The matching files.", body = Object),
         (status = 400, description = "No or an empty `pattern`, or more matches than `max_tree_items`.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role or datastore does not fit.", body = ErrorBody),
+        DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
         (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
@@ -546,8 +537,7 @@ pub(super) async fn search(
     tag = "fustor",
     responses(
         (status = 200, description = "`{type: suspect_check, paths, view_id}`, or `{}`.", body = Object),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -600,8 +590,7 @@ pub(super) struct FeedbackUpdate {
     responses(
         (status = 200, description = "`status` `processed`, `drivers_updated` and the `rejected` updates with reasons.", body = Object),
         (status = 400, description = "A body without `updates`.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),

@@ -40,7 +40,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-pub use error::{AppError, ErrorBody};
+pub use error::{AppError, AuthErrors, DatastoreAuthErrors, ErrorBody};
 
 use crate::auth::{ApiKey, Role};
 use crate::host::Host;
@@ -345,8 +345,7 @@ async fn openapi_json(
     responses(
         (status = 200, description = "Prometheus text exposition format.", body = String,
             content_type = crate::metrics::CONTENT_TYPE),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -375,8 +374,7 @@ async fn not_found() -> AppError {
     tag = "keys",
     responses(
         (status = 200, description = "An array of key definitions (key, description, event type, params, output schema, ...).", body = Vec<Object>),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -405,8 +403,7 @@ async fn list_keys(
     responses(
         (status = 200, description = "The key definition and its `quarantine` state.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "No such key.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
     ),
@@ -440,8 +437,7 @@ async fn get_key(
     tag = "plugins",
     responses(
         (status = 200, description = "`loaded` and `failed` plugins.", body = Object),
-        (status = 401, description = "No key, or an unknown one.", body = ErrorBody),
-        (status = 403, description = "The key's role does not fit.", body = ErrorBody),
+        AuthErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
