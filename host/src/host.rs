@@ -280,7 +280,7 @@ impl Host {
 }
 
 /// One loaded plugin, as `/v1/plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginInfo {
     /// Name (file stem).
     pub name: String,
@@ -307,13 +307,14 @@ pub struct PluginInfo {
     /// The most linear memory one of its instances has held, bytes.
     pub memory_peak_bytes: u64,
     /// `loaded` (failed files are listed apart, with their reasons).
+    #[schema(value_type = String, example = "loaded")]
     pub state: &'static str,
     /// Its keys that are quarantined.
     pub quarantined_keys: Vec<String>,
 }
 
 /// A plugin's limits, as `/v1/plugins` shows them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginLimits {
     /// Linear memory per instance, MiB.
     pub memory_mib: usize,

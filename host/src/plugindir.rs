@@ -43,7 +43,7 @@ impl PluginLoadError {
 }
 
 /// A plugin file that failed to load, for `/v1/plugins` and the log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FailedPlugin {
     /// The file.
     pub file: String,

@@ -436,7 +436,7 @@ async fn get_key(
     path = "/v1/plugins",
     tag = "plugins",
     responses(
-        (status = 200, description = "`loaded` and `failed` plugins.", body = Object),
+        (status = 200, description = "`loaded` and `failed` plugins.", body = PluginList),
         AuthErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -445,11 +445,22 @@ async fn get_key(
 async fn list_plugins(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<PluginList>, AppError> {
     authorize(&host, &headers, Role::Admin)?;
-    Ok(Json(
-        json!({ "loaded": host.plugins(), "failed": host.failed_plugins() }),
-    ))
+    Ok(Json(PluginList {
+        loaded: host.plugins(),
+        failed: host.failed_plugins(),
+    }))
+}
+
+/// The answer of `GET /v1/plugins`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct PluginList {
+    /// Plugins running, by name.
+    loaded: Vec<crate::host::PluginInfo>,
+    /// Plugin files that failed to load (a replacement that failed leaves
+    /// the old version in `loaded`).
+    failed: Vec<crate::host::FailedPlugin>,
 }
 
 #[cfg(test)]
@@ -460,6 +471,58 @@ mod tests {
 
     fn document() -> Value {
         serde_json::to_value(openapi()).expect("the document serializes")
+    }
+
+    #[test]
+    fn the_plugins_answer_is_described_field_by_field() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let ok = &doc["paths"]["/v1/plugins"]["get"]["responses"]["200"];
+        assert_eq!(
+            ok["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/PluginList"
+        );
+        let names = |schema: &str| -> BTreeSet<String> {
+            schemas[schema]["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{schema} has properties"))
+                .keys()
+                .cloned()
+                .collect()
+        };
+        // What is sent has exactly the fields the schema names.
+        let info = crate::host::PluginInfo {
+            name: "p".into(),
+            file: None,
+            hash: "h".into(),
+            version: "h".into(),
+            limits: crate::host::PluginLimits {
+                memory_mib: 1,
+                matches_deadline_ms: 1,
+                call_deadline_ms: 1,
+                max_output_kib: 1,
+            },
+            keys: vec![],
+            loaded_at_ms: 0,
+            calls: 0,
+            faults: 0,
+            instances_created: 0,
+            memory_bytes: 0,
+            memory_peak_bytes: 0,
+            state: "loaded",
+            quarantined_keys: vec![],
+        };
+        let sent = serde_json::to_value(&info).expect("serializes");
+        let keys = |v: &Value| -> BTreeSet<String> {
+            v.as_object().expect("an object").keys().cloned().collect()
+        };
+        assert_eq!(keys(&sent), names("PluginInfo"));
+        assert_eq!(keys(&sent["limits"]), names("PluginLimits"));
+        assert_eq!(
+            names("PluginList"),
+            BTreeSet::from(["failed".to_string(), "loaded".to_string()])
+        );
+        assert!(names("FailedPlugin").contains("errors"));
     }
 
     #[test]
