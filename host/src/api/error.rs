@@ -43,6 +43,30 @@ pub enum DatastoreAuthErrors {
     Forbidden(ErrorBody),
 }
 
+/// [`AuthErrors`] of a route on the key's own datastore: 404 when that
+/// datastore is not configured.
+#[derive(utoipa::IntoResponses)]
+pub enum KeyDatastoreErrors {
+    /// 401.
+    #[response(status = 401, description = "No key, or an unknown one.")]
+    Unauthorized(ErrorBody),
+    /// 403.
+    #[response(status = 403, description = "The key's role does not fit.")]
+    Forbidden(ErrorBody),
+    /// 404.
+    #[response(status = 404, description = "The key's datastore is not configured.")]
+    NoDatastore(ErrorBody),
+}
+
+/// The 503 of a datastore view that is not READY, with `Retry-After`.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 503,
+    description = "The views are not ready (`not_ready`).",
+    headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))
+)]
+pub struct ViewsNotReady(pub ErrorBody);
+
 /// The JSON body of every error answer: `{error, detail}`, and `rejected`
 /// when no event of a publish was accepted.
 #[derive(Debug, Serialize, ToSchema)]

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, authorize, authorize_datastore,
-    body_bytes, path, query,
+    AppError, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady, authorize,
+    authorize_datastore, body_bytes, path, query,
 };
 use crate::auth::Role;
 use crate::datastore::{Datastore, SessionGrant, Stats, now_secs};
@@ -61,8 +61,7 @@ pub(super) struct CreateSession {
     responses(
         (status = 200, description = "The new session.", body = SessionGrant),
         (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -96,8 +95,7 @@ pub(super) async fn create_session(
     responses(
         (status = 200, description = "The new session.", body = SessionGrant),
         (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -123,8 +121,7 @@ pub(super) async fn create_session_unslashed(
     responses(
         (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
         (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -154,8 +151,7 @@ pub(super) async fn heartbeat(
     responses(
         (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -187,8 +183,7 @@ pub(super) async fn delete_session(
     responses(
         (status = 200, description = "`status` `ok`, the `count` of rows queued and the `rejected` rows with reasons.", body = Object),
         (status = 400, description = "A body that is not a push, or whose `session_id` differs from the path's.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 64 MiB.", body = ErrorBody),
         (status = 419, description = "The session may not push (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
         (status = 503, description = "The ingestion queue is full (`busy`).", body = ErrorBody,
@@ -243,8 +238,7 @@ pub(super) fn push(
     tag = "fustor",
     responses(
         (status = 200, description = "`status` `audit_started`.", body = Object),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -267,8 +261,7 @@ pub(super) async fn audit_start(
     tag = "fustor",
     responses(
         (status = 200, description = "`status` `audit_ended`.", body = Object),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -331,8 +324,7 @@ fn view_name(
         DatastoreAuthErrors,
         (status = 404, description = "No such datastore, or no such path in it.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
-        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        ViewsNotReady,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
@@ -382,8 +374,7 @@ pub(super) async fn tree_of(
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
         DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
-        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        ViewsNotReady,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
@@ -420,8 +411,7 @@ pub(super) fn stats_of(
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
         DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
-        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        ViewsNotReady,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
@@ -457,8 +447,7 @@ pub(super) async fn suspect_list(
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
         DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
-        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        ViewsNotReady,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
@@ -503,8 +492,7 @@ pub(super) struct SearchParams {
         DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
-        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        ViewsNotReady,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
@@ -537,8 +525,7 @@ pub(super) async fn search(
     tag = "fustor",
     responses(
         (status = 200, description = "`{type: suspect_check, paths, view_id}`, or `{}`.", body = Object),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -590,8 +577,7 @@ pub(super) struct FeedbackUpdate {
     responses(
         (status = 200, description = "`status` `processed`, `drivers_updated` and the `rejected` updates with reasons.", body = Object),
         (status = 400, description = "A body without `updates`.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),

@@ -40,7 +40,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-pub use error::{AppError, AuthErrors, DatastoreAuthErrors, ErrorBody};
+pub use error::{
+    AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady,
+};
 
 use crate::auth::{ApiKey, Role};
 use crate::host::Host;

@@ -14,7 +14,10 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::fustor::{self, CreateSession, TreeParams, datastore_of};
-use super::{AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, authorize, path};
+use super::{
+    AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady,
+    authorize, path,
+};
 use crate::auth::Role;
 use crate::datastore::{SessionGrant, Stats};
 use crate::host::Host;
@@ -31,8 +34,7 @@ use crate::host::Host;
     responses(
         (status = 200, description = "The new session.", body = SessionGrant),
         (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -59,8 +61,7 @@ pub(super) async fn create_session(
     responses(
         (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
         (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -86,8 +87,7 @@ pub(super) async fn heartbeat(
     responses(
         (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -114,8 +114,7 @@ pub(super) async fn delete_session(
     responses(
         (status = 200, description = "`status` `ok`, the `count` of rows queued and the `rejected` rows with reasons.", body = Object),
         (status = 400, description = "A body that is not a push, or has no `session_id`.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 64 MiB.", body = ErrorBody),
         (status = 419, description = "The session may not push (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
         (status = 503, description = "The ingestion queue is full (`busy`).", body = ErrorBody,
@@ -152,8 +151,7 @@ fn own_datastore(host: &Host, headers: &HeaderMap) -> Result<String, AppError> {
         AuthErrors,
         (status = 404, description = "The key's datastore is not configured, or no such path in it.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
-        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        ViewsNotReady,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
@@ -178,10 +176,8 @@ pub(super) async fn tree(
     operation_id = "seed_stats",
     responses(
         (status = 200, description = "The datastore's stats.", body = Stats),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
-        (status = 503, description = "The views are not ready (`not_ready`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        KeyDatastoreErrors,
+        ViewsNotReady,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
@@ -204,8 +200,7 @@ pub(super) async fn stats(
     tag = "seed",
     responses(
         (status = 200, description = "`status` `alarm_raised` and the `datastore`.", body = Object),
-        AuthErrors,
-        (status = 404, description = "The key's datastore is not configured.", body = ErrorBody),
+        KeyDatastoreErrors,
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
