@@ -10,7 +10,8 @@
 //! - [`upstream`]: the HTTP services manifests grant, reached through `call-api`.
 //! - [`bus`]: dedup, sequence numbers, history and fan-out of events.
 //! - [`pipeline`]: subscriptions, key calls, envelopes, dead letters.
-//! - [`index`]: the hash tree of file-system metadata and its arbitration rules.
+//! - [`index`]: the hash tree of file-system metadata and its arbitration rules
+//!   (in the `weir-core` crate, with [`ingest::rows`] and [`text`]).
 //! - [`ingest`]: agent pushes parsed row by row into index operations.
 //! - [`session`]: agent sessions of a datastore (last agent wins).
 //! - [`datastore`]: sessions + queue + index + READY logic of one datastore.
@@ -32,7 +33,6 @@ pub mod consume;
 pub mod datastore;
 pub mod host;
 pub mod hostapi;
-pub mod index;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
@@ -43,6 +43,7 @@ pub mod session;
 pub mod upstream;
 
 pub use api::run;
+pub use weir_core::{index, text};
 
 /// Where the host's build script put the example plugins (`plugins/`),
 /// compiled for `wasm32-wasip2`: the default plugin directory.

@@ -2,4 +2,4 @@
 //! operations ([`rows`]), and raw events for the bus ([`events`]).
 
 pub mod events;
-pub mod rows;
+pub use weir_core::rows;
