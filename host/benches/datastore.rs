@@ -21,7 +21,7 @@ use weir_host::datastore::{DatastoreConfig, now_secs};
 use weir_host::host::{Host, HostConfig};
 use weir_host::index::view::{TreeQuery, check_tree, write_tree};
 use weir_host::index::{FsIndex, IndexConfig, Meta, NodeId, Source, Upsert};
-use weir_host::ingest::rows::{Op, parse_batch};
+use weir_host::ingest::rows::{Op, RowLimits, parse_batch};
 
 const ROWS_PER_PUSH: usize = 1000;
 
@@ -45,7 +45,7 @@ fn ingest_in_process(bodies: &[Vec<u8>]) -> Duration {
     let mut ix = FsIndex::new(IndexConfig::default());
     let now = now_secs();
     for body in bodies {
-        for op in parse_batch(body, now).unwrap().ops {
+        for op in parse_batch(body, now, &RowLimits::default()).unwrap().ops {
             if let Op::Upsert(source, row) = op {
                 ix.upsert(&row, source, now);
             }

@@ -26,6 +26,12 @@
 //! session_timeout_secs = 30     # optional, as every setting below
 //! queue_rows = 100000
 //! max_tree_items = 100000
+//! max_tree_bytes = 67108864
+//! max_path_bytes = 4096
+//! max_path_depth = 256
+//! max_name_bytes = 255
+//! max_tombstones = 200000
+//! max_blind_spots = 100000
 //! hot_window_secs = 30
 //! tombstone_ttl_secs = 3600
 //! audit_interval_secs = 60
@@ -294,6 +300,18 @@ pub struct DatastoreSection {
     pub queue_rows: Option<usize>,
     /// Most nodes one tree answer may hold.
     pub max_tree_items: Option<usize>,
+    /// Most bytes of one view answer.
+    pub max_tree_bytes: Option<usize>,
+    /// Most bytes of a pushed path.
+    pub max_path_bytes: Option<usize>,
+    /// Most segments of a pushed path.
+    pub max_path_depth: Option<usize>,
+    /// Most bytes of one name in a pushed path.
+    pub max_name_bytes: Option<usize>,
+    /// Most tombstones kept.
+    pub max_tombstones: Option<usize>,
+    /// Most blind-spot additions (and deletions) listed.
+    pub max_blind_spots: Option<usize>,
     /// Hot-file window.
     pub hot_window_secs: Option<f64>,
     /// Tombstone lifetime.
@@ -396,11 +414,35 @@ impl FileConfig {
             if let Some(s) = positive(d.sentinel_interval_secs, "sentinel_interval_secs")? {
                 c.sessions.sentinel_interval = Duration::from_secs(s);
             }
-            if let Some(n) = positive(d.queue_rows.map(|n| n as u64), "queue_rows")? {
-                c.queue_rows = n as usize;
-            }
-            if let Some(n) = positive(d.max_tree_items.map(|n| n as u64), "max_tree_items")? {
-                c.max_tree_items = n as usize;
+            for (field, value, target) in [
+                ("queue_rows", d.queue_rows, &mut c.queue_rows),
+                ("max_tree_items", d.max_tree_items, &mut c.max_tree_items),
+                ("max_tree_bytes", d.max_tree_bytes, &mut c.max_tree_bytes),
+                (
+                    "max_path_bytes",
+                    d.max_path_bytes,
+                    &mut c.rows.max_path_bytes,
+                ),
+                ("max_path_depth", d.max_path_depth, &mut c.rows.max_depth),
+                (
+                    "max_name_bytes",
+                    d.max_name_bytes,
+                    &mut c.rows.max_name_bytes,
+                ),
+                (
+                    "max_tombstones",
+                    d.max_tombstones,
+                    &mut c.index.max_tombstones,
+                ),
+                (
+                    "max_blind_spots",
+                    d.max_blind_spots,
+                    &mut c.index.max_blind_spots,
+                ),
+            ] {
+                if let Some(n) = positive(value.map(|n| n as u64), field)? {
+                    *target = n as usize;
+                }
             }
             for (field, value, target) in [
                 (

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::index::view::{TreeQuery, ViewError, check_tree, write_search, write_tree};
-use crate::index::{Change, Feedback, FsIndex, IndexConfig, Source};
-use crate::ingest::rows::{Batch, Op, Rejected};
+use crate::index::view::{TreeQuery, ViewError};
+use crate::index::{Change, Evictions, FsIndex, IndexConfig, Source};
+use crate::ingest::rows::{Batch, FeedbackUpdate, Op, Rejected, RowLimits};
 use crate::session::{Session, SessionConfig, SessionError, Sessions};
 
 /// Settings of one datastore.
@@ -31,7 +31,15 @@ pub struct DatastoreConfig {
     pub queue_rows: usize,
     /// Most nodes one tree answer may hold.
     pub max_tree_items: usize,
+    /// Most bytes of one view answer (tree, search, suspects, blind spots).
+    pub max_tree_bytes: usize,
+    /// Bounds of every pushed row (path bytes, depth, name bytes).
+    pub rows: RowLimits,
 }
+
+/// Most paths one sentinel task lists; the agent asks again after its
+/// feedback.
+pub const MAX_SENTINEL_PATHS: usize = 1_000;
 
 impl DatastoreConfig {
     /// Defaults for a datastore called `name`.
@@ -42,6 +50,8 @@ impl DatastoreConfig {
             index: IndexConfig::default(),
             queue_rows: 100_000,
             max_tree_items: 100_000,
+            max_tree_bytes: 64 * 1024 * 1024,
+            rows: RowLimits::default(),
         }
     }
 }
@@ -101,6 +111,10 @@ pub enum PushError {
         /// Capacity.
         capacity: usize,
     },
+    /// The host is shutting down: the queue was drained and takes nothing
+    /// more (the agent retries against the next host).
+    #[error("datastore `{0}` is shutting down")]
+    ShuttingDown(String),
 }
 
 /// What an accepted push reports.
@@ -129,12 +143,67 @@ pub enum NotReady {
     Alarm(String),
 }
 
+/// A window of a long list (suspects, blind spots) that fits an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing<T> {
+    /// The first items, in order.
+    pub items: Vec<T>,
+    /// How many there are in all.
+    pub total: usize,
+}
+
+impl<T> Listing<T> {
+    /// Whether items were left out.
+    pub fn truncated(&self) -> bool {
+        self.items.len() < self.total
+    }
+}
+
+/// The first items of `all` that fit `max_items` and `max_bytes` (each
+/// item's size given by `bytes`).
+fn window<T>(
+    all: impl ExactSizeIterator<Item = T>,
+    max_items: usize,
+    max_bytes: usize,
+    bytes: impl Fn(&T) -> usize,
+) -> Listing<T> {
+    let total = all.len();
+    let mut used = 0usize;
+    let mut items = Vec::new();
+    for item in all.take(max_items) {
+        used = used.saturating_add(bytes(&item) + 16);
+        if used > max_bytes {
+            break;
+        }
+        items.push(item);
+    }
+    Listing { items, total }
+}
+
 /// Work for the apply thread, in arrival order.
 enum Job {
     Batch { session: String, batch: Batch },
     AuditStart,
     AuditEnd,
-    Feedback(Vec<(String, Feedback)>),
+    Feedback(Vec<FeedbackUpdate>),
+}
+
+impl Job {
+    /// A line for the log when the job fails: what it was, never its data.
+    fn summary(&self) -> String {
+        match self {
+            Job::Batch { session, batch } => format!(
+                "push of session {} ({:?}, {} rows, is_end {})",
+                crate::text::echo(session),
+                batch.source,
+                batch.ops.len(),
+                batch.is_end
+            ),
+            Job::AuditStart => "audit start".into(),
+            Job::AuditEnd => "audit end".into(),
+            Job::Feedback(updates) => format!("sentinel feedback ({} updates)", updates.len()),
+        }
+    }
 }
 
 struct Queue {
@@ -151,6 +220,8 @@ struct Counters {
     rows_rejected: AtomicU64,
     /// Latency of the last applied realtime row, ms (observed index to apply).
     last_event_latency_ms: AtomicU64,
+    /// Jobs whose application panicked (each raised the alarm).
+    apply_panics: AtomicU64,
 }
 
 /// One datastore.
@@ -256,11 +327,16 @@ impl Datastore {
         self.counters
             .rows_rejected
             .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        for r in &rejected {
-            tracing::warn!(datastore = %self.config.name, session = id, event = r.event, row = ?r.row, "row rejected: {}", r.reason);
+        // One line per push, not per row: a hostile push of 100,000 bad rows
+        // must not write 100,000 log lines. The reasons are already short.
+        if let Some(first) = rejected.first() {
+            tracing::warn!(datastore = %self.config.name, session = %crate::text::echo(id), rejected = rejected.len(), event = first.event, row = ?first.row, "rows rejected; the first: {}", first.reason);
         }
         let count = batch.ops.len();
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.closed {
+            return Err(PushError::ShuttingDown(self.config.name.clone()));
+        }
         // An empty queue takes any push, so that one push larger than the
         // capacity is not refused forever; memory stays within the capacity
         // plus one push.
@@ -284,33 +360,90 @@ impl Datastore {
         Ok(PushReceipt { count, rejected })
     }
 
-    fn enqueue(&self, job: Job) {
+    /// Queues a signal that carries no push, counted as `rows` (at least
+    /// one) against the queue's capacity like a push, so that signals
+    /// cannot grow the queue past it.
+    fn enqueue(&self, job: Job, rows: usize) -> Result<(), PushError> {
+        let rows = rows.max(1);
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        q.jobs.push_back((job, 0));
+        if q.closed {
+            return Err(PushError::ShuttingDown(self.config.name.clone()));
+        }
+        if q.rows + rows > self.config.queue_rows && !q.jobs.is_empty() {
+            return Err(PushError::QueueFull {
+                datastore: self.config.name.clone(),
+                queued: q.rows,
+                capacity: self.config.queue_rows,
+            });
+        }
+        q.rows += rows;
+        q.jobs.push_back((job, rows));
         drop(q);
         self.wake.notify_one();
+        Ok(())
     }
 
     /// The agent starts an audit (applied in order with the pushes).
-    pub fn audit_start(&self) {
-        self.enqueue(Job::AuditStart);
+    pub fn audit_start(&self) -> Result<(), PushError> {
+        self.enqueue(Job::AuditStart, 1)
     }
 
     /// The agent ends an audit.
-    pub fn audit_end(&self) {
-        self.enqueue(Job::AuditEnd);
+    pub fn audit_end(&self) -> Result<(), PushError> {
+        self.enqueue(Job::AuditEnd, 1)
     }
 
     /// The agent's sentinel found these suspect paths as they are now
-    /// (applied in order with the pushes).
-    pub fn sentinel_feedback(&self, updates: Vec<(String, Feedback)>) {
-        self.enqueue(Job::Feedback(updates));
+    /// (applied in order with the pushes; feedback on paths that are not
+    /// suspect is ignored).
+    pub fn sentinel_feedback(&self, updates: Vec<FeedbackUpdate>) -> Result<(), PushError> {
+        let rows = updates.len();
+        self.enqueue(Job::Feedback(updates), rows)
     }
 
-    /// Paths the agent's sentinel should check: the current suspects.
+    /// Paths the agent's sentinel should check: the current suspects, at
+    /// most [`MAX_SENTINEL_PATHS`] and `max_tree_bytes` at a time.
     pub fn sentinel_paths(&self) -> Vec<String> {
+        self.suspects(MAX_SENTINEL_PATHS)
+            .items
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// The suspect files and until when they are suspect, sorted by path,
+    /// within `max_items` and the datastore's `max_tree_bytes`.
+    pub fn suspects(&self, max_items: usize) -> Listing<(String, f64)> {
         let now = now_secs();
-        self.read_index(|ix| ix.suspect_paths(now).into_iter().map(|(p, _)| p).collect())
+        let all = self.read_index(|ix| ix.suspect_paths(now));
+        window(
+            all.into_iter(),
+            max_items,
+            self.config.max_tree_bytes,
+            |(p, _)| p.len(),
+        )
+    }
+
+    /// The blind-spot additions and deletions, each within
+    /// `max_tree_items` and half of `max_tree_bytes`.
+    pub fn blind_spots(&self) -> (Listing<String>, Listing<String>) {
+        let (items, bytes) = (self.config.max_tree_items, self.config.max_tree_bytes / 2);
+        self.read_index(|ix| {
+            (
+                window(
+                    ix.blind_additions().iter().cloned(),
+                    items,
+                    bytes,
+                    String::len,
+                ),
+                window(
+                    ix.blind_deletions().iter().cloned(),
+                    items,
+                    bytes,
+                    String::len,
+                ),
+            )
+        })
     }
 
     /// Raises a consistency alarm: views answer 503 until the next
@@ -354,24 +487,16 @@ impl Datastore {
     /// The tree view `query` asks for, as JSON, within the size guard
     /// (`max_tree_items`). Call [`Self::readiness`] first.
     pub fn tree_json(&self, query: &TreeQuery) -> Result<Vec<u8>, ViewError> {
-        let limit = self.config.max_tree_items;
-        self.read_index(|ix| {
-            let root = check_tree(ix, query, limit)?;
-            let mut out = Vec::with_capacity(256);
-            write_tree(ix, query, root, now_secs(), &mut out)?;
-            Ok(out)
-        })
+        let (items, bytes) = (self.config.max_tree_items, self.config.max_tree_bytes);
+        self.read_index(|ix| crate::index::view::tree_json(ix, query, items, bytes, now_secs()))
     }
 
     /// The nodes matching `pattern` (see [`write_search`]), as JSON, at
-    /// most `max_tree_items`. Call [`Self::readiness`] first.
+    /// most `max_tree_items` and `max_tree_bytes`. Call [`Self::readiness`]
+    /// first.
     pub fn search_json(&self, pattern: &str) -> Result<Vec<u8>, ViewError> {
-        let limit = self.config.max_tree_items;
-        self.read_index(|ix| {
-            let mut out = Vec::with_capacity(256);
-            write_search(ix, pattern, limit, now_secs(), &mut out)?;
-            Ok(out)
-        })
+        let (items, bytes) = (self.config.max_tree_items, self.config.max_tree_bytes);
+        self.read_index(|ix| crate::index::view::search_json(ix, pattern, items, bytes, now_secs()))
     }
 
     /// Rows waiting in the queue.
@@ -402,6 +527,8 @@ impl Datastore {
             rows_applied: self.counters.rows_applied.load(Ordering::Relaxed),
             rows_ignored: self.counters.rows_ignored.load(Ordering::Relaxed),
             rows_rejected: self.counters.rows_rejected.load(Ordering::Relaxed),
+            apply_panics: self.counters.apply_panics.load(Ordering::Relaxed),
+            evictions: ix.evictions(),
         })
     }
 
@@ -428,6 +555,25 @@ impl Datastore {
         false
     }
 
+    /// Applies `job`; a panic is contained to it. The index may then be
+    /// half-changed, so the consistency alarm is raised (views answer 503
+    /// until the next complete snapshot), the panic is logged with what the
+    /// job was and counted, and the thread goes on with the next job.
+    fn apply_isolated(&self, job: Job) {
+        let summary = job.summary();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(job)));
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            self.alarm.store(true, Ordering::SeqCst);
+            self.counters.apply_panics.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(datastore = %self.config.name, job = %summary, panic = %crate::text::echo(&message), "applying a job panicked; consistency alarm raised until the next complete snapshot");
+        }
+    }
+
     fn apply(&self, job: Job) {
         let now = now_secs();
         let mut changes = Vec::new();
@@ -437,8 +583,8 @@ impl Datastore {
                 Job::AuditStart => ix.audit_start(now),
                 Job::AuditEnd => changes = ix.audit_end(now),
                 Job::Feedback(updates) => {
-                    for (path, feedback) in updates {
-                        changes.extend(ix.sentinel_feedback(&path, feedback, now));
+                    for u in updates {
+                        changes.extend(ix.sentinel_feedback(&u.path, u.feedback, now));
                     }
                 }
                 Job::Batch { session, batch } => {
@@ -545,6 +691,12 @@ pub struct Stats {
     pub rows_ignored: u64,
     /// Rows rejected as malformed since start.
     pub rows_rejected: u64,
+    /// Jobs whose application failed with a panic since start; each raised
+    /// the consistency alarm.
+    pub apply_panics: u64,
+    /// What the index let go of to stay within its bounds.
+    #[schema(value_type = Object)]
+    pub evictions: Evictions,
 }
 
 fn apply_loop(ds: std::sync::Weak<Datastore>) {
@@ -576,7 +728,7 @@ fn apply_loop(ds: std::sync::Weak<Datastore>) {
         };
         match job {
             Some(job) => {
-                ds.apply(job);
+                ds.apply_isolated(job);
                 ds.applying.store(false, Ordering::SeqCst);
             }
             None => return,
@@ -592,7 +744,7 @@ mod tests {
     use crate::ingest::rows::parse_batch;
 
     fn batch(v: serde_json::Value) -> Batch {
-        parse_batch(v.to_string().as_bytes(), now_secs()).unwrap()
+        parse_batch(v.to_string().as_bytes(), now_secs(), &RowLimits::default()).unwrap()
     }
 
     fn snapshot(paths: &[&str], is_end: bool) -> Batch {
@@ -670,6 +822,68 @@ mod tests {
             });
         wait_ready(&ds).unwrap();
         assert_eq!(ds.stats().total_files, accepted);
+    }
+
+    #[test]
+    fn a_panicking_job_raises_the_alarm_and_the_thread_goes_on() {
+        let ds = Datastore::start(DatastoreConfig::named("p")).unwrap();
+        // The change sink runs on the apply thread: make it panic on one path.
+        assert!(ds.on_changes(Arc::new(|c: &[FeedChange]| {
+            assert!(c.iter().all(|c| c.change.path != "/boom"), "boom");
+        })));
+        let s = ds.create_session("a:p");
+        ds.push(&s.session_id, snapshot(&["/a"], true)).unwrap();
+        wait_ready(&ds).unwrap();
+        ds.push(&s.session_id, snapshot(&["/boom"], false)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ds.stats().apply_panics == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(ds.stats().apply_panics, 1);
+        assert_eq!(wait_ready(&ds), Err(NotReady::Alarm("p".into())));
+        // The thread goes on: the next complete snapshot lifts the alarm.
+        ds.push(&s.session_id, snapshot(&["/b"], true)).unwrap();
+        wait_ready(&ds).unwrap();
+        assert_eq!(ds.stats().total_files, 3);
+        assert!(ds.drain(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn after_the_drain_pushes_and_signals_are_refused() {
+        let ds = Datastore::start(DatastoreConfig::named("d")).unwrap();
+        let s = ds.create_session("a:p");
+        ds.push(&s.session_id, snapshot(&["/a"], true)).unwrap();
+        assert!(ds.drain(Duration::from_secs(5)));
+        assert!(matches!(
+            ds.push(&s.session_id, snapshot(&["/late"], true)),
+            Err(PushError::ShuttingDown(name)) if name == "d"
+        ));
+        assert_eq!(ds.audit_start(), Err(PushError::ShuttingDown("d".into())));
+        assert_eq!(ds.stats().total_files, 1);
+    }
+
+    #[test]
+    fn signals_count_against_the_queue() {
+        let mut config = DatastoreConfig::named("s");
+        config.queue_rows = 3;
+        let ds = Datastore::start(config).unwrap();
+        let s = ds.create_session("a:p");
+        let guard = ds.index.write().unwrap();
+        let mut refused = 0;
+        for _ in 0..10 {
+            if let Err(PushError::QueueFull { .. }) = ds.audit_start() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 7);
+        assert!(ds.queued_rows() <= 3);
+        drop(guard);
+        ds.push(&s.session_id, snapshot(&[], true))
+            .unwrap_or_else(|_| {
+                std::thread::sleep(Duration::from_millis(100));
+                ds.push(&s.session_id, snapshot(&[], true)).unwrap()
+            });
+        wait_ready(&ds).unwrap();
     }
 
     #[test]

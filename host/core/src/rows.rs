@@ -10,6 +10,37 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::index::{Meta, Source, Upsert, normalize};
+use crate::text::echo;
+
+/// The latest time a row may carry: 9999-12-31T23:59:59Z, the last second
+/// RFC 3339 can write (change events format row times).
+pub const MAX_TIME_SECS: f64 = 253_402_300_799.0;
+
+/// The largest file size a row may carry (`i64::MAX`, what file systems
+/// can report).
+pub const MAX_SIZE: u64 = i64::MAX as u64;
+
+/// Bounds checked on every row at parse time; a row beyond one is rejected
+/// alone, with the bound named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLimits {
+    /// Most bytes of a normalized path.
+    pub max_path_bytes: usize,
+    /// Most segments of a normalized path.
+    pub max_depth: usize,
+    /// Most bytes of one path segment (a file or directory name).
+    pub max_name_bytes: usize,
+}
+
+impl Default for RowLimits {
+    fn default() -> Self {
+        Self {
+            max_path_bytes: 4096,
+            max_depth: 256,
+            max_name_bytes: 255,
+        }
+    }
+}
 
 /// One index operation.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,22 +134,76 @@ fn flag(row: &Map<String, Value>, names: &[&str]) -> Result<Option<bool>, String
     }
 }
 
-fn row_path(row: &Map<String, Value>) -> Result<String, String> {
+fn row_path(row: &Map<String, Value>, limits: &RowLimits) -> Result<String, String> {
     let raw = field(row, &["path", "file_path"])
         .ok_or("missing `path`")?
         .as_str()
         .ok_or("`path` is not a string")?;
-    normalize(raw).ok_or_else(|| format!("path `{raw}` is not a clean relative path"))
+    // Checked before normalizing, so that a hostile path costs no copy.
+    if raw.len() > limits.max_path_bytes.saturating_mul(2) {
+        return Err(format!(
+            "path `{}` is longer than {} bytes",
+            echo(raw),
+            limits.max_path_bytes
+        ));
+    }
+    let path = normalize(raw)
+        .ok_or_else(|| format!("path `{}` is not a clean relative path", echo(raw)))?;
+    if path.len() > limits.max_path_bytes {
+        return Err(format!(
+            "path `{}` is longer than {} bytes",
+            echo(&path),
+            limits.max_path_bytes
+        ));
+    }
+    let mut depth = 0;
+    for name in path.split('/').skip(1) {
+        depth += 1;
+        if name.len() > limits.max_name_bytes {
+            return Err(format!(
+                "path `{}` has a name longer than {} bytes",
+                echo(&path),
+                limits.max_name_bytes
+            ));
+        }
+    }
+    if depth > limits.max_depth {
+        return Err(format!(
+            "path `{}` is deeper than {} levels",
+            echo(&path),
+            limits.max_depth
+        ));
+    }
+    Ok(path)
 }
 
-fn upsert_row(row: &Map<String, Value>) -> Result<Upsert, String> {
-    let path = row_path(row)?;
-    let size = match field(row, &["size"]) {
-        None => 0,
-        Some(v) => v.as_u64().ok_or("`size` is not a non-negative integer")?,
-    };
-    let mtime = number(row, &["modified_time", "mtime"])?.ok_or("missing `modified_time`")?;
-    let ctime = number(row, &["created_time", "ctime"])?.unwrap_or(mtime);
+/// The `size` field (0 when absent), within 0 ..= [`MAX_SIZE`].
+fn size(row: &Map<String, Value>) -> Result<u64, String> {
+    match field(row, &["size"]) {
+        None => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .filter(|&s| s <= MAX_SIZE)
+            .ok_or_else(|| format!("`size` is not an integer from 0 to {MAX_SIZE}")),
+    }
+}
+
+/// A time field in seconds within 0 ..= [`MAX_TIME_SECS`].
+fn time(row: &Map<String, Value>, names: &[&str]) -> Result<Option<f64>, String> {
+    match number(row, names)? {
+        Some(t) if !(0.0..=MAX_TIME_SECS).contains(&t) => Err(format!(
+            "`{}` {t:?} is outside 0 ..= {MAX_TIME_SECS} (the years 1970 to 9999)",
+            names[0]
+        )),
+        t => Ok(t),
+    }
+}
+
+fn upsert_row(row: &Map<String, Value>, limits: &RowLimits) -> Result<Upsert, String> {
+    let path = row_path(row, limits)?;
+    let size = size(row)?;
+    let mtime = time(row, &["modified_time", "mtime"])?.ok_or("missing `modified_time`")?;
+    let ctime = time(row, &["created_time", "ctime"])?.unwrap_or(mtime);
     let is_dir = flag(row, &["is_directory", "is_dir"])?.unwrap_or(false);
     Ok(Upsert {
         path,
@@ -130,12 +215,13 @@ fn upsert_row(row: &Map<String, Value>) -> Result<Upsert, String> {
         },
         is_atomic_write: flag(row, &["is_atomic_write"])?,
         audit_skipped: flag(row, &["audit_skipped"])?.unwrap_or(false),
-        parent_mtime: number(row, &["parent_mtime"])?,
+        parent_mtime: time(row, &["parent_mtime"])?,
     })
 }
 
-/// Parses a push body. `now` (seconds) stands in for a missing event index.
-pub fn parse_batch(body: &[u8], now: f64) -> Result<Batch, BatchError> {
+/// Parses a push body, each row within `limits`. `now` (seconds) stands in
+/// for a missing event index.
+pub fn parse_batch(body: &[u8], now: f64, limits: &RowLimits) -> Result<Batch, BatchError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| BatchError::NotJson(e.to_string()))?;
     let obj = value
@@ -149,7 +235,8 @@ pub fn parse_batch(body: &[u8], now: f64) -> Result<Batch, BatchError> {
         None => Source::Realtime,
         Some(s) => source_of(s).ok_or_else(|| {
             BatchError::Shape(format!(
-                "`source_type` `{s}` is not snapshot, message, audit or on_demand_job"
+                "`source_type` `{}` is not snapshot, message, audit or on_demand_job",
+                echo(s)
             ))
         })?,
     };
@@ -167,7 +254,7 @@ pub fn parse_batch(body: &[u8], now: f64) -> Result<Batch, BatchError> {
         rejected: Vec::new(),
     };
     for (e, event) in events.iter().enumerate() {
-        if let Err(reason) = parse_event(event, e, source, now, &mut batch) {
+        if let Err(reason) = parse_event(event, e, source, now, limits, &mut batch) {
             batch.rejected.push(Rejected {
                 event: e,
                 row: None,
@@ -183,6 +270,7 @@ fn parse_event(
     e: usize,
     fallback: Source,
     now: f64,
+    limits: &RowLimits,
     batch: &mut Batch,
 ) -> Result<(), String> {
     let event = event.as_object().ok_or("event is not an object")?;
@@ -195,13 +283,16 @@ fn parse_event(
         "delete" | "DELETE" => true,
         other => {
             return Err(format!(
-                "`event_type` `{other}` is not insert, update or delete"
+                "`event_type` `{}` is not insert, update or delete",
+                echo(other)
             ));
         }
     };
     let source = match event.get("message_source").and_then(Value::as_str) {
         None => fallback,
-        Some(s) => source_of(s).ok_or_else(|| format!("`message_source` `{s}` is unknown"))?,
+        Some(s) => {
+            source_of(s).ok_or_else(|| format!("`message_source` `{}` is unknown", echo(s)))?
+        }
     };
     let observed_at = event
         .get("index")
@@ -217,13 +308,13 @@ fn parse_event(
             .ok_or_else(|| "row is not an object".to_string())
             .and_then(|row| {
                 if delete {
-                    row_path(row).map(|path| Op::Delete {
+                    row_path(row, limits).map(|path| Op::Delete {
                         source,
                         path,
                         observed_at,
                     })
                 } else {
-                    upsert_row(row).map(|u| Op::Upsert(source, u))
+                    upsert_row(row, limits).map(|u| Op::Upsert(source, u))
                 }
             });
         match parsed {
@@ -238,6 +329,75 @@ fn parse_event(
     Ok(())
 }
 
+/// What a sentinel found at one suspect path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackUpdate {
+    /// Normalized path.
+    pub path: String,
+    /// Exists (with its metadata) or missing.
+    pub feedback: crate::index::Feedback,
+}
+
+/// Parses sentinel feedback (`{"updates": [{path, status, mtime?, size?}]}`)
+/// update by update, each path and time within `limits`: a bad update is
+/// rejected alone (its `event` is its position, `row` is `None`).
+pub fn parse_feedback(
+    body: &[u8],
+    limits: &RowLimits,
+) -> Result<(Vec<FeedbackUpdate>, Vec<Rejected>), BatchError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BatchError::NotJson(e.to_string()))?;
+    let updates = value
+        .as_object()
+        .and_then(|o| o.get("updates"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            BatchError::Shape("feedback needs `updates`: [{path, status, mtime, size}]".into())
+        })?;
+    let mut ok = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, u) in updates.iter().enumerate() {
+        let parsed = u
+            .as_object()
+            .ok_or_else(|| "update is not an object".to_string())
+            .and_then(|u| feedback_update(u, limits));
+        match parsed {
+            Ok(update) => ok.push(update),
+            Err(reason) => rejected.push(Rejected {
+                event: i,
+                row: None,
+                reason,
+            }),
+        }
+    }
+    Ok((ok, rejected))
+}
+
+fn feedback_update(u: &Map<String, Value>, limits: &RowLimits) -> Result<FeedbackUpdate, String> {
+    use crate::index::Feedback;
+    let path = row_path(u, limits)?;
+    let status = field(u, &["status"])
+        .ok_or("missing `status`")?
+        .as_str()
+        .ok_or("`status` is not a string")?;
+    let feedback = match status {
+        "missing" => Feedback::Missing,
+        "exists" => {
+            let mtime = time(u, &["mtime", "modified_time"])?.ok_or("`exists` needs `mtime`")?;
+            Feedback::Exists(Meta {
+                is_dir: false,
+                size: size(u)?,
+                mtime,
+                ctime: mtime,
+            })
+        }
+        other => {
+            return Err(format!("status `{}` is not exists or missing", echo(other)));
+        }
+    };
+    Ok(FeedbackUpdate { path, feedback })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -245,7 +405,7 @@ mod tests {
     use super::*;
 
     fn parse(v: Value) -> Batch {
-        parse_batch(v.to_string().as_bytes(), 100.0).unwrap()
+        parse_batch(v.to_string().as_bytes(), 100.0, &RowLimits::default()).unwrap()
     }
 
     #[test]
@@ -333,7 +493,11 @@ mod tests {
         assert_eq!(
             reasons,
             [
-                (0, Some(1), "`size` is not a non-negative integer"),
+                (
+                    0,
+                    Some(1),
+                    "`size` is not an integer from 0 to 9223372036854775807"
+                ),
                 (0, Some(2), "missing `path`"),
                 (0, Some(3), "path `/../etc` is not a clean relative path"),
                 (0, Some(4), "missing `modified_time`"),
@@ -349,19 +513,114 @@ mod tests {
     }
 
     #[test]
+    fn rows_beyond_the_limits_are_rejected_alone_naming_the_bound() {
+        let deep = "/a".repeat(100_000);
+        let long_name = format!("/{}", "n".repeat(300));
+        let too_deep = "/d".repeat(300);
+        let b = parse(
+            json!({"source_type": "snapshot", "events": [{"event_type": "update", "rows": [
+            {"path": "/ok", "modified_time": 1.0},
+            {"path": deep, "modified_time": 1.0},
+            {"path": long_name, "modified_time": 1.0},
+            {"path": too_deep, "modified_time": 1.0},
+            {"path": "/future", "modified_time": 1e12},
+            {"path": "/past", "modified_time": -1.0},
+            {"path": "/ctime", "modified_time": 1.0, "created_time": 1e300},
+            {"path": "/parent", "modified_time": 1.0, "parent_mtime": -5.0},
+            {"path": "/neg", "modified_time": 1.0, "size": -1},
+            {"path": "/huge", "modified_time": 1.0, "size": u64::MAX},
+            {"path": "/last", "modified_time": MAX_TIME_SECS, "size": MAX_SIZE},
+        ]}, {"event_type": "delete", "rows": [{"path": deep}]}]}),
+        );
+        let reasons: Vec<(Option<usize>, &str)> = b
+            .rejected
+            .iter()
+            .map(|r| (r.row, r.reason.as_str()))
+            .collect();
+        assert_eq!(b.ops.len(), 2, "{reasons:?}");
+        let expect = [
+            (Some(1), "is longer than 4096 bytes"),
+            (Some(2), "has a name longer than 255 bytes"),
+            (Some(3), "is deeper than 256 levels"),
+            (Some(4), "`modified_time` 1000000000000.0 is outside"),
+            (Some(5), "`modified_time` -1.0 is outside"),
+            (Some(6), "`created_time` 1e300 is outside"),
+            (Some(7), "`parent_mtime` -5.0 is outside"),
+            (Some(8), "`size` is not an integer"),
+            (Some(9), "`size` is not an integer"),
+            (Some(0), "is longer than 4096 bytes"),
+        ];
+        assert_eq!(reasons.len(), expect.len(), "{reasons:?}");
+        for ((row, reason), (want_row, want)) in reasons.iter().zip(expect) {
+            assert_eq!(*row, want_row);
+            assert!(reason.contains(want), "{reason} lacks {want}");
+            // What is echoed of the input stays short.
+            assert!(reason.len() < 400, "{} bytes", reason.len());
+        }
+        // The bounds are the datastore's to set.
+        let tight = RowLimits {
+            max_path_bytes: 8,
+            max_depth: 2,
+            max_name_bytes: 3,
+        };
+        let body = json!({"events": [{"event_type": "update", "rows": [
+            {"path": "/a/b", "modified_time": 1.0},
+            {"path": "/a/b/c", "modified_time": 1.0},
+            {"path": "/abcd", "modified_time": 1.0},
+            {"path": "/ab/ab/ab", "modified_time": 1.0},
+        ]}]});
+        let b = parse_batch(body.to_string().as_bytes(), 0.0, &tight).unwrap();
+        assert_eq!(b.ops.len(), 1);
+        assert_eq!(b.rejected.len(), 3);
+    }
+
+    #[test]
+    fn sentinel_feedback_is_checked_update_by_update() {
+        let body = json!({"updates": [
+            {"path": "/ok", "status": "exists", "mtime": 5.0, "size": 3},
+            {"path": "gone/", "status": "missing"},
+            {"path": "/future", "status": "exists", "mtime": 1e12},
+            {"path": "/x", "status": "exists"},
+            {"path": "/../x", "status": "missing"},
+            {"path": "/y", "status": "weird"},
+            7,
+        ]});
+        let (ok, rejected) =
+            parse_feedback(body.to_string().as_bytes(), &RowLimits::default()).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].path, "/gone");
+        let reasons: Vec<(usize, &str)> = rejected
+            .iter()
+            .map(|r| (r.event, r.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 5, "{reasons:?}");
+        assert!(reasons[0].1.contains("`mtime` 1000000000000.0 is outside"));
+        assert_eq!(reasons[1], (3, "`exists` needs `mtime`"));
+        assert_eq!(reasons[4], (6, "update is not an object"));
+        assert!(parse_feedback(b"{}", &RowLimits::default()).is_err());
+    }
+
+    #[test]
     fn whole_body_errors() {
         assert!(matches!(
-            parse_batch(b"{nope", 0.0),
+            parse_batch(b"{nope", 0.0, &RowLimits::default()),
             Err(BatchError::NotJson(_))
         ));
         assert_eq!(
-            parse_batch(b"[]", 0.0),
+            parse_batch(b"[]", 0.0, &RowLimits::default()),
             Err(BatchError::Shape("expected a JSON object".into()))
         );
         assert_eq!(
-            parse_batch(br#"{"events": 1}"#, 0.0),
+            parse_batch(br#"{"events": 1}"#, 0.0, &RowLimits::default()),
             Err(BatchError::Shape("`events` must be a list".into()))
         );
-        assert!(parse_batch(br#"{"events": [], "source_type": "tape"}"#, 0.0).is_err());
+        assert!(
+            parse_batch(
+                br#"{"events": [], "source_type": "tape"}"#,
+                0.0,
+                &RowLimits::default()
+            )
+            .is_err()
+        );
     }
 }

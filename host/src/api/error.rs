@@ -202,6 +202,7 @@ impl From<PushError> for AppError {
         match e {
             PushError::Session(s) => Self::Session(s),
             full @ PushError::QueueFull { .. } => Self::Busy(full.to_string()),
+            closing @ PushError::ShuttingDown(_) => Self::Unavailable(closing.to_string()),
         }
     }
 }
@@ -210,7 +211,9 @@ impl From<ViewError> for AppError {
     fn from(e: ViewError) -> Self {
         match e {
             ViewError::NotFound(_) => Self::NotFound(e.to_string()),
-            ViewError::TooLarge { .. } => Self::BadRequest(e.to_string()),
+            ViewError::TooLarge { .. } | ViewError::TooManyBytes { .. } => {
+                Self::BadRequest(e.to_string())
+            }
             ViewError::Io(io) => Self::Internal(io.into()),
         }
     }

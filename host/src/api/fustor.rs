@@ -23,8 +23,15 @@ use crate::auth::Role;
 use crate::datastore::{Datastore, SessionGrant, Stats, now_secs};
 use crate::host::Host;
 use crate::index::view::TreeQuery;
-use crate::index::{Feedback, Meta, normalize};
-use crate::ingest::rows::parse_batch;
+use crate::ingest::rows::{parse_batch, parse_feedback};
+use crate::text::echo;
+
+/// Header of a list answer: how many items there are in all.
+const TOTAL_COUNT: &str = "x-total-count";
+
+/// Header of a list answer: `true` when items were left out to keep the
+/// answer within the datastore's `max_tree_items` and `max_tree_bytes`.
+const TRUNCATED: &str = "x-weir-truncated";
 
 /// The datastore of the presented key, checked for `role`.
 pub(super) fn datastore_of(
@@ -186,7 +193,7 @@ pub(super) async fn delete_session(
         KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 64 MiB.", body = ErrorBody),
         (status = 419, description = "The session may not push (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
-        (status = 503, description = "The ingestion queue is full (`busy`).", body = ErrorBody,
+        (status = 503, description = "The ingestion queue is full (`busy`), or the host is shutting down (`unavailable`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
     security(("api_key" = []), ("bearer" = [])),
@@ -211,12 +218,15 @@ pub(super) fn push(
 ) -> Result<Json<Value>, AppError> {
     let ds = datastore_of(host, headers, Role::Ingest)?;
     let body = body_bytes(body)?;
-    tracing::trace!(session = ?path_sid, body = %String::from_utf8_lossy(&body), "push");
-    let batch = parse_batch(&body, now_secs()).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    tracing::trace!(session = ?path_sid.as_deref().map(echo), body = %echo(&String::from_utf8_lossy(&body[..body.len().min(1024)])), "push");
+    let batch = parse_batch(&body, now_secs(), &ds.config().rows)
+        .map_err(|e| AppError::BadRequest(e.to_string()))?;
     let sid = match (path_sid, &batch.session_id) {
         (Some(path), Some(body_sid)) if &path != body_sid => {
             return Err(AppError::BadRequest(format!(
-                "the body's session_id `{body_sid}` differs from the path's `{path}`"
+                "the body's session_id `{}` differs from the path's `{}`",
+                echo(body_sid),
+                echo(&path)
             )));
         }
         (Some(path), _) => path,
@@ -239,6 +249,8 @@ pub(super) fn push(
     responses(
         (status = 200, description = "`status` `audit_started`.", body = Object),
         KeyDatastoreErrors,
+        (status = 503, description = "The datastore's queue is full, or the host is shutting down.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -247,7 +259,7 @@ pub(super) async fn audit_start(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
-    datastore_of(&host, &headers, Role::Ingest)?.audit_start();
+    datastore_of(&host, &headers, Role::Ingest)?.audit_start()?;
     Ok(Json(json!({"status": "audit_started"})))
 }
 
@@ -262,6 +274,8 @@ pub(super) async fn audit_start(
     responses(
         (status = 200, description = "`status` `audit_ended`.", body = Object),
         KeyDatastoreErrors,
+        (status = 503, description = "The datastore's queue is full, or the host is shutting down.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -270,7 +284,7 @@ pub(super) async fn audit_end(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
-    datastore_of(&host, &headers, Role::Ingest)?.audit_end();
+    datastore_of(&host, &headers, Role::Ingest)?.audit_end()?;
     Ok(Json(json!({"status": "audit_ended"})))
 }
 
@@ -407,7 +421,9 @@ pub(super) fn stats_of(
     tag = "fustor-views",
     params(("datastore" = String, Path, description = "The datastore.")),
     responses(
-        (status = 200, description = "An array of `{path, suspect_until}`.", body = Vec<Object>),
+        (status = 200, description = "An array of `{path, suspect_until}`, sorted by path, at most `max_tree_items` entries and `max_tree_bytes` bytes; `X-Total-Count` tells how many suspects there are, `X-Weir-Truncated` whether some were left out.", body = Vec<Object>,
+            headers(("X-Total-Count" = u64, description = "Suspect files in all."),
+                ("X-Weir-Truncated" = bool, description = "Whether entries were left out."))),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
         DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
@@ -420,17 +436,24 @@ pub(super) async fn suspect_list(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     let name = view_name(&host, &headers, name)?;
     let ds = ready_view(&host, &headers, &name)?;
-    let now = now_secs();
-    let list: Vec<Value> = ds.read_index(|ix| {
-        ix.suspect_paths(now)
-            .into_iter()
-            .map(|(path, until)| json!({"path": path, "suspect_until": until}))
-            .collect()
-    });
-    Ok(Json(Value::Array(list)))
+    let listing = ds.suspects(ds.config().max_tree_items);
+    let truncated = listing.truncated();
+    let list: Vec<Value> = listing
+        .items
+        .into_iter()
+        .map(|(path, until)| json!({"path": path, "suspect_until": until}))
+        .collect();
+    Ok((
+        [
+            (TOTAL_COUNT, listing.total.to_string()),
+            (TRUNCATED, truncated.to_string()),
+        ],
+        Json(Value::Array(list)),
+    )
+        .into_response())
 }
 
 /// The blind spots of a datastore.
@@ -443,7 +466,7 @@ pub(super) async fn suspect_list(
     tag = "fustor-views",
     params(("datastore" = String, Path, description = "The datastore.")),
     responses(
-        (status = 200, description = "`additions_count`, `additions`, `deletion_count`, `deletions`.", body = Object),
+        (status = 200, description = "`additions_count`, `additions`, `additions_truncated`, `deletion_count`, `deletions`, `deletions_truncated`: each list at most `max_tree_items` entries and half of `max_tree_bytes`; the counts are of all.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
         DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
@@ -459,13 +482,14 @@ pub(super) async fn blind_spots(
 ) -> Result<Json<Value>, AppError> {
     let name = view_name(&host, &headers, name)?;
     let ds = ready_view(&host, &headers, &name)?;
-    Ok(Json(ds.read_index(|ix| {
-        json!({
-            "additions_count": ix.blind_additions().len(),
-            "additions": ix.blind_additions(),
-            "deletion_count": ix.blind_deletions().len(),
-            "deletions": ix.blind_deletions(),
-        })
+    let (additions, deletions) = ds.blind_spots();
+    Ok(Json(json!({
+        "additions_count": additions.total,
+        "additions": additions.items,
+        "additions_truncated": additions.truncated(),
+        "deletion_count": deletions.total,
+        "deletions": deletions.items,
+        "deletions_truncated": deletions.truncated(),
     })))
 }
 
@@ -544,15 +568,18 @@ pub(super) async fn sentinel_tasks(
     ))
 }
 
-/// The body of sentinel feedback.
-#[derive(Deserialize, ToSchema)]
+/// The body of sentinel feedback, as the OpenAPI document describes it
+/// (it is read by `weir_core::rows::parse_feedback`, update by update).
+#[allow(dead_code)]
+#[derive(ToSchema)]
 pub(super) struct FeedbackBody {
     /// What the agent found, one path each.
     updates: Vec<FeedbackUpdate>,
 }
 
 /// What the agent found at one suspect path.
-#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+#[derive(ToSchema)]
 pub(super) struct FeedbackUpdate {
     /// The path checked.
     path: String,
@@ -579,6 +606,8 @@ pub(super) struct FeedbackUpdate {
         (status = 400, description = "A body without `updates`.", body = ErrorBody),
         KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+        (status = 503, description = "The datastore's queue is full, or the host is shutting down.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -589,40 +618,14 @@ pub(super) async fn sentinel_feedback(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
     let ds = datastore_of(&host, &headers, Role::Ingest)?;
-    let body: FeedbackBody = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
-        AppError::BadRequest(format!(
-            "feedback needs `updates`: [{{path, status, mtime, size}}]: {e}"
-        ))
-    })?;
-    let mut updates = Vec::new();
-    let mut rejected = Vec::new();
-    for (i, u) in body.updates.into_iter().enumerate() {
-        let Some(path) = normalize(&u.path) else {
-            rejected
-                .push(json!({"update": i, "reason": format!("path `{}` is not clean", u.path)}));
-            continue;
-        };
-        let feedback = match (u.status.as_str(), u.mtime) {
-            ("missing", _) => Feedback::Missing,
-            ("exists", Some(mtime)) => Feedback::Exists(Meta {
-                is_dir: false,
-                size: u.size.unwrap_or(0),
-                mtime,
-                ctime: mtime,
-            }),
-            ("exists", None) => {
-                rejected.push(json!({"update": i, "reason": "`exists` needs `mtime`"}));
-                continue;
-            }
-            (other, _) => {
-                rejected.push(json!({"update": i, "reason": format!("status `{other}` is not exists or missing")}));
-                continue;
-            }
-        };
-        updates.push((path, feedback));
-    }
+    let (updates, rejected) = parse_feedback(&body_bytes(body)?, &ds.config().rows)
+        .map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let rejected: Vec<Value> = rejected
+        .into_iter()
+        .map(|r| json!({"update": r.event, "reason": r.reason}))
+        .collect();
     let count = updates.len();
-    ds.sentinel_feedback(updates);
+    ds.sentinel_feedback(updates)?;
     Ok(Json(
         json!({"status": "processed", "drivers_updated": count, "rejected": rejected}),
     ))

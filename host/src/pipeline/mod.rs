@@ -586,14 +586,22 @@ pub fn params_json(params: &Params) -> serde_json::Map<String, serde_json::Value
 
 pub use crate::bus::now_ms;
 
-/// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds.
+/// The latest time RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds. Times past
+/// the year 9999 (which the format cannot write) are written as its last
+/// millisecond rather than panicking: rows are checked at parse time, and
+/// this keeps a time from any other source from taking a thread down.
 pub fn rfc3339_ms(ms: u64) -> String {
+    let ms = ms.min(MAX_RFC3339_MS);
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// An index change as a bus event: `fs.insert`, `fs.update` or `fs.delete`,
 /// source `datastore/NAME`, payload `{datastore, path, is_dir, size, mtime,
 /// ctime, origin}` (origin: the row's source, such as `realtime`).
+/// `source_time` is the mtime when it is a time RFC 3339 can write.
 pub fn change_event(c: &FeedChange) -> NewEvent {
     let kind = match c.change.kind {
         ChangeKind::Insert => "fs.insert",
@@ -619,5 +627,17 @@ pub fn change_event(c: &FeedChange) -> NewEvent {
         source_time,
         correlation_id: None,
         payload: payload.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_past_the_year_9999_do_not_panic() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1e15 as u64), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }

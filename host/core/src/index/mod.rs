@@ -105,6 +105,12 @@ pub struct IndexConfig {
     pub hot_window_secs: f64,
     /// How long a deletion is remembered, in seconds.
     pub tombstone_ttl_secs: f64,
+    /// Most tombstones kept; beyond, expired ones are purged and then the
+    /// oldest are evicted (counted in [`FsIndex::evictions`]).
+    pub max_tombstones: usize,
+    /// Most blind-spot additions, and separately deletions, listed; beyond,
+    /// new ones are counted but not listed.
+    pub max_blind_spots: usize,
 }
 
 impl Default for IndexConfig {
@@ -112,6 +118,8 @@ impl Default for IndexConfig {
         Self {
             hot_window_secs: 30.0,
             tombstone_ttl_secs: 3600.0,
+            max_tombstones: 200_000,
+            max_blind_spots: 100_000,
         }
     }
 }
@@ -143,6 +151,19 @@ pub struct FsIndex {
     last_audit_finished_at: f64,
     /// Logical clock, advanced on every realtime change.
     clock: u64,
+    evictions: Evictions,
+}
+
+/// What the index let go of to stay within its bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Evictions {
+    /// Tombstones evicted before their time to live ended.
+    pub tombstones: u64,
+    /// Blind-spot additions or deletions not listed because the list was
+    /// full.
+    pub blind_spots: u64,
+    /// Sentinel feedback about paths that are not suspect, ignored.
+    pub feedback_ignored: u64,
 }
 
 /// Result of sentinel feedback on one path.
@@ -169,12 +190,90 @@ impl FsIndex {
             audit_cycles_done: 0,
             last_audit_finished_at: 0.0,
             clock: 0,
+            evictions: Evictions::default(),
         }
+    }
+
+    /// What the index let go of to stay within its bounds, since it was
+    /// created (kept across [`Self::clear`]).
+    pub fn evictions(&self) -> Evictions {
+        self.evictions
+    }
+
+    /// Number of tombstones held (expired ones included until purged).
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// Remembers the deletion of `path` at `now`, within `max_tombstones`.
+    fn add_tombstone(&mut self, path: String, now: f64) {
+        let max = self.config.max_tombstones;
+        if max == 0 {
+            return;
+        }
+        if self.tombstones.len() >= max && !self.tombstones.contains_key(&path) {
+            let ttl = self.config.tombstone_ttl_secs;
+            self.tombstones.retain(|_, at| now - *at < ttl);
+            if self.tombstones.len() >= max {
+                // Evict the oldest quarter at once, so that the cost of the
+                // selection is shared by many insertions.
+                let excess = self.tombstones.len() - max * 3 / 4;
+                let mut times: Vec<f64> = self.tombstones.values().copied().collect();
+                let (_, &mut cut, _) = times.select_nth_unstable_by(excess - 1, f64::total_cmp);
+                let before = self.tombstones.len();
+                self.tombstones.retain(|_, at| *at > cut);
+                self.evictions.tombstones += (before - self.tombstones.len()) as u64;
+            }
+        }
+        self.tombstones.insert(path, now);
+    }
+
+    /// Lists `path` as a blind-spot addition or deletion, within
+    /// `max_blind_spots`.
+    fn add_blind_spot(&mut self, deletion: bool, path: String) {
+        let max = self.config.max_blind_spots;
+        let list = if deletion {
+            &mut self.blind_deletions
+        } else {
+            &mut self.blind_additions
+        };
+        if list.len() >= max && !list.contains(&path) {
+            self.evictions.blind_spots += 1;
+            return;
+        }
+        list.insert(path);
     }
 
     /// The tree, read-only.
     pub fn tree(&self) -> &Tree {
         &self.tree
+    }
+
+    /// Checks the tree's structure and that the consistency state refers
+    /// only to live nodes; `Err` names the first broken invariant. For tests
+    /// and fuzzing: it walks the whole index.
+    pub fn check(&self) -> Result<(), String> {
+        self.tree.check()?;
+        for &id in self.suspects.keys() {
+            if !self.tree.is_live(id) || self.tree.is_dir(id) {
+                return Err(format!("suspect {id} is not a live file"));
+            }
+        }
+        if let Some(audit) = &self.audit {
+            for &id in &audit.listed_dirs {
+                if !self.tree.is_live(id) || !self.tree.is_dir(id) {
+                    return Err(format!("listed directory {id} is not a live directory"));
+                }
+            }
+        }
+        let max = self.config.max_blind_spots;
+        if self.blind_additions.len() > max || self.blind_deletions.len() > max {
+            return Err("a blind-spot list is beyond max_blind_spots".into());
+        }
+        if self.config.max_tombstones > 0 && self.tombstones.len() > self.config.max_tombstones {
+            return Err("tombstones are beyond max_tombstones".into());
+        }
+        Ok(())
     }
 
     /// Whether the node is suspect at time `now`.
@@ -240,7 +339,9 @@ impl FsIndex {
     /// own snapshot, without the previous session's audit state, blind
     /// spots, suspects or tombstones.
     pub fn clear(&mut self) {
+        let evictions = self.evictions;
         *self = Self::new(self.config);
+        self.evictions = evictions;
     }
 
     fn mark_suspect(&mut self, id: NodeId, meta: &Meta, now: f64, forced: bool) {
@@ -290,7 +391,7 @@ impl FsIndex {
                 audit.listed_dirs.remove(&id);
             }
             if tombstone {
-                self.tombstones.insert(p.clone(), now);
+                self.add_tombstone(p.clone(), now);
             }
             changes.push(Change {
                 kind: ChangeKind::Delete,
@@ -353,7 +454,7 @@ impl FsIndex {
         if auditing {
             self.audit_saw(id, row);
             if existing.is_none() && !row.meta.is_dir {
-                self.blind_additions.insert(row.path.clone());
+                self.add_blind_spot(false, row.path.clone());
             }
         }
         self.mark_suspect(id, &row.meta, now, false);
@@ -375,8 +476,8 @@ impl FsIndex {
             let changes = self.delete_subtree(path, source, now, true);
             if changes.is_empty() {
                 // Deleting what we never saw still protects against a stale
-                // snapshot row bringing it back.
-                self.tombstones.insert(path.to_string(), now);
+                // snapshot row bringing it back (within `max_tombstones`).
+                self.add_tombstone(path.to_string(), now);
             }
             return changes;
         }
@@ -395,7 +496,7 @@ impl FsIndex {
         if source == Source::Audit {
             for c in &changes {
                 if !c.meta.is_dir {
-                    self.blind_deletions.insert(c.path.clone());
+                    self.add_blind_spot(true, c.path.clone());
                 }
             }
         }
@@ -455,7 +556,7 @@ impl FsIndex {
                 continue;
             }
             for c in self.delete_subtree(&path, Source::Audit, now, false) {
-                self.blind_deletions.insert(c.path.clone());
+                self.add_blind_spot(true, c.path.clone());
                 changes.push(c);
             }
         }
@@ -466,10 +567,16 @@ impl FsIndex {
 
     /// Sentinel feedback on a suspect path: a stable old file stops being
     /// suspect; a changed one is updated and stays suspect; a missing one is
-    /// deleted.
+    /// deleted. Feedback on anything else (a path that is not a suspect
+    /// file) is ignored and counted: the sentinel checks what it was asked
+    /// to, and may not delete the rest of the tree.
     pub fn sentinel_feedback(&mut self, path: &str, feedback: Feedback, now: f64) -> Vec<Change> {
-        // Sentinels check files; a directory path here is stale or hostile.
-        let Some(id) = self.tree.get(path).filter(|&id| !self.tree.is_dir(id)) else {
+        let Some(id) = self
+            .tree
+            .get(path)
+            .filter(|&id| !self.tree.is_dir(id) && self.suspects.contains_key(&id))
+        else {
+            self.evictions.feedback_ignored += 1;
             return Vec::new();
         };
         match feedback {

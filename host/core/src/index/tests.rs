@@ -285,6 +285,14 @@ fn sentinel_feedback_clears_stable_files_and_renews_changed_ones() {
             .is_empty()
     );
     assert!(!ix.is_suspect(id, NOW));
+    // No longer suspect: feedback about it is ignored, even `missing`.
+    assert!(
+        ix.sentinel_feedback("/s", Feedback::Missing, NOW)
+            .is_empty()
+    );
+    assert_eq!(size_of(&ix, "/s"), Some(1));
+    assert_eq!(ix.evictions().feedback_ignored, 1);
+    ix.upsert(&r, Source::Realtime, NOW);
     // Changed: updated and suspect again.
     let changed = Meta {
         size: 9,
@@ -308,4 +316,64 @@ fn sentinel_feedback_clears_stable_files_and_renews_changed_ones() {
             .is_empty()
     );
     assert!(ix.tree().get("/dir").is_some());
+    // Nor any file that was never suspect.
+    ix.upsert(&row("/plain", 1, OLD), Source::Snapshot, NOW);
+    assert!(
+        ix.sentinel_feedback("/plain", Feedback::Missing, NOW)
+            .is_empty()
+    );
+    assert_eq!(size_of(&ix, "/plain"), Some(1));
+    assert_eq!(ix.evictions().feedback_ignored, 3);
+}
+
+#[test]
+fn tombstones_are_bounded_oldest_first() {
+    let mut ix = FsIndex::new(IndexConfig {
+        max_tombstones: 100,
+        ..IndexConfig::default()
+    });
+    // Realtime deletes of paths never seen, as a hostile agent sends them.
+    for i in 0..1_000 {
+        assert!(
+            ix.delete(
+                &format!("/ghost{i}"),
+                Source::Realtime,
+                NOW + f64::from(i),
+                0.0
+            )
+            .is_empty()
+        );
+        assert!(ix.tombstone_count() <= 100);
+    }
+    assert!(ix.evictions().tombstones >= 900, "{:?}", ix.evictions());
+    // The newest are the ones kept.
+    assert!(ix.is_tombstoned("/ghost999", NOW + 1_000.0));
+    assert!(!ix.is_tombstoned("/ghost0", NOW + 1_000.0));
+    // Expired ones go first, without counting as evictions.
+    let mut ix = FsIndex::new(IndexConfig {
+        max_tombstones: 10,
+        tombstone_ttl_secs: 5.0,
+        ..IndexConfig::default()
+    });
+    for i in 0..10 {
+        ix.delete(&format!("/old{i}"), Source::Realtime, NOW, 0.0);
+    }
+    ix.delete("/new", Source::Realtime, NOW + 100.0, 0.0);
+    assert_eq!(ix.tombstone_count(), 1);
+    assert_eq!(ix.evictions().tombstones, 0);
+}
+
+#[test]
+fn blind_spot_lists_are_bounded() {
+    let mut ix = FsIndex::new(IndexConfig {
+        max_blind_spots: 5,
+        ..IndexConfig::default()
+    });
+    ix.audit_start(NOW);
+    for i in 0..20 {
+        ix.upsert(&row(&format!("/b{i}"), 1, OLD), Source::Audit, NOW);
+    }
+    assert_eq!(ix.tree().file_count(), 20);
+    assert_eq!(ix.blind_additions().len(), 5);
+    assert_eq!(ix.evictions().blind_spots, 15);
 }

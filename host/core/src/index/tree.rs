@@ -68,7 +68,8 @@ pub struct Tree {
     hasher: foldhash::fast::FixedState,
     files: usize,
     dirs: usize,
-    total_size: u64,
+    /// Wide enough that no sum of `u64` sizes overflows it.
+    total_size: u128,
 }
 
 impl Default for Tree {
@@ -256,9 +257,9 @@ impl Tree {
         self.dirs + 1
     }
 
-    /// Sum of file sizes.
+    /// Sum of file sizes (saturating at `u64::MAX`).
     pub fn total_size(&self) -> u64 {
-        self.total_size
+        u64::try_from(self.total_size).unwrap_or(u64::MAX)
     }
 
     fn account(&mut self, meta: &Meta, sign: i8) {
@@ -270,12 +271,12 @@ impl Tree {
         if sign > 0 {
             *counter += 1;
             if !meta.is_dir {
-                self.total_size += meta.size;
+                self.total_size += u128::from(meta.size);
             }
         } else {
             *counter -= 1;
             if !meta.is_dir {
-                self.total_size -= meta.size;
+                self.total_size -= u128::from(meta.size);
             }
         }
     }
@@ -318,29 +319,37 @@ impl Tree {
             };
             return (id, false);
         }
-        let (parent_path, name) = split_parent(path);
-        let parent = match self.get(parent_path) {
-            Some(p) if self.is_dir(p) => p,
-            Some(p) => {
-                // A file where a directory must be: it becomes the directory.
-                let m = self.meta(p);
-                self.upsert(parent_path, Meta { is_dir: true, ..m }).0
+        // Walk up to the nearest existing ancestor, then create the missing
+        // directories downwards: a loop, never recursion, so that a path of
+        // any depth costs heap, not stack.
+        let mut missing: Vec<&str> = Vec::new();
+        let mut above = path;
+        let mut parent = loop {
+            let (parent_path, _) = split_parent(above);
+            missing.push(above);
+            if let Some(p) = self.get(parent_path) {
+                break p;
             }
-            None => {
-                self.upsert(
-                    parent_path,
-                    Meta {
-                        is_dir: true,
-                        size: 0,
-                        mtime: 0.0,
-                        ctime: 0.0,
-                    },
-                )
-                .0
-            }
+            above = parent_path;
         };
-        let id = self.insert_child(parent, name, self.hash(path), meta);
-        (id, true)
+        if !self.is_dir(parent) {
+            // A file where a directory must be: it becomes the directory.
+            let p = self.path(parent);
+            let m = self.meta(parent);
+            parent = self.upsert(&p, Meta { is_dir: true, ..m }).0;
+        }
+        let zeroed_dir = Meta {
+            is_dir: true,
+            size: 0,
+            mtime: 0.0,
+            ctime: 0.0,
+        };
+        while let Some(at) = missing.pop() {
+            let (_, name) = split_parent(at);
+            let m = if missing.is_empty() { meta } else { zeroed_dir };
+            parent = self.insert_child(parent, name, self.hash(at), m);
+        }
+        (parent, true)
     }
 
     fn alloc_children(&mut self) -> u32 {
@@ -413,14 +422,22 @@ impl Tree {
         true
     }
 
+    /// Removes `id` and everything below it, children before their
+    /// directory, with an explicit stack (no recursion over input depth).
     fn remove_subtree(&mut self, id: NodeId, removed: &mut dyn FnMut(&str, Meta, NodeId)) {
-        for child in self.children(id).to_vec() {
-            self.remove_subtree(child, removed);
+        // Each entry is a node and whether its children were pushed already.
+        let mut stack: Vec<(NodeId, bool)> = vec![(id, false)];
+        while let Some((n, expanded)) = stack.pop() {
+            if !expanded && !self.children(n).is_empty() {
+                stack.push((n, true));
+                stack.extend(self.children(n).iter().map(|&c| (c, false)));
+                continue;
+            }
+            let meta = self.meta(n);
+            removed(&self.path(n), meta, n);
+            self.detach(n);
+            self.account(&meta, -1);
         }
-        let meta = self.meta(id);
-        removed(&self.path(id), meta, id);
-        self.detach(id);
-        self.account(&meta, -1);
     }
 
     /// Unlinks a (childless) node from its parent, the table and the slab.
@@ -475,6 +492,70 @@ impl Tree {
         count
     }
 
+    /// Checks the tree's structure; `Err` names the first broken invariant.
+    /// For tests and fuzzing: it walks the whole tree.
+    ///
+    /// Every live node is reachable from the root, found by its own path,
+    /// in its parent's child list at its slot; the counters and the total
+    /// size equal what the walk finds; the table holds exactly the live
+    /// nodes.
+    pub fn check(&self) -> Result<(), String> {
+        let (mut files, mut dirs, mut total) = (0usize, 0usize, 0u128);
+        let mut stack = vec![ROOT];
+        let mut seen = 0usize;
+        while let Some(id) = stack.pop() {
+            seen += 1;
+            let n = &self.nodes[id as usize];
+            if n.flags & FLAG_LIVE == 0 {
+                return Err(format!("node {id} is reachable but not live"));
+            }
+            let path = self.path(id);
+            if self.get(&path) != Some(id) {
+                return Err(format!("node {id} is not found at its path {path:?}"));
+            }
+            if id != ROOT {
+                let parent = &self.nodes[n.parent as usize];
+                if parent.flags & FLAG_DIR == 0 {
+                    return Err(format!("the parent of {path:?} is not a directory"));
+                }
+                if self.children[parent.children as usize].get(n.slot as usize) != Some(&id) {
+                    return Err(format!("{path:?} is not at its slot in its parent"));
+                }
+                if n.flags & FLAG_DIR != 0 {
+                    dirs += 1;
+                } else {
+                    files += 1;
+                    total += u128::from(n.size);
+                }
+            }
+            if n.flags & FLAG_DIR != 0 {
+                stack.extend_from_slice(self.children(id));
+            } else if n.children != NONE {
+                return Err(format!("file {path:?} has a child list"));
+            }
+        }
+        if (files, dirs, total) != (self.files, self.dirs, self.total_size) {
+            return Err(format!(
+                "counters say {} files, {} dirs, {} bytes; the walk found {files}, {dirs}, {total}",
+                self.files, self.dirs, self.total_size
+            ));
+        }
+        if self.table.len() != seen {
+            return Err(format!(
+                "the table holds {} nodes; {seen} are reachable",
+                self.table.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `id` is a live node.
+    pub fn is_live(&self, id: NodeId) -> bool {
+        self.nodes
+            .get(id as usize)
+            .is_some_and(|n| n.flags & FLAG_LIVE != 0)
+    }
+
     /// Bytes of heap the tree uses, names excluded (an estimate for the
     /// memory benchmark).
     pub fn heap_bytes_without_names(&self) -> usize {
@@ -492,7 +573,7 @@ impl Tree {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn file(size: u64, mtime: f64) -> Meta {
@@ -579,6 +660,49 @@ mod tests {
         t.upsert("/x/z", file(1, 3.0));
         assert!(t.is_dir(t.get("/x").unwrap()));
         assert_eq!((t.file_count(), t.dir_count()), (1, 2));
+    }
+
+    /// Runs `f` on a thread with a small stack: recursion over a deep
+    /// path would overflow it (and abort the test process).
+    pub(crate) fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .expect("thread starts")
+            .join()
+            .expect("no panic");
+    }
+
+    #[test]
+    fn deep_paths_cost_heap_not_stack() {
+        on_small_stack(|| {
+            let deep = "/a".repeat(5_000);
+            let mut t = Tree::new();
+            let (id, new) = t.upsert(&format!("{deep}/f"), file(1, 1.0));
+            assert!(new);
+            assert_eq!(t.dir_count(), 5_001);
+            assert_eq!(t.path(id).len(), deep.len() + 2);
+            // A file where a deep directory was: the subtree goes.
+            t.upsert("/a/a", file(2, 2.0));
+            assert_eq!((t.file_count(), t.dir_count()), (1, 2));
+            t.upsert(&format!("{deep}/g"), file(1, 1.0));
+            let mut removed = 0;
+            assert!(t.remove("/a", &mut |_, _, _| removed += 1));
+            assert_eq!(removed, 5_001);
+            assert_eq!((t.file_count(), t.dir_count(), t.total_size()), (0, 1, 0));
+        });
+    }
+
+    #[test]
+    fn total_size_saturates_instead_of_overflowing() {
+        let mut t = Tree::new();
+        t.upsert("/a", file(u64::MAX, 1.0));
+        t.upsert("/b", file(u64::MAX, 1.0));
+        assert_eq!(t.total_size(), u64::MAX);
+        t.remove("/a", &mut |_, _, _| {});
+        assert_eq!(t.total_size(), u64::MAX);
+        t.remove("/b", &mut |_, _, _| {});
+        assert_eq!(t.total_size(), 0);
     }
 
     #[test]

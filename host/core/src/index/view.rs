@@ -62,6 +62,16 @@ pub enum ViewError {
         /// The limit.
         limit: usize,
     },
+    /// The answer would be larger than allowed in bytes.
+    #[error(
+        "{what} would be more than {limit} bytes; ask for a smaller path, a max_depth or only_path"
+    )]
+    TooManyBytes {
+        /// What was asked for.
+        what: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// Writing failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -73,7 +83,7 @@ pub fn check_tree(ix: &FsIndex, q: &TreeQuery, limit: usize) -> Result<NodeId, V
     let id = ix
         .tree()
         .get(&q.path)
-        .ok_or_else(|| ViewError::NotFound(q.path.clone()))?;
+        .ok_or_else(|| ViewError::NotFound(crate::text::echo(&q.path).into_owned()))?;
     let depth = if q.recursive { q.max_depth } else { Some(0) };
     let mut count = 1usize;
     let mut stack: Vec<(NodeId, u32)> = vec![(id, 0)];
@@ -85,7 +95,7 @@ pub fn check_tree(ix: &FsIndex, q: &TreeQuery, limit: usize) -> Result<NodeId, V
             count += 1;
             if count > limit {
                 return Err(ViewError::TooLarge {
-                    path: q.path.clone(),
+                    path: crate::text::echo(&q.path).into_owned(),
                     limit,
                 });
             }
@@ -128,8 +138,62 @@ fn json_f64(out: &mut impl Write, v: f64) -> io::Result<()> {
     serde_json::to_writer(&mut *out, &v).map_err(io::Error::other)
 }
 
+/// A directory being written: its children are written one at a time.
+struct Frame {
+    id: NodeId,
+    depth: u32,
+    next_child: usize,
+    /// Length of `NodeWriter::path` before this node's name was added.
+    path_len: usize,
+}
+
 impl NodeWriter<'_> {
-    fn node(&mut self, id: NodeId, depth: u32, out: &mut impl Write) -> io::Result<()> {
+    /// Writes `root` and what the query asks for below it, depth first with
+    /// an explicit stack (no recursion over the tree's depth).
+    fn node(&mut self, root: NodeId, depth: u32, out: &mut impl Write) -> io::Result<()> {
+        let mut stack: Vec<Frame> = Vec::new();
+        let root_len = self.path.len();
+        if let Some(frame) = self.open(root, depth, root_len, out)? {
+            stack.push(frame);
+        }
+        while let Some(frame) = stack.last_mut() {
+            let tree = self.ix.tree();
+            let children = tree.children(frame.id);
+            if frame.next_child == children.len() {
+                out.write_all(b"]}")?;
+                self.path.truncate(frame.path_len);
+                stack.pop();
+                continue;
+            }
+            let child = children[frame.next_child];
+            if frame.next_child > 0 {
+                out.write_all(b",")?;
+            }
+            frame.next_child += 1;
+            let depth = frame.depth + 1;
+            let len = self.path.len();
+            if !self.path.ends_with('/') {
+                self.path.push('/');
+            }
+            self.path.push_str(tree.name(child));
+            match self.open(child, depth, len, out)? {
+                Some(frame) => stack.push(frame),
+                None => self.path.truncate(len),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a node's fields. A directory whose children are to be written
+    /// is left open (`"children":[`) and returned as a frame; anything else
+    /// is closed here.
+    fn open(
+        &mut self,
+        id: NodeId,
+        depth: u32,
+        path_len: usize,
+        out: &mut impl Write,
+    ) -> io::Result<Option<Frame>> {
         let tree = self.ix.tree();
         let meta = tree.meta(id);
         out.write_all(b"{\"name\":")?;
@@ -158,24 +222,99 @@ impl NodeWriter<'_> {
                 (false, _) => out.write_all(b",\"children\":[]")?,
                 (true, _) => {
                     out.write_all(b",\"children\":[")?;
-                    for (i, &child) in tree.children(id).iter().enumerate() {
-                        if i > 0 {
-                            out.write_all(b",")?;
-                        }
-                        let len = self.path.len();
-                        if !self.path.ends_with('/') {
-                            self.path.push('/');
-                        }
-                        self.path.push_str(tree.name(child));
-                        self.node(child, depth + 1, out)?;
-                        self.path.truncate(len);
-                    }
-                    out.write_all(b"]")?;
+                    return Ok(Some(Frame {
+                        id,
+                        depth,
+                        next_child: 0,
+                        path_len,
+                    }));
                 }
             }
         }
-        out.write_all(b"}")
+        out.write_all(b"}")?;
+        Ok(None)
     }
+}
+
+/// A writer into memory that refuses to grow beyond a byte budget, so that
+/// an answer is bounded by bytes as well as by items (deep, long names make
+/// a few items large).
+struct Bounded {
+    out: Vec<u8>,
+    limit: usize,
+    /// Set when a write was refused: whatever error reaches the caller
+    /// (serializers wrap it) is then the budget's.
+    exceeded: bool,
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "byte budget"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `write` into memory within `limit_bytes`; an answer that would be
+/// larger is [`ViewError::TooManyBytes`] about `what`.
+fn bounded(
+    what: impl FnOnce() -> String,
+    limit_bytes: usize,
+    write: impl FnOnce(&mut Bounded) -> Result<(), ViewError>,
+) -> Result<Vec<u8>, ViewError> {
+    let mut out = Bounded {
+        out: Vec::with_capacity(256.min(limit_bytes)),
+        limit: limit_bytes,
+        exceeded: false,
+    };
+    match write(&mut out) {
+        Ok(()) => Ok(out.out),
+        Err(_) if out.exceeded => Err(ViewError::TooManyBytes {
+            what: what(),
+            limit: limit_bytes,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// The tree `q` asks for as JSON, within `limit_items` nodes (checked
+/// before writing) and `limit_bytes` bytes.
+pub fn tree_json(
+    ix: &FsIndex,
+    q: &TreeQuery,
+    limit_items: usize,
+    limit_bytes: usize,
+    now: f64,
+) -> Result<Vec<u8>, ViewError> {
+    let root = check_tree(ix, q, limit_items)?;
+    bounded(
+        || format!("the subtree at `{}`", crate::text::echo(&q.path)),
+        limit_bytes,
+        |out| Ok(write_tree(ix, q, root, now, out)?),
+    )
+}
+
+/// The search for `pattern` as JSON (see [`write_search`]), within
+/// `limit_items` nodes and `limit_bytes` bytes.
+pub fn search_json(
+    ix: &FsIndex,
+    pattern: &str,
+    limit_items: usize,
+    limit_bytes: usize,
+    now: f64,
+) -> Result<Vec<u8>, ViewError> {
+    bounded(
+        || format!("search `{}`", crate::text::echo(pattern)),
+        limit_bytes,
+        |out| write_search(ix, pattern, limit_items, now, out),
+    )
 }
 
 /// Whether `name` matches the glob `pattern` (`*` any run, `?` one char).
@@ -247,7 +386,7 @@ pub fn write_search(
         found += 1;
         if found > limit {
             return Err(ViewError::TooLarge {
-                path: format!("search `{pattern}`"),
+                path: format!("search `{}`", crate::text::echo(pattern)),
                 limit,
             });
         }
@@ -274,6 +413,72 @@ mod tests {
     use crate::index::{IndexConfig, Meta, Source, Upsert};
 
     const NOW: f64 = 1_800_000_000.0;
+
+    fn deep_index(levels: usize, name: &str) -> FsIndex {
+        let mut ix = FsIndex::new(IndexConfig::default());
+        let row = Upsert {
+            path: format!("/{name}").repeat(levels),
+            meta: Meta {
+                is_dir: false,
+                size: 1,
+                mtime: 1.0,
+                ctime: 1.0,
+            },
+            is_atomic_write: None,
+            audit_skipped: false,
+            parent_mtime: None,
+        };
+        ix.upsert(&row, Source::Snapshot, NOW);
+        ix
+    }
+
+    #[test]
+    fn deep_trees_are_written_without_recursion() {
+        crate::index::tree::tests::on_small_stack(|| {
+            let ix = deep_index(3_000, "d");
+            let q = TreeQuery {
+                path: "/".into(),
+                recursive: true,
+                max_depth: None,
+                only_path: true,
+            };
+            let out = tree_json(&ix, &q, usize::MAX, usize::MAX, NOW).unwrap();
+            // Parse it back with a depth-unlimited reader: count the nesting.
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.matches("\"children\":[").count(), 3_000);
+            assert!(text.ends_with(&"]}".repeat(3_000)));
+            let found = search_json(&ix, "d", usize::MAX, usize::MAX, NOW).unwrap();
+            assert!(found.starts_with(b"[{"));
+        });
+    }
+
+    #[test]
+    fn answers_are_bounded_by_bytes_as_well_as_items() {
+        // Few nodes, long names: the item guard alone would let it through.
+        let name = "n".repeat(200);
+        let ix = deep_index(50, &name);
+        let q = TreeQuery {
+            path: "/".into(),
+            recursive: true,
+            max_depth: None,
+            only_path: false,
+        };
+        let err = tree_json(&ix, &q, 1_000, 64 * 1024, NOW).unwrap_err();
+        assert!(
+            matches!(err, ViewError::TooManyBytes { limit: 65536, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("more than 65536 bytes"), "{err}");
+        let err = search_json(&ix, "n", 1_000, 64 * 1024, NOW).unwrap_err();
+        assert!(matches!(err, ViewError::TooManyBytes { .. }), "{err}");
+        // Within budget, the same answers are whole JSON.
+        let out = tree_json(&ix, &q, 1_000, 16 << 20, NOW).unwrap();
+        serde_json::from_slice::<Value>(&out).unwrap_or_else(|e| {
+            // serde_json's own recursion limit (128) is below 50 levels x 2.
+            assert!(e.to_string().contains("recursion"), "{e}");
+            Value::Null
+        });
+    }
 
     fn ix() -> FsIndex {
         let mut ix = FsIndex::new(IndexConfig::default());
