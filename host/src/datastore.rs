@@ -600,13 +600,12 @@ impl Datastore {
                     let mut ignored = 0u64;
                     for op in &batch.ops {
                         match op {
-                            Op::Upsert(source, row) => match ix.upsert(row, *source, now) {
-                                Some(c) => changes.push(c),
-                                None => {
+                            Op::Upsert(source, row) => {
+                                if !ix.apply_upsert(row, *source, now, &mut changes) {
                                     tracing::trace!(datastore = %self.config.name, path = %row.path, ?source, "upsert ignored by arbitration");
                                     ignored += 1
                                 }
-                            },
+                            }
                             Op::Delete {
                                 source,
                                 path,

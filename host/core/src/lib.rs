@@ -6,9 +6,11 @@
 //! - [`index`]: the hash tree of file-system metadata and its arbitration rules.
 //! - [`rows`]: agent pushes parsed row by row into index operations.
 //! - [`text`]: bounded echoes of input in logs and answers.
+//! - [`fuzz`]: the fuzz targets' bodies, with their invariants.
 //!
 //! `weir-host` re-exports these modules under the same names.
 
+pub mod fuzz;
 pub mod index;
 pub mod rows;
 pub mod text;

@@ -358,8 +358,38 @@ impl FsIndex {
         }
     }
 
-    fn upsert_change(&mut self, row: &Upsert, source: Source) -> (NodeId, Change) {
-        let (id, new) = self.tree.upsert(&row.path, row.meta);
+    /// Applies an upsert to the tree. What it displaces (the subtree of a
+    /// directory turned file, a file turned directory) loses its suspect
+    /// and audit marks; removed nodes are returned as deletes, before the
+    /// change itself.
+    fn upsert_change(
+        &mut self,
+        row: &Upsert,
+        source: Source,
+        displaced: &mut Vec<Change>,
+    ) -> (NodeId, Change) {
+        let mut gone = Vec::new();
+        let (id, new) = self
+            .tree
+            .upsert_with(&row.path, row.meta, &mut |p, meta, id| {
+                gone.push((p.to_string(), meta, id))
+            });
+        for (p, meta, gone_id) in gone {
+            self.suspects.remove(&gone_id);
+            if let Some(audit) = &mut self.audit {
+                audit.listed_dirs.remove(&gone_id);
+            }
+            // A file turned directory keeps its node: it is not deleted.
+            if self.tree.is_live(gone_id) && self.tree.is_dir(gone_id) && !meta.is_dir {
+                continue;
+            }
+            displaced.push(Change {
+                kind: ChangeKind::Delete,
+                path: p,
+                meta,
+                source,
+            });
+        }
         let change = Change {
             kind: if new {
                 ChangeKind::Insert
@@ -404,14 +434,45 @@ impl FsIndex {
     }
 
     /// Applies one upsert row from `source` at wall-clock `now`; returns the
-    /// applied change, or `None` when arbitration ignored the row.
+    /// applied change, or `None` when arbitration ignored the row. Nodes the
+    /// row displaces (the subtree of a directory turned file) are removed
+    /// without being reported: [`Self::apply_upsert`] reports them.
     pub fn upsert(&mut self, row: &Upsert, source: Source, now: f64) -> Option<Change> {
+        let mut changes = Vec::new();
+        self.apply_upsert(row, source, now, &mut changes);
+        changes.pop()
+    }
+
+    /// Applies one upsert row; appends the deletes of what it displaces and
+    /// then its own change to `changes`. Returns `false` when arbitration
+    /// ignored the row.
+    pub fn apply_upsert(
+        &mut self,
+        row: &Upsert,
+        source: Source,
+        now: f64,
+        changes: &mut Vec<Change>,
+    ) -> bool {
+        let Some(change) = self.upsert_inner(row, source, now, changes) else {
+            return false;
+        };
+        changes.push(change);
+        true
+    }
+
+    fn upsert_inner(
+        &mut self,
+        row: &Upsert,
+        source: Source,
+        now: f64,
+        displaced: &mut Vec<Change>,
+    ) -> Option<Change> {
         if source == Source::Realtime {
             self.clock += 1;
             self.tombstones.remove(&row.path);
             self.blind_additions.remove(&row.path);
             self.blind_deletions.remove(&row.path);
-            let (id, change) = self.upsert_change(row, source);
+            let (id, change) = self.upsert_change(row, source, displaced);
             self.tree.set_realtime_stamp(id, self.clock);
             self.suspects.remove(&id);
             if row.is_atomic_write == Some(false) {
@@ -450,7 +511,7 @@ impl FsIndex {
                 return None;
             }
         }
-        let (id, change) = self.upsert_change(row, source);
+        let (id, change) = self.upsert_change(row, source, displaced);
         if auditing {
             self.audit_saw(id, row);
             if existing.is_none() && !row.meta.is_dir {

@@ -286,6 +286,18 @@ impl Tree {
     /// it was new. A file replaced by a directory (or the reverse) keeps its
     /// id; a directory turned file loses its subtree.
     pub fn upsert(&mut self, path: &str, meta: Meta) -> (NodeId, bool) {
+        self.upsert_with(path, meta, &mut |_, _, _| {})
+    }
+
+    /// [`Self::upsert`], calling `removed(path, meta, id)` for every node a
+    /// directory turned file loses, and for a file that becomes a directory
+    /// because a path goes through it (its id stays, as a directory).
+    pub fn upsert_with(
+        &mut self,
+        path: &str,
+        meta: Meta,
+        removed: &mut dyn FnMut(&str, Meta, NodeId),
+    ) -> (NodeId, bool) {
         if path == "/" {
             let root = &mut self.nodes[ROOT as usize];
             root.size = meta.size;
@@ -297,7 +309,7 @@ impl Tree {
             let old = self.meta(id);
             if old.is_dir && !meta.is_dir {
                 for child in self.children(id).to_vec() {
-                    self.remove_subtree(child, &mut |_, _, _| {});
+                    self.remove_subtree(child, removed);
                 }
                 let c = self.nodes[id as usize].children;
                 self.free_children.push(c);
@@ -333,10 +345,13 @@ impl Tree {
             above = parent_path;
         };
         if !self.is_dir(parent) {
-            // A file where a directory must be: it becomes the directory.
+            // A file where a directory must be: it becomes the directory
+            // (reported as removed, so that what is kept about files is
+            // dropped for it).
             let p = self.path(parent);
             let m = self.meta(parent);
-            parent = self.upsert(&p, Meta { is_dir: true, ..m }).0;
+            removed(&p, m, parent);
+            parent = self.upsert_with(&p, Meta { is_dir: true, ..m }, removed).0;
         }
         let zeroed_dir = Meta {
             is_dir: true,

@@ -324,12 +324,14 @@ pub fn glob(pattern: &str, name: &str) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // `*` first: a `*` in the name must not be taken as the literal
+        // match of the pattern's wildcard (found by fuzzing).
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ni));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some((sp, sn)) = star {
             pi = sp + 1;
             ni = sn + 1;
@@ -568,6 +570,8 @@ mod tests {
 
     #[test]
     fn globs() {
+        assert!(glob("*", "*x"));
+        assert!(glob("a*", "a*b"));
         assert!(glob("file_01*", "file_014.txt"));
         assert!(glob("*.txt", "a.txt"));
         assert!(glob("a?c", "abc"));
