@@ -260,9 +260,11 @@ impl FsIndex {
             }
         }
         if let Some(audit) = &self.audit {
+            // A listed directory may have turned into a file since (it then
+            // has no children to judge); it may not be a freed node.
             for &id in &audit.listed_dirs {
-                if !self.tree.is_live(id) || !self.tree.is_dir(id) {
-                    return Err(format!("listed directory {id} is not a live directory"));
+                if !self.tree.is_live(id) {
+                    return Err(format!("listed directory {id} is not a live node"));
                 }
             }
         }
@@ -345,7 +347,9 @@ impl FsIndex {
     }
 
     fn mark_suspect(&mut self, id: NodeId, meta: &Meta, now: f64, forced: bool) {
-        if meta.is_dir {
+        // The node's kind, not the row's: a row for `/` cannot make the root
+        // a file.
+        if meta.is_dir || self.tree.is_dir(id) {
             return;
         }
         let until = if forced {
@@ -389,6 +393,10 @@ impl FsIndex {
                 meta,
                 source,
             });
+        }
+        if self.tree.is_dir(id) {
+            // Only files are suspect: a file turned directory is not.
+            self.suspects.remove(&id);
         }
         let change = Change {
             kind: if new {
