@@ -2,11 +2,11 @@
 //! test replays the inputs committed in `host/core/fuzz/regressions`). Each
 //! takes any bytes and panics when an invariant breaks.
 
+use crate::index::view::glob;
 use crate::index::view::{TreeQuery, search_json, tree_json};
 use crate::index::{FsIndex, IndexConfig, Meta, Source, Upsert, normalize};
 use crate::rows::{Op, RowLimits, parse_batch, parse_feedback};
 use crate::text::clip;
-use crate::index::view::glob;
 
 const NOW: f64 = 1_800_000_000.0;
 
@@ -54,7 +54,11 @@ pub fn push(data: &[u8]) {
         panic!("after the audit end: {broken}");
     }
     for r in &batch.rejected {
-        assert!(r.reason.len() < 1024, "a reason of {} bytes", r.reason.len());
+        assert!(
+            r.reason.len() < 1024,
+            "a reason of {} bytes",
+            r.reason.len()
+        );
     }
     let q = TreeQuery {
         path: "/".into(),
@@ -130,7 +134,11 @@ pub fn paths(data: &[u8]) {
     }
     for max in [0, 1, 7, 64] {
         let c = clip(path, max);
-        assert!(c.len() <= max.max(path.len().min(max)) + 40, "{} bytes", c.len());
+        assert!(
+            c.len() <= max.max(path.len().min(max)) + 40,
+            "{} bytes",
+            c.len()
+        );
     }
 }
 
@@ -157,6 +165,10 @@ mod tests {
                 replayed += 1;
             }
         }
-        assert!(replayed > 0, "no regression inputs under {}", root.display());
+        assert!(
+            replayed > 0,
+            "no regression inputs under {}",
+            root.display()
+        );
     }
 }

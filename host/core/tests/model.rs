@@ -294,10 +294,7 @@ impl Model {
         for dir in &audit.listed {
             for (p, n) in &self.nodes {
                 let child = is_below(p, dir) && split_parent(p).0 == dir.as_str();
-                if child
-                    && n.seen != self.cycle
-                    && n.stamp <= audit.started_stamp
-                    && !n.meta.is_dir
+                if child && n.seen != self.cycle && n.stamp <= audit.started_stamp && !n.meta.is_dir
                 {
                     missing.insert(p.clone());
                 }
