@@ -563,14 +563,16 @@ impl Datastore {
         let summary = job.summary();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(job)));
         if let Err(panic) = outcome {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
             self.alarm.store(true, Ordering::SeqCst);
             self.counters.apply_panics.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(datastore = %self.config.name, job = %summary, panic = %crate::text::echo(&message), "applying a job panicked; consistency alarm raised until the next complete snapshot");
+            crate::supervise::panicked(
+                crate::supervise::Worker::Apply,
+                &format!(
+                    "datastore {}: {summary}; consistency alarm raised until the next complete snapshot",
+                    self.config.name
+                ),
+                &*panic,
+            );
         }
     }
 

@@ -150,7 +150,16 @@ impl Host {
             loop {
                 tick.tick().await;
                 let Some(host) = weak.upgrade() else { return };
-                host.reload_plugins().await;
+                // One scan's panic is contained: the watcher goes on with
+                // the next scan rather than silently stopping hot reload.
+                let scan = std::panic::AssertUnwindSafe(host.reload_plugins());
+                if let Err(panic) = futures_util::FutureExt::catch_unwind(scan).await {
+                    crate::supervise::panicked(
+                        crate::supervise::Worker::PluginWatcher,
+                        "a plugin-directory scan",
+                        &*panic,
+                    );
+                }
             }
         })
     }

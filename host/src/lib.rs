@@ -14,6 +14,7 @@
 //!   (in the `weir-core` crate, with [`ingest::rows`] and [`text`]).
 //! - [`ingest`]: agent pushes parsed row by row into index operations.
 //! - [`session`]: agent sessions of a datastore (last agent wins).
+//! - [`supervise`]: panics of background work, contained and counted.
 //! - [`datastore`]: sessions + queue + index + READY logic of one datastore.
 //! - [`metrics`]: the Prometheus text rendering of every counter.
 //! - [`config`]: the `weir.toml` file (datastores and their keys).
@@ -40,6 +41,7 @@ pub mod plugin;
 pub mod plugindir;
 pub mod registry;
 pub mod session;
+pub mod supervise;
 pub mod upstream;
 
 pub use api::run;
