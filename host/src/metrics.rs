@@ -329,6 +329,38 @@ pub fn render(host: &Host) -> String {
         "1 while a datastore's views are READY.",
         per_datastore(&|d, _| u64::from(d.readiness().is_ok())),
     );
+    o.metric(
+        "weir_datastore_apply_panics_total",
+        "counter",
+        "Jobs whose application panicked (each raised the consistency alarm).",
+        per_datastore(&|_, s| s.apply_panics),
+    );
+    o.metric(
+        "weir_datastore_evictions_total",
+        "counter",
+        "What a datastore's index let go of to stay within its bounds, by kind.",
+        datastores.iter().flat_map(|(d, s)| {
+            let e = s.evictions;
+            [
+                ("tombstones", e.tombstones),
+                ("blind_spots", e.blind_spots),
+                ("feedback_ignored", e.feedback_ignored),
+            ]
+            .map(|(kind, n)| {
+                (
+                    vec![("datastore", d.name().to_string()), ("kind", kind.to_string())],
+                    n,
+                )
+            })
+        }),
+    );
+    o.metric(
+        "weir_background_panics_total",
+        "counter",
+        "Panics contained in background work (the worker went on), by worker.",
+        crate::supervise::Worker::ALL
+            .map(|w| (label("worker", w.as_str()), crate::supervise::count(w))),
+    );
     o.0
 }
 
