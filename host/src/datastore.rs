@@ -291,7 +291,7 @@ impl Datastore {
             let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
             ix.clear();
         }
-        tracing::info!(datastore = %self.config.name, session = %session.id, task_id, obsoleted = ?previous, "agent session created");
+        tracing::info!(datastore = %self.config.name, session = %session.id, task_id = %crate::text::echo(task_id), obsoleted = ?previous, "agent session created");
         let c = self.config.sessions;
         SessionGrant {
             session_id: session.id,

@@ -26,6 +26,10 @@ use crate::index::view::TreeQuery;
 use crate::ingest::rows::{parse_batch, parse_feedback};
 use crate::text::echo;
 
+/// Longest `task_id` an agent may name its session with (Fustor's are
+/// `AGENT:PIPE`, a few dozen bytes).
+pub const MAX_TASK_ID_BYTES: usize = 1024;
+
 /// Header of a list answer: how many items there are in all.
 const TOTAL_COUNT: &str = "x-total-count";
 
@@ -67,7 +71,7 @@ pub(super) struct CreateSession {
     request_body(content = CreateSession, content_type = "application/json"),
     responses(
         (status = 200, description = "The new session.", body = SessionGrant),
-        (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
+        (status = 400, description = "A body without a non-empty string `task_id` of at most 1024 bytes.", body = ErrorBody),
         KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
@@ -87,6 +91,11 @@ pub(super) async fn create_session(
     if req.task_id.trim().is_empty() {
         return Err(AppError::BadRequest("`task_id` is empty".into()));
     }
+    if req.task_id.len() > MAX_TASK_ID_BYTES {
+        return Err(AppError::BadRequest(format!(
+            "`task_id` is longer than {MAX_TASK_ID_BYTES} bytes"
+        )));
+    }
     Ok(Json(ds.create_session(&req.task_id)))
 }
 
@@ -101,7 +110,7 @@ pub(super) async fn create_session(
     request_body(content = CreateSession, content_type = "application/json"),
     responses(
         (status = 200, description = "The new session.", body = SessionGrant),
-        (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
+        (status = 400, description = "A body without a non-empty string `task_id` of at most 1024 bytes.", body = ErrorBody),
         KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),

@@ -33,7 +33,7 @@ use crate::host::Host;
     request_body(content = CreateSession, content_type = "application/json"),
     responses(
         (status = 200, description = "The new session.", body = SessionGrant),
-        (status = 400, description = "A body without a non-empty string `task_id`.", body = ErrorBody),
+        (status = 400, description = "A body without a non-empty string `task_id` of at most 1024 bytes.", body = ErrorBody),
         KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
