@@ -305,3 +305,27 @@ async fn view_answers_are_bounded_by_bytes() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     others_unaffected(&s).await;
 }
+
+#[tokio::test]
+async fn a_megabyte_task_id_is_refused_naming_the_bound() {
+    let s = start(|_| {}).await;
+    lab_ready(&s).await;
+    let (status, answer) = s
+        .send(
+            "POST",
+            "/api/v1/pipe/session/",
+            Some(Role::Ingest),
+            Some(json!({"task_id": "t".repeat(1 << 20)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 1024 bytes"),
+        "{answer}"
+    );
+    assert!(answer.to_string().len() < 1024);
+    others_unaffected(&s).await;
+}
