@@ -348,7 +348,10 @@ pub fn render(host: &Host) -> String {
             ]
             .map(|(kind, n)| {
                 (
-                    vec![("datastore", d.name().to_string()), ("kind", kind.to_string())],
+                    vec![
+                        ("datastore", d.name().to_string()),
+                        ("kind", kind.to_string()),
+                    ],
                     n,
                 )
             })
