@@ -149,7 +149,8 @@ mod tests {
     #[test]
     fn regressions_stay_fixed() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-        let targets: [(&str, fn(&[u8])); 3] = [
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 3] = [
             ("push", super::push),
             ("feedback", super::feedback),
             ("paths", super::paths),
