@@ -133,9 +133,9 @@ impl BuiltinApi {
         };
         let view_err = |e: ViewError| match e {
             ViewError::NotFound(_) => ApiError::new(404, e.to_string()),
-            ViewError::TooLarge { .. } | ViewError::TooManyBytes { .. } => {
-                ApiError::new(413, e.to_string())
-            }
+            ViewError::TooLarge { .. }
+            | ViewError::TooManyBytes { .. }
+            | ViewError::PatternTooLong { .. } => ApiError::new(413, e.to_string()),
             ViewError::Io(_) => ApiError::new(500, e.to_string()),
         };
         match view {

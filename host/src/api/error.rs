@@ -211,9 +211,9 @@ impl From<ViewError> for AppError {
     fn from(e: ViewError) -> Self {
         match e {
             ViewError::NotFound(_) => Self::NotFound(e.to_string()),
-            ViewError::TooLarge { .. } | ViewError::TooManyBytes { .. } => {
-                Self::BadRequest(e.to_string())
-            }
+            ViewError::TooLarge { .. }
+            | ViewError::TooManyBytes { .. }
+            | ViewError::PatternTooLong { .. } => Self::BadRequest(e.to_string()),
             ViewError::Io(io) => Self::Internal(io.into()),
         }
     }

@@ -62,6 +62,12 @@ pub enum ViewError {
         /// The limit.
         limit: usize,
     },
+    /// The search pattern is too long.
+    #[error("the pattern is longer than {limit} bytes")]
+    PatternTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The answer would be larger than allowed in bytes.
     #[error(
         "{what} would be more than {limit} bytes; ask for a smaller path, a max_depth or only_path"
@@ -317,9 +323,19 @@ pub fn search_json(
     )
 }
 
+/// Longest search pattern, in bytes: matching costs up to the pattern's
+/// length per character of each name.
+pub const MAX_PATTERN_BYTES: usize = 256;
+
 /// Whether `name` matches the glob `pattern` (`*` any run, `?` one char).
 pub fn glob(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
+    glob_chars(&p, name)
+}
+
+/// [`glob`] with the pattern already split into characters (a search
+/// matches one pattern against every node).
+fn glob_chars(p: &[char], name: &str) -> bool {
     let n: Vec<char> = name.chars().collect();
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
@@ -353,11 +369,17 @@ pub fn write_search(
     now: f64,
     out: &mut impl Write,
 ) -> Result<(), ViewError> {
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(ViewError::PatternTooLong {
+            limit: MAX_PATTERN_BYTES,
+        });
+    }
     let wild = pattern.contains(['*', '?']);
     let on_path = pattern.contains('/');
+    let chars: Vec<char> = pattern.chars().collect();
     let matches = |text: &str| {
         if wild {
-            glob(pattern, text)
+            glob_chars(&chars, text)
         } else {
             text.contains(pattern)
         }
@@ -473,6 +495,8 @@ mod tests {
         assert!(err.to_string().contains("more than 65536 bytes"), "{err}");
         let err = search_json(&ix, "n", 1_000, 64 * 1024, NOW).unwrap_err();
         assert!(matches!(err, ViewError::TooManyBytes { .. }), "{err}");
+        let err = search_json(&ix, &"*n".repeat(200), 1_000, 64 * 1024, NOW).unwrap_err();
+        assert_eq!(err.to_string(), "the pattern is longer than 256 bytes");
         // Within budget, the same answers are whole JSON.
         let out = tree_json(&ix, &q, 1_000, 16 << 20, NOW).unwrap();
         serde_json::from_slice::<Value>(&out).unwrap_or_else(|e| {
