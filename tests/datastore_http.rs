@@ -240,7 +240,7 @@ async fn bad_rows_are_reported_and_bad_bodies_refused() {
     assert_eq!(receipt["count"], 1);
     assert_eq!(
         receipt["rejected"],
-        json!([{"event": 0, "row": 1, "reason": "`size` is not a non-negative integer"}])
+        json!([{"event": 0, "row": 1, "reason": "`size` is not an integer from 0 to 9223372036854775807"}])
     );
     let (_, stats) = s.view("stats").await;
     assert_eq!(stats["total_files"], 1);
@@ -471,7 +471,7 @@ async fn sentinel_suspects_blind_spots_and_search() {
     let (_, spots) = s.view("blind-spots").await;
     assert_eq!(
         spots,
-        json!({"additions_count": 1, "additions": ["/logs/new.log"], "deletion_count": 1, "deletions": ["/logs/old.log"]})
+        json!({"additions_count": 1, "additions": ["/logs/new.log"], "additions_truncated": false, "deletion_count": 1, "deletions": ["/logs/old.log"], "deletions_truncated": false})
     );
     let (_, stats) = s.view("stats").await;
     assert_eq!(

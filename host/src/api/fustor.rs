@@ -215,11 +215,13 @@ pub(super) async fn ingest(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
     authorize(&host, &headers, Role::Ingest)?;
-    push(&host, &headers, Some(path(sid)?), body)
+    push(&host, &headers, Some(path(sid)?), body).await
 }
 
 /// A push; the session id comes from the path (Fustor) or the body (seed).
-pub(super) fn push(
+/// The body (up to 64 MiB of JSON) is parsed on a blocking thread, so that
+/// large pushes do not hold the runtime's workers.
+pub(super) async fn push(
     host: &Host,
     headers: &HeaderMap,
     path_sid: Option<String>,
@@ -228,7 +230,10 @@ pub(super) fn push(
     let ds = datastore_of(host, headers, Role::Ingest)?;
     let body = body_bytes(body)?;
     tracing::trace!(session = ?path_sid.as_deref().map(echo), body = %echo(&String::from_utf8_lossy(&body[..body.len().min(1024)])), "push");
-    let batch = parse_batch(&body, now_secs(), &ds.config().rows)
+    let limits = ds.config().rows;
+    let batch = tokio::task::spawn_blocking(move || parse_batch(&body, now_secs(), &limits))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?
         .map_err(|e| AppError::BadRequest(e.to_string()))?;
     let sid = match (path_sid, &batch.session_id) {
         (Some(path), Some(body_sid)) if &path != body_sid => {

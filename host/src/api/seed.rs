@@ -128,7 +128,7 @@ pub(super) async fn push(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    fustor::push(&host, &headers, None, body)
+    fustor::push(&host, &headers, None, body).await
 }
 
 fn own_datastore(host: &Host, headers: &HeaderMap) -> Result<String, AppError> {
