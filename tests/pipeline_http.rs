@@ -588,15 +588,15 @@ async fn faults_become_dead_letters_that_replay_and_delete() {
 async fn a_key_faulting_20_times_in_a_row_is_quarantined_until_resumed() {
     let s = server().await;
     let (mut c, _) = s.subscribe("test.flaky", &[]).await;
-    // 19 faults, one success, 19 faults: no quarantine (not in a row).
-    let mut events: Vec<Value> = (0..19).map(|n| flaky(n, "error")).collect();
+    // 19 traps, one success, 19 traps: no quarantine (not in a row).
+    let mut events: Vec<Value> = (0..19).map(|n| flaky(n, "panic")).collect();
     events.push(flaky(19, ""));
-    events.extend((20..39).map(|n| flaky(n, "error")));
+    events.extend((20..39).map(|n| flaky(n, "panic")));
     s.publish(Value::Array(events)).await;
     let (envs, notices) = collect(&mut c).await;
     assert_eq!((envs.len(), notices.len()), (1, 0), "{notices:?}");
     // The 20th consecutive fault trips it.
-    s.publish(flaky(39, "error")).await;
+    s.publish(flaky(39, "panic")).await;
     let n = c.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(n["notice"], "quarantined", "{n}");
     assert_eq!(n["faults"], 20);
@@ -604,7 +604,7 @@ async fn a_key_faulting_20_times_in_a_row_is_quarantined_until_resumed() {
         n["last_error"]
             .as_str()
             .unwrap()
-            .contains("refused on purpose")
+            .contains("panicked on purpose")
     );
     let (_, key) = s
         .send("GET", "/v1/keys/test.flaky", Some(Role::Query), None)

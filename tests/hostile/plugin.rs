@@ -1,1 +1,59 @@
-//! Hostile clients: plugin.
+//! Hostile producers and plugins: events crafted to make a key fail, so as
+//! to quarantine it for every consumer.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use weir_host::auth::Role;
+use weir_tests::{TestServer, host_with_pipeline_guest};
+
+fn flaky(n: i64, mode: &str) -> Value {
+    json!({"event_type": "test.x", "source": "t", "payload": {"n": n, "mode": mode}})
+}
+
+#[tokio::test]
+async fn errors_a_key_returns_for_events_are_dead_letters_not_a_quarantine() {
+    let s = TestServer::start(host_with_pipeline_guest()).await;
+    let (mut c, _) = s.subscribe("test.flaky", &[]).await;
+    // A producer posts 100 events the key refuses (its own `Err`).
+    let events: Vec<Value> = (0..100).map(|n| flaky(n, "error")).collect();
+    s.publish(Value::Array(events)).await;
+    s.publish(flaky(100, "")).await;
+    // The next good event is delivered: the key was not quarantined.
+    let mut delivered = None;
+    while let Some(v) = c.next(Duration::from_secs(10)).await {
+        assert_ne!(v["notice"], "quarantined", "{v}");
+        if v.get("notice").is_none() {
+            delivered = Some(v);
+            break;
+        }
+    }
+    let delivered = delivered.expect("the good event is delivered");
+    assert_eq!(delivered["data"]["n"], 100);
+    let (status, key) = s
+        .send("GET", "/v1/keys/test.flaky", Some(Role::Query), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(key["quarantine"].is_null(), "{key}");
+    // Each refused event is a dead letter with the key's reason.
+    let (_, dlq) = s
+        .send(
+            "GET",
+            "/v1/dlq?key=test.flaky&limit=1000",
+            Some(Role::Admin),
+            None,
+        )
+        .await;
+    let letters = dlq["letters"].as_array().expect("letters");
+    assert_eq!(letters.len(), 100);
+    assert!(letters.iter().all(|l| l["error_kind"] == "plugin_error"));
+    assert!(
+        letters[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused on purpose"),
+        "{}",
+        letters[0]
+    );
+}

@@ -96,7 +96,17 @@ impl Ctx {
 #[derive(Default)]
 struct Batch {
     deliveries: Vec<Delivery>,
-    faults: Vec<Option<String>>,
+    faults: Vec<Streak>,
+}
+
+/// What one event does to its key's fault streak.
+enum Streak {
+    /// Matched and processed without a fault: the streak ends.
+    Ok,
+    /// A fault of the plugin: the streak grows.
+    Fault(String),
+    /// The key's own error for this event: its outcome, not its health.
+    Neutral,
 }
 
 type Pending = Pin<Box<dyn Future<Output = Batch> + Send>>;
@@ -150,12 +160,13 @@ async fn drive(
                 // finished first.
                 for fault in batch.faults {
                     match fault {
-                        Some(message) => {
+                        Streak::Fault(message) => {
                             if let Some(q) = ctx.health.fault(&message) {
                                 tracing::error!(key = %ctx.key, faults = q.faults, "key quarantined after consecutive faults; last: {}", q.last_error);
                             }
                         }
-                        None => ctx.health.ok(),
+                        Streak::Ok => ctx.health.ok(),
+                        Streak::Neutral => {}
                     }
                 }
                 for d in batch.deliveries {
@@ -211,7 +222,13 @@ enum Verdict {
     Emit(String),
     Filtered,
     Dropped,
-    Fault { kind: String, message: String },
+    /// A dead letter; `counts` when the fault counts toward quarantine
+    /// (see [`PluginFault::counts_toward_quarantine`]).
+    Fault {
+        kind: String,
+        message: String,
+        counts: bool,
+    },
 }
 
 /// The fixed parts of a call: who is called, with what.
@@ -266,9 +283,12 @@ impl Call<'_> {
                 let verdict = match outcome {
                     Ok(Outcome::Emit(out)) => match self.envelope(&events[i], out) {
                         Ok(json) => Verdict::Emit(json),
+                        // Output that is not JSON or breaks the key's own
+                        // schema is malformed: the plugin's fault.
                         Err(message) => Verdict::Fault {
                             kind: "invalid_output".into(),
                             message,
+                            counts: true,
                         },
                     },
                     Ok(Outcome::Drop) => Verdict::Dropped,
@@ -333,6 +353,7 @@ fn fault_verdict(f: &PluginFault) -> Verdict {
     Verdict::Fault {
         kind: f.kind().as_str().to_string(),
         message: f.to_string(),
+        counts: f.counts_toward_quarantine(),
     }
 }
 
@@ -410,10 +431,16 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
     let (verdicts, matched) = call.judge(events, Some(ks));
     ctx.count(|s| &s.matched, matched);
     for (event, verdict) in events.iter().zip(verdicts) {
-        // An event whose match and process both went fine ends a streak.
+        // An event whose match and process both went fine ends a streak;
+        // the key's own error for an event neither counts nor ends one.
         out.faults.push(match &verdict {
-            Verdict::Fault { message, .. } => Some(message.clone()),
-            _ => None,
+            Verdict::Fault {
+                message,
+                counts: true,
+                ..
+            } => Streak::Fault(message.clone()),
+            Verdict::Fault { counts: false, .. } => Streak::Neutral,
+            _ => Streak::Ok,
         });
         match verdict {
             Verdict::Emit(json) => {
@@ -425,7 +452,7 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
             }
             Verdict::Filtered => ctx.count(|s| &s.filtered, 1),
             Verdict::Dropped => ctx.count(|s| &s.dropped_by_key, 1),
-            Verdict::Fault { kind, message } => {
+            Verdict::Fault { kind, message, .. } => {
                 ctx.count(|s| &s.faults, 1);
                 ks.fault(&kind);
                 ctx.pipeline
@@ -502,7 +529,7 @@ pub(crate) fn replay_one(p: &Pipeline, mut letter: DeadLetter) -> ReplayResult {
             envelope: None,
             error: None,
         },
-        Verdict::Fault { kind, message } => {
+        Verdict::Fault { kind, message, .. } => {
             letter.attempts += 1;
             letter.kind = kind;
             letter.message = message.clone();

@@ -67,6 +67,25 @@ impl PluginFault {
         }
     }
 
+    /// Whether this fault counts toward the key's quarantine. Only faults
+    /// of the plugin itself do: traps, deadlines, memory exhaustion,
+    /// malformed results, `call-api` in `matches`, failed instantiation. An
+    /// error the key returns for an event, or an output too large for the
+    /// cap, is that event's outcome (a dead letter): a producer could
+    /// otherwise quarantine a key for every consumer by posting events that
+    /// make it answer so.
+    pub fn counts_toward_quarantine(&self) -> bool {
+        matches!(
+            self,
+            Self::Trap(_)
+                | Self::Deadline(_)
+                | Self::MemoryExhausted { .. }
+                | Self::Malformed(_)
+                | Self::ApiInMatches
+                | Self::Instantiate(_)
+        )
+    }
+
     /// Whether the instance that produced this fault must be thrown away.
     pub fn recycles_instance(&self) -> bool {
         !matches!(self, Self::Failed(_) | Self::NotImplemented { .. })
