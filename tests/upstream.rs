@@ -18,6 +18,9 @@ use weir_tests::{chaos_call, chaos_ok, guest, host_with_plugin_dir};
 const TOKEN_VAR: &str = "WEIR_TEST_UPSTREAM_TOKEN";
 const TOKEN: &str = "upstream-s3cret";
 
+/// Every path the service was asked for, as it arrived.
+static HITS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// The service: echoes what it got (path, query, method, body, the headers
 /// the host added), or misbehaves on purpose.
 fn service() -> Router {
@@ -60,6 +63,16 @@ fn service() -> Router {
             "/api/elsewhere",
             get(|| async { Redirect::temporary("http://127.0.0.1:9/steal") }),
         )
+        .route(
+            "/admin",
+            any(|| async { "the admin page: the secret leaked" }),
+        )
+        .layer(axum::middleware::from_fn(
+            |req: Request, next: axum::middleware::Next| async move {
+                HITS.lock().unwrap().push(req.uri().path().to_string());
+                next.run(req).await
+            },
+        ))
 }
 
 #[test]
@@ -118,6 +131,27 @@ headers = {{ Authorization = "Bearer ${{{TOKEN_VAR}}}", X-Static = "plain" }}
     assert_eq!(
         (posted["method"].as_str(), posted["body"].as_str()),
         (Some("POST"), Some(r#"{"n":1}"#))
+    );
+
+    // Paths that URL parsers would move out of the base (`\` read as `/`,
+    // tabs and newlines dropped, encoded dots and slashes) are refused before
+    // anything is sent: the service never sees a path outside `/api/`.
+    for escape in [
+        "/upstream/ref/echo\\..\\..\\admin",
+        "/upstream/ref/.\t./.\t./admin",
+        "/upstream/ref/echo/.\n./..\r/admin",
+        "/upstream/ref/%2e%2e/admin",
+        "/upstream/ref/echo%2f..%2f..%2fadmin",
+        "/upstream/ref/echo%5c..%5c..%5cadmin",
+        "/upstream/ref//127.0.0.1/admin",
+    ] {
+        let refused = chaos_call(&host, "GET", escape, None).await;
+        assert_eq!(refused["status"], 400, "{escape:?}: {refused}");
+    }
+    let hits = HITS.lock().unwrap().clone();
+    assert!(
+        hits.iter().all(|p| p.starts_with("/api/")),
+        "the service was reached outside the base: {hits:?}"
     );
 
     // Not granted: another upstream name, another method.

@@ -286,23 +286,13 @@ impl UpstreamClient {
                 ),
             ));
         }
-        let path = rest.split(['?', '#']).next().unwrap_or(rest);
-        if !rest.is_empty() && !rest.starts_with(['/', '?']) {
-            return Err(err(
+        check_rest(rest).map_err(|why| {
+            err(
                 400,
-                format!("upstream path must start with /: `{rest}`"),
-            ));
-        }
-        if path.split('/').any(|s| {
-            let s = s.to_ascii_lowercase();
-            matches!(s.as_str(), "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e.")
-        }) || rest.contains('#')
-        {
-            return Err(err(
-                400,
-                format!("upstream path may not contain `.`/`..` segments or a fragment: `{rest}`"),
-            ));
-        }
+                format!("upstream path `{}`: {why}", crate::text::echo(rest)),
+            )
+        })?;
+        let path = rest.split('?').next().unwrap_or(rest);
         let mut timeout = up.timeout;
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -314,9 +304,15 @@ impl UpstreamClient {
         let inner = self.inner()?;
         let http_method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| err(400, format!("`{method}` is not an HTTP method")))?;
+        let url = within_base(&up.base_url, rest).map_err(|why| {
+            err(
+                400,
+                format!("upstream path `{}`: {why}", crate::text::echo(rest)),
+            )
+        })?;
         let mut req = inner
             .client
-            .request(http_method, format!("{}{rest}", up.base_url))
+            .request(http_method, url)
             .headers(up.headers.clone())
             .timeout(timeout);
         if let Some(b) = body {
@@ -339,6 +335,71 @@ impl UpstreamClient {
         tracing::debug!(upstream = %name, %method, path, elapsed_ms = started.elapsed().as_millis() as u64, ok = answer.is_ok(), "upstream call");
         answer
     }
+}
+
+/// Checks the part of an upstream path after `/upstream/NAME` before any URL
+/// parser sees it. URL parsers are lenient in ways that move a path: `\`
+/// counts as `/`, tabs and newlines are dropped (`.\t.` becomes `..`), and
+/// percent-encoded dots and slashes may be decoded on the way. So only
+/// printable ASCII is taken, no `\` and no fragment, no percent-encoded
+/// `.`, `/`, `\` or control character, and no `.` or `..` segment.
+fn check_rest(rest: &str) -> Result<(), String> {
+    if !rest.is_empty() && !rest.starts_with(['/', '?']) {
+        return Err("it must start with `/`".into());
+    }
+    if let Some(c) = rest.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{:?} is not allowed: only printable ASCII (percent-encode the rest)",
+            c
+        ));
+    }
+    if rest.contains('\\') {
+        return Err("`\\` is not allowed".into());
+    }
+    if rest.contains('#') {
+        return Err("a fragment (`#`) is not allowed".into());
+    }
+    let bytes = rest.as_bytes();
+    for (i, _) in rest.match_indices('%') {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or("`%` must be followed by two hex digits")?;
+        if matches!(hex, b'.' | b'/' | b'\\') || hex < 0x20 || hex == 0x7f {
+            return Err(format!(
+                "the percent-encoded {:?} is not allowed",
+                char::from(hex)
+            ));
+        }
+    }
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Err("`.` and `..` segments are not allowed".into());
+    }
+    if path.contains("//") {
+        return Err("empty segments (`//`) are not allowed".into());
+    }
+    Ok(())
+}
+
+/// The URL for `rest` below `base`, checked once more after parsing: same
+/// scheme, host and port, and a path under the base's path.
+fn within_base(base: &str, rest: &str) -> Result<reqwest::Url, String> {
+    let base_url = reqwest::Url::parse(base).map_err(|e| format!("bad base URL: {e}"))?;
+    let url = reqwest::Url::parse(&format!("{base}{rest}"))
+        .map_err(|e| format!("not a URL once joined: {e}"))?;
+    let base_path = base_url.path().trim_end_matches('/');
+    let same_origin = url.scheme() == base_url.scheme()
+        && url.host_str() == base_url.host_str()
+        && url.port_or_known_default() == base_url.port_or_known_default();
+    let under = url.path() == base_path
+        || url.path().starts_with(&format!("{base_path}/"))
+        || (base_path.is_empty() && url.path().starts_with('/'));
+    if !(same_origin && under) || url.fragment().is_some() {
+        return Err("it leaves the upstream's base URL".into());
+    }
+    Ok(url)
 }
 
 fn timed_out(name: &str, timeout: Duration) -> ApiError {
@@ -483,7 +544,24 @@ mod tests {
             .check("u", &env)
             .unwrap();
         let client = UpstreamClient::default();
-        for rest in ["/a/../b", "/%2E%2E/etc", "/./x", "/x#frag"] {
+        for rest in [
+            "/a/../b",
+            "/%2E%2E/etc",
+            "/./x",
+            "/x#frag",
+            "/x\\..\\..\\admin",
+            "/.\t./.\t./admin",
+            "/x/.\n./admin",
+            "/%2e./admin",
+            "/x%2F..%2Fadmin",
+            "/x%5C..%5Cadmin",
+            "/x%09",
+            "/x%zz",
+            "/café",
+            "/a b",
+            "@evil.example/x",
+            "//evil.example/x",
+        ] {
             assert_eq!(
                 client
                     .call(&up, "GET", rest, None, None)
