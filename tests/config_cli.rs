@@ -103,3 +103,25 @@ fn problems_are_named() {
     assert_eq!(code, 1);
     assert!(err.contains("name must be 1 to 64 letters"), "{err}");
 }
+
+#[test]
+fn a_secret_given_to_two_keys_is_refused_naming_both() {
+    let (code, _, err) = check(
+        r#"
+[[datastores]]
+name = "lab"
+keys = [{ role = "query", key = "shared" }]
+
+[[datastores]]
+name = "prod"
+keys = [{ role = "ingest", key = "other" }, { role = "admin", key = "shared" }]
+"#,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "the same secret is given to datastores[0] (`lab`).keys[0] and to datastores[1] (`prod`).keys[1]"
+        ),
+        "{err}"
+    );
+}

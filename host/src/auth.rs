@@ -98,6 +98,19 @@ pub struct GeneratedKey {
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
     by_hash: HashMap<[u8; 32], ApiKey>,
+    /// Where each key was given (`datastores[1] (`lab`).keys[0]`,
+    /// `WEIR_QUERY_KEY`), to name both places when a secret is given twice.
+    origins: HashMap<[u8; 32], String>,
+}
+
+/// The same secret given for two keys: one of them would silently win.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the same secret is given to {first} and to {second}; every key needs its own secret")]
+pub struct SecretReused {
+    /// Where it was given first.
+    pub first: String,
+    /// Where it was given again.
+    pub second: String,
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -110,7 +123,8 @@ impl Keys {
         Self::default()
     }
 
-    /// Adds a key.
+    /// Adds a key (a secret given again replaces the earlier key: use
+    /// [`Self::try_insert`] for keys an operator gives).
     pub fn insert(&mut self, secret: &str, role: Role, datastore: &str) {
         self.by_hash.insert(
             digest(secret),
@@ -121,6 +135,30 @@ impl Keys {
         );
     }
 
+    /// Adds a key given at `origin`, refusing a secret given already.
+    pub fn try_insert(
+        &mut self,
+        secret: &str,
+        role: Role,
+        datastore: &str,
+        origin: &str,
+    ) -> Result<(), SecretReused> {
+        let hash = digest(secret);
+        if self.by_hash.contains_key(&hash) {
+            return Err(SecretReused {
+                first: self
+                    .origins
+                    .get(&hash)
+                    .cloned()
+                    .unwrap_or_else(|| "another key".into()),
+                second: origin.to_string(),
+            });
+        }
+        self.insert(secret, role, datastore);
+        self.origins.insert(hash, origin.to_string());
+        Ok(())
+    }
+
     /// Keys of datastore `name`.
     pub fn count_for(&self, name: &str) -> usize {
         self.by_hash
@@ -129,9 +167,29 @@ impl Keys {
             .count()
     }
 
-    /// Adds every key of `other`.
-    pub fn extend(&mut self, other: Keys) {
-        self.by_hash.extend(other.by_hash);
+    /// Adds every key of `other`, refusing a secret that is given in both.
+    pub fn try_extend(&mut self, other: Keys) -> Result<(), SecretReused> {
+        for (hash, key) in other.by_hash {
+            if self.by_hash.contains_key(&hash) {
+                return Err(SecretReused {
+                    first: self
+                        .origins
+                        .get(&hash)
+                        .cloned()
+                        .unwrap_or_else(|| "another key".into()),
+                    second: other
+                        .origins
+                        .get(&hash)
+                        .cloned()
+                        .unwrap_or_else(|| "another key".into()),
+                });
+            }
+            if let Some(origin) = other.origins.get(&hash) {
+                self.origins.insert(hash, origin.clone());
+            }
+            self.by_hash.insert(hash, key);
+        }
+        Ok(())
     }
 
     /// Keys of the `default` datastore, one per role, from `lookup(env var)`
@@ -139,24 +197,26 @@ impl Keys {
     /// that the caller can print them.
     pub fn for_default_datastore(
         lookup: impl Fn(&str) -> Option<String>,
-    ) -> (Self, Vec<GeneratedKey>) {
+    ) -> Result<(Self, Vec<GeneratedKey>), SecretReused> {
         let mut keys = Self::new();
         let mut generated = Vec::new();
         for role in Role::ALL {
-            let secret = match lookup(role.env_var()).filter(|s| !s.trim().is_empty()) {
-                Some(s) => s,
+            let (secret, origin) = match lookup(role.env_var()).filter(|s| !s.trim().is_empty()) {
+                Some(s) => (s, role.env_var().to_string()),
                 None => {
                     let s = generate_secret(role);
                     generated.push(GeneratedKey {
                         role,
                         secret: s.clone(),
                     });
-                    s
+                    (s, format!("the generated {role} key"))
                 }
             };
-            keys.insert(&secret, role, "default");
+            // The same value in two variables is refused here; against the
+            // file's keys, by `try_extend`.
+            keys.try_insert(&secret, role, "default", &origin)?;
         }
-        (keys, generated)
+        Ok((keys, generated))
     }
 
     /// Checks a presented key against the role a route needs, and (when the
@@ -226,9 +286,30 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_given_twice_is_refused_naming_both_places() {
+        let e = Keys::for_default_datastore(|_| Some("same".to_string())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the same secret is given to WEIR_INGEST_KEY and to WEIR_QUERY_KEY; every key needs its own secret"
+        );
+        let mut file = Keys::new();
+        file.try_insert("s", Role::Query, "lab", "datastores[0] (`lab`).keys[0]")
+            .unwrap();
+        let (env, _) =
+            Keys::for_default_datastore(|v| (v == "WEIR_ADMIN_KEY").then(|| "s".to_string()))
+                .unwrap();
+        let e = file.try_extend(env).unwrap_err();
+        assert_eq!(
+            (e.first.as_str(), e.second.as_str()),
+            ("datastores[0] (`lab`).keys[0]", "WEIR_ADMIN_KEY")
+        );
+    }
+
+    #[test]
     fn default_keys_from_env_or_generated() {
         let (keys, generated) =
-            Keys::for_default_datastore(|v| (v == "WEIR_QUERY_KEY").then(|| "given".to_string()));
+            Keys::for_default_datastore(|v| (v == "WEIR_QUERY_KEY").then(|| "given".to_string()))
+                .unwrap();
         assert_eq!(generated.len(), 2);
         assert!(
             keys.authorize(Some("given"), Role::Query, Some("default"))

@@ -175,8 +175,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     )?;
     init_tracing(settings.log_format, &settings.log);
     let (mut datastores, mut keys) = file.resolve(&label, &|var| std::env::var(var).ok())?;
-    let (default_keys, generated) = Keys::for_default_datastore(|var| std::env::var(var).ok());
-    keys.extend(default_keys);
+    let (default_keys, generated) = Keys::for_default_datastore(|var| std::env::var(var).ok())
+        .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    keys.try_extend(default_keys)
+        .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
     for g in &generated {
         // Printed once so that the operator can use them; set the
         // environment variable to keep a key across restarts.
@@ -233,7 +235,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
 fn config_check(path: &Path, out: &mut dyn Write) -> anyhow::Result<i32> {
     let file = crate::config::load(path)?;
     let label = path.display().to_string();
-    let (datastores, keys) = file.resolve(&label, &|var| std::env::var(var).ok())?;
+    let (datastores, mut keys) = file.resolve(&label, &|var| std::env::var(var).ok())?;
+    // The keys `weir serve` would add from WEIR_*_KEY must not reuse a
+    // secret either (generated ones cannot).
+    let (default_keys, _) = Keys::for_default_datastore(|var| std::env::var(var).ok())
+        .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    keys.try_extend(default_keys)
+        .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
     let (bus, pipeline) = file.events.resolve(&label)?;
     let serve = crate::config::serve_settings(&file.server, &file.limits, &label)?;
     writeln!(out, "{label}: ok")?;

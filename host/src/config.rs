@@ -474,7 +474,8 @@ impl FileConfig {
                     }
                     _ => return Err(err(format!("{at}: give exactly one of `key` or `key_env`"))),
                 };
-                keys.insert(&secret, key.role, &d.name);
+                keys.try_insert(&secret, key.role, &d.name, &at)
+                    .map_err(|e| err(e.to_string()))?;
             }
             datastores.push(c);
         }
