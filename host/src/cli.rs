@@ -285,14 +285,16 @@ fn config_check(path: &Path, out: &mut dyn Write) -> anyhow::Result<i32> {
     }
     writeln!(
         out,
-        "  events: dedup {} ids for {} s, history {} events / {} bytes, slow-consumer wait {} ms, quarantine after {}, {} dead letters",
+        "  events: dedup {} ids for {} s, history {} events / {} bytes, slow-consumer wait {} ms, quarantine after {}, {} dead letters / {} bytes, {} event types by name",
         bus.dedup_size,
         bus.dedup_ttl.as_secs(),
         bus.history_events,
         bus.history_bytes,
         bus.slow_consumer_wait.as_millis(),
         pipeline.quarantine_after,
-        pipeline.dlq_capacity
+        pipeline.dlq_capacity,
+        pipeline.dlq_bytes,
+        pipeline.max_event_types
     )?;
     Ok(0)
 }

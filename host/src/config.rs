@@ -49,6 +49,8 @@
 //! slow_consumer_wait_ms = 100   # a publisher's wait for a full consumer buffer
 //! quarantine_after = 20         # consecutive faults (0: never)
 //! dlq_capacity = 10000
+//! dlq_bytes = 67108864
+//! max_event_types = 1000
 //! ```
 
 use std::net::SocketAddr;
@@ -230,6 +232,14 @@ pub struct EventsSection {
     /// Dead letters kept [default: 10000].
     #[arg(long, env = "WEIR_DLQ_CAPACITY")]
     pub dlq_capacity: Option<usize>,
+    /// Bytes of dead letters kept (events, messages, params)
+    /// [default: 67108864].
+    #[arg(long, env = "WEIR_DLQ_BYTES")]
+    pub dlq_bytes: Option<usize>,
+    /// Distinct event types counted by name in /metrics; the rest are
+    /// counted as `other` [default: 1000].
+    #[arg(long, env = "WEIR_MAX_EVENT_TYPES")]
+    pub max_event_types: Option<usize>,
 }
 
 impl EventsSection {
@@ -243,6 +253,8 @@ impl EventsSection {
             slow_consumer_wait_ms: self.slow_consumer_wait_ms.or(base.slow_consumer_wait_ms),
             quarantine_after: self.quarantine_after.or(base.quarantine_after),
             dlq_capacity: self.dlq_capacity.or(base.dlq_capacity),
+            dlq_bytes: self.dlq_bytes.or(base.dlq_bytes),
+            max_event_types: self.max_event_types.or(base.max_event_types),
         }
     }
 
@@ -283,6 +295,25 @@ impl EventsSection {
                 });
             }
             pipeline.dlq_capacity = n;
+        }
+        for (field, value, target) in [
+            ("dlq_bytes", self.dlq_bytes, &mut pipeline.dlq_bytes),
+            (
+                "max_event_types",
+                self.max_event_types,
+                &mut pipeline.max_event_types,
+            ),
+        ] {
+            match value {
+                Some(0) => {
+                    return Err(ConfigError {
+                        file: file.to_string(),
+                        problem: format!("events.{field} must be at least 1"),
+                    });
+                }
+                Some(n) => *target = n,
+                None => {}
+            }
         }
         Ok((bus, pipeline))
     }

@@ -234,9 +234,15 @@ pub fn render(host: &Host) -> String {
         [(vec![], dlq.len() as u64)],
     );
     o.metric(
+        "weir_dead_letters_bytes",
+        "gauge",
+        "Bytes of dead letters held (bounded by dlq_bytes).",
+        [(vec![], dlq.bytes() as u64)],
+    );
+    o.metric(
         "weir_dead_letters_evicted_total",
         "counter",
-        "Dead letters evicted by newer ones.",
+        "Dead letters evicted by newer ones (the queue was full by count or bytes).",
         [(vec![], dlq.evicted())],
     );
 
@@ -278,7 +284,7 @@ pub fn render(host: &Host) -> String {
     o.metric(
         "weir_bus_events_by_type_total",
         "counter",
-        "Events accepted, by type.",
+        "Events accepted, by type (the first max_event_types types by name; the rest as `(other)`).",
         pipeline
             .event_counts()
             .into_iter()

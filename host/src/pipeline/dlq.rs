@@ -104,26 +104,55 @@ impl Selector {
     }
 }
 
-/// The queue.
+/// The queue, bounded by count and by bytes.
 pub struct DeadLetters {
-    entries: Mutex<VecDeque<DeadLetter>>,
+    entries: Mutex<Held>,
     capacity: usize,
+    capacity_bytes: usize,
     next_id: AtomicU64,
     evicted: AtomicU64,
 }
 
+/// The letters held and their bytes.
+#[derive(Default)]
+struct Held {
+    letters: VecDeque<DeadLetter>,
+    bytes: usize,
+}
+
+/// What a letter holds in memory, roughly: its event's payload and fields,
+/// the message and the params (the event is shared with the bus history
+/// while it lasts, but outlives it here).
+fn size_of(d: &DeadLetter) -> usize {
+    let e = &d.event.new;
+    256 + e.payload.len()
+        + e.id.len()
+        + e.event_type.len()
+        + e.source.len()
+        + d.key.len()
+        + d.subscription_id.len()
+        + d.kind.len()
+        + d.message.len()
+        + d.params
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
 impl DeadLetters {
-    /// A queue of at most `capacity` letters.
-    pub fn new(capacity: usize) -> Self {
+    /// A queue of at most `capacity` letters and `capacity_bytes` bytes
+    /// (oldest evicted first; the newest letter is always kept).
+    pub fn new(capacity: usize, capacity_bytes: usize) -> Self {
         Self {
             entries: Mutex::default(),
             capacity: capacity.max(1),
+            capacity_bytes,
             next_id: AtomicU64::new(1),
             evicted: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<DeadLetter>> {
+    fn lock(&self) -> MutexGuard<'_, Held> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -138,10 +167,16 @@ impl DeadLetters {
     /// Puts a letter back after a failed replay, keeping its id, in id order.
     pub fn put_back(&self, letter: DeadLetter) {
         let mut q = self.lock();
-        let at = q.partition_point(|d| d.id < letter.id);
-        q.insert(at, letter);
-        while q.len() > self.capacity {
-            q.pop_front();
+        let at = q.letters.partition_point(|d| d.id < letter.id);
+        q.bytes += size_of(&letter);
+        q.letters.insert(at, letter);
+        while q.letters.len() > self.capacity
+            || (q.bytes > self.capacity_bytes && q.letters.len() > 1)
+        {
+            let Some(old) = q.letters.pop_front() else {
+                break;
+            };
+            q.bytes -= size_of(&old);
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -149,6 +184,7 @@ impl DeadLetters {
     /// Letters selected, oldest first, at most `limit`.
     pub fn list(&self, selector: &Selector, limit: usize) -> Vec<DeadLetter> {
         self.lock()
+            .letters
             .iter()
             .filter(|d| selector.selects(d))
             .take(limit)
@@ -161,6 +197,7 @@ impl DeadLetters {
         let mut q = self.lock();
         let mut taken = Vec::new();
         let kept: VecDeque<DeadLetter> = q
+            .letters
             .drain(..)
             .filter_map(|d| {
                 if taken.len() < limit && selector.selects(&d) {
@@ -171,22 +208,78 @@ impl DeadLetters {
                 }
             })
             .collect();
-        *q = kept;
+        q.bytes = kept.iter().map(size_of).sum();
+        q.letters = kept;
         taken
     }
 
     /// Letters held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().letters.len()
+    }
+
+    /// Bytes held (as [`DeadLetters::new`] counts them).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().letters.is_empty()
     }
 
-    /// Letters that left because the queue was full.
+    /// Letters that left because the queue was full (by count or bytes).
     pub fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::NewEvent;
+
+    fn letter(payload_bytes: usize) -> DeadLetter {
+        DeadLetter {
+            id: 0,
+            key: "k".into(),
+            subscription_id: "s".into(),
+            params: Params::default(),
+            event: Arc::new(Event {
+                seq: 1,
+                timestamp_ms: 0,
+                new: NewEvent {
+                    id: "e".into(),
+                    event_type: "t".into(),
+                    source: "s".into(),
+                    source_time: None,
+                    correlation_id: None,
+                    payload: "x".repeat(payload_bytes),
+                },
+            }),
+            kind: "plugin_error".into(),
+            message: "m".into(),
+            attempts: 1,
+            first_failed_ms: 0,
+            last_failed_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_by_bytes_as_well_as_count() {
+        let q = DeadLetters::new(10_000, 4 << 20);
+        for _ in 0..100 {
+            q.push(letter(1 << 20));
+        }
+        assert!(q.bytes() <= 4 << 20, "{} bytes", q.bytes());
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.evicted(), 97);
+        // The newest are kept, and one letter larger than the cap stays.
+        let newest = q.list(&Selector::default(), 10);
+        assert_eq!(newest.last().map(|d| d.id), Some(100));
+        q.push(letter(8 << 20));
+        assert_eq!(q.len(), 1);
+        let taken = q.take(&Selector::default(), 10);
+        assert_eq!((taken.len(), q.bytes()), (1, 0));
     }
 }

@@ -42,6 +42,10 @@ pub struct PipelineConfig {
     pub quarantine_after: u32,
     /// Dead letters kept.
     pub dlq_capacity: usize,
+    /// Bytes of dead letters kept.
+    pub dlq_bytes: usize,
+    /// Distinct event types counted by name; the rest count as `other`.
+    pub max_event_types: usize,
     /// Most events handed to one `matches-batch`/`process-batch` call.
     pub max_batch: usize,
     /// Deliveries buffered between a consumer's workers and its connection.
@@ -53,6 +57,8 @@ impl Default for PipelineConfig {
         Self {
             quarantine_after: 20,
             dlq_capacity: 10_000,
+            dlq_bytes: 64 * 1024 * 1024,
+            max_event_types: 1_000,
             max_batch: 100,
             output_buffer: 64,
         }
@@ -298,13 +304,13 @@ impl Pipeline {
         registry: Arc<RwLock<Registry>>,
         config: PipelineConfig,
     ) -> Arc<Self> {
-        let counts = Arc::new(EventCounts::default());
+        let counts = Arc::new(EventCounts::new(config.max_event_types));
         bus.add_handler(counts.clone());
         Arc::new(Self {
             bus,
             registry,
             subs: Subscriptions::default(),
-            dlq: DeadLetters::new(config.dlq_capacity),
+            dlq: DeadLetters::new(config.dlq_capacity, config.dlq_bytes),
             health: HealthBook::new(config.quarantine_after),
             config,
             next_consumer: AtomicU64::new(1),
