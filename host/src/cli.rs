@@ -223,7 +223,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let watcher = settings.plugin_poll.map(|every| host.watch_plugins(every));
         // `run` drains the queues (nothing accepted is lost) and ends the
         // subscriptions before it returns.
-        crate::run(listener, host, shutdown_signal()).await?;
+        crate::api::run_with(listener, host, shutdown_signal(), settings.server).await?;
         if let Some(w) = watcher {
             w.abort();
         }

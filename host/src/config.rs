@@ -123,6 +123,20 @@ pub struct ServerSection {
     /// [default: `RUST_LOG`, else info].
     #[arg(long, env = "WEIR_LOG")]
     pub log: Option<String>,
+    /// Connections served at once; more wait in the listen backlog
+    /// [default: 1024].
+    #[arg(long, env = "WEIR_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's head [default: 10].
+    #[arg(long, env = "WEIR_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a request may take until its answer starts (its body
+    /// included; streams are not cut) [default: 30].
+    #[arg(long, env = "WEIR_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds a shutdown waits for open connections [default: 15].
+    #[arg(long, env = "WEIR_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
 }
 
 impl ServerSection {
@@ -138,6 +152,10 @@ impl ServerSection {
                 .or_else(|| base.compile_cache.clone()),
             log_format: self.log_format.or(base.log_format),
             log: self.log.clone().or_else(|| base.log.clone()),
+            max_connections: self.max_connections.or(base.max_connections),
+            header_timeout_secs: self.header_timeout_secs.or(base.header_timeout_secs),
+            request_timeout_secs: self.request_timeout_secs.or(base.request_timeout_secs),
+            shutdown_timeout_secs: self.shutdown_timeout_secs.or(base.shutdown_timeout_secs),
         }
     }
 }
@@ -160,6 +178,8 @@ pub struct ServeSettings {
     pub log: String,
     /// Default limits of plugin calls.
     pub limits: Limits,
+    /// Bounds of the connection layer.
+    pub server: crate::api::ServerLimits,
 }
 
 /// Largest default instance memory (a manifest may ask up to this, too).
@@ -186,6 +206,36 @@ pub fn serve_settings(
     let limits = limits
         .apply(&Limits::default(), MAX_DEFAULT_MEMORY_MIB * 1024 * 1024)
         .map_err(err)?;
+    let mut bounds = crate::api::ServerLimits::default();
+    if let Some(n) = server.max_connections {
+        if n == 0 {
+            return Err(err("server.max_connections must be at least 1".into()));
+        }
+        bounds.max_connections = n;
+    }
+    for (field, value, target) in [
+        (
+            "header_timeout_secs",
+            server.header_timeout_secs,
+            &mut bounds.header_timeout,
+        ),
+        (
+            "request_timeout_secs",
+            server.request_timeout_secs,
+            &mut bounds.request_timeout,
+        ),
+        (
+            "shutdown_timeout_secs",
+            server.shutdown_timeout_secs,
+            &mut bounds.shutdown_timeout,
+        ),
+    ] {
+        match value {
+            Some(0) => return Err(err(format!("server.{field} must be at least 1"))),
+            Some(s) => *target = Duration::from_secs(s),
+            None => {}
+        }
+    }
     Ok(ServeSettings {
         listen: server
             .listen
@@ -202,6 +252,7 @@ pub fn serve_settings(
         log_format: server.log_format.unwrap_or_default(),
         log,
         limits,
+        server: bounds,
     })
 }
 

@@ -104,6 +104,9 @@ pub enum AppError {
     /// 413.
     #[error("{0}")]
     TooLarge(String),
+    /// 408: the request did not arrive (or was not answered) in time.
+    #[error("{0}")]
+    Timeout(String),
     /// 419: the agent must create a new session.
     #[error(transparent)]
     Session(#[from] SessionError),
@@ -145,6 +148,7 @@ impl AppError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             Self::Session(SessionError::Unknown(_)) => (session_gone(), "session_unknown"),
             Self::Session(SessionError::Obsolete(_)) => (session_gone(), "session_obsolete"),
             Self::Session(SessionError::Expired(_)) => (session_gone(), "session_expired"),

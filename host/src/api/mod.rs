@@ -20,6 +20,7 @@ mod error;
 mod events;
 mod fustor;
 mod seed;
+mod server;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use utoipa_axum::routes;
 pub use error::{
     AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady,
 };
+pub use server::ServerLimits;
 
 use crate::auth::{ApiKey, Role};
 use crate::host::Host;
@@ -165,45 +167,120 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The router over `host`: the routes of `api()`, the document they make
-/// (served at `/openapi.json`), the JSON 404 fallback, the body limit.
-pub fn router(host: Arc<Host>) -> Router {
+/// (served at `/openapi.json`), the JSON 404 fallback, the body limit, the
+/// key check that runs before any body is read, and the request deadline.
+pub fn router(host: Arc<Host>, limits: ServerLimits) -> Router {
     let (routes, document) = api().split_for_parts();
+    let roles = Arc::new(RouteRoles::from_document(&document));
+    let deadline = limits.request_timeout;
     routes
+        // Per route, after matching: the route's role is known, and the
+        // handler (with its body extractor) has not run yet.
+        .route_layer(axum::middleware::from_fn_with_state(
+            (host.clone(), roles),
+            key_before_body,
+        ))
         .fallback(not_found)
         .layer(Extension(Document(Arc::new(document))))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            server::request_deadline(deadline, req, next)
+        }))
         .with_state(host)
+}
+
+/// The role each operation needs, from the `x-weir-role` its annotation
+/// carries in the document the router is built with: (method, path
+/// template) -> role, `None` for public routes.
+struct RouteRoles(std::collections::HashMap<(String, String), Option<Role>>);
+
+impl RouteRoles {
+    fn from_document(doc: &utoipa::openapi::OpenApi) -> Self {
+        let mut roles = std::collections::HashMap::new();
+        let value = serde_json::to_value(doc).unwrap_or_default();
+        if let Some(paths) = value["paths"].as_object() {
+            for (path, item) in paths {
+                let Some(ops) = item.as_object() else {
+                    continue;
+                };
+                for (method, op) in ops {
+                    let role = match op["x-weir-role"].as_str() {
+                        Some("ingest") => Some(Role::Ingest),
+                        Some("query") => Some(Role::Query),
+                        Some("admin") => Some(Role::Admin),
+                        _ => None,
+                    };
+                    roles.insert((method.to_ascii_uppercase(), path.clone()), role);
+                }
+            }
+        }
+        Self(roles)
+    }
+}
+
+/// Checks the presented key against the route's role from the headers
+/// alone, before the handler reads any body: a client without a valid key
+/// of the right role cannot make the host buffer a body. Handlers still
+/// make their own full check (the datastore).
+async fn key_before_body(
+    State((host, roles)): State<(Arc<Host>, Arc<RouteRoles>)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let template = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let role = template.and_then(|t| {
+        roles
+            .0
+            .get(&(req.method().as_str().to_string(), t))
+            .copied()
+    });
+    if let Some(Some(role)) = role
+        && let Err(e) = host.keys().authorize(presented(req.headers()), role, None)
+    {
+        return AppError::from(e).into_response();
+    }
+    next.run(req).await
 }
 
 /// How long each shutdown step (draining queues, ending subscriptions) may
 /// take.
 pub const SHUTDOWN_STEP: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves `host` on `listener` until `shutdown` completes; then stops
-/// accepting, drains the ingestion queues, ends every stream with a reason
-/// (running cleanups), and finishes the requests in flight.
+/// Serves `host` on `listener` with the default [`ServerLimits`] until
+/// `shutdown` completes; see [`run_with`].
 pub async fn run(
     listener: TcpListener,
     host: Arc<Host>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(listener, host, shutdown, ServerLimits::default()).await
+}
+
+/// Serves `host` on `listener` within `limits` until `shutdown` completes;
+/// then stops accepting, drains the ingestion queues, ends every stream
+/// with a reason (running cleanups), and finishes the requests in flight,
+/// waiting at most `limits.shutdown_timeout` for connections.
+pub async fn run_with(
+    listener: TcpListener,
+    host: Arc<Host>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServerLimits,
+) -> anyhow::Result<()> {
     let winding = host.clone();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let graceful = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections");
-        // Streams end only when the host ends them, so the server's own
-        // graceful wait needs this to run beside it.
-        tokio::spawn(async move {
-            let _ = done_tx.send(winding.shutdown(SHUTDOWN_STEP).await);
-        });
-    };
-    axum::serve(listener, router(host))
-        .with_graceful_shutdown(graceful)
-        .await?;
-    if let Ok(clean) = done_rx.await {
-        tracing::info!(clean, "host wound down");
-    }
+    server::serve(
+        listener,
+        router(host, limits),
+        limits,
+        shutdown,
+        move || async move {
+            let clean = winding.shutdown(SHUTDOWN_STEP).await;
+            tracing::info!(clean, "host wound down");
+        },
+    )
+    .await?;
     Ok(())
 }
 

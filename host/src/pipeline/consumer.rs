@@ -111,11 +111,32 @@ enum Streak {
 
 type Pending = Pin<Box<dyn Future<Output = Batch> + Send>>;
 
+/// How long an ending consumer waits for room for its `ended` notice.
+const END_NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs a consumer until its connection goes, the bus closes or it is
 /// ended, then detaches it from its subscription.
 pub(crate) async fn run(ctx: Arc<Ctx>, feed: Box<dyn Feed>, tx: mpsc::Sender<Delivery>, id: u64) {
-    if let Some(reason) = drive(&ctx, feed, &tx).await {
-        let _ = tx.send(Delivery::Notice(Notice::Ended { reason })).await;
+    // A panic is contained to this consumer: it ends with a reason and is
+    // detached like any other, so its subscription's cleanup still runs.
+    let driven = std::panic::AssertUnwindSafe(drive(&ctx, feed, &tx));
+    let ending = match futures_util::FutureExt::catch_unwind(driven).await {
+        Ok(ending) => ending,
+        Err(panic) => {
+            crate::supervise::panicked(
+                crate::supervise::Worker::Consumer,
+                &format!("a consumer of key {}", ctx.key),
+                &*panic,
+            );
+            Some("the consumer stopped on an internal error (logged)".to_string())
+        }
+    };
+    if let Some(reason) = ending {
+        // A client that does not read gets its notice only if there is
+        // room soon: ending must not wait on it.
+        let _ = tx
+            .send_timeout(Delivery::Notice(Notice::Ended { reason }), END_NOTICE_WAIT)
+            .await;
     }
     drop(tx);
     ctx.pipeline
@@ -170,8 +191,16 @@ async fn drive(
                     }
                 }
                 for d in batch.deliveries {
-                    if tx.send(d).await.is_err() {
-                        return None;
+                    // A client that stops reading blocks this send; the
+                    // consumer still ends when it is told to.
+                    tokio::select! {
+                        sent = tx.send(d) => if sent.is_err() {
+                            return None;
+                        },
+                        Ok(()) = end.changed() => {
+                            let reason = end.borrow_and_update().clone();
+                            return Some(reason.unwrap_or_else(|| "ended".into()));
+                        }
                     }
                 }
             }
