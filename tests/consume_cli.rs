@@ -83,7 +83,7 @@ async fn prints_envelopes_to_stdout_and_status_to_stderr_until_the_max() {
     assert_eq!(ns, vec![2, 3, 4]);
     assert_eq!(lines[0]["data"]["sub"], "cli");
     assert!(
-        err.contains("subscribed: key test.flaky subscription test.flaky@"),
+        err.contains("subscribed: key test.flaky subscription default/test.flaky@"),
         "{err}"
     );
     assert!(err.contains("done: 3 events"), "{err}");

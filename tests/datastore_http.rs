@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use weir_host::auth::{Keys, Role};
+use weir_host::auth::Role;
 use weir_host::datastore::DatastoreConfig;
 use weir_host::host::{Host, HostConfig};
 use weir_tests::{TestServer, rows_push, secret, snapshot_end};
@@ -14,10 +14,7 @@ use weir_tests::{TestServer, rows_push, secret, snapshot_end};
 type Server = TestServer;
 
 async fn start_with(datastore: DatastoreConfig) -> Server {
-    let mut keys = Keys::new();
-    for role in Role::ALL {
-        keys.insert(&secret(role), role, "default");
-    }
+    let mut keys = weir_tests::test_keys();
     keys.insert("other-query", Role::Query, "lab");
     let host = Arc::new(
         Host::new(HostConfig {

@@ -175,7 +175,8 @@ async fn normalization_and_subscription_identity() {
     assert_eq!(a["buffer_size"], 16);
     assert_eq!(a["workers"], 2);
     let id = a["subscription_id"].as_str().unwrap();
-    assert!(id.starts_with("test.flaky@"), "{id}");
+    // A datastore key's subscriptions are its datastore's.
+    assert!(id.starts_with("default/test.flaky@"), "{id}");
     // Same subscription-key value after normalization, other non-key param.
     let (_b, b) = s
         .subscribe("test.flaky", &[("sub", "OPS"), ("min", "5")])
@@ -185,7 +186,7 @@ async fn normalization_and_subscription_identity() {
     assert_ne!(c["subscription_id"], id);
     // A key without subscription-key params: the key itself.
     let (_d, d) = s.subscribe("fs.large_files", &[("min_size", "1")]).await;
-    assert_eq!(d["subscription_id"], "fs.large_files");
+    assert_eq!(d["subscription_id"], "default/fs.large_files");
 
     let subs = s
         .wait_subscriptions("three subscriptions", |b| {
@@ -827,6 +828,7 @@ async fn shutdown_ends_streams_with_a_reason_and_runs_cleanups() {
             key: "test.flaky".into(),
             params: vec![],
             from: weir_host::bus::StartAt::Latest,
+            scope: None,
         })
         .await;
     assert!(

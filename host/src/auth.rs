@@ -1,5 +1,9 @@
-//! API keys and roles. Every HTTP route but `/healthz`, `/readyz` and
-//! `/openapi.json` names the role it needs; `admin` satisfies every role.
+//! API keys, roles and scopes. Every HTTP route but `/healthz`, `/readyz`
+//! and `/openapi.json` names the role it needs; `admin` satisfies every
+//! role. A key is either a datastore's (it reaches that datastore's data
+//! and the events published in its scope) or host-level (every datastore,
+//! every event, and the host-wide routes: plugins, quarantine). The README's
+//! permission table is the reference.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -58,8 +62,24 @@ impl fmt::Display for Role {
 pub struct ApiKey {
     /// The role.
     pub role: Role,
-    /// The datastore it belongs to.
-    pub datastore: String,
+    /// The datastore it belongs to; `None`: a host-level key.
+    pub datastore: Option<String>,
+}
+
+impl ApiKey {
+    /// The scope of what the key publishes and sees: its datastore, or
+    /// `None` (everything) for a host-level key.
+    pub fn scope(&self) -> Option<&str> {
+        self.datastore.as_deref()
+    }
+
+    /// Where the key belongs, for messages.
+    pub fn place(&self) -> String {
+        match &self.datastore {
+            Some(d) => format!("datastore `{d}`"),
+            None => "the host".into(),
+        }
+    }
 }
 
 /// Why a request is refused.
@@ -72,16 +92,16 @@ pub enum AuthError {
     #[error("unknown API key")]
     Unknown,
     /// A key whose role or datastore does not fit.
-    #[error(
-        "this API key has role `{has}` for datastore `{datastore}`; the route needs `{needed}`"
-    )]
+    #[error("this API key has role `{has}` for {place}; the route needs `{needed}`{what}")]
     Forbidden {
         /// The key's role.
         has: Role,
         /// The role needed.
         needed: Role,
-        /// The key's datastore.
-        datastore: String,
+        /// Where the key belongs (`datastore `lab``, `the host`).
+        place: String,
+        /// What else the route needs (` on datastore `x``), or empty.
+        what: String,
     },
 }
 
@@ -130,7 +150,18 @@ impl Keys {
             digest(secret),
             ApiKey {
                 role,
-                datastore: datastore.to_string(),
+                datastore: Some(datastore.to_string()),
+            },
+        );
+    }
+
+    /// Adds a host-level key (see [`Self::insert`]).
+    pub fn insert_host(&mut self, secret: &str, role: Role) {
+        self.by_hash.insert(
+            digest(secret),
+            ApiKey {
+                role,
+                datastore: None,
             },
         );
     }
@@ -140,7 +171,7 @@ impl Keys {
         &mut self,
         secret: &str,
         role: Role,
-        datastore: &str,
+        datastore: Option<&str>,
         origin: &str,
     ) -> Result<(), SecretReused> {
         let hash = digest(secret);
@@ -154,7 +185,10 @@ impl Keys {
                 second: origin.to_string(),
             });
         }
-        self.insert(secret, role, datastore);
+        match datastore {
+            Some(d) => self.insert(secret, role, d),
+            None => self.insert_host(secret, role),
+        }
         self.origins.insert(hash, origin.to_string());
         Ok(())
     }
@@ -163,7 +197,7 @@ impl Keys {
     pub fn count_for(&self, name: &str) -> usize {
         self.by_hash
             .values()
-            .filter(|k| k.datastore == name)
+            .filter(|k| k.datastore.as_deref() == Some(name))
             .count()
     }
 
@@ -214,13 +248,17 @@ impl Keys {
             };
             // The same value in two variables is refused here; against the
             // file's keys, by `try_extend`.
-            keys.try_insert(&secret, role, "default", &origin)?;
+            // Without a config file the admin key runs the whole host; the
+            // ingest and query keys are `default`'s.
+            let datastore = (role != Role::Admin).then_some("default");
+            keys.try_insert(&secret, role, datastore, &origin)?;
         }
         Ok((keys, generated))
     }
 
     /// Checks a presented key against the role a route needs, and (when the
-    /// route is scoped to one) the datastore.
+    /// route is scoped to one) the datastore: a datastore's key fits only
+    /// its own, a host-level key fits every datastore.
     pub fn authorize(
         &self,
         presented: Option<&str>,
@@ -234,15 +272,60 @@ impl Keys {
             .by_hash
             .get(&digest(presented))
             .ok_or(AuthError::Unknown)?;
-        let datastore_fits = datastore.is_none_or(|d| d == key.datastore);
+        let datastore_fits = match (datastore, &key.datastore) {
+            (None, _) | (Some(_), None) => true,
+            (Some(want), Some(has)) => want == has,
+        };
         if key.role.satisfies(needed) && datastore_fits {
             Ok(key)
         } else {
             Err(AuthError::Forbidden {
                 has: key.role,
                 needed,
-                datastore: key.datastore.clone(),
+                place: key.place(),
+                what: datastore
+                    .map(|d| format!(" on datastore `{}`", crate::text::echo(d)))
+                    .unwrap_or_default(),
             })
+        }
+    }
+
+    /// Checks for a host-level key of `needed`: the host-wide routes
+    /// (plugins, quarantine) are not any one datastore's.
+    pub fn authorize_host(
+        &self,
+        presented: Option<&str>,
+        needed: Role,
+    ) -> Result<&ApiKey, AuthError> {
+        let key = self.authorize(presented, needed, None)?;
+        if key.datastore.is_some() {
+            return Err(AuthError::Forbidden {
+                has: key.role,
+                needed,
+                place: key.place(),
+                what: " with a host-level key".into(),
+            });
+        }
+        Ok(key)
+    }
+
+    /// Checks for a datastore's key of `needed`: the agent routes and the
+    /// seed's views act on the key's own datastore, which a host-level key
+    /// does not have.
+    pub fn authorize_own_datastore(
+        &self,
+        presented: Option<&str>,
+        needed: Role,
+    ) -> Result<(&ApiKey, &str), AuthError> {
+        let key = self.authorize(presented, needed, None)?;
+        match &key.datastore {
+            Some(d) => Ok((key, d.as_str())),
+            None => Err(AuthError::Forbidden {
+                has: key.role,
+                needed,
+                place: key.place(),
+                what: " with a datastore's key (the route acts on the key's own datastore)".into(),
+            }),
         }
     }
 }
@@ -293,8 +376,13 @@ mod tests {
             "the same secret is given to WEIR_INGEST_KEY and to WEIR_QUERY_KEY; every key needs its own secret"
         );
         let mut file = Keys::new();
-        file.try_insert("s", Role::Query, "lab", "datastores[0] (`lab`).keys[0]")
-            .unwrap();
+        file.try_insert(
+            "s",
+            Role::Query,
+            Some("lab"),
+            "datastores[0] (`lab`).keys[0]",
+        )
+        .unwrap();
         let (env, _) =
             Keys::for_default_datastore(|v| (v == "WEIR_ADMIN_KEY").then(|| "s".to_string()))
                 .unwrap();

@@ -182,8 +182,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     for g in &generated {
         // Printed once so that the operator can use them; set the
         // environment variable to keep a key across restarts.
+        let place = if g.role == crate::auth::Role::Admin {
+            "the host (every datastore, plugins, quarantine)"
+        } else {
+            "datastore `default`"
+        };
         eprintln!(
-            "generated {} key for datastore `default`: {}  (set {} to choose it)",
+            "generated {} key for {place}: {}  (set {} to choose it)",
             g.role,
             g.secret,
             g.role.env_var()

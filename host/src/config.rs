@@ -82,6 +82,10 @@ pub struct FileConfig {
     /// Event bus and pipeline settings.
     #[serde(default)]
     pub events: EventsSection,
+    /// Host-level API keys: every datastore, every event, the host-wide
+    /// routes.
+    #[serde(default)]
+    pub keys: Vec<KeySection>,
 }
 
 /// How `weir serve` writes its logs (to stderr).
@@ -419,6 +423,20 @@ pub struct KeySection {
     pub key_env: Option<String>,
 }
 
+impl KeySection {
+    /// The secret, given or from the environment; `at` names the entry in
+    /// errors.
+    fn secret(&self, at: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        match (&self.key, &self.key_env) {
+            (Some(s), None) if !s.trim().is_empty() => Ok(s.clone()),
+            (None, Some(var)) => env(var)
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| format!("{at}: environment variable {var} is not set")),
+            _ => Err(format!("{at}: give exactly one of `key` or `key_env`")),
+        }
+    }
+}
+
 /// A configuration problem, naming the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {problem}")]
@@ -547,19 +565,17 @@ impl FileConfig {
             }
             for (k, key) in d.keys.iter().enumerate() {
                 let at = format!("{at}.keys[{k}]");
-                let secret = match (&key.key, &key.key_env) {
-                    (Some(s), None) if !s.trim().is_empty() => s.clone(),
-                    (None, Some(var)) => {
-                        env(var).filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-                            err(format!("{at}: environment variable {var} is not set"))
-                        })?
-                    }
-                    _ => return Err(err(format!("{at}: give exactly one of `key` or `key_env`"))),
-                };
-                keys.try_insert(&secret, key.role, &d.name, &at)
+                let secret = key.secret(&at, env).map_err(err)?;
+                keys.try_insert(&secret, key.role, Some(&d.name), &at)
                     .map_err(|e| err(e.to_string()))?;
             }
             datastores.push(c);
+        }
+        for (k, key) in self.keys.iter().enumerate() {
+            let at = format!("keys[{k}] (host)");
+            let secret = key.secret(&at, env).map_err(err)?;
+            keys.try_insert(&secret, key.role, None, &at)
+                .map_err(|e| err(e.to_string()))?;
         }
         if !datastores.iter().any(|c| c.name == "default") {
             datastores.insert(0, DatastoreConfig::named("default"));
@@ -605,8 +621,9 @@ mod tests {
         assert_eq!(
             keys.authorize(Some("from-env"), Role::Ingest, Some("lab"))
                 .unwrap()
-                .datastore,
-            "lab"
+                .datastore
+                .as_deref(),
+            Some("lab")
         );
         assert!(
             keys.authorize(Some("q"), Role::Query, Some("default"))

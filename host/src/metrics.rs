@@ -70,8 +70,11 @@ impl Out {
     }
 }
 
-/// Every metric of `host`.
-pub fn render(host: &Host) -> String {
+/// Every metric of `host` a key of `scope` may see: a datastore's key
+/// (`Some`) sees its own datastore's series, its own subscriptions and no
+/// event types (which other datastores' producers choose); a host-level key
+/// (`None`) sees everything.
+pub fn render(host: &Host, scope: Option<&str>) -> String {
     let mut o = Out(String::new());
 
     let plugins = host.plugins();
@@ -190,7 +193,15 @@ pub fn render(host: &Host) -> String {
         }),
     );
 
-    let subs = pipeline.subscriptions();
+    let own = scope.map(|d| format!("{d}/"));
+    let subs: Vec<_> = pipeline
+        .subscriptions()
+        .into_iter()
+        .filter(|s| {
+            own.as_ref()
+                .is_none_or(|p| s.subscription_id.starts_with(p))
+        })
+        .collect();
     let sub_labels = |s: &crate::pipeline::subscriptions::SubscriptionInfo| {
         vec![
             ("key", s.key.clone()),
@@ -288,10 +299,15 @@ pub fn render(host: &Host) -> String {
         pipeline
             .event_counts()
             .into_iter()
+            .filter(|_| scope.is_none())
             .map(|(t, n)| (label("event_type", &t), n)),
     );
 
-    let datastores: Vec<_> = host.datastores().map(|d| (d, d.stats())).collect();
+    let datastores: Vec<_> = host
+        .datastores()
+        .filter(|d| scope.is_none_or(|s| s == d.name()))
+        .map(|d| (d, d.stats()))
+        .collect();
     let per_datastore =
         |v: &dyn Fn(&crate::datastore::Datastore, &crate::datastore::Stats) -> u64| {
             datastores

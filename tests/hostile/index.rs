@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use weir_host::auth::{Keys, Role};
+use weir_host::auth::Role;
 use weir_host::datastore::DatastoreConfig;
 use weir_host::host::{Host, HostConfig};
 use weir_tests::{TestServer, secret, snapshot_end};
@@ -18,10 +18,7 @@ const LAB_QUERY: &str = "hostile-lab-query";
 
 /// A host with `default` (configured by `tune`) and `lab`, both served.
 async fn start(tune: impl FnOnce(&mut DatastoreConfig)) -> TestServer {
-    let mut keys = Keys::new();
-    for role in Role::ALL {
-        keys.insert(&secret(role), role, "default");
-    }
+    let mut keys = weir_tests::test_keys();
     keys.insert(LAB_INGEST, Role::Ingest, "lab");
     keys.insert(LAB_QUERY, Role::Query, "lab");
     let mut default = DatastoreConfig::named("default");

@@ -27,6 +27,16 @@ pub fn secret(role: Role) -> String {
     format!("test-{role}-secret")
 }
 
+/// The test keys, as `weir serve` sets them up without a config file:
+/// `default`'s ingest and query keys, and a host-level admin key.
+pub fn test_keys() -> Keys {
+    let mut keys = Keys::new();
+    keys.insert(&secret(Role::Ingest), Role::Ingest, "default");
+    keys.insert(&secret(Role::Query), Role::Query, "default");
+    keys.insert_host(&secret(Role::Admin), Role::Admin);
+    keys
+}
+
 /// Test limits: short deadlines so that hostile guests fail fast.
 pub fn test_limits() -> Limits {
     Limits {
@@ -44,10 +54,7 @@ pub fn host_with_examples() -> Arc<Host> {
 
 /// A host over the plugin directory `dir`, with one key per role.
 pub fn host_with_plugin_dir(dir: PathBuf) -> Arc<Host> {
-    let mut keys = Keys::new();
-    for role in Role::ALL {
-        keys.insert(&secret(role), role, "default");
-    }
+    let keys = test_keys();
     Arc::new(
         Host::new(HostConfig {
             plugin_dir: Some(dir),

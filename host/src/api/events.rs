@@ -55,10 +55,15 @@ pub(super) async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Ingest)?;
+    let key = authorize(&host, &headers, Role::Ingest)?;
     let body = body_bytes(body)?;
     let parsed = parse_events(&body).map_err(AppError::BadRequest)?;
-    let (positions, events): (Vec<usize>, Vec<_>) = parsed.valid.into_iter().unzip();
+    let (positions, mut events): (Vec<usize>, Vec<_>) = parsed.valid.into_iter().unzip();
+    // Published in the key's scope: seen by its datastore's keys (and the
+    // host's), nobody else's.
+    for e in &mut events {
+        e.scope = key.datastore.clone();
+    }
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let host2 = host.clone();
     let results = tokio::task::spawn_blocking(move || host2.pipeline().publish(events))
@@ -157,7 +162,7 @@ pub(super) async fn stream_key(
     key: Result<Path<String>, PathRejection>,
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    authorize(&host, &headers, Role::Query)?;
+    let who = authorize(&host, &headers, Role::Query)?;
     let key = path(key)?;
     let format = format_for(&headers)?;
     let mut from = None;
@@ -191,7 +196,12 @@ pub(super) async fn stream_key(
     };
     let consumer = host
         .pipeline()
-        .subscribe(SubscribeRequest { key, params, from })
+        .subscribe(SubscribeRequest {
+            key,
+            params,
+            from,
+            scope: who.datastore,
+        })
         .await?;
     Ok(match format {
         Format::Sse => sse(consumer),
@@ -274,9 +284,26 @@ pub(super) async fn subscriptions(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Admin)?;
+    let who = authorize(&host, &headers, Role::Admin)?;
     let p = host.pipeline();
     let (pre_consumes, cleanups) = p.lifecycle_counts();
+    if let Some(d) = &who.datastore {
+        // A datastore's admin sees its own subscriptions only.
+        let own = format!("{d}/");
+        let subs: Vec<_> = p
+            .subscriptions()
+            .into_iter()
+            .filter(|s| s.subscription_id.starts_with(&own))
+            .collect();
+        return Ok(Json(json!({
+            "subscriptions": subs,
+            "pre_consume_runs": pre_consumes,
+            "cleanup_runs": cleanups,
+            "quarantined": p.health().quarantined().into_iter().map(|(key, q)| json!({"key": key, "quarantine": q})).collect::<Vec<_>>(),
+            "bus": p.bus().stats(),
+            "events_by_type": {},
+        })));
+    }
     Ok(Json(json!({
         "subscriptions": p.subscriptions(),
         "pre_consume_runs": pre_consumes,
@@ -309,7 +336,9 @@ pub(super) async fn resume(
     headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Admin)?;
+    // A quarantine is the key's, for every datastore: a host-level admin's.
+    host.keys()
+        .authorize_host(super::presented(&headers), Role::Admin)?;
     let key = path(key)?;
     if host.registry().lookup(&key).is_none() {
         return Err(AppError::NotFound(format!("no key `{key}`")));
@@ -369,11 +398,15 @@ pub(super) async fn dlq_list(
     headers: HeaderMap,
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Admin)?;
-    let (sel, limit) = selector(query(q)?)?;
+    let who = authorize(&host, &headers, Role::Admin)?;
+    let (mut sel, limit) = selector(query(q)?)?;
+    sel.scope = who.datastore;
     let dlq = host.pipeline().dead_letters();
     Ok(Json(json!({
-        "total": dlq.len(),
+        "total": dlq.count(&Selector {
+            scope: sel.scope.clone(),
+            ..Selector::default()
+        }),
         "evicted": dlq.evicted(),
         "letters": dlq.list(&sel, limit.unwrap_or(100).min(10_000)),
     })))
@@ -403,17 +436,22 @@ pub(super) async fn dlq_replay(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Admin)?;
+    let who = authorize(&host, &headers, Role::Admin)?;
     let body = body_bytes(body)?;
-    let sel: Selector = if body.iter().all(u8::is_ascii_whitespace) {
+    let mut sel: Selector = if body.iter().all(u8::is_ascii_whitespace) {
         Selector::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("body: {e}")))?
     };
+    sel.scope = who.datastore;
+    let scope = sel.scope.clone();
     let results = host.pipeline().replay(sel).await;
     Ok(Json(json!({
         "results": results,
-        "remaining": host.pipeline().dead_letters().len(),
+        "remaining": host.pipeline().dead_letters().count(&Selector {
+            scope: scope.clone(),
+            ..Selector::default()
+        }),
     })))
 }
 
@@ -443,8 +481,9 @@ pub(super) async fn dlq_delete(
     headers: HeaderMap,
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Admin)?;
-    let (sel, limit) = selector(query(q)?)?;
+    let who = authorize(&host, &headers, Role::Admin)?;
+    let (mut sel, limit) = selector(query(q)?)?;
+    sel.scope = who.datastore;
     let dlq = host.pipeline().dead_letters();
     let deleted = dlq.take(&sel, limit.unwrap_or(usize::MAX)).len();
     Ok(Json(json!({ "deleted": deleted, "remaining": dlq.len() })))

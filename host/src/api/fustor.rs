@@ -43,10 +43,12 @@ pub(super) fn datastore_of(
     headers: &HeaderMap,
     role: Role,
 ) -> Result<Arc<Datastore>, AppError> {
-    let key = super::authorize(host, headers, role)?;
-    host.datastore(&key.datastore).cloned().ok_or_else(|| {
-        AppError::NotFound(format!("datastore `{}` is not configured", key.datastore))
-    })
+    let (_, name) = host
+        .keys()
+        .authorize_own_datastore(super::presented(headers), role)?;
+    host.datastore(name)
+        .cloned()
+        .ok_or_else(|| AppError::NotFound(format!("datastore `{name}` is not configured")))
 }
 
 /// The body of a session creation.

@@ -431,8 +431,8 @@ async fn openapi_json(
     extensions(("x-weir-role" = json!("query"))),
 )]
 async fn metrics(State(host): State<Arc<Host>>, headers: HeaderMap) -> Result<Response, AppError> {
-    authorize(&host, &headers, Role::Query)?;
-    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&host))
+    let who = authorize(&host, &headers, Role::Query)?;
+    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&host, who.scope()))
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
     Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
@@ -525,7 +525,8 @@ async fn list_plugins(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
 ) -> Result<Json<PluginList>, AppError> {
-    authorize(&host, &headers, Role::Admin)?;
+    host.keys()
+        .authorize_host(presented(&headers), Role::Admin)?;
     Ok(Json(PluginList {
         loaded: host.plugins(),
         failed: host.failed_plugins(),

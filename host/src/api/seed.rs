@@ -132,7 +132,10 @@ pub(super) async fn push(
 }
 
 fn own_datastore(host: &Host, headers: &HeaderMap) -> Result<String, AppError> {
-    Ok(authorize(host, headers, Role::Query)?.datastore)
+    let (_, name) = host
+        .keys()
+        .authorize_own_datastore(super::presented(headers), Role::Query)?;
+    Ok(name.to_string())
 }
 
 /// The tree view of the key's datastore.

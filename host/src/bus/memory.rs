@@ -390,6 +390,7 @@ mod tests {
             source_time: None,
             correlation_id: None,
             payload: "{}".into(),
+            scope: None,
         }
     }
 

@@ -51,6 +51,9 @@ pub struct NewEvent {
     pub correlation_id: Option<String>,
     /// Payload as compact JSON text.
     pub payload: String,
+    /// Who may see it: the datastore whose key published it (or whose
+    /// index changed), or `None` for the host (host-level keys only).
+    pub scope: Option<String>,
 }
 
 /// An event on the bus.

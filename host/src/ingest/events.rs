@@ -12,6 +12,9 @@ use utoipa::openapi::schema::{
 
 use crate::bus::NewEvent;
 
+/// Sources only the host publishes (`datastore/NAME`, the index changes).
+pub const RESERVED_SOURCE: &str = "datastore/";
+
 /// Most events one request may carry.
 pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
 
@@ -181,6 +184,11 @@ fn event(item: Value) -> Result<NewEvent, Refusal> {
     let source = optional_text(&mut obj, "source")
         .map_err(id_for)?
         .ok_or_else(|| id_for("`source` is required".into()))?;
+    if source.starts_with(RESERVED_SOURCE) {
+        return Err(id_for(format!(
+            "`source` `{source}` is reserved: `{RESERVED_SOURCE}*` sources are the host's datastore change events"
+        )));
+    }
     let source_time = optional_text(&mut obj, "source_time").map_err(id_for)?;
     if let Some(t) = &source_time
         && let Err(e) = humantime::parse_rfc3339_weak(t)
@@ -207,6 +215,8 @@ fn event(item: Value) -> Result<NewEvent, Refusal> {
         source_time,
         correlation_id,
         payload,
+        // Set by the caller from the publishing key.
+        scope: None,
     })
 }
 

@@ -33,6 +33,9 @@ pub(crate) struct Ctx {
     /// The params as the consumer gave them, resolved again when the key's
     /// plugin is replaced.
     pub requested: Params,
+    /// Whose events this consumer sees: its key's datastore, or `None`
+    /// (host-level) for all.
+    pub scope: Option<String>,
     /// What runs the key, swapped between batches when its plugin is
     /// replaced: batches in flight finish on the version they started with.
     pub version: RwLock<Arc<Version>>,
@@ -220,7 +223,15 @@ async fn drive(
             }
             item = feed.next(ctx.max_batch), if ending.is_none() && inflight.len() < ctx.workers => {
                 match item {
-                    FeedItem::Events(events) => {
+                    FeedItem::Events(mut events) => {
+                        // Another scope's events are not this consumer's:
+                        // they are skipped before any key runs on them.
+                        if let Some(scope) = &ctx.scope {
+                            events.retain(|e| e.new.scope.as_deref() == Some(scope.as_str()));
+                            if events.is_empty() {
+                                continue;
+                            }
+                        }
                         let c = ctx.clone();
                         inflight.push_back(Box::pin(async move {
                             tokio::task::spawn_blocking(move || run_batch(&c, &events))
@@ -413,6 +424,7 @@ fn letter(
         id: 0,
         key: ctx.key.clone(),
         subscription_id: ctx.subscription_id.clone(),
+        scope: ctx.scope.clone(),
         params: params.clone(),
         event: event.clone(),
         kind,

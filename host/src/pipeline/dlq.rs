@@ -21,6 +21,9 @@ pub struct DeadLetter {
     pub key: String,
     /// The subscription it was processed for.
     pub subscription_id: String,
+    /// The subscription's scope: its datastore, or `None` (host-level).
+    /// Only that datastore's admin keys (and the host's) see the letter.
+    pub scope: Option<String>,
     /// The (normalized) params it was processed with.
     pub params: Params,
     /// The event.
@@ -95,12 +98,21 @@ pub struct Selector {
     pub ids: Vec<u64>,
     /// Only this key.
     pub key: Option<String>,
+    /// Only letters of this datastore's subscriptions (set from the
+    /// caller's key, never from a body).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub scope: Option<String>,
 }
 
 impl Selector {
     fn selects(&self, d: &DeadLetter) -> bool {
         (self.ids.is_empty() || self.ids.contains(&d.id))
             && self.key.as_ref().is_none_or(|k| k == &d.key)
+            && self
+                .scope
+                .as_ref()
+                .is_none_or(|s| d.scope.as_ref() == Some(s))
     }
 }
 
@@ -213,6 +225,15 @@ impl DeadLetters {
         taken
     }
 
+    /// Letters `selector` selects.
+    pub fn count(&self, selector: &Selector) -> usize {
+        self.lock()
+            .letters
+            .iter()
+            .filter(|d| selector.selects(d))
+            .count()
+    }
+
     /// Letters held.
     pub fn len(&self) -> usize {
         self.lock().letters.len()
@@ -244,6 +265,7 @@ mod tests {
             id: 0,
             key: "k".into(),
             subscription_id: "s".into(),
+            scope: None,
             params: Params::default(),
             event: Arc::new(Event {
                 seq: 1,
@@ -255,6 +277,7 @@ mod tests {
                     source_time: None,
                     correlation_id: None,
                     payload: "x".repeat(payload_bytes),
+                    scope: None,
                 },
             }),
             kind: "plugin_error".into(),

@@ -196,6 +196,10 @@ pub struct SubscribeRequest {
     pub params: Params,
     /// Where in the bus to start.
     pub from: StartAt,
+    /// The subscribing key's scope: its datastore (it sees that
+    /// datastore's events only, and its subscriptions are that
+    /// datastore's), or `None` for a host-level key (everything).
+    pub scope: Option<String>,
 }
 
 /// Why a subscription was refused.
@@ -376,7 +380,7 @@ impl Pipeline {
             .cloned()
             .ok_or_else(|| SubscribeError::UnknownKey(req.key.clone()))?;
         let def = entry.def.clone();
-        let (version, subscription_id) = prepare(&entry, &req.params).await?;
+        let (version, subscription_id) = prepare(&entry, &req.params, req.scope.as_deref()).await?;
         let runner = version.runner.clone();
         let normalized = version.params.clone();
 
@@ -392,6 +396,7 @@ impl Pipeline {
                 .min(def.effective_buffer_size() as usize)
                 .max(1),
             requested: req.params.clone(),
+            scope: req.scope.clone(),
             version: RwLock::new(Arc::new(version)),
             health: self.health.of(&def.key),
             stats: Arc::new(ConsumerStats::default()),
@@ -452,7 +457,7 @@ impl Pipeline {
         }
         self.subs.set_runner(key, &entry.plugin);
         for ctx in self.subs.consumers_of(key) {
-            match prepare(entry, &ctx.requested).await {
+            match prepare(entry, &ctx.requested, ctx.scope.as_deref()).await {
                 Ok((version, id)) if id == ctx.subscription_id => ctx.swap(version),
                 Ok((_, id)) => ctx.finish(format!(
                     "the new version of key `{key}` gives these params another subscription identity ({id}); subscribe again"
@@ -545,10 +550,13 @@ impl Pipeline {
 }
 
 /// Checks and normalizes `given` for `entry` and computes the subscription
-/// id: what a consumer runs the key with.
+/// id: what a consumer runs the key with. A datastore's subscriptions are
+/// its own (`DATASTORE/ID`): they share nothing (pre-consume, cleanup,
+/// plugin state named by the id, dead letters) with another scope's.
 async fn prepare(
     entry: &RegisteredKey,
     given: &Params,
+    scope: Option<&str>,
 ) -> Result<(consumer::Version, String), SubscribeError> {
     let def = entry.def.clone();
     let runner = entry.plugin.clone();
@@ -571,7 +579,10 @@ async fn prepare(
         },
     })?;
     params::verify_normalized(&def, &normalized)?;
-    let subscription_id = params::subscription_id(&def, &normalized);
+    let subscription_id = match scope {
+        Some(d) => format!("{d}/{}", params::subscription_id(&def, &normalized)),
+        None => params::subscription_id(&def, &normalized),
+    };
     Ok((
         consumer::Version {
             runner,
@@ -633,6 +644,7 @@ pub fn change_event(c: &FeedChange) -> NewEvent {
         source_time,
         correlation_id: None,
         payload: payload.to_string(),
+        scope: Some(c.datastore.clone()),
     }
 }
 

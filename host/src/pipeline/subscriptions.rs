@@ -312,6 +312,7 @@ mod tests {
                 workers: 1,
                 max_batch: 1,
                 requested: vec![],
+                scope: None,
                 version: std::sync::RwLock::new(Arc::new(Version {
                     runner: runner.clone(),
                     params: vec![],
