@@ -10,6 +10,11 @@ into `weir serve`, unchanged.
    within seconds.
 5. Kills the agent and asserts the views answer 503 after the session timeout.
 
+Before step 3, a crash: `weir serve` is killed with SIGKILL while the
+agent's snapshot is being applied, and started again on the same port; the
+agent finds its session unknown (419), creates a new one and sends its
+snapshot again, and the tree must still equal the directory.
+
 Usage: fustor_agent.py --weir target/debug/weir --agent VENV/bin/fustor-agent
 Prints a closing line `interop: N passed, N failed`; exits non-zero on failure.
 """
@@ -58,6 +63,19 @@ def get(base, path):
             return e.code, body.decode(errors="replace")
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
         return 0, str(e)
+
+
+def rows_applied(base):
+    """The default datastore's applied rows from /metrics, or -1."""
+    req = urllib.request.Request(base + "/metrics", headers={"X-API-Key": QUERY})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith('weir_datastore_rows_applied_total{datastore="default"}'):
+                    return int(line.rsplit(" ", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return -1
 
 
 def wait_for(what, predicate, timeout):
@@ -151,14 +169,17 @@ def main():
     data = os.path.join(work, "data")
     home = os.path.join(work, "home")
     os.makedirs(os.path.join(home, "agent-config"))
-    files = make_tree(data)
+    # Large enough that the snapshot is still being sent when weir is killed.
+    files = make_tree(data, dirs=30, files_per_dir=500)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, WEIR_INGEST_KEY=INGEST, WEIR_QUERY_KEY=QUERY, WEIR_ADMIN_KEY=ADMIN, RUST_LOG="info")
     weir_log = open(os.path.join(work, "weir.log"), "w")
-    weir = subprocess.Popen(
-        [args.weir, "serve", "--listen", f"127.0.0.1:{port}", "--session-timeout-secs", str(SESSION_TIMEOUT)],
-        env=env, stdout=weir_log, stderr=subprocess.STDOUT)
+    def start_weir():
+        return subprocess.Popen(
+            [args.weir, "serve", "--listen", f"127.0.0.1:{port}", "--session-timeout-secs", str(SESSION_TIMEOUT)],
+            env=env, stdout=weir_log, stderr=subprocess.STDOUT)
+    weir = start_weir()
     with open(os.path.join(home, "agent-config", "default.yaml"), "w") as fh:
         fh.write(
             "sources:\n  data:\n    driver: fs\n    uri: " + json.dumps(data) + "\n"
@@ -174,16 +195,42 @@ def main():
         agent = subprocess.Popen([args.agent, "start"], cwd=work, env=dict(os.environ, FUSTOR_HOME=home),
                                  stdout=agent_log, stderr=subprocess.STDOUT, start_new_session=True)
 
+        # Crash: SIGKILL while the snapshot is being applied, then restart.
+        deadline = time.time() + 60
+        applied = rows_applied(base)
+        while applied <= 0 and time.time() < deadline:
+            time.sleep(0.02)
+            applied = rows_applied(base)
+        ok = applied > 0
+        weir.kill()
+        weir.wait()
+        check(f"weir killed with SIGKILL during the agent's snapshot ({applied} of {files} files applied)",
+              ok and applied < files, f"{applied} rows applied: not in the middle of the snapshot")
+        weir = start_weir()
+        ok, _ = wait_for("weir again", lambda: get(base, "/healthz")[0] == 200 if _alive(weir) else "weir exited", 120)
+        check("weir serve starts again on the same port", ok)
+
         def synced():
             status, stats = get(base, "/api/v1/views/default/stats")
             if status != 200:
                 return f"{status} {stats}"
             return True if stats["total_files"] == files else f"{stats['total_files']} of {files} files"
-        ok, last = wait_for("snapshot", synced, 120)
-        check(f"agent snapshot of {files} files reaches the views", ok, str(last))
+        ok, last = wait_for("snapshot", synced, 180)
+        check(f"after the crash the agent re-syncs: its snapshot of {files} files reaches the views", ok, str(last))
 
         diffs = compare(disk_state(data), tree_state(base) or {})
         check("tree equals the directory (paths, sizes, mtimes)", not diffs, "; ".join(diffs[:5]))
+
+        # The realtime checks run on a freshly started agent (a new session
+        # and snapshot), so that they test the host, not the agent's own
+        # recovery from the crash.
+        os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait()
+        agent = subprocess.Popen([args.agent, "start"], cwd=work, env=dict(os.environ, FUSTOR_HOME=home),
+                                 stdout=agent_log, stderr=subprocess.STDOUT, start_new_session=True)
+        time.sleep(1.0)
+        ok, last = wait_for("snapshot again", synced, 180)
+        check("a restarted agent syncs again", ok, str(last))
 
         # Realtime changes.
         created = os.path.join(data, "proj_0", "run_0", "created.txt")
