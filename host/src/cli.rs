@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the host daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect, validate and try plugin components.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -136,7 +136,7 @@ pub fn run(
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Plugins(PluginsCommand::Inspect { file, json }) => inspect(&file, json, out),
         Command::Plugins(PluginsCommand::Validate { file }) => validate(&file, out),
         Command::Plugins(PluginsCommand::Test(args)) => test(&args, out),
