@@ -53,12 +53,14 @@ status=0
 for key in st-admin st-query st-ingest; do
   echo "== schemathesis with the ${key#st-} key"
   set +e
-  "$venv/bin/st" run "http://127.0.0.1:$port/openapi.json" \
+  # From the scratch directory: schemathesis keeps its example database in
+  # the working directory.
+  (cd "$work" && "$venv/bin/st" run "http://127.0.0.1:$port/openapi.json" \
       -H "X-API-Key: $key" \
       --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
       --phases examples,coverage,fuzzing --max-examples "$examples" --workers 2 \
       --request-timeout 20 --seed 10 --no-color --max-failures 20 \
-      --exclude-path-regex '/stream$' > "$work/st-$key.log" 2>&1
+      --exclude-path-regex '/stream$') > "$work/st-$key.log" 2>&1
   code=$?
   set -e
   if [ "$code" -eq 0 ]; then tail -25 "$work/st-$key.log"; else cat "$work/st-$key.log"; fi
