@@ -57,3 +57,61 @@ async fn errors_a_key_returns_for_events_are_dead_letters_not_a_quarantine() {
         letters[0]
     );
 }
+
+#[tokio::test]
+async fn a_dead_letter_replayed_with_no_consumer_attached_stays() {
+    let s = TestServer::start(host_with_pipeline_guest()).await;
+    let (mut c, _) = s.subscribe("test.flaky", &[]).await;
+    s.publish(flaky(1, "error")).await;
+    // Wait for the letter, then leave.
+    let mut letters = Value::Null;
+    for _ in 0..100 {
+        let (_, dlq) = s.send("GET", "/v1/dlq", Some(Role::Admin), None).await;
+        if dlq["letters"].as_array().is_some_and(|l| !l.is_empty()) {
+            letters = dlq;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = letters["letters"][0]["id"].clone();
+    assert!(id.is_u64(), "{letters}");
+    drop(c.next(Duration::from_millis(10)).await);
+    drop(c);
+    s.wait_subscriptions("no subscription", |subs| {
+        subs["subscriptions"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    })
+    .await;
+    let (status, replay) = s
+        .send(
+            "POST",
+            "/v1/dlq/replay",
+            Some(Role::Admin),
+            Some(json!({"ids": [id]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replay}");
+    assert_eq!(replay["results"][0]["outcome"], "skipped", "{replay}");
+    assert!(
+        replay["results"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no consumer"),
+        "{replay}"
+    );
+    assert_eq!(replay["remaining"], 1, "the letter was lost: {replay}");
+}
+
+#[tokio::test]
+async fn nothing_is_accepted_once_shutdown_began() {
+    let host = host_with_pipeline_guest();
+    assert!(host.pipeline().shutdown(Duration::from_secs(5)).await);
+    let event = weir_host::ingest::events::parse_events(flaky(1, "").to_string().as_bytes())
+        .unwrap()
+        .valid
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert!(host.pipeline().try_publish(event).is_none());
+}

@@ -46,6 +46,8 @@ type Pairs = Vec<(String, String)>;
         (status = 413, description = "The body is larger than 16 MiB.", body = ErrorBody),
         (status = 422, description = "No event accepted; `rejected` lists every event with its reason.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
+        (status = 503, description = "The host is shutting down (`unavailable`): nothing was accepted.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -56,6 +58,11 @@ pub(super) async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
     let key = authorize(&host, &headers, Role::Ingest)?;
+    // Once shutdown began, nothing more is accepted: an `accepted` answer
+    // now could not be kept.
+    if host.pipeline().is_closed() {
+        return Err(AppError::Unavailable("the host is shutting down".into()));
+    }
     let body = body_bytes(body)?;
     let parsed = parse_events(&body).map_err(AppError::BadRequest)?;
     let (positions, mut events): (Vec<usize>, Vec<_>) = parsed.valid.into_iter().unzip();
@@ -66,9 +73,10 @@ pub(super) async fn publish(
     }
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let host2 = host.clone();
-    let results = tokio::task::spawn_blocking(move || host2.pipeline().publish(events))
+    let results = tokio::task::spawn_blocking(move || host2.pipeline().try_publish(events))
         .await
-        .map_err(|e| AppError::Internal(e.into()))?;
+        .map_err(|e| AppError::Internal(e.into()))?
+        .ok_or_else(|| AppError::Unavailable("the host is shutting down".into()))?;
     let mut accepted = Vec::new();
     let mut duplicates = Vec::new();
     for ((index, id), result) in positions.into_iter().zip(ids).zip(results) {

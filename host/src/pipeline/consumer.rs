@@ -534,6 +534,20 @@ pub(crate) fn replay_one(p: &Pipeline, mut letter: DeadLetter) -> ReplayResult {
         );
         return skipped(letter, why);
     }
+    // Output nobody receives would be lost: the letter waits for a consumer
+    // of its subscription (and the key is not run for nothing).
+    let attached = p
+        .subs
+        .consumers_of(&letter.key)
+        .iter()
+        .any(|c| c.subscription_id == letter.subscription_id);
+    if !attached {
+        let why = format!(
+            "no consumer of subscription `{}` is attached; the letter stays until one is",
+            letter.subscription_id
+        );
+        return skipped(letter, why);
+    }
     let call = Call {
         key: &letter.key,
         subscription_id: &letter.subscription_id,

@@ -274,8 +274,8 @@ pub struct ReplayResult {
     /// The letter.
     pub id: u64,
     /// `delivered`, `dropped` (filtered or dropped by the key), `failed`
-    /// (back in the queue) or `skipped` (key gone or quarantined; back in
-    /// the queue).
+    /// (back in the queue) or `skipped` (key gone or quarantined, or no
+    /// consumer of its subscription attached; back in the queue).
     pub outcome: &'static str,
     /// Consumers the output was delivered to.
     pub delivered_to: usize,
@@ -352,6 +352,11 @@ impl Pipeline {
     /// Publishes events; one answer each.
     pub fn publish(&self, events: Vec<NewEvent>) -> Vec<Published> {
         self.bus.publish(events)
+    }
+
+    /// Publishes unless shutdown began; `None` then (nothing published).
+    pub fn try_publish(&self, events: Vec<NewEvent>) -> Option<Vec<Published>> {
+        (!self.is_closed()).then(|| self.bus.publish(events))
     }
 
     /// Publishes the changes of a datastore's index as `fs.*` events.
