@@ -291,7 +291,7 @@ pub struct ReplayResult {
 pub struct Pipeline {
     bus: Arc<dyn EventBus>,
     registry: Arc<RwLock<Registry>>,
-    subs: Subscriptions,
+    subs: Arc<Subscriptions>,
     dlq: DeadLetters,
     health: HealthBook,
     config: PipelineConfig,
@@ -313,7 +313,7 @@ impl Pipeline {
         Arc::new(Self {
             bus,
             registry,
-            subs: Subscriptions::default(),
+            subs: Arc::new(Subscriptions::default()),
             dlq: DeadLetters::new(config.dlq_capacity, config.dlq_bytes),
             health: HealthBook::new(config.quarantine_after),
             config,

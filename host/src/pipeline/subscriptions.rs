@@ -86,7 +86,7 @@ impl Subscriptions {
     /// first if it is the first consumer; waits while a `pre-consume` or
     /// `cleanup` of the same subscription runs.
     pub async fn attach(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         sub: &str,
         runner: &Arc<dyn Runner>,
@@ -123,26 +123,46 @@ impl Subscriptions {
             }
             notified.await;
         }
+        // Pre-consume and the phase change run in a task of their own: if
+        // this subscriber goes away meanwhile (its request is cancelled),
+        // the subscription still leaves `Starting`, and with nobody attached
+        // its cleanup runs, so that later subscribers do not wait forever.
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let this = self.clone();
         let (r, k, s, p) = (runner.clone(), id.0.clone(), id.1.clone(), params.clone());
-        let result = tokio::task::spawn_blocking(move || r.pre_consume(&k, &s, &p))
-            .await
-            .unwrap_or_else(|e| Err(PluginFault::Trap(format!("pre-consume task failed: {e}"))));
-        let mut table = self.table();
-        match result {
-            Ok(()) => {
-                self.pre_consumes.fetch_add(1, Ordering::Relaxed);
-                if let Some(e) = table.get_mut(&id) {
-                    e.phase = Phase::Active;
-                    e.consumers.insert(slot_id, slot);
+        let task_id = id.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || r.pre_consume(&k, &s, &p))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(PluginFault::Trap(format!("pre-consume task failed: {e}")))
+                });
+            {
+                let mut table = this.table();
+                match &result {
+                    Ok(()) => {
+                        this.pre_consumes.fetch_add(1, Ordering::Relaxed);
+                        if let Some(e) = table.get_mut(&task_id) {
+                            e.phase = Phase::Active;
+                            e.consumers.insert(slot_id, slot);
+                        }
+                    }
+                    Err(_) => {
+                        table.remove(&task_id);
+                    }
                 }
             }
-            Err(_) => {
-                table.remove(&id);
+            this.changed.notify_waiters();
+            if let Err(Ok(())) = done.send(result) {
+                // The subscriber left during pre-consume: detach its slot.
+                this.detach(&task_id.0, &task_id.1, slot_id).await;
             }
-        }
-        drop(table);
-        self.changed.notify_waiters();
-        result
+        });
+        outcome.await.unwrap_or_else(|_| {
+            Err(PluginFault::Trap(
+                "the pre-consume task ended without an answer".into(),
+            ))
+        })
     }
 
     /// Detaches a consumer; the last one out runs `cleanup`.
@@ -247,10 +267,12 @@ mod tests {
     use crate::registry::KeyDefinition;
     use std::time::Duration;
 
-    /// Records lifecycle calls; cleanup takes a while.
+    /// Records lifecycle calls; cleanup takes a while, and pre-consume too
+    /// when `slow_pre` is set.
     #[derive(Default)]
     struct Slow {
         log: Mutex<Vec<String>>,
+        slow_pre: bool,
     }
 
     impl Runner for Slow {
@@ -280,6 +302,9 @@ mod tests {
             vec![Ok(Outcome::Drop); e.len()]
         }
         fn pre_consume(&self, _: &str, sub: &str, _: &Params) -> Result<(), PluginFault> {
+            if self.slow_pre {
+                std::thread::sleep(Duration::from_millis(300));
+            }
             self.log.lock().unwrap().push(format!("pre {sub}"));
             Ok(())
         }
@@ -367,5 +392,43 @@ mod tests {
         );
         assert_eq!(subs.lifecycle_counts(), (3, 1));
         assert_eq!(subs.list().len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_leaves_during_pre_consume_wedges_nothing() {
+        let subs = Arc::new(Subscriptions::default());
+        let slow = Arc::new(Slow {
+            slow_pre: true,
+            ..Slow::default()
+        });
+        let runner: Arc<dyn Runner> = slow.clone();
+        let p = vec![];
+        // The first subscriber's request is cancelled during pre-consume.
+        let first = {
+            let (subs, runner) = (subs.clone(), runner.clone());
+            tokio::spawn(async move {
+                let p = vec![];
+                subs.attach("k", "s", &runner, &p, 1, slot(&runner)).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.abort();
+        // A later subscriber is not stuck behind a `Starting` forever.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            subs.attach("k", "s", &runner, &p, 2, slot(&runner)),
+        )
+        .await
+        .expect("the second subscriber is served")
+        .unwrap();
+        subs.detach("k", "s", 2).await;
+        // Every pre-consume was followed by its cleanup.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !subs.is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(subs.is_empty(), "{:?}", slow.log.lock().unwrap());
+        let (pre, clean) = subs.lifecycle_counts();
+        assert_eq!(pre, clean, "{:?}", slow.log.lock().unwrap());
     }
 }
