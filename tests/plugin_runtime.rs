@@ -580,3 +580,51 @@ fn compiled_cache_is_reused() {
 fn counters(k: &weir_host::registry::RegisteredKey) -> &weir_host::plugin::Counters {
     k.plugin.wasm().expect("a wasm plugin").counters()
 }
+
+#[test]
+fn a_plugin_flooding_its_log_is_cut_to_its_budget_and_counted() {
+    // Its own plugin name (file name), so that its budget is not shared
+    // with the other tests' hostile plugin.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("guest-hostile"), dir.path().join("flooder.wasm")).unwrap();
+    let host = weir_tests::host_with_plugin_dir(dir.path().to_path_buf());
+    let k = host.registry().lookup("hostile.chaos").cloned().unwrap();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        for _ in 0..3 {
+            k.plugin
+                .process(&k.def.key, &vec![], &chaos("log_flood"))
+                .unwrap();
+        }
+        // A second later, the next line comes with a summary of the drops.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        k.plugin
+            .process(&k.def.key, &vec![], &chaos("stdout"))
+            .unwrap();
+    });
+    let all = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    // The plugin's own lines (wasmtime's trace spans are this capture's
+    // artifact: the host logs at info).
+    let plugin: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("\"target\":\"weir::plugin"))
+        .collect();
+    let bytes: usize = plugin.iter().map(|l| l.len()).sum();
+    // 63,000 lines of 1 KiB were written (65 MB); a few hundred reach the log.
+    assert!(bytes < 2 << 20, "{bytes} bytes of plugin log");
+    assert!(plugin.len() < 1_000, "{} lines", plugin.len());
+    assert!(
+        plugin
+            .iter()
+            .any(|l| l.contains("log lines of this plugin dropped")),
+        "no summary line"
+    );
+    let suppressed = weir_host::plugin::logbudget::LogBudget::of("flooder").suppressed();
+    assert!(suppressed > 60_000, "{suppressed} suppressed");
+}

@@ -85,7 +85,7 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
             .collect::<Vec<_>>()
     };
     type PluginSample = fn(&crate::host::PluginInfo) -> u64;
-    let plugin_families: [(&str, &str, &str, PluginSample); 5] = [
+    let plugin_families: [(&str, &str, &str, PluginSample); 6] = [
         (
             "weir_plugin_calls_total",
             "counter",
@@ -115,6 +115,12 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
             "gauge",
             "The most linear memory one instance of a plugin has held.",
             |p| p.memory_peak_bytes,
+        ),
+        (
+            "weir_plugin_log_lines_suppressed_total",
+            "counter",
+            "Lines a plugin logged (log import, stdout, stderr) beyond its log budget, dropped.",
+            |p| crate::plugin::logbudget::LogBudget::of(&p.name).suppressed(),
         ),
     ];
     for (name, kind, help, sample) in plugin_families {

@@ -15,6 +15,7 @@
 
 mod bindings;
 mod fault;
+pub mod logbudget;
 pub mod manifest;
 mod state;
 

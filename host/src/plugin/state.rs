@@ -17,6 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::MemoryGauge;
 use super::bindings::{host, types};
+use super::logbudget::{Admit, LogBudget, MAX_LINE_BYTES};
 use crate::hostapi::{Caller, HostApi};
 use crate::upstream::{self, UpstreamClient};
 
@@ -118,6 +119,26 @@ pub(crate) struct StoreState {
     api: Arc<dyn HostApi>,
     upstream: Arc<UpstreamClient>,
     grants: Arc<super::Grants>,
+    /// The plugin's log budget (the `log` import, stdout and stderr).
+    budget: Arc<LogBudget>,
+}
+
+/// `message` cut to [`MAX_LINE_BYTES`] if `budget` admits it now (with a
+/// summary line first when lines were dropped); `None` when it is dropped.
+fn budgeted<'a>(
+    budget: &LogBudget,
+    plugin: &str,
+    key: &str,
+    message: &'a str,
+) -> Option<std::borrow::Cow<'a, str>> {
+    match budget.admit() {
+        Admit::No => return None,
+        Admit::AfterDropping(n) => {
+            tracing::warn!(target: "weir::plugin", plugin, key, suppressed = n, "log lines of this plugin dropped: over {} lines/s", super::logbudget::LINES_PER_SEC);
+        }
+        Admit::Yes => {}
+    }
+    Some(crate::text::clip(message, MAX_LINE_BYTES))
 }
 
 impl StoreState {
@@ -133,10 +154,21 @@ impl StoreState {
         grants: Arc<super::Grants>,
     ) -> Result<Self, String> {
         let tag = Arc::new(Mutex::new(Tag::default()));
+        let budget = LogBudget::of(&plugin);
         let mut builder = WasiCtx::builder();
         builder
-            .stdout(LogSink::new(plugin.clone(), tag.clone(), Stream::Stdout))
-            .stderr(LogSink::new(plugin.clone(), tag.clone(), Stream::Stderr))
+            .stdout(LogSink::new(
+                plugin.clone(),
+                tag.clone(),
+                Stream::Stdout,
+                budget.clone(),
+            ))
+            .stderr(LogSink::new(
+                plugin.clone(),
+                tag.clone(),
+                Stream::Stderr,
+                budget.clone(),
+            ))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -162,6 +194,7 @@ impl StoreState {
             api,
             upstream,
             grants,
+            budget,
         })
     }
 
@@ -222,6 +255,9 @@ impl host::Host for StoreState {
     fn log(&mut self, level: host::LogLevel, message: String) {
         let key = self.key();
         let plugin = &*self.plugin;
+        let Some(message) = budgeted(&self.budget, plugin, &key, &message) else {
+            return;
+        };
         match level {
             host::LogLevel::Trace => {
                 tracing::trace!(target: "weir::plugin", plugin, key, "{message}")
@@ -325,15 +361,17 @@ struct LogSink {
     tag: Arc<Mutex<Tag>>,
     stream: Stream,
     pending: Arc<Mutex<Vec<u8>>>,
+    budget: Arc<LogBudget>,
 }
 
 impl LogSink {
-    fn new(plugin: Arc<str>, tag: Arc<Mutex<Tag>>, stream: Stream) -> Self {
+    fn new(plugin: Arc<str>, tag: Arc<Mutex<Tag>>, stream: Stream, budget: Arc<LogBudget>) -> Self {
         Self {
             plugin,
             tag,
             stream,
             pending: Arc::default(),
+            budget,
         }
     }
 
@@ -355,10 +393,17 @@ impl LogSink {
         let mut tag = self.tag.lock().unwrap_or_else(PoisonError::into_inner);
         let plugin = &*self.plugin;
         let key = tag.key.as_str();
+        let logged = budgeted(&self.budget, plugin, key, &line);
         match self.stream {
-            Stream::Stdout => tracing::info!(target: "weir::plugin::stdout", plugin, key, "{line}"),
+            Stream::Stdout => {
+                if let Some(line) = logged {
+                    tracing::info!(target: "weir::plugin::stdout", plugin, key, "{line}")
+                }
+            }
             Stream::Stderr => {
-                tracing::warn!(target: "weir::plugin::stderr", plugin, key, "{line}");
+                if let Some(logged) = logged {
+                    tracing::warn!(target: "weir::plugin::stderr", plugin, key, "{logged}");
+                }
                 // Kept for the fault message; Rust's backtrace hint is noise there.
                 let line = line.trim();
                 if !line.is_empty()

@@ -63,6 +63,18 @@ impl EventKey for Chaos {
             "bad_json" => Ok(Outcome::Emit("{not json".into())),
             "error" => Err(Error::msg("refused on purpose")),
             "drop" => Ok(Outcome::Drop),
+            "log_flood" => {
+                // 20,000 lines of 1 KiB through the log import, and more on
+                // stdout: the host must not write them all.
+                let line = "x".repeat(1024);
+                for _ in 0..20_000 {
+                    weir_sdk::info!("{line}");
+                }
+                for _ in 0..1_000 {
+                    println!("{line}");
+                }
+                Ok(Outcome::Drop)
+            }
             "stdout" => {
                 println!("hello from the guest's stdout");
                 eprintln!("hello from the guest's stderr");
