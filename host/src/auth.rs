@@ -176,14 +176,7 @@ impl Keys {
     ) -> Result<(), SecretReused> {
         let hash = digest(secret);
         if self.by_hash.contains_key(&hash) {
-            return Err(SecretReused {
-                first: self
-                    .origins
-                    .get(&hash)
-                    .cloned()
-                    .unwrap_or_else(|| "another key".into()),
-                second: origin.to_string(),
-            });
+            return Err(self.reused(&hash, Some(origin)));
         }
         match datastore {
             Some(d) => self.insert(secret, role, d),
@@ -191,6 +184,15 @@ impl Keys {
         }
         self.origins.insert(hash, origin.to_string());
         Ok(())
+    }
+
+    /// The secret of `hash`, given at its origin here and again at `second`.
+    fn reused(&self, hash: &[u8; 32], second: Option<&str>) -> SecretReused {
+        let place = |o: Option<&String>| o.cloned().unwrap_or_else(|| "another key".into());
+        SecretReused {
+            first: place(self.origins.get(hash)),
+            second: place(second.map(str::to_string).as_ref()),
+        }
     }
 
     /// Keys of datastore `name`.
@@ -205,18 +207,7 @@ impl Keys {
     pub fn try_extend(&mut self, other: Keys) -> Result<(), SecretReused> {
         for (hash, key) in other.by_hash {
             if self.by_hash.contains_key(&hash) {
-                return Err(SecretReused {
-                    first: self
-                        .origins
-                        .get(&hash)
-                        .cloned()
-                        .unwrap_or_else(|| "another key".into()),
-                    second: other
-                        .origins
-                        .get(&hash)
-                        .cloned()
-                        .unwrap_or_else(|| "another key".into()),
-                });
+                return Err(self.reused(&hash, other.origins.get(&hash).map(String::as_str)));
             }
             if let Some(origin) = other.origins.get(&hash) {
                 self.origins.insert(hash, origin.clone());

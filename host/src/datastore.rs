@@ -333,42 +333,27 @@ impl Datastore {
             tracing::warn!(datastore = %self.config.name, session = %crate::text::echo(id), rejected = rejected.len(), event = first.event, row = ?first.row, "rows rejected; the first: {}", first.reason);
         }
         let count = batch.ops.len();
-        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.closed {
-            return Err(PushError::ShuttingDown(self.config.name.clone()));
-        }
-        // An empty queue takes any push, so that one push larger than the
-        // capacity is not refused forever; memory stays within the capacity
-        // plus one push.
-        if q.rows + rows > self.config.queue_rows && !q.jobs.is_empty() {
-            return Err(PushError::QueueFull {
-                datastore: self.config.name.clone(),
-                queued: q.rows,
-                capacity: self.config.queue_rows,
-            });
-        }
-        q.rows += rows;
-        q.jobs.push_back((
+        self.enqueue(
             Job::Batch {
                 session: id.to_string(),
                 batch,
             },
             rows,
-        ));
-        drop(q);
-        self.wake.notify_one();
+        )?;
         Ok(PushReceipt { count, rejected })
     }
 
-    /// Queues a signal that carries no push, counted as `rows` (at least
-    /// one) against the queue's capacity like a push, so that signals
-    /// cannot grow the queue past it.
+    /// Queues a job counted as `rows` (at least one: a signal that carries
+    /// no rows counts as one) against the queue's capacity, all or nothing.
     fn enqueue(&self, job: Job, rows: usize) -> Result<(), PushError> {
         let rows = rows.max(1);
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if q.closed {
             return Err(PushError::ShuttingDown(self.config.name.clone()));
         }
+        // An empty queue takes any job, so that one push larger than the
+        // capacity is not refused forever; memory stays within the capacity
+        // plus one push.
         if q.rows + rows > self.config.queue_rows && !q.jobs.is_empty() {
             return Err(PushError::QueueFull {
                 datastore: self.config.name.clone(),
