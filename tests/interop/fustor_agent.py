@@ -8,12 +8,12 @@ into `weir serve`, unchanged.
    directory: every path, size and mtime.
 4. Creates, modifies, renames and deletes files and asserts the tree follows
    within seconds.
-5. Kills the agent and asserts the views answer 503 after the session timeout.
-
-Before step 3, a crash: `weir serve` is killed with SIGKILL while the
-agent's snapshot is being applied, and started again on the same port; the
-agent finds its session unknown (419), creates a new one and sends its
-snapshot again, and the tree must still equal the directory.
+5. A crash: 12,000 more files, a fresh agent, and `weir serve` killed with
+   SIGKILL while that agent's snapshot is being applied, then started again
+   on the same port; the agent finds its session unknown (419), creates a
+   new one and sends its snapshot again, and the tree must equal the
+   directory.
+6. Kills the agent and asserts the views answer 503 after the session timeout.
 
 Usage: fustor_agent.py --weir target/debug/weir --agent VENV/bin/fustor-agent
 Prints a closing line `interop: N passed, N failed`; exits non-zero on failure.
@@ -169,8 +169,7 @@ def main():
     data = os.path.join(work, "data")
     home = os.path.join(work, "home")
     os.makedirs(os.path.join(home, "agent-config"))
-    # Large enough that the snapshot is still being sent when weir is killed.
-    files = make_tree(data, dirs=30, files_per_dir=500)
+    files = make_tree(data)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, WEIR_INGEST_KEY=INGEST, WEIR_QUERY_KEY=QUERY, WEIR_ADMIN_KEY=ADMIN, RUST_LOG="info")
@@ -195,42 +194,16 @@ def main():
         agent = subprocess.Popen([args.agent, "start"], cwd=work, env=dict(os.environ, FUSTOR_HOME=home),
                                  stdout=agent_log, stderr=subprocess.STDOUT, start_new_session=True)
 
-        # Crash: SIGKILL while the snapshot is being applied, then restart.
-        deadline = time.time() + 60
-        applied = rows_applied(base)
-        while applied <= 0 and time.time() < deadline:
-            time.sleep(0.02)
-            applied = rows_applied(base)
-        ok = applied > 0
-        weir.kill()
-        weir.wait()
-        check(f"weir killed with SIGKILL during the agent's snapshot ({applied} of {files} files applied)",
-              ok and applied < files, f"{applied} rows applied: not in the middle of the snapshot")
-        weir = start_weir()
-        ok, _ = wait_for("weir again", lambda: get(base, "/healthz")[0] == 200 if _alive(weir) else "weir exited", 120)
-        check("weir serve starts again on the same port", ok)
-
         def synced():
             status, stats = get(base, "/api/v1/views/default/stats")
             if status != 200:
                 return f"{status} {stats}"
             return True if stats["total_files"] == files else f"{stats['total_files']} of {files} files"
-        ok, last = wait_for("snapshot", synced, 180)
-        check(f"after the crash the agent re-syncs: its snapshot of {files} files reaches the views", ok, str(last))
+        ok, last = wait_for("snapshot", synced, 120)
+        check(f"agent snapshot of {files} files reaches the views", ok, str(last))
 
         diffs = compare(disk_state(data), tree_state(base) or {})
         check("tree equals the directory (paths, sizes, mtimes)", not diffs, "; ".join(diffs[:5]))
-
-        # The realtime checks run on a freshly started agent (a new session
-        # and snapshot), so that they test the host, not the agent's own
-        # recovery from the crash.
-        os.killpg(agent.pid, signal.SIGKILL)
-        agent.wait()
-        agent = subprocess.Popen([args.agent, "start"], cwd=work, env=dict(os.environ, FUSTOR_HOME=home),
-                                 stdout=agent_log, stderr=subprocess.STDOUT, start_new_session=True)
-        time.sleep(1.0)
-        ok, last = wait_for("snapshot again", synced, 180)
-        check("a restarted agent syncs again", ok, str(last))
 
         # Realtime changes.
         created = os.path.join(data, "proj_0", "run_0", "created.txt")
@@ -255,6 +228,35 @@ def main():
             return True if not diffs else "; ".join(diffs[:5])
         ok, last = wait_for("realtime", follows, 20)
         check("tree follows create, modify, rename, delete and mkdir within seconds", ok, str(last))
+
+        # Crash: a larger tree, a fresh agent (new session, new snapshot),
+        # and weir killed with SIGKILL while that snapshot is applied, then
+        # started again on the same port: the agent gets 419, creates a new
+        # session and sends its snapshot again.
+        os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait()
+        more = make_tree(os.path.join(data, "bulk"), dirs=30, files_per_dir=400)
+        files = sum(len(names) for _, _, names in os.walk(data))
+        agent = subprocess.Popen([args.agent, "start"], cwd=work, env=dict(os.environ, FUSTOR_HOME=home),
+                                 stdout=agent_log, stderr=subprocess.STDOUT, start_new_session=True)
+        before = rows_applied(base)
+        deadline = time.time() + 60
+        applied = rows_applied(base)
+        while applied <= before and time.time() < deadline:
+            time.sleep(0.02)
+            applied = rows_applied(base)
+        weir.kill()
+        weir.wait()
+        done = applied - before
+        check(f"weir killed with SIGKILL during the agent's snapshot ({done} of {files} files applied)",
+              0 < done < files, f"{done} rows applied: not in the middle of the snapshot ({more} files added)")
+        weir = start_weir()
+        ok, _ = wait_for("weir again", lambda: get(base, "/healthz")[0] == 200 if _alive(weir) else "weir exited", 120)
+        check("weir serve starts again on the same port", ok)
+        ok, last = wait_for("snapshot after the crash", synced, 180)
+        check(f"after the crash the agent re-syncs: its snapshot of {files} files reaches the views", ok, str(last))
+        diffs = compare(disk_state(data), tree_state(base) or {})
+        check("after the crash the tree equals the directory", not diffs, "; ".join(diffs[:5]))
 
         # Kill the agent: after the session timeout, views are unavailable.
         os.killpg(agent.pid, signal.SIGKILL)
