@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use super::{
     BusConfig, BusStats, DedupFilter, Event, EventBus, Feed, FeedItem, GapReason, Handler,
-    NewEvent, Published, StartAt,
+    NewEvent, Published, Selection, StartAt,
 };
 use crate::registry::event_type_matches;
 
@@ -54,7 +54,7 @@ struct State {
 
 /// A live feed's buffer.
 struct Tap {
-    pattern: String,
+    selection: Selection,
     /// Events before this sequence number are not for this feed.
     min_seq: u64,
     capacity: usize,
@@ -83,7 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Tap {
     fn push(&self, event: &Arc<Event>, wait: Duration) {
-        if event.seq < self.min_seq || !event_type_matches(&self.pattern, &event.new.event_type) {
+        if event.seq < self.min_seq || !self.selection.matches(event) {
             return;
         }
         let mut ring = lock(&self.ring);
@@ -156,11 +156,11 @@ impl State {
         }
     }
 
-    fn add_tap(&mut self, pattern: &str, min_seq: u64, capacity: usize) -> (u64, Arc<Tap>) {
+    fn add_tap(&mut self, selection: &Selection, min_seq: u64, capacity: usize) -> (u64, Arc<Tap>) {
         let id = self.next_tap;
         self.next_tap += 1;
         let tap = Arc::new(Tap {
-            pattern: pattern.to_string(),
+            selection: selection.clone(),
             min_seq,
             capacity: capacity.max(1),
             ring: Mutex::new(Ring {
@@ -210,7 +210,7 @@ impl EventBus for MemoryBus {
         out
     }
 
-    fn subscribe(&self, pattern: &str, start: StartAt, capacity: usize) -> Box<dyn Feed> {
+    fn subscribe(&self, selection: Selection, start: StartAt, capacity: usize) -> Box<dyn Feed> {
         let mut st = lock(&self.inner.state);
         let cursor = match start {
             StartAt::Latest => None,
@@ -219,11 +219,11 @@ impl EventBus for MemoryBus {
         };
         let phase = match cursor {
             Some(c) if c < st.next_seq => Phase::Replay { cursor: c },
-            other => Phase::Live(st.add_tap(pattern, other.unwrap_or(0), capacity)),
+            other => Phase::Live(st.add_tap(&selection, other.unwrap_or(0), capacity)),
         };
         Box::new(MemoryFeed {
             inner: self.inner.clone(),
-            pattern: pattern.to_string(),
+            selection,
             capacity,
             phase,
         })
@@ -272,7 +272,7 @@ enum Phase {
 
 struct MemoryFeed {
     inner: Arc<Inner>,
-    pattern: String,
+    selection: Selection,
     capacity: usize,
     phase: Phase,
 }
@@ -304,7 +304,7 @@ impl MemoryFeed {
             .take(REPLAY_SCAN)
         {
             next = event.seq + 1;
-            if event_type_matches(&self.pattern, &event.new.event_type) {
+            if self.selection.matches(event) {
                 out.push(event.clone());
                 if out.len() >= max {
                     break;
@@ -314,7 +314,7 @@ impl MemoryFeed {
         self.phase = if next >= st.next_seq {
             // Caught up, under the lock: no event can slip between the
             // history read and the live registration.
-            Phase::Live(st.add_tap(&self.pattern, next, self.capacity))
+            Phase::Live(st.add_tap(&self.selection, next, self.capacity))
         } else {
             Phase::Replay { cursor: next }
         };
@@ -413,9 +413,9 @@ mod tests {
     #[tokio::test]
     async fn fan_out_by_exact_prefix_and_star() {
         let b = bus(0);
-        let mut exact = b.subscribe("fs.insert", StartAt::Latest, 10);
-        let mut prefix = b.subscribe("fs.*", StartAt::Latest, 10);
-        let mut all = b.subscribe("*", StartAt::Latest, 10);
+        let mut exact = b.subscribe("fs.insert".into(), StartAt::Latest, 10);
+        let mut prefix = b.subscribe("fs.*".into(), StartAt::Latest, 10);
+        let mut all = b.subscribe("*".into(), StartAt::Latest, 10);
         b.publish(vec![
             ev("1", "fs.insert"),
             ev("2", "fs.delete"),
@@ -444,7 +444,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_ring_drops_the_oldest_and_reports_the_gap_first() {
         let b = bus(0);
-        let mut f = b.subscribe("*", StartAt::Latest, 3);
+        let mut f = b.subscribe("*".into(), StartAt::Latest, 3);
         b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect());
         match f.next(10).await {
             FeedItem::Gap {
@@ -461,6 +461,33 @@ mod tests {
         assert_eq!(seqs(&mut f, 10).await, vec![3, 4, 5]);
     }
 
+    #[tokio::test]
+    async fn a_scoped_feed_gets_its_scope_only_live_and_replayed() {
+        let b = bus(100);
+        let scoped = |scope: &str| Selection {
+            pattern: "*".into(),
+            scope: Some(scope.into()),
+        };
+        let in_scope = |id: &str, scope: Option<&str>| NewEvent {
+            scope: scope.map(str::to_string),
+            ..ev(id, "t")
+        };
+        let mut lab = b.subscribe(scoped("lab"), StartAt::Latest, 3);
+        // Another scope's burst neither fills lab's buffer nor shows as a gap.
+        let mut events: Vec<NewEvent> = (0..10)
+            .map(|i| in_scope(&format!("d{i}"), Some("default")))
+            .collect();
+        events.push(in_scope("h", None));
+        events.push(in_scope("l", Some("lab")));
+        b.publish(events);
+        assert_eq!(seqs(&mut lab, 10).await, vec![12]);
+        // A replay selects the same way.
+        let mut replay = b.subscribe(scoped("lab"), StartAt::Earliest, 10);
+        assert_eq!(seqs(&mut replay, 10).await, vec![12]);
+        let mut all = b.subscribe("*".into(), StartAt::Earliest, 100);
+        assert_eq!(seqs(&mut all, 100).await.len(), 12);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_waits_for_a_consumer_that_keeps_up_then_a_stuck_one_is_dropped_from() {
         let b = MemoryBus::new(BusConfig {
@@ -468,7 +495,7 @@ mod tests {
             slow_consumer_wait: Duration::from_millis(200),
             ..BusConfig::default()
         });
-        let mut fast = b.subscribe("*", StartAt::Latest, 4);
+        let mut fast = b.subscribe("*".into(), StartAt::Latest, 4);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             while got.len() < 100 {
@@ -488,7 +515,7 @@ mod tests {
         assert_eq!(reader.await.unwrap(), (1..=100).collect::<Vec<_>>());
 
         // A feed nobody reads: the first overflow waits once, then drops.
-        let mut stuck = b.subscribe("*", StartAt::Latest, 4);
+        let mut stuck = b.subscribe("*".into(), StartAt::Latest, 4);
         let started = Instant::now();
         let pub_bus = b.clone();
         tokio::task::spawn_blocking(move || {
@@ -512,7 +539,7 @@ mod tests {
     async fn replay_from_earliest_then_live_without_loss_or_repeat() {
         let b = bus(100);
         b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect());
-        let mut f = b.subscribe("*", StartAt::Earliest, 2);
+        let mut f = b.subscribe("*".into(), StartAt::Earliest, 2);
         assert_eq!(seqs(&mut f, 3).await, vec![1, 2, 3]);
         // Published while the feed is still replaying: history, not the ring.
         b.publish((5..8).map(|i| ev(&i.to_string(), "t")).collect());
@@ -525,9 +552,9 @@ mod tests {
     async fn replay_from_a_sequence_number_and_from_the_future() {
         let b = bus(100);
         b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect());
-        let mut f = b.subscribe("*", StartAt::Seq(4), 10);
+        let mut f = b.subscribe("*".into(), StartAt::Seq(4), 10);
         assert_eq!(seqs(&mut f, 10).await, vec![4, 5]);
-        let mut later = b.subscribe("*", StartAt::Seq(8), 10);
+        let mut later = b.subscribe("*".into(), StartAt::Seq(8), 10);
         b.publish((5..9).map(|i| ev(&i.to_string(), "t")).collect());
         assert_eq!(seqs(&mut later, 10).await, vec![8, 9]);
     }
@@ -537,7 +564,7 @@ mod tests {
         let b = bus(3);
         b.publish((0..6).map(|i| ev(&i.to_string(), "t")).collect());
         assert_eq!(b.stats().history_first_seq, 4);
-        let mut f = b.subscribe("*", StartAt::Seq(2), 10);
+        let mut f = b.subscribe("*".into(), StartAt::Seq(2), 10);
         match f.next(10).await {
             FeedItem::Gap {
                 reason: GapReason::HistoryEvicted,
@@ -611,11 +638,11 @@ mod tests {
     #[tokio::test]
     async fn close_ends_feeds_and_drop_unsubscribes() {
         let b = bus(0);
-        let f = b.subscribe("*", StartAt::Latest, 3);
+        let f = b.subscribe("*".into(), StartAt::Latest, 3);
         assert_eq!(b.stats().feeds, 1);
         drop(f);
         assert_eq!(b.stats().feeds, 0);
-        let mut g = b.subscribe("*", StartAt::Latest, 3);
+        let mut g = b.subscribe("*".into(), StartAt::Latest, 3);
         let waiting = tokio::spawn(async move { matches!(g.next(1).await, FeedItem::Closed) });
         tokio::time::sleep(Duration::from_millis(20)).await;
         b.close();

@@ -224,15 +224,48 @@ pub struct BusStats {
     pub feeds: usize,
 }
 
+/// Which events a feed gets: those whose type matches `pattern` and, for a
+/// scoped feed, that were published in its `scope` (a datastore). The bus
+/// filters before a feed's buffer, so that another scope's traffic never
+/// fills it, drops its events or shows in its gap notices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// Event type: exact, `prefix.*` or `*`.
+    pub pattern: String,
+    /// `Some(datastore)`: only that scope's events; `None`: every event.
+    pub scope: Option<String>,
+}
+
+impl Selection {
+    /// Whether `event` is selected.
+    pub fn matches(&self, event: &Event) -> bool {
+        crate::registry::event_type_matches(&self.pattern, &event.new.event_type)
+            && self
+                .scope
+                .as_ref()
+                .is_none_or(|s| event.new.scope.as_ref() == Some(s))
+    }
+}
+
+impl From<&str> for Selection {
+    /// Every event whose type matches the pattern, whatever its scope.
+    fn from(pattern: &str) -> Self {
+        Self {
+            pattern: pattern.to_string(),
+            scope: None,
+        }
+    }
+}
+
 /// A bus backend.
 pub trait EventBus: Send + Sync {
     /// Deduplicates, numbers and fans out `events`, in order; one answer
     /// each. May block (bounded) while a full feed makes room: call it from
     /// a blocking context.
     fn publish(&self, events: Vec<NewEvent>) -> Vec<Published>;
-    /// Opens a feed of the events whose type matches `pattern`, from `start`;
-    /// a consumer more than `capacity` events behind loses the oldest.
-    fn subscribe(&self, pattern: &str, start: StartAt, capacity: usize) -> Box<dyn Feed>;
+    /// Opens a feed of the events `selection` selects, from `start`; a
+    /// consumer more than `capacity` events behind loses the oldest.
+    fn subscribe(&self, selection: Selection, start: StartAt, capacity: usize) -> Box<dyn Feed>;
     /// Adds an in-process handler.
     fn add_handler(&self, handler: Arc<dyn Handler>);
     /// Counters.

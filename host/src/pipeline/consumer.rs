@@ -223,15 +223,7 @@ async fn drive(
             }
             item = feed.next(ctx.max_batch), if ending.is_none() && inflight.len() < ctx.workers => {
                 match item {
-                    FeedItem::Events(mut events) => {
-                        // Another scope's events are not this consumer's:
-                        // they are skipped before any key runs on them.
-                        if let Some(scope) = &ctx.scope {
-                            events.retain(|e| e.new.scope.as_deref() == Some(scope.as_str()));
-                            if events.is_empty() {
-                                continue;
-                            }
-                        }
+                    FeedItem::Events(events) => {
                         let c = ctx.clone();
                         inflight.push_back(Box::pin(async move {
                             tokio::task::spawn_blocking(move || run_batch(&c, &events))

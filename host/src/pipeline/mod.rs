@@ -423,7 +423,10 @@ impl Pipeline {
             })?;
 
         let feed = self.bus.subscribe(
-            &def.event_type,
+            crate::bus::Selection {
+                pattern: def.event_type.clone(),
+                scope: req.scope.clone(),
+            },
             req.from,
             def.effective_buffer_size() as usize,
         );
