@@ -2,12 +2,19 @@
 //! a replaying feed to live delivery, so a feed sees every event once, in
 //! sequence order, across that switch.
 //!
-//! Each live feed has its own ring of `capacity` events. When a ring is
-//! full, the publisher waits for room up to `slow_consumer_wait` (so a
-//! burst larger than the buffer does not cost a consumer that keeps up);
-//! past that the feed is marked slow, and until it has drained its ring a
-//! full ring drops its oldest event at once, counts it, and the feed
-//! reports the gap before its next events.
+//! Each live feed has its own ring of `capacity` events. An event is always
+//! appended under the bus lock (so rings stay in sequence order); when that
+//! takes a ring past its capacity, the publisher lets go of the bus lock and
+//! waits for room up to `slow_consumer_wait` (so a burst larger than the
+//! buffer does not cost a consumer that keeps up). Every ring that overflowed
+//! at the same event shares one deadline, and no other publisher waits for
+//! the lock meanwhile: N stalled feeds cost a publisher one wait, not N. A
+//! ring still over capacity at the deadline is marked slow: it is trimmed to
+//! capacity from its oldest end, and until the feed has drained its ring a
+//! full ring drops its oldest event at once, counts it, and the feed reports
+//! the gap before its next events. Publishers that append while another
+//! waits can take a ring to at most twice its capacity; past that the oldest
+//! is dropped at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -82,38 +89,64 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Tap {
-    fn push(&self, event: &Arc<Event>, wait: Duration) {
+    /// Appends `event` if this feed wants it. Called under the bus lock, so
+    /// it never waits; `true` means the ring is now over capacity and the
+    /// publisher should wait for room (outside the bus lock) with
+    /// [`Tap::wait_for_room`].
+    fn push(&self, event: &Arc<Event>, may_wait: bool) -> bool {
         if event.seq < self.min_seq || !self.selection.matches(event) {
-            return;
+            return false;
         }
         let mut ring = lock(&self.ring);
-        if ring.events.len() >= self.capacity && !ring.slow && !ring.closed && !wait.is_zero() {
-            let deadline = Instant::now() + wait;
-            while ring.events.len() >= self.capacity && !ring.closed {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    ring.slow = true;
-                    break;
-                }
-                ring = self
-                    .room
-                    .wait_timeout(ring, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-        }
-        if ring.events.len() >= self.capacity
-            && let Some(old) = ring.events.pop_front()
-        {
-            if ring.dropped == 0 {
-                ring.first_dropped = old.seq;
-            }
-            ring.dropped += 1;
-            ring.last_dropped = old.seq;
+        // A slow feed, a publisher that does not wait, or the hard ceiling
+        // while other publishers are waiting: make room at once.
+        let limit = if ring.slow || ring.closed || !may_wait {
+            self.capacity
+        } else {
+            self.capacity * 2
+        };
+        while ring.events.len() >= limit {
+            ring.drop_oldest();
         }
         ring.events.push_back(event.clone());
+        let over = ring.events.len() > self.capacity;
         drop(ring);
         self.notify.notify_one();
+        over
+    }
+
+    /// Waits until the ring is back within capacity, the feed is closed or
+    /// `deadline` passes; at the deadline the feed is marked slow and
+    /// trimmed to capacity. Called without the bus lock.
+    fn wait_for_room(&self, deadline: Instant) {
+        let mut ring = lock(&self.ring);
+        while ring.events.len() > self.capacity && !ring.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                ring.slow = true;
+                break;
+            }
+            ring = self
+                .room
+                .wait_timeout(ring, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        while ring.events.len() > self.capacity {
+            ring.drop_oldest();
+        }
+    }
+}
+
+impl Ring {
+    fn drop_oldest(&mut self) {
+        if let Some(old) = self.events.pop_front() {
+            if self.dropped == 0 {
+                self.first_dropped = old.seq;
+            }
+            self.dropped += 1;
+            self.last_dropped = old.seq;
+        }
     }
 }
 
@@ -178,34 +211,51 @@ impl State {
 impl EventBus for MemoryBus {
     fn publish(&self, events: Vec<NewEvent>) -> Vec<Published> {
         let now_ms = super::now_ms();
-        let now = Instant::now();
-        let mut st = lock(&self.inner.state);
+        let wait = self.inner.config.slow_consumer_wait;
         let mut out = Vec::with_capacity(events.len());
-        for new in events {
-            if st.dedup.is_duplicate(&new.id, now) {
-                st.duplicates += 1;
-                out.push(Published::Duplicate);
-                continue;
-            }
-            let seq = st.next_seq;
-            st.next_seq += 1;
-            st.published += 1;
-            let event = Arc::new(Event {
-                seq,
-                timestamp_ms: now_ms,
-                new,
-            });
-            // Built-in history first, then handlers by priority, then feeds.
-            st.record(&event, &self.inner.config);
-            for h in &st.handlers {
-                if event_type_matches(h.pattern(), &event.new.event_type) {
-                    h.handle(&event);
+        let mut events = events.into_iter().peekable();
+        let mut full: Vec<Arc<Tap>> = Vec::new();
+        while events.peek().is_some() {
+            let mut st = lock(&self.inner.state);
+            let now = Instant::now();
+            // Up to the first event that overflows a ring: then the lock
+            // goes, so waiting for that feed stalls no other publisher.
+            while full.is_empty()
+                && let Some(new) = events.next()
+            {
+                if st.dedup.is_duplicate(&new.id, now) {
+                    st.duplicates += 1;
+                    out.push(Published::Duplicate);
+                    continue;
                 }
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                st.published += 1;
+                let event = Arc::new(Event {
+                    seq,
+                    timestamp_ms: now_ms,
+                    new,
+                });
+                // Built-in history first, then handlers by priority, then feeds.
+                st.record(&event, &self.inner.config);
+                for h in &st.handlers {
+                    if event_type_matches(h.pattern(), &event.new.event_type) {
+                        h.handle(&event);
+                    }
+                }
+                for tap in st.taps.values() {
+                    if tap.push(&event, !wait.is_zero()) {
+                        full.push(tap.clone());
+                    }
+                }
+                out.push(Published::Accepted(seq));
             }
-            for tap in st.taps.values() {
-                tap.push(&event, self.inner.config.slow_consumer_wait);
+            drop(st);
+            // One deadline for every feed that overflowed at this event.
+            let deadline = Instant::now() + wait;
+            for tap in full.drain(..) {
+                tap.wait_for_room(deadline);
             }
-            out.push(Published::Accepted(seq));
         }
         out
     }
@@ -370,8 +420,11 @@ impl Feed for MemoryFeed {
 
 impl Drop for MemoryFeed {
     fn drop(&mut self) {
-        if let Phase::Live((id, _)) = &self.phase {
+        if let Phase::Live((id, tap)) = &self.phase {
             lock(&self.inner.state).taps.remove(id);
+            // A publisher may be waiting for this feed to make room.
+            lock(&tap.ring).closed = true;
+            tap.room.notify_all();
         }
     }
 }
@@ -533,6 +586,75 @@ mod tests {
             stuck.next(10).await,
             FeedItem::Gap { count: 96, .. }
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_feeds_cost_a_publisher_one_wait_and_never_hold_the_lock() {
+        let wait = Duration::from_millis(300);
+        let b = MemoryBus::new(BusConfig {
+            history_events: 10,
+            slow_consumer_wait: wait,
+            ..BusConfig::default()
+        });
+        // Ten feeds that nobody reads, one event of room each.
+        let mut stuck: Vec<_> = (0..10)
+            .map(|_| b.subscribe("slow.*".into(), StartAt::Latest, 1))
+            .collect();
+        let started = Instant::now();
+        let pub_bus = b.clone();
+        let slow = std::thread::spawn(move || {
+            pub_bus.publish((0..4).map(|i| ev(&format!("s{i}"), "slow.x")).collect())
+        });
+        // While that publisher waits, the bus lock is free: another
+        // publisher, a subscriber and the stats all answer at once.
+        std::thread::sleep(Duration::from_millis(50));
+        let other = Instant::now();
+        // It takes the next sequence number, between the slow ones (the
+        // second slow event overflowed the rings).
+        assert_eq!(
+            b.publish(vec![ev("o", "other")]),
+            vec![Published::Accepted(3)]
+        );
+        drop(b.subscribe("*".into(), StartAt::Earliest, 10));
+        let _ = b.stats();
+        let blocked = other.elapsed();
+        assert!(blocked < wait / 2, "blocked for {blocked:?}");
+        assert_eq!(slow.join().unwrap().len(), 4);
+        let took = started.elapsed();
+        // One shared wait for the ten feeds, not ten waits.
+        assert!(took >= wait, "{took:?}");
+        assert!(took < wait * 4, "waited per feed: {took:?}");
+        for feed in &mut stuck {
+            match feed.next(10).await {
+                FeedItem::Gap {
+                    count: 3,
+                    first_seq: 1,
+                    last_seq: 4,
+                    ..
+                } => {}
+                other => panic!("{other:?}"),
+            }
+            // The newest survives, in order.
+            assert_eq!(seqs(feed, 10).await, vec![5]);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_feed_releases_a_waiting_publisher() {
+        let b = MemoryBus::new(BusConfig {
+            history_events: 0,
+            slow_consumer_wait: Duration::from_secs(30),
+            ..BusConfig::default()
+        });
+        let feed = b.subscribe("*".into(), StartAt::Latest, 1);
+        let pub_bus = b.clone();
+        let started = Instant::now();
+        let publisher =
+            std::thread::spawn(move || pub_bus.publish(vec![ev("1", "t"), ev("2", "t")]));
+        std::thread::sleep(Duration::from_millis(50));
+        drop(feed);
+        assert_eq!(publisher.join().unwrap().len(), 2);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]
