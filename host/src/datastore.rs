@@ -13,48 +13,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::index::view::{TreeQuery, ViewError};
-use crate::index::{Change, Evictions, FsIndex, IndexConfig, Source};
-use crate::ingest::rows::{Batch, FeedbackUpdate, Op, Rejected, RowLimits};
-use crate::session::{Session, SessionConfig, SessionError, Sessions};
+pub use weir_core::settings::DatastoreConfig;
 
-/// Settings of one datastore.
-#[derive(Debug, Clone)]
-pub struct DatastoreConfig {
-    /// Its name (`default` for the built-in one).
-    pub name: String,
-    /// Session timing.
-    pub sessions: SessionConfig,
-    /// Arbitration tunables.
-    pub index: IndexConfig,
-    /// Most rows waiting in the queue; pushes beyond get 503.
-    pub queue_rows: usize,
-    /// Most nodes one tree answer may hold.
-    pub max_tree_items: usize,
-    /// Most bytes of one view answer (tree, search, suspects, blind spots).
-    pub max_tree_bytes: usize,
-    /// Bounds of every pushed row (path bytes, depth, name bytes).
-    pub rows: RowLimits,
-}
+use crate::index::view::{TreeQuery, ViewError};
+use crate::index::{Change, Evictions, FsIndex, Source};
+use crate::ingest::rows::{Batch, FeedbackUpdate, Op, Rejected};
+use crate::session::{Session, SessionError, Sessions};
 
 /// Most paths one sentinel task lists; the agent asks again after its
 /// feedback.
 pub const MAX_SENTINEL_PATHS: usize = 1_000;
-
-impl DatastoreConfig {
-    /// Defaults for a datastore called `name`.
-    pub fn named(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            sessions: SessionConfig::default(),
-            index: IndexConfig::default(),
-            queue_rows: 100_000,
-            max_tree_items: 100_000,
-            max_tree_bytes: 64 * 1024 * 1024,
-            rows: RowLimits::default(),
-        }
-    }
-}
 
 /// Wall-clock seconds since the Unix epoch.
 pub fn now_secs() -> f64 {
@@ -727,7 +695,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::ingest::rows::parse_batch;
+    use crate::ingest::rows::{RowLimits, parse_batch};
 
     fn batch(v: serde_json::Value) -> Batch {
         parse_batch(v.to_string().as_bytes(), now_secs(), &RowLimits::default()).unwrap()

@@ -26,7 +26,7 @@
 //! - [`cli`]: the `weir` command line; [`consume`]: its consumer client.
 
 pub mod api;
-pub mod auth;
+pub use weir_core::auth;
 pub mod bus;
 pub mod cli;
 pub mod config;

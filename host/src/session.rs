@@ -7,30 +7,11 @@
 //! sleeping.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::Rng;
 
-/// Session timing the agent is told to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionConfig {
-    /// Without a heartbeat or push for this long, the session expires.
-    pub timeout: Duration,
-    /// How often the agent should audit.
-    pub audit_interval: Duration,
-    /// How often the agent should ask for sentinel tasks.
-    pub sentinel_interval: Duration,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(30),
-            audit_interval: Duration::from_secs(60),
-            sentinel_interval: Duration::from_secs(30),
-        }
-    }
-}
+pub use weir_core::settings::SessionConfig;
 
 /// Why a session may not act.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -190,6 +171,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn last_agent_wins() {

@@ -9,190 +9,17 @@
 //! on one small runtime of their own, so a plugin call may come from any
 //! thread.
 
-use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde::Deserialize;
-
 use crate::hostapi::ApiError;
+pub use weir_core::manifest::{Upstream, UpstreamSection};
 
 /// The path prefix of upstream calls.
 pub const PREFIX: &str = "/upstream/";
 
-/// Default timeout of one upstream request.
-const DEFAULT_TIMEOUT_MS: u64 = 5_000;
-/// Longest timeout a manifest may set.
-const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
-/// Default response cap.
-const DEFAULT_MAX_RESPONSE_KIB: usize = 1024;
-/// Largest response cap a manifest may set.
-const MAX_RESPONSE_KIB: usize = 64 * 1024;
 /// How much of an upstream's error answer is passed to the guest.
 const MAX_ERROR_BODY: usize = 512;
-
-/// One `[[capabilities.upstreams]]`, as written.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSection {
-    /// The name in `/upstream/NAME/...`.
-    pub name: String,
-    /// `http://` or `https://` URL every path is appended to.
-    pub base_url: String,
-    /// Methods the guest may use (default: GET only).
-    #[serde(default)]
-    pub methods: Option<Vec<String>>,
-    /// Headers added to every request; `${VAR}` is replaced by the host's
-    /// environment variable `VAR`.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Timeout of one request, ms (default 5000).
-    pub timeout_ms: Option<u64>,
-    /// Largest response body, KiB (default 1024).
-    pub max_response_kib: Option<usize>,
-}
-
-/// A checked upstream service, secrets resolved.
-#[derive(Clone)]
-pub struct Upstream {
-    /// Its name.
-    pub name: String,
-    /// Base URL, without a trailing `/`.
-    base_url: String,
-    /// Upper-case methods allowed.
-    pub methods: Vec<String>,
-    /// Headers, values marked sensitive.
-    headers: HeaderMap,
-    /// Timeout of one request.
-    pub timeout: Duration,
-    /// Largest response body, bytes.
-    pub max_response_bytes: usize,
-}
-
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Header values are secrets: only their names are shown.
-        f.debug_struct("Upstream")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url)
-            .field("methods", &self.methods)
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
-            .field("timeout", &self.timeout)
-            .field("max_response_bytes", &self.max_response_bytes)
-            .finish()
-    }
-}
-
-/// Replaces every `${VAR}` in `value` by `env(VAR)`; errors name the missing
-/// variable.
-fn interpolate(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| "`${` without a closing `}`".to_string())?;
-        let var = &after[..end];
-        if var.is_empty() {
-            return Err("`${}` names no variable".into());
-        }
-        let got = env(var).ok_or_else(|| {
-            format!("environment variable `{var}` is not set in the host's environment")
-        })?;
-        out.push_str(&got);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-impl UpstreamSection {
-    /// Checks the section (`at` names it in errors) and resolves its header
-    /// secrets through `env`.
-    pub fn check(
-        &self,
-        at: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Upstream, String> {
-        let name = &self.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(format!(
-                "{at}.name = \"{name}\": use letters, digits, `-` and `_`"
-            ));
-        }
-        let url = reqwest::Url::parse(&self.base_url)
-            .map_err(|e| format!("{at}.base_url = \"{}\": {e}", self.base_url))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!(
-                "{at}.base_url = \"{}\": must be an http:// or https:// URL with a host",
-                self.base_url
-            ));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!(
-                "{at}.base_url = \"{}\": may not have a query or fragment (put secrets in headers)",
-                self.base_url
-            ));
-        }
-        let methods = match &self.methods {
-            None => vec!["GET".to_string()],
-            Some(m) if m.is_empty() => {
-                return Err(format!("{at}.methods: empty; leave it out for GET only"));
-            }
-            Some(m) => m
-                .iter()
-                .map(|m| {
-                    let up = m.to_ascii_uppercase();
-                    if ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"].contains(&up.as_str()) {
-                        Ok(up)
-                    } else {
-                        Err(format!(
-                            "{at}.methods: `{m}` is not GET, HEAD, POST, PUT, PATCH or DELETE"
-                        ))
-                    }
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let mut headers = HeaderMap::new();
-        for (k, v) in &self.headers {
-            let field = format!("{at}.headers.{k}");
-            let hname = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("{field}: not a valid header name"))?;
-            let value = interpolate(v, env).map_err(|e| format!("{field}: {e}"))?;
-            let mut hvalue = HeaderValue::from_str(&value)
-                .map_err(|_| format!("{field}: the value is not a valid header value"))?;
-            hvalue.set_sensitive(true);
-            headers.insert(hname, hvalue);
-        }
-        let timeout_ms = self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-        if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
-            return Err(format!(
-                "{at}.timeout_ms = {timeout_ms}: must be from 1 to {MAX_TIMEOUT_MS}"
-            ));
-        }
-        let kib = self.max_response_kib.unwrap_or(DEFAULT_MAX_RESPONSE_KIB);
-        if kib == 0 || kib > MAX_RESPONSE_KIB {
-            return Err(format!(
-                "{at}.max_response_kib = {kib}: must be from 1 to {MAX_RESPONSE_KIB}"
-            ));
-        }
-        Ok(Upstream {
-            name: name.clone(),
-            base_url: self.base_url.trim_end_matches('/').to_string(),
-            methods,
-            headers,
-            timeout: Duration::from_millis(timeout_ms),
-            max_response_bytes: kib * 1024,
-        })
-    }
-}
 
 /// Splits `/upstream/NAME/REST` into `(NAME, /REST)`; `None` when `path` is
 /// not an upstream path.
@@ -486,52 +313,8 @@ mod tests {
         toml::from_str(toml_text).unwrap()
     }
 
-    fn env(var: &str) -> Option<String> {
-        (var == "TOKEN").then(|| "s3cret".to_string())
-    }
-
-    #[test]
-    fn secrets_come_from_the_environment_and_stay_hidden() {
-        let s = section(
-            "name = \"geo\"\nbase_url = \"http://example.test/api/\"\n[headers]\nAuthorization = \"Bearer ${TOKEN}\"\n",
-        );
-        let up = s.check("u[0]", &env).unwrap();
-        assert_eq!(up.base_url, "http://example.test/api");
-        assert_eq!(up.methods, ["GET"]);
-        assert_eq!(up.headers["authorization"], "Bearer s3cret");
-        assert!(!format!("{up:?}").contains("s3cret"));
-
-        let missing = section(
-            "name = \"geo\"\nbase_url = \"http://example.test\"\nheaders = { X-Key = \"${NOPE}\" }\n",
-        );
-        assert_eq!(
-            missing.check("u[0]", &env).unwrap_err(),
-            "u[0].headers.X-Key: environment variable `NOPE` is not set in the host's environment"
-        );
-    }
-
-    #[test]
-    fn bad_sections_are_named() {
-        let bad = |t: &str| section(t).check("u[1]", &env).unwrap_err();
-        assert!(bad("name = \"a b\"\nbase_url = \"http://x\"\n").starts_with("u[1].name"));
-        assert!(bad("name = \"a\"\nbase_url = \"ftp://x\"\n").contains("http:// or https://"));
-        assert!(bad("name = \"a\"\nbase_url = \"http://x/?k=1\"\n").contains("query"));
-        assert!(
-            bad("name = \"a\"\nbase_url = \"http://x\"\nmethods = [\"FETCH\"]\n")
-                .contains("`FETCH` is not")
-        );
-        assert!(
-            bad("name = \"a\"\nbase_url = \"http://x\"\ntimeout_ms = 0\n")
-                .starts_with("u[1].timeout_ms = 0")
-        );
-        assert!(
-            bad("name = \"a\"\nbase_url = \"http://x\"\nmax_response_kib = 0\n")
-                .starts_with("u[1].max_response_kib")
-        );
-        assert!(
-            bad("name = \"a\"\nbase_url = \"http://x\"\nheaders = { X = \"${A\" }\n")
-                .contains("without a closing")
-        );
+    fn env(_: &str) -> Option<String> {
+        None
     }
 
     #[test]

@@ -105,6 +105,133 @@ pub fn feedback(data: &[u8]) {
     }
 }
 
+/// A `POST /v1/events` body, any bytes: every event is either accepted
+/// within the documented bounds or rejected alone with a short reason.
+pub fn events(data: &[u8]) {
+    use crate::producer::{
+        MAX_EVENTS_PER_REQUEST, MAX_FIELD_BYTES, MAX_PAYLOAD_BYTES, RESERVED_SOURCE, parse_events,
+    };
+    let Ok(parsed) = parse_events(data) else {
+        return;
+    };
+    let total = parsed.valid.len() + parsed.rejected.len();
+    assert!(total <= MAX_EVENTS_PER_REQUEST);
+    let mut seen: Vec<usize> = parsed.valid.iter().map(|(i, _)| *i).collect();
+    seen.extend(parsed.rejected.iter().map(|r| r.index));
+    seen.sort_unstable();
+    assert!(
+        seen.iter().copied().eq(0..total),
+        "each event answered once"
+    );
+    for (_, e) in &parsed.valid {
+        for field in [&e.id, &e.event_type, &e.source]
+            .into_iter()
+            .chain(e.source_time.as_ref())
+            .chain(e.correlation_id.as_ref())
+        {
+            assert!(!field.trim().is_empty() && field.len() <= MAX_FIELD_BYTES);
+            assert!(!field.chars().any(char::is_control), "{field:?}");
+        }
+        assert!(
+            e.event_type
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
+        );
+        assert!(!e.source.starts_with(RESERVED_SOURCE));
+        assert!(e.payload.len() <= MAX_PAYLOAD_BYTES);
+        serde_json::from_str::<serde_json::Value>(&e.payload).expect("the payload is JSON");
+        assert!(
+            e.scope.is_none(),
+            "the scope comes from the key, never the body"
+        );
+    }
+    for r in &parsed.rejected {
+        assert!(
+            r.reason.len() < 1024,
+            "a reason of {} bytes",
+            r.reason.len()
+        );
+        assert!(
+            r.event_id
+                .as_ref()
+                .is_none_or(|id| id.len() <= MAX_FIELD_BYTES)
+        );
+    }
+}
+
+/// A plugin manifest (`NAME.toml`), any text: parsed and checked as the
+/// engine does; what passes is within the documented bounds.
+pub fn manifest(data: &[u8]) {
+    use crate::manifest::Manifest;
+    use crate::settings::Limits;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(m) = Manifest::parse(text) else {
+        return;
+    };
+    let grants = m.grants().expect("parse checked the grants");
+    // Whatever a plugin asks, the answer is a yes or a no.
+    for path in ["/v1/keys", "/v1/state/a/b", "/", "", "/a//b?x=/y"] {
+        let _ = grants.allows("GET", path);
+    }
+    let _ = grants.allows("GET", &"/x".repeat(10_000));
+    if let Ok(ups) = m.upstreams(&|_| Some("secret".into())) {
+        for u in &ups {
+            assert!(!u.base_url.ends_with('/'), "{}", u.base_url);
+            assert!(!u.methods.is_empty());
+            assert!(u.max_response_bytes >= 1024 && u.timeout.as_millis() >= 1);
+            assert!(!format!("{u:?}").contains("secret"), "a secret in Debug");
+        }
+    }
+    let max_memory = 256 << 20;
+    if let Ok(l) = m.limits(&Limits::default(), max_memory) {
+        assert!(l.memory_bytes >= 1 << 20 && l.memory_bytes <= max_memory);
+        assert!(!l.call_deadline.is_zero() && !l.matches_deadline.is_zero());
+        assert!(l.max_output_bytes >= 1024);
+    }
+    let _ = m.dirs(std::path::Path::new("/nonexistent/weir-fuzz"));
+}
+
+/// A host configuration (`weir.toml`), any text: parsed and resolved as
+/// `weir serve` does; what passes is within the documented bounds.
+pub fn config(data: &[u8]) {
+    use crate::auth::Role;
+    use crate::config::FileConfig;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(file) = toml::from_str::<FileConfig>(text) else {
+        return;
+    };
+    let env = |var: &str| var.len().is_multiple_of(2).then(|| format!("from-env-{var}"));
+    if let Ok((datastores, keys)) = file.resolve("weir.toml", &env) {
+        assert_eq!(
+            datastores.iter().filter(|d| d.name == "default").count(),
+            1,
+            "`default` exactly once"
+        );
+        for (i, d) in datastores.iter().enumerate() {
+            assert!(datastores[..i].iter().all(|o| o.name != d.name));
+            assert!(d.queue_rows >= 1 && d.max_tree_items >= 1 && d.rows.max_depth >= 1);
+            assert!(d.index.hot_window_secs >= 0.0 && d.index.tombstone_ttl_secs >= 0.0);
+        }
+        // No key of one datastore opens another.
+        for d in &datastores {
+            for role in Role::ALL {
+                let _ = keys.authorize(Some("k"), role, Some(&d.name));
+            }
+        }
+    }
+    if let Ok((bus, pipeline)) = file.events.resolve("weir.toml") {
+        assert!(!bus.dedup_ttl.is_zero());
+        assert!(pipeline.dlq_capacity >= 1 && pipeline.dlq_bytes >= 1);
+    }
+    let _ = file
+        .limits
+        .apply(&crate::settings::Limits::default(), 1 << 30);
+}
+
 /// Path normalization, glob matching and bounded echoes, any text: the
 /// first line is a glob pattern, the rest a path.
 pub fn paths(data: &[u8]) {
@@ -150,10 +277,13 @@ mod tests {
     fn regressions_stay_fixed() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 3] = [
+        let targets: [(&str, Target); 6] = [
             ("push", super::push),
             ("feedback", super::feedback),
             ("paths", super::paths),
+            ("events", super::events),
+            ("manifest", super::manifest),
+            ("config", super::config),
         ];
         let mut replayed = 0;
         for (name, target) in targets {

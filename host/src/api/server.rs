@@ -22,36 +22,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+pub use weir_core::settings::ServerLimits;
+
 use super::AppError;
-
-/// Bounds of the connection layer; each is a `[server]` setting and a
-/// `weir serve` flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerLimits {
-    /// Connections served at once; beyond, new connections wait in the
-    /// listen backlog until one closes.
-    pub max_connections: usize,
-    /// Time a client has to send a request's head (line and headers).
-    pub header_timeout: Duration,
-    /// Time a request may take until its answer starts: reading its body
-    /// and running its handler. Streams are not cut: their answer starts
-    /// at once.
-    pub request_timeout: Duration,
-    /// Time a shutdown waits for open connections after the host wound
-    /// down; then they are dropped.
-    pub shutdown_timeout: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            header_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            shutdown_timeout: Duration::from_secs(15),
-        }
-    }
-}
 
 /// Answers 408 when a request has not produced its answer within `limit`
 /// (a body that does not arrive, a handler that hangs).

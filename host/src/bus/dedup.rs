@@ -8,12 +8,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Default number of ids remembered.
-pub const DEFAULT_DEDUP_SIZE: usize = 10_000;
-
-/// Default time an id is remembered.
-pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(300);
-
 /// Recently seen event ids.
 #[derive(Debug)]
 pub struct DedupFilter {

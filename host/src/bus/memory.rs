@@ -26,9 +26,8 @@ use tokio::sync::Notify;
 
 use super::{
     BusConfig, BusStats, DedupFilter, Event, EventBus, Feed, FeedItem, GapReason, Handler,
-    NewEvent, Published, Selection, StartAt,
+    NewEvent, Published, Selection, StartAt, event_type_matches,
 };
-use crate::registry::event_type_matches;
 
 /// History entries a replaying feed scans per lock hold, so that a replay of
 /// a long history does not stall publishers.

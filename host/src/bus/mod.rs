@@ -18,15 +18,15 @@ mod memory;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 
 pub use counts::{COUNTS_PRIORITY, EventCounts};
-pub use dedup::{DEFAULT_DEDUP_SIZE, DEFAULT_DEDUP_TTL, DedupFilter};
+pub use dedup::DedupFilter;
 pub use memory::MemoryBus;
+pub use weir_core::settings::{BusConfig, DEFAULT_DEDUP_SIZE, DEFAULT_DEDUP_TTL};
 
-use crate::plugin::RawEvent;
+pub use weir_core::event::{Event, NewEvent, Selection, event_type_matches};
 
 /// Now, ms since the Unix epoch: what event timestamps are.
 pub fn now_ms() -> u64 {
@@ -34,62 +34,6 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// An event offered to the bus, before it has a sequence number.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
-    /// Unique id; duplicates within the dedup window are refused.
-    pub id: String,
-    /// Type, such as `fs.insert`.
-    pub event_type: String,
-    /// Who produced it.
-    pub source: String,
-    /// When it happened at the source (RFC 3339), if known.
-    pub source_time: Option<String>,
-    /// Correlation id, if the producer gave one.
-    pub correlation_id: Option<String>,
-    /// Payload as compact JSON text.
-    pub payload: String,
-    /// Who may see it: the datastore whose key published it (or whose
-    /// index changed), or `None` for the host (host-level keys only).
-    pub scope: Option<String>,
-}
-
-/// An event on the bus.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// Position on the bus; strictly increasing, starting at 1.
-    pub seq: u64,
-    /// When the bus accepted it, ms since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// Everything the producer gave.
-    pub new: NewEvent,
-}
-
-impl Event {
-    /// Bytes this event holds, as history sizes count them.
-    pub fn size_bytes(&self) -> usize {
-        let n = &self.new;
-        std::mem::size_of::<Self>()
-            + n.id.len()
-            + n.event_type.len()
-            + n.source.len()
-            + n.source_time.as_ref().map_or(0, String::len)
-            + n.correlation_id.as_ref().map_or(0, String::len)
-            + n.payload.len()
-    }
-
-    /// The event as plugins receive it.
-    pub fn to_raw(&self) -> RawEvent {
-        RawEvent {
-            event_id: self.new.id.clone(),
-            event_type: self.new.event_type.clone(),
-            source_time: self.new.source_time.clone(),
-            timestamp_ms: self.timestamp_ms,
-            payload: self.new.payload.clone(),
-        }
-    }
 }
 
 /// What became of one published event.
@@ -177,34 +121,6 @@ pub trait Handler: Send + Sync {
     fn handle(&self, event: &Event);
 }
 
-/// Settings of a bus.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BusConfig {
-    /// Ids remembered for dedup (0 disables it).
-    pub dedup_size: usize,
-    /// How long an id is remembered.
-    pub dedup_ttl: Duration,
-    /// Events kept in history (0 disables replay).
-    pub history_events: usize,
-    /// Bytes kept in history.
-    pub history_bytes: usize,
-    /// How long a publisher waits for room in a full feed buffer before it
-    /// marks that consumer slow and drops its oldest events instead.
-    pub slow_consumer_wait: Duration,
-}
-
-impl Default for BusConfig {
-    fn default() -> Self {
-        Self {
-            dedup_size: DEFAULT_DEDUP_SIZE,
-            dedup_ttl: DEFAULT_DEDUP_TTL,
-            history_events: 10_000,
-            history_bytes: 64 * 1024 * 1024,
-            slow_consumer_wait: Duration::from_millis(100),
-        }
-    }
-}
-
 /// Counters of a bus.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BusStats {
@@ -222,39 +138,6 @@ pub struct BusStats {
     pub history_bytes: usize,
     /// Open feeds.
     pub feeds: usize,
-}
-
-/// Which events a feed gets: those whose type matches `pattern` and, for a
-/// scoped feed, that were published in its `scope` (a datastore). The bus
-/// filters before a feed's buffer, so that another scope's traffic never
-/// fills it, drops its events or shows in its gap notices.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selection {
-    /// Event type: exact, `prefix.*` or `*`.
-    pub pattern: String,
-    /// `Some(datastore)`: only that scope's events; `None`: every event.
-    pub scope: Option<String>,
-}
-
-impl Selection {
-    /// Whether `event` is selected.
-    pub fn matches(&self, event: &Event) -> bool {
-        crate::registry::event_type_matches(&self.pattern, &event.new.event_type)
-            && self
-                .scope
-                .as_ref()
-                .is_none_or(|s| event.new.scope.as_ref() == Some(s))
-    }
-}
-
-impl From<&str> for Selection {
-    /// Every event whose type matches the pattern, whatever its scope.
-    fn from(pattern: &str) -> Self {
-        Self {
-            pattern: pattern.to_string(),
-            scope: None,
-        }
-    }
 }
 
 /// A bus backend.

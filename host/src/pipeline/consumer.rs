@@ -277,7 +277,7 @@ impl Call<'_> {
     /// durations go to `stats`.
     /// The verdict on each of `events`, and how many `matches` accepted.
     fn judge(&self, events: &[Arc<Event>], stats: Option<&KeyStats>) -> (Vec<Verdict>, u64) {
-        let raws: Vec<RawEvent> = events.iter().map(|e| e.to_raw()).collect();
+        let raws: Vec<RawEvent> = events.iter().map(|e| RawEvent::from(&**e)).collect();
         let mut verdicts: Vec<Option<Verdict>> = (0..events.len()).map(|_| None).collect();
         let mut selected = Vec::new();
         let started = Instant::now();

@@ -25,6 +25,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+pub use weir_core::settings::PipelineConfig;
+
 use crate::bus::{EventBus, EventCounts, GapReason, NewEvent, Published, StartAt};
 use crate::datastore::FeedChange;
 use crate::index::ChangeKind;
@@ -34,36 +36,6 @@ use consumer::Ctx;
 use dlq::{DeadLetter, DeadLetters, Selector};
 use health::{HealthBook, Quarantine};
 use subscriptions::{Slot, SubscriptionInfo, Subscriptions};
-
-/// Settings of the pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PipelineConfig {
-    /// Consecutive faults that quarantine a key (0: never).
-    pub quarantine_after: u32,
-    /// Dead letters kept.
-    pub dlq_capacity: usize,
-    /// Bytes of dead letters kept.
-    pub dlq_bytes: usize,
-    /// Distinct event types counted by name; the rest count as `other`.
-    pub max_event_types: usize,
-    /// Most events handed to one `matches-batch`/`process-batch` call.
-    pub max_batch: usize,
-    /// Deliveries buffered between a consumer's workers and its connection.
-    pub output_buffer: usize,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        Self {
-            quarantine_after: 20,
-            dlq_capacity: 10_000,
-            dlq_bytes: 64 * 1024 * 1024,
-            max_event_types: 1_000,
-            max_batch: 100,
-            output_buffer: 64,
-        }
-    }
-}
 
 /// What a consumer receives.
 #[derive(Debug, Clone)]

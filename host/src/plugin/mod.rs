@@ -16,7 +16,7 @@
 mod bindings;
 mod fault;
 pub mod logbudget;
-pub mod manifest;
+pub use weir_core::manifest;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +33,7 @@ pub use bindings::types::RawEvent;
 /// Parameters as name/value pairs, the shape every key function takes.
 pub type Params = Vec<(String, String)>;
 pub use fault::{FaultKind, PluginFault};
+pub use weir_core::settings::Limits;
 
 use crate::hostapi::HostApi;
 use crate::registry::{
@@ -58,30 +59,6 @@ pub struct Grants {
     pub dirs: Vec<manifest::Preopen>,
     /// HTTP services reachable at `/upstream/NAME/...`.
     pub upstreams: Vec<crate::upstream::Upstream>,
-}
-
-/// Resource limits of one plugin's calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Deadline of one `matches` call (and of a `matches-batch`).
-    pub matches_deadline: Duration,
-    /// Deadline of every other call.
-    pub call_deadline: Duration,
-    /// Linear memory cap per instance, in bytes.
-    pub memory_bytes: usize,
-    /// Largest output one event may emit, in bytes.
-    pub max_output_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            matches_deadline: Duration::from_millis(50),
-            call_deadline: Duration::from_secs(5),
-            memory_bytes: 64 * 1024 * 1024,
-            max_output_bytes: 1024 * 1024,
-        }
-    }
 }
 
 /// Engine-wide settings.

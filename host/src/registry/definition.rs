@@ -2,6 +2,7 @@
 //! plugin's `describe` returns, and serialized for `/v1/keys` and the CLI.
 
 use serde::{Deserialize, Serialize};
+use weir_core::event::event_type_matches;
 
 /// Default per-subscription buffer when a key declares none.
 pub const DEFAULT_BUFFER_SIZE: u32 = 100;
@@ -196,17 +197,6 @@ impl KeyDefinition {
     /// `prefix.*` (any type starting with `prefix.`) or `*`.
     pub fn accepts_event_type(&self, event_type: &str) -> bool {
         event_type_matches(&self.event_type, event_type)
-    }
-}
-
-/// Matches an event type against a key's pattern.
-pub fn event_type_matches(pattern: &str, event_type: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    match pattern.strip_suffix('*') {
-        Some(prefix) => event_type.starts_with(prefix),
-        None => pattern == event_type,
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 pub use definition::{
     AUTH_TYPES, DEFAULT_BUFFER_SIZE, DEFAULT_WORKERS, Function, KeyDefinition, MAX_BUFFER_SIZE,
-    OutputSchema, ParamDef, ParamType, ParamValue, compile_schema, event_type_matches,
+    OutputSchema, ParamDef, ParamType, ParamValue, compile_schema,
 };
 pub use params::ParamError;
 pub use rules::{RegistrationError, Rule, check_definitions};

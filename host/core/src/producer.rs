@@ -1,16 +1,13 @@
-//! Raw events from producers (`POST /v1/events`): one JSON object or an
-//! array of them, each checked on its own so that one bad event costs only
-//! itself. A missing id gets a UUID.
+//! Events from producers (`POST /v1/events`): one JSON object or an array
+//! of them, each checked on its own so that one bad event costs only
+//! itself. A missing id gets a UUID. The body's OpenAPI schema is built
+//! beside the parser (feature `openapi`), so that the two cannot drift.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{
-    AdditionalProperties, ArrayBuilder, KnownFormat, Object, ObjectBuilder, OneOfBuilder, Schema,
-    SchemaFormat, SchemaType, Type,
-};
 
-use crate::bus::NewEvent;
+use crate::event::NewEvent;
+use crate::text::echo;
 
 /// Sources only the host publishes (`datastore/NAME`, the index changes).
 pub const RESERVED_SOURCE: &str = "datastore/";
@@ -35,13 +32,14 @@ const FIELDS: [&str; 6] = [
 ];
 
 /// An event that was not accepted, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RejectedEvent {
     /// Position in the request (0 for a single object).
     pub index: usize,
     /// Its id, when it had a usable one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub event_id: Option<String>,
     /// What is wrong.
     pub reason: String,
@@ -54,75 +52,6 @@ pub struct ParsedEvents {
     pub valid: Vec<(usize, NewEvent)>,
     /// Invalid events.
     pub rejected: Vec<RejectedEvent>,
-}
-
-/// The wire form [`parse_events`] reads, for the OpenAPI document: one event
-/// object, or an array of at most [`MAX_EVENTS_PER_REQUEST`] of them, each
-/// with the fields of [`FIELDS`] only.
-impl utoipa::PartialSchema for ParsedEvents {
-    fn schema() -> RefOr<Schema> {
-        let event = event_schema();
-        OneOfBuilder::new()
-            .description(Some(
-                "One event, or an array of events (each checked on its own).",
-            ))
-            .item(event.clone())
-            .item(
-                ArrayBuilder::new()
-                    .items(event)
-                    .max_items(Some(MAX_EVENTS_PER_REQUEST)),
-            )
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for ParsedEvents {
-    fn name() -> std::borrow::Cow<'static, str> {
-        "Events".into()
-    }
-}
-
-/// The schema of one event object: the fields of [`FIELDS`].
-fn event_schema() -> Object {
-    let text = |description: &str| {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .min_length(Some(1))
-            .max_length(Some(MAX_FIELD_BYTES))
-            .description(Some(description))
-    };
-    ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .property(
-            "event_id",
-            text("Unique id; duplicates within the dedup window are answered as duplicates. A UUID when absent."),
-        )
-        .property(
-            "event_type",
-            text("Type, such as `fs.insert`: letters, digits and `. _ - :`.")
-                .pattern(Some("^[A-Za-z0-9._:-]+$")),
-        )
-        .required("event_type")
-        .property("source", text("Who produced it."))
-        .required("source")
-        .property(
-            "source_time",
-            text("When it happened at the source (RFC 3339).").format(Some(
-                SchemaFormat::KnownFormat(KnownFormat::DateTime),
-            )),
-        )
-        .property("correlation_id", text("Correlation id."))
-        .property(
-            "payload",
-            ObjectBuilder::new()
-                .schema_type(SchemaType::AnyValue)
-                .description(Some(format!(
-                    "Any JSON value, at most {MAX_PAYLOAD_BYTES} bytes as compact JSON."
-                ))),
-        )
-        .required("payload")
-        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
-        .build()
 }
 
 /// Parses a request body. Errors only when the body as a whole is unusable.
@@ -166,7 +95,8 @@ fn event(item: Value) -> Result<NewEvent, Refusal> {
     let id_for = |r: String| (event_id.clone(), r);
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(id_for(format!(
-            "unknown field `{unknown}` (allowed: {})",
+            "unknown field `{}` (allowed: {})",
+            echo(unknown),
             FIELDS.join(", ")
         )));
     }
@@ -178,7 +108,8 @@ fn event(item: Value) -> Result<NewEvent, Refusal> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
     {
         return Err(id_for(format!(
-            "`event_type` `{event_type}` has `{c}`; allowed are letters, digits and . _ - :"
+            "`event_type` `{}` has `{c}`; allowed are letters, digits and . _ - :",
+            echo(&event_type)
         )));
     }
     let source = optional_text(&mut obj, "source")
@@ -251,16 +182,103 @@ fn optional_text(obj: &mut Map<String, Value>, name: &str) -> Result<Option<Stri
     }
 }
 
+/// The OpenAPI schema of the body [`parse_events`] reads.
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ArrayBuilder, KnownFormat, Object, ObjectBuilder, OneOfBuilder,
+        Schema, SchemaFormat, SchemaType, Type,
+    };
+
+    use super::{MAX_EVENTS_PER_REQUEST, MAX_FIELD_BYTES, MAX_PAYLOAD_BYTES, ParsedEvents};
+
+    /// The wire form [`parse_events`] reads, for the OpenAPI document: one event
+    /// object, or an array of at most [`MAX_EVENTS_PER_REQUEST`] of them, each
+    /// with the fields of [`FIELDS`](super::FIELDS) only.
+    impl utoipa::PartialSchema for ParsedEvents {
+        fn schema() -> RefOr<Schema> {
+            let event = event_schema();
+            OneOfBuilder::new()
+                .description(Some(
+                    "One event, or an array of events (each checked on its own).",
+                ))
+                .item(event.clone())
+                .item(
+                    ArrayBuilder::new()
+                        .items(event)
+                        .max_items(Some(MAX_EVENTS_PER_REQUEST)),
+                )
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for ParsedEvents {
+        fn name() -> std::borrow::Cow<'static, str> {
+            "Events".into()
+        }
+    }
+
+    /// The schema of one event object: the fields of [`FIELDS`](super::FIELDS).
+    fn event_schema() -> Object {
+        let text = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_FIELD_BYTES))
+                .description(Some(description))
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "event_id",
+                text("Unique id; duplicates within the dedup window are answered as duplicates. A UUID when absent."),
+            )
+            .property(
+                "event_type",
+                text("Type, such as `fs.insert`: letters, digits and `. _ - :`.")
+                    .pattern(Some("^[A-Za-z0-9._:-]+$")),
+            )
+            .required("event_type")
+            .property("source", text("Who produced it."))
+            .required("source")
+            .property(
+                "source_time",
+                text("When it happened at the source (RFC 3339).").format(Some(
+                    SchemaFormat::KnownFormat(KnownFormat::DateTime),
+                )),
+            )
+            .property("correlation_id", text("Correlation id."))
+            .property(
+                "payload",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::AnyValue)
+                    .description(Some(format!(
+                        "Any JSON value, at most {MAX_PAYLOAD_BYTES} bytes as compact JSON."
+                    ))),
+            )
+            .required("payload")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .build()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::FIELDS;
+        use super::*;
+
+        #[test]
+        fn the_schema_names_exactly_the_fields_read() {
+            let event = event_schema();
+            let named: Vec<&str> = event.properties.keys().map(String::as_str).collect();
+            assert_eq!(named, FIELDS);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_schema_names_exactly_the_fields_read() {
-        let event = event_schema();
-        let named: Vec<&str> = event.properties.keys().map(String::as_str).collect();
-        assert_eq!(named, FIELDS);
-    }
 
     fn parse(body: &str) -> ParsedEvents {
         parse_events(body.as_bytes()).unwrap()
@@ -322,5 +340,20 @@ mod tests {
                 .starts_with("body is not JSON")
         );
         assert!(parse_events(b"3").unwrap_err().contains("one event"));
+    }
+
+    #[test]
+    fn echoes_of_input_are_bounded() {
+        let long = "k".repeat(100_000);
+        let body = format!(r#"{{"event_type":"a","source":"s","payload":1,"{long}":1}}"#);
+        let got = parse_events(body.as_bytes()).unwrap();
+        assert!(
+            got.rejected[0].reason.len() < 1024,
+            "{}",
+            got.rejected[0].reason.len()
+        );
+        let body = format!(r#"{{"event_type":"a {long}","source":"s","payload":1}}"#);
+        let got = parse_events(body.as_bytes()).unwrap();
+        assert!(got.rejected[0].reason.len() < 1024);
     }
 }

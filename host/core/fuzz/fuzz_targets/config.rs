@@ -1,0 +1,7 @@
+//! A host configuration (`weir.toml`), any bytes.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| weir_core::fuzz::config(data));
