@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use weir_host::auth::{Keys, Role};
 use weir_host::host::{Host, HostConfig};
-use weir_host::plugin::{EngineConfig, Limits, RawEvent};
+use weir_host::plugin::{EngineConfig, Environment, Limits, RawEvent};
+
+/// The captured fixtures (`tests/fixtures`), such as the Fustor wire traffic.
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
 
 /// Directory of the test guests, built by this crate's build script.
 pub const GUEST_DIR: &str = env!("WEIR_TEST_GUEST_DIR");
@@ -54,6 +57,12 @@ pub fn host_with_examples() -> Arc<Host> {
 
 /// A host over the plugin directory `dir`, with one key per role.
 pub fn host_with_plugin_dir(dir: PathBuf) -> Arc<Host> {
+    host_with_plugin_dir_env(dir, Environment::default())
+}
+
+/// [`host_with_plugin_dir`] whose manifests take their `${VAR}` secrets
+/// from `env` instead of the process environment.
+pub fn host_with_plugin_dir_env(dir: PathBuf, env: Environment) -> Arc<Host> {
     let keys = test_keys();
     Arc::new(
         Host::new(HostConfig {
@@ -61,6 +70,7 @@ pub fn host_with_plugin_dir(dir: PathBuf) -> Arc<Host> {
             engine: EngineConfig {
                 limits: test_limits(),
                 cache_dir: Some(compile_cache()),
+                env,
                 ..EngineConfig::default()
             },
             keys,

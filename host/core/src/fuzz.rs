@@ -204,7 +204,11 @@ pub fn config(data: &[u8]) {
     let Ok(file) = toml::from_str::<FileConfig>(text) else {
         return;
     };
-    let env = |var: &str| var.len().is_multiple_of(2).then(|| format!("from-env-{var}"));
+    let env = |var: &str| {
+        var.len()
+            .is_multiple_of(2)
+            .then(|| format!("from-env-{var}"))
+    };
     if let Ok((datastores, keys)) = file.resolve("weir.toml", &env) {
         assert_eq!(
             datastores.iter().filter(|d| d.name == "default").count(),

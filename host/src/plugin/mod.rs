@@ -74,6 +74,9 @@ pub struct EngineConfig {
     pub cache_dir: Option<PathBuf>,
     /// Idle instances kept per plugin.
     pub max_idle_instances: usize,
+    /// Where a manifest's `${VAR}` secrets come from: the host's process
+    /// environment by default.
+    pub env: Environment,
 }
 
 impl Default for EngineConfig {
@@ -83,7 +86,40 @@ impl Default for EngineConfig {
             pooling: true,
             cache_dir: None,
             max_idle_instances: 8,
+            env: Environment::default(),
         }
+    }
+}
+
+/// A lookup of environment variables. Injected rather than read from the
+/// process, so that a test (or an embedding program) can hand secrets to
+/// its own host without touching the process environment, which other
+/// threads read.
+#[derive(Clone)]
+pub struct Environment(Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+
+impl Environment {
+    /// Variables from `lookup`.
+    pub fn from_fn(lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(lookup))
+    }
+
+    /// The value of `var`, if set.
+    pub fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var)
+    }
+}
+
+impl Default for Environment {
+    /// The process environment.
+    fn default() -> Self {
+        Self::from_fn(|var| std::env::var(var).ok())
+    }
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Environment")
     }
 }
 
@@ -200,7 +236,7 @@ impl PluginEngine {
                         Grants {
                             api: m.grants()?,
                             dirs: m.dirs(base)?,
-                            upstreams: m.upstreams(&|var| std::env::var(var).ok())?,
+                            upstreams: m.upstreams(&|var| self.config.env.get(var))?,
                         },
                     ))
                 })

@@ -62,7 +62,7 @@ impl Views for TestServer {
 }
 
 fn capture(name: &str) -> Value {
-    let path = format!("{}/fixtures/fustor-wire/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/fustor-wire/{name}", weir_tests::FIXTURES);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     v["request"]["body"].clone()
 }

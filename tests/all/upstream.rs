@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{any, get};
 use serde_json::json;
-use weir_tests::{chaos_call, chaos_ok, guest, host_with_plugin_dir};
+use weir_host::plugin::Environment;
+use weir_tests::{chaos_call, chaos_ok, guest, host_with_plugin_dir_env};
 
 /// The only environment variable this test binary sets (before any thread
 /// that could read the environment exists).
@@ -75,20 +76,8 @@ fn service() -> Router {
         ))
 }
 
-#[test]
-fn granted_upstreams_are_reached_with_host_secrets_and_bounded() {
-    // SAFETY: set before the runtime or any other thread of this test binary
-    // (it has this one test) exists.
-    unsafe { std::env::set_var(TOKEN_VAR, TOKEN) };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(scenario());
-}
-
-async fn scenario() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_upstreams_are_reached_with_host_secrets_and_bounded() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, service()).await });
@@ -112,7 +101,10 @@ headers = {{ Authorization = "Bearer ${{{TOKEN_VAR}}}", X-Static = "plain" }}
         ),
     )
     .unwrap();
-    let host = host_with_plugin_dir(dir.path().to_path_buf());
+    // The secret comes from the host's environment, injected (never the
+    // process environment, which the other tests' threads read).
+    let env = Environment::from_fn(|var| (var == TOKEN_VAR).then(|| TOKEN.to_string()));
+    let host = host_with_plugin_dir_env(dir.path().to_path_buf(), env);
     assert!(
         host.failed_plugins().is_empty(),
         "{:?}",
