@@ -96,7 +96,10 @@ impl Default for EngineConfig {
 /// its own host without touching the process environment, which other
 /// threads read.
 #[derive(Clone)]
-pub struct Environment(Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+pub struct Environment(Arc<Lookup>);
+
+/// A variable's value, if set.
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 impl Environment {
     /// Variables from `lookup`.
