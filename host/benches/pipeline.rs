@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use fs_large_files::LargeFiles;
 use serde_json::{Value, json};
 use weir_host::auth::{Keys, Role};
+use weir_host::bus::Event;
 use weir_host::host::{Host, HostConfig};
-use weir_host::plugin::{EngineConfig, Outcome, Params, PluginFault, RawEvent};
+use weir_host::plugin::{EngineConfig, Outcome, Params, PluginFault};
 use weir_host::registry::{KeyDefinition, Runner};
 use weir_sdk::EventKey;
 
@@ -41,8 +42,8 @@ struct Native {
     defs: Vec<KeyDefinition>,
 }
 
-fn sdk_event(e: &RawEvent) -> weir_sdk::RawEvent {
-    weir_sdk::RawEvent::new(&e.event_type, &e.payload).with_id(&e.event_id)
+fn sdk_event(e: &Event) -> weir_sdk::RawEvent {
+    weir_sdk::RawEvent::new(&e.new.event_type, &e.new.payload).with_id(&e.new.id)
 }
 
 impl Runner for Native {
@@ -55,11 +56,14 @@ impl Runner for Native {
     fn definitions(&self) -> &[KeyDefinition] {
         &self.defs
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn matches_batch(
         &self,
         _: &str,
         params: &Params,
-        events: &[RawEvent],
+        events: &[&Event],
     ) -> Vec<Result<bool, PluginFault>> {
         let p = weir_sdk::Params::from_pairs(params.clone());
         events
@@ -71,7 +75,7 @@ impl Runner for Native {
         &self,
         _: &str,
         params: &Params,
-        events: &[RawEvent],
+        events: &[&Event],
     ) -> Vec<Result<Outcome, PluginFault>> {
         let p = weir_sdk::Params::from_pairs(params.clone());
         events

@@ -10,27 +10,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fs_large_files::LargeFiles;
-use weir_host::hostapi::BuiltinApi;
-use weir_host::plugin::{EngineConfig, Params, PluginEngine, RawEvent};
+use weir_host::bus::{Event, NewEvent};
+use weir_host::plugin::{EngineConfig, Params, PluginEngine};
+use weir_host::plugin_api::PluginApi;
 use weir_host::registry::Runner;
 use weir_sdk::EventKey;
 
 const ROUNDS: usize = 5;
 
-fn events(n: usize) -> Vec<RawEvent> {
+fn events(n: usize) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let dir = if i % 3 == 0 { "/data/projects" } else { "/home/user/tmp" };
-            RawEvent {
-                event_id: format!("ev-{i}"),
-                event_type: if i % 5 == 0 { "fs.update" } else { "fs.insert" }.into(),
-                source_time: None,
+            Event {
+                seq: i as u64 + 1,
                 timestamp_ms: 1_706_000_000_000 + i as u64,
-                payload: format!(
-                    r#"{{"path":"{dir}/file-{i:06}.dat","size":{},"mtime":{}.25,"is_dir":false,"message_source":"realtime"}}"#,
-                    (i * 7919) % 4_000_000,
-                    1_706_000_000 + i
-                ),
+                new: NewEvent {
+                    id: format!("ev-{i}"),
+                    event_type: if i % 5 == 0 { "fs.update" } else { "fs.insert" }.into(),
+                    source: "bench".into(),
+                    source_time: None,
+                    correlation_id: None,
+                    payload: format!(
+                        r#"{{"path":"{dir}/file-{i:06}.dat","size":{},"mtime":{}.25,"is_dir":false,"message_source":"realtime"}}"#,
+                        (i * 7919) % 4_000_000,
+                        1_706_000_000 + i
+                    ),
+                    scope: None,
+                },
             }
         })
         .collect()
@@ -54,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
-    let api = Arc::new(BuiltinApi::new(Default::default(), Default::default()));
+    let api = Arc::new(PluginApi::new(Default::default(), Default::default()));
     let engine = PluginEngine::new(EngineConfig::default(), api)?;
     let path = std::path::Path::new(weir_host::EXAMPLE_PLUGIN_DIR).join("fs_large_files.wasm");
     let plugin = engine.load_file(&path)?;
@@ -64,10 +71,12 @@ fn main() -> anyhow::Result<()> {
         ("path_prefix".into(), "/data/".into()),
     ];
 
-    let wasm_events = events(n);
-    let native_events: Vec<weir_sdk::RawEvent> = wasm_events
+    let owned = events(n);
+    // What the pipeline hands a runner: the bus's events, by reference.
+    let wasm_events: Vec<&Event> = owned.iter().collect();
+    let native_events: Vec<weir_sdk::RawEvent> = owned
         .iter()
-        .map(|e| weir_sdk::RawEvent::new(&e.event_type, &e.payload).with_id(&e.event_id))
+        .map(|e| weir_sdk::RawEvent::new(&e.new.event_type, &e.new.payload).with_id(&e.new.id))
         .collect();
     let native_params = weir_sdk::Params::from_pairs(params.clone());
     let native_api = weir_sdk::testing::MockApi::new();
@@ -85,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     assert_eq!(native_answers, wasm_answers);
     let selected: Vec<usize> = (0..n).filter(|&i| native_answers[i]).collect();
-    let wasm_selected: Vec<RawEvent> = selected.iter().map(|&i| wasm_events[i].clone()).collect();
+    let wasm_selected: Vec<&Event> = selected.iter().map(|&i| wasm_events[i]).collect();
     let native_selected: Vec<&weir_sdk::RawEvent> =
         selected.iter().map(|&i| &native_events[i]).collect();
     let m = wasm_selected.len();

@@ -5,17 +5,18 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::auth::Keys;
+use crate::bus::{Event, NewEvent};
 use crate::config::{LogFormat, MAX_DEFAULT_MEMORY_MIB, ServerSection};
 use crate::host::{Host, HostConfig, PluginLoadError};
 use crate::plugin::manifest::LimitsSection;
-use crate::plugin::{EngineConfig, Limits, LoadedPlugin, Outcome, Params, RawEvent};
+use crate::plugin::{EngineConfig, Limits, LoadedPlugin, Outcome, Params};
 use crate::registry::{Function, KeyDefinition, OutputSchema, Runner, params};
 
 /// Weir: a WebAssembly-pluggable event processing host.
@@ -577,15 +578,18 @@ fn run_one(
             json!({ "result": "dropped", "by": "event_type", "message": format!("`{}` does not match `{}`", input.event_type, def.event_type) }),
         );
     }
-    let event = RawEvent {
-        event_id: event_id.clone(),
-        event_type: input.event_type,
-        source_time: input.source_time,
-        timestamp_ms: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        payload: input.payload.to_string(),
+    let event = Event {
+        seq: 0,
+        timestamp_ms: crate::bus::now_ms(),
+        new: NewEvent {
+            id: event_id.clone(),
+            event_type: input.event_type,
+            source: "weir plugins test".into(),
+            source_time: input.source_time,
+            correlation_id: None,
+            payload: input.payload.to_string(),
+            scope: None,
+        },
     };
     let fault = |stage: Function, f: crate::plugin::PluginFault| {
         with(

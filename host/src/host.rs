@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use crate::auth::Keys;
 use crate::bus::{BusConfig, EventBus, MemoryBus};
 use crate::datastore::{Datastore, DatastoreConfig};
-use crate::hostapi::BuiltinApi;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::plugin::{EngineConfig, PluginEngine};
+use crate::plugin_api::PluginApi;
 use crate::plugindir::PluginDir;
 use crate::registry::{Registry, Runner};
 
@@ -41,7 +41,7 @@ pub use crate::plugindir::{Change as PluginChange, FailedPlugin, PluginLoadError
 pub struct Host {
     registry: Arc<RwLock<Registry>>,
     engine: PluginEngine,
-    api: Arc<BuiltinApi>,
+    api: Arc<PluginApi>,
     keys: Keys,
     plugin_dir: Option<PluginDir>,
     datastores: BTreeMap<String, Arc<Datastore>>,
@@ -70,7 +70,7 @@ impl Host {
                 anyhow::bail!("datastore `{name}` is declared twice");
             }
         }
-        let api = Arc::new(BuiltinApi::new(registry.clone(), datastores.clone()));
+        let api = Arc::new(PluginApi::new(registry.clone(), datastores.clone()));
         let engine = PluginEngine::new(config.engine, api.clone())?;
         let host = Self {
             registry,
@@ -195,7 +195,7 @@ impl Host {
     }
 
     /// The host API plugins call.
-    pub fn host_api(&self) -> &BuiltinApi {
+    pub fn host_api(&self) -> &PluginApi {
         &self.api
     }
 
@@ -254,7 +254,9 @@ impl Host {
         let registry = self.registry();
         let mut plugins = BTreeMap::new();
         for k in registry.list() {
-            let Some(p) = k.plugin.wasm() else { continue };
+            let Some(p) = crate::plugin::as_plugin(&*k.plugin) else {
+                continue;
+            };
             plugins.entry(p.name().to_string()).or_insert_with(|| {
                 let counters = p.counters();
                 PluginInfo {

@@ -4,10 +4,12 @@
 //! sandboxed engine, registers their keys, and serves them over HTTP.
 //!
 //! Module map (one concept each; only `api` knows HTTP):
-//! - [`plugin`]: the wasmtime engine, loaded plugins, faults.
-//! - [`registry`]: key definitions, registration rules, parameter checks.
-//! - [`hostapi`]: the routes plugins reach through `call-api`.
-//! - [`upstream`]: the HTTP services manifests grant, reached through `call-api`.
+//! - [`plugin`]: the engine: wasmtime, loaded plugins, their instances,
+//!   the host imports, upstream services; it needs only a [`plugin::CallApi`]
+//!   from the host.
+//! - [`plugin_api`]: the routes plugins reach through `call-api`.
+//! - [`registry`]: registered keys, registration rules, parameter checks
+//!   (the key contract itself is `weir_core::key`).
 //! - [`bus`]: dedup, sequence numbers, history and fan-out of events.
 //! - [`pipeline`]: subscriptions, key calls, envelopes, dead letters.
 //! - [`index`]: the hash tree of file-system metadata and its arbitration rules
@@ -33,16 +35,15 @@ pub mod config;
 pub mod consume;
 pub mod datastore;
 pub mod host;
-pub mod hostapi;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod plugin_api;
 pub mod plugindir;
 pub mod registry;
 pub mod session;
 pub mod supervise;
-pub mod upstream;
 
 pub use api::run;
 pub use weir_core::{index, text};

@@ -211,7 +211,8 @@ impl PluginDir {
             let mut reg = registry.write().unwrap_or_else(PoisonError::into_inner);
             let ours = reg.list().any(|k| {
                 k.plugin.name() == name
-                    && k.plugin.wasm().and_then(|p| p.path()) == Some(path.as_path())
+                    && crate::plugin::as_plugin(&*k.plugin).and_then(|p| p.path())
+                        == Some(path.as_path())
             });
             if ours {
                 let keys = reg.unregister_plugin(&name);
@@ -241,7 +242,7 @@ impl PluginDir {
             .unwrap_or_else(PoisonError::into_inner)
             .list()
             .find(|k| k.plugin.name() == name)
-            .and_then(|k| k.plugin.wasm().map(|p| p.version().to_string()));
+            .and_then(|k| crate::plugin::as_plugin(&*k.plugin).map(|p| p.version().to_string()));
         let fail = |hash: Option<String>, e: PluginLoadError| {
             tracing::error!(file = %path.display(), running = ?running, "plugin not loaded: {e}");
             let failed = FailedPlugin {

@@ -385,7 +385,7 @@ async fn host_api_routes_are_granted_by_the_manifest_only() {
     );
     // A route outside the grant is still refused.
     let mut other = api.clone();
-    other.payload = json!({"do": "match_api"}).to_string();
+    other.new.payload = json!({"do": "match_api"}).to_string();
     assert!(
         chaos
             .plugin

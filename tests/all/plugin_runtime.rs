@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use weir_host::plugin::{FaultKind, Outcome, PluginFault};
 use weir_host::registry::RegisteredKey;
-use weir_tests::{event, guest, host_with_examples, params};
+use weir_tests::{event, guest, host_with_examples, params, refs};
 
 fn key(host: &weir_host::host::Host, name: &str) -> RegisteredKey {
     host.registry()
@@ -18,7 +18,7 @@ fn key(host: &weir_host::host::Host, name: &str) -> RegisteredKey {
         .unwrap_or_else(|| panic!("key {name} registered"))
 }
 
-fn chaos(action: &str) -> weir_host::plugin::RawEvent {
+fn chaos(action: &str) -> weir_host::bus::Event {
     event(
         &format!("ev-{action}"),
         "test.chaos",
@@ -104,12 +104,12 @@ fn fs_large_files_single_and_batch() {
     assert_eq!(single, [true, false, false, false]);
     let batch: Vec<bool> = k
         .plugin
-        .matches_batch(&k.def.key, &p, &events)
+        .matches_batch(&k.def.key, &p, &refs(&events))
         .into_iter()
         .map(Result::unwrap)
         .collect();
     assert_eq!(batch, single);
-    let out = k.plugin.process_batch(&k.def.key, &p, &events[..1]);
+    let out = k.plugin.process_batch(&k.def.key, &p, &refs(&events[..1]));
     assert_eq!(
         out,
         vec![Ok(Outcome::Emit(
@@ -132,7 +132,7 @@ fn json_field_filter_native_schema_passes_payload() {
     // No process function: the payload is delivered as it is.
     assert_eq!(
         k.plugin.process(&k.def.key, &p, &ev),
-        Ok(Outcome::Emit(ev.payload.clone()))
+        Ok(Outcome::Emit(ev.new.payload.clone()))
     );
     let other = event(
         "d2",
@@ -371,7 +371,7 @@ fn batch_faults_are_pinned_on_their_events() {
         chaos("error"),
         chaos("b"),
     ];
-    let results = k.plugin.process_batch(&k.def.key, &vec![], &events);
+    let results = k.plugin.process_batch(&k.def.key, &vec![], &refs(&events));
     assert_eq!(results.len(), 5);
     assert_eq!(results[0], Ok(Outcome::Emit(r#"{"do":"a"}"#.into())));
     assert_eq!(results[1].as_ref().unwrap_err().kind(), FaultKind::Trap);
@@ -388,7 +388,7 @@ fn batch_faults_are_pinned_on_their_events() {
         chaos("skip"),
         chaos("match_panic"),
     ];
-    let results = k.plugin.matches_batch(&k.def.key, &vec![], &events);
+    let results = k.plugin.matches_batch(&k.def.key, &vec![], &refs(&events));
     assert_eq!(results[0], Ok(true));
     assert_eq!(results[1], Err(PluginFault::ApiInMatches));
     assert_eq!(results[2], Ok(false));
@@ -400,7 +400,7 @@ fn a_batch_with_an_oversized_output_faults_only_that_event() {
     let (_host, k) = hostile_host();
     let results = k
         .plugin
-        .process_batch(&k.def.key, &vec![], &[chaos("a"), chaos("huge")]);
+        .process_batch(&k.def.key, &vec![], &[&chaos("a"), &chaos("huge")]);
     assert_eq!(results[0], Ok(Outcome::Emit(r#"{"do":"a"}"#.into())));
     assert_eq!(
         results[1].as_ref().unwrap_err().kind(),
@@ -550,7 +550,7 @@ fn compiled_cache_is_reused() {
         cache_dir: Some(cache.path().to_path_buf()),
         ..Default::default()
     };
-    let api: Arc<dyn weir_host::hostapi::HostApi> = Arc::new(weir_host::hostapi::BuiltinApi::new(
+    let api: Arc<dyn weir_host::plugin::CallApi> = Arc::new(weir_host::plugin_api::PluginApi::new(
         Default::default(),
         Default::default(),
     ));
@@ -578,7 +578,9 @@ fn compiled_cache_is_reused() {
 
 /// The call counters of a key's wasm plugin.
 fn counters(k: &weir_host::registry::RegisteredKey) -> &weir_host::plugin::Counters {
-    k.plugin.wasm().expect("a wasm plugin").counters()
+    weir_host::plugin::as_plugin(&*k.plugin)
+        .expect("a wasm plugin")
+        .counters()
 }
 
 #[test]

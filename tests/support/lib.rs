@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weir_host::auth::{Keys, Role};
+use weir_host::bus::{Event, NewEvent};
 use weir_host::host::{Host, HostConfig};
-use weir_host::plugin::{EngineConfig, Environment, Limits, RawEvent};
+use weir_host::plugin::{EngineConfig, Environment, Limits};
 
 /// The captured fixtures (`tests/fixtures`), such as the Fustor wire traffic.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
@@ -88,14 +89,25 @@ pub fn compile_cache() -> PathBuf {
 }
 
 /// An event with a JSON payload.
-pub fn event(id: &str, event_type: &str, payload: serde_json::Value) -> RawEvent {
-    RawEvent {
-        event_id: id.to_string(),
-        event_type: event_type.to_string(),
-        source_time: None,
+pub fn event(id: &str, event_type: &str, payload: serde_json::Value) -> Event {
+    Event {
+        seq: 1,
         timestamp_ms: 1_700_000_000_000,
-        payload: payload.to_string(),
+        new: NewEvent {
+            id: id.to_string(),
+            event_type: event_type.to_string(),
+            source: "test".into(),
+            source_time: None,
+            correlation_id: None,
+            payload: payload.to_string(),
+            scope: None,
+        },
     }
+}
+
+/// `events` by reference, as runners take them.
+pub fn refs(events: &[Event]) -> Vec<&Event> {
+    events.iter().collect()
 }
 
 /// Parameters from pairs.

@@ -5,6 +5,8 @@
 //! an async runtime, so that it builds fast and can be fuzzed.
 //! - [`event`]: the host's event (`NewEvent`, `Event`) and event-type
 //!   patterns; the bus carries these, plugins see a WIT copy.
+//! - [`key`]: the EventKey contract: definitions, params, outcomes, faults
+//!   and the `Runner` trait keys are called through.
 //! - [`producer`]: `POST /v1/events` bodies checked event by event.
 //! - [`rows`]: agent pushes parsed row by row into index operations.
 //! - [`index`]: the hash tree of file-system metadata and its arbitration rules.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod event;
 pub mod fuzz;
 pub mod index;
+pub mod key;
 pub mod manifest;
 pub mod producer;
 pub mod rows;

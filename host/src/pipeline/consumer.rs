@@ -21,7 +21,7 @@ use super::health::KeyHealth;
 use super::stats::KeyStats;
 use super::{ConsumerStats, Delivery, Notice, Pipeline, ReplayResult, now_ms, rfc3339_ms};
 use crate::bus::{Event, Feed, FeedItem, GapReason};
-use crate::plugin::{Outcome, Params, PluginFault, RawEvent};
+use crate::plugin::{Outcome, Params, PluginFault};
 use crate::registry::{OutputCheck, Runner};
 
 /// Everything a consumer's batches need.
@@ -277,11 +277,11 @@ impl Call<'_> {
     /// durations go to `stats`.
     /// The verdict on each of `events`, and how many `matches` accepted.
     fn judge(&self, events: &[Arc<Event>], stats: Option<&KeyStats>) -> (Vec<Verdict>, u64) {
-        let raws: Vec<RawEvent> = events.iter().map(|e| RawEvent::from(&**e)).collect();
+        let all: Vec<&Event> = events.iter().map(|e| &**e).collect();
         let mut verdicts: Vec<Option<Verdict>> = (0..events.len()).map(|_| None).collect();
         let mut selected = Vec::new();
         let started = Instant::now();
-        let matched = self.runner.matches_batch(self.key, self.params, &raws);
+        let matched = self.runner.matches_batch(self.key, self.params, &all);
         if let Some(s) = stats {
             s.matches_latency.observe(started.elapsed());
         }
@@ -293,18 +293,11 @@ impl Call<'_> {
             }
         }
         if !selected.is_empty() {
-            // Usually every event matched: then no copy is made.
-            let chosen: Vec<RawEvent> = if selected.len() == raws.len() {
-                raws
+            // Usually every event matched: then the list is reused.
+            let chosen: Vec<&Event> = if selected.len() == all.len() {
+                all
             } else {
-                let mut keep = vec![false; raws.len()];
-                for &i in &selected {
-                    keep[i] = true;
-                }
-                raws.into_iter()
-                    .zip(keep)
-                    .filter_map(|(r, k)| k.then_some(r))
-                    .collect()
+                selected.iter().map(|&i| &*events[i]).collect()
             };
             let started = Instant::now();
             let outcomes = self.runner.process_batch(self.key, self.params, &chosen);

@@ -263,7 +263,8 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::{Outcome, RawEvent};
+    use crate::bus::Event;
+    use crate::plugin::Outcome;
     use crate::registry::KeyDefinition;
     use std::time::Duration;
 
@@ -285,11 +286,14 @@ mod tests {
         fn definitions(&self) -> &[KeyDefinition] {
             &[]
         }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
         fn matches_batch(
             &self,
             _: &str,
             _: &Params,
-            e: &[RawEvent],
+            e: &[&Event],
         ) -> Vec<Result<bool, PluginFault>> {
             vec![Ok(true); e.len()]
         }
@@ -297,7 +301,7 @@ mod tests {
             &self,
             _: &str,
             _: &Params,
-            e: &[RawEvent],
+            e: &[&Event],
         ) -> Vec<Result<Outcome, PluginFault>> {
             vec![Ok(Outcome::Drop); e.len()]
         }

@@ -14,10 +14,11 @@
 //! threads.
 
 mod bindings;
-mod fault;
+mod calls;
 pub mod logbudget;
 pub use weir_core::manifest;
 mod state;
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,19 +29,18 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-pub use bindings::types::RawEvent;
+use bindings::types::RawEvent;
 
-/// Parameters as name/value pairs, the shape every key function takes.
-pub type Params = Vec<(String, String)>;
-pub use fault::{FaultKind, PluginFault};
+use weir_core::event::Event;
+pub use weir_core::key::{FaultKind, Outcome, Params, PluginFault};
 pub use weir_core::settings::Limits;
 
-use crate::hostapi::HostApi;
 use crate::registry::{
     Function, KeyDefinition, OutputSchema, ParamDef, ParamType, ParamValue, Runner,
 };
-use crate::upstream::UpstreamClient;
+pub use calls::{CallApi, CallError, Caller};
 use state::{Running, StoreState};
+use upstream::UpstreamClient;
 
 /// Linear memory reserved per pooled instance slot (at least): the most a
 /// manifest may grant.
@@ -58,7 +58,7 @@ pub struct Grants {
     /// Directories preopened read-only.
     pub dirs: Vec<manifest::Preopen>,
     /// HTTP services reachable at `/upstream/NAME/...`.
-    pub upstreams: Vec<crate::upstream::Upstream>,
+    pub upstreams: Vec<upstream::Upstream>,
 }
 
 /// Engine-wide settings.
@@ -163,21 +163,12 @@ pub enum LoadError {
     },
 }
 
-/// What `process` decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// JSON text to deliver.
-    Emit(String),
-    /// Nothing to deliver.
-    Drop,
-}
-
 /// Compiles and runs plugin components.
 pub struct PluginEngine {
     engine: Engine,
     linker: Arc<Linker<StoreState>>,
     config: EngineConfig,
-    api: Arc<dyn HostApi>,
+    api: Arc<dyn CallApi>,
     /// Shared by every plugin's upstream calls (one connection pool).
     upstream: Arc<UpstreamClient>,
     ticker_stop: Arc<AtomicBool>,
@@ -191,7 +182,7 @@ impl Drop for PluginEngine {
 
 impl PluginEngine {
     /// An engine whose plugins call `api`.
-    pub fn new(config: EngineConfig, api: Arc<dyn HostApi>) -> anyhow::Result<Self> {
+    pub fn new(config: EngineConfig, api: Arc<dyn CallApi>) -> anyhow::Result<Self> {
         let engine = build_engine(&config)?;
         let mut linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -473,7 +464,7 @@ pub struct LoadedPlugin {
     pre: bindings::PluginPre<StoreState>,
     engine: Engine,
     limits: Limits,
-    api: Arc<dyn HostApi>,
+    api: Arc<dyn CallApi>,
     upstream: Arc<UpstreamClient>,
     /// What its manifest grants.
     grants: Arc<Grants>,
@@ -661,6 +652,26 @@ impl LoadedPlugin {
 }
 
 /// The pipeline runs wasm keys through [`Runner`]: these are the calls.
+/// A batch's answers; or, when the batch as a whole faulted, each event's
+/// own answer from a call of its own (each on a fresh instance after a
+/// trap), so that only the events that fault get a fault.
+fn one_by_one_on_fault<T>(
+    batch: Result<Vec<Result<T, PluginFault>>, PluginFault>,
+    events: &[&Event],
+    one: impl Fn(&Event) -> Result<T, PluginFault>,
+) -> Vec<Result<T, PluginFault>> {
+    match batch {
+        Ok(results) => results,
+        Err(_) if events.len() > 1 => events.iter().map(|e| one(e)).collect(),
+        Err(fault) => vec![Err(fault)],
+    }
+}
+
+/// The WebAssembly plugin behind `runner`, if it is one.
+pub fn as_plugin(runner: &dyn Runner) -> Option<&LoadedPlugin> {
+    runner.as_any().downcast_ref()
+}
+
 impl Runner for LoadedPlugin {
     fn name(&self) -> &str {
         LoadedPlugin::name(self)
@@ -674,8 +685,8 @@ impl Runner for LoadedPlugin {
         LoadedPlugin::definitions(self)
     }
 
-    fn wasm(&self) -> Option<&LoadedPlugin> {
-        Some(self)
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     /// Runs `normalize-params` (if the key implements it) and returns the
@@ -697,18 +708,16 @@ impl Runner for LoadedPlugin {
     }
 
     /// Runs `matches` on one event; `true` for keys that do not implement it.
-    fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
+    fn matches(&self, key: &str, params: &Params, event: &Event) -> Result<bool, PluginFault> {
         if self.require(key, Function::Matches).is_err() {
             return Ok(true);
         }
+        let raw = RawEvent::from(event);
         self.call(
             key,
             Running::Matches,
             self.limits.matches_deadline,
-            |w, s| {
-                w.weir_plugin_event_key()
-                    .call_matches(s, key, params, event)
-            },
+            |w, s| w.weir_plugin_event_key().call_matches(s, key, params, &raw),
         )
     }
 
@@ -719,11 +728,12 @@ impl Runner for LoadedPlugin {
         &self,
         key: &str,
         params: &Params,
-        events: &[RawEvent],
+        events: &[&Event],
     ) -> Vec<Result<bool, PluginFault>> {
         if self.require(key, Function::Matches).is_err() {
             return vec![Ok(true); events.len()];
         }
+        let raws: Vec<RawEvent> = events.iter().map(|e| RawEvent::from(*e)).collect();
         let batch = self.call_checked(
             key,
             Running::Matches,
@@ -731,36 +741,29 @@ impl Runner for LoadedPlugin {
             |w, s| {
                 let answers = w
                     .weir_plugin_event_key()
-                    .call_matches_batch(s, key, params, events)?;
+                    .call_matches_batch(s, key, params, &raws)?;
                 Ok(check_len(answers, events.len()))
             },
         );
-        match batch {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(_) if events.len() > 1 => events
-                .iter()
-                .map(|e| self.matches(key, params, e))
-                .collect(),
-            Err(fault) => vec![Err(fault)],
-        }
+        one_by_one_on_fault(
+            batch.map(|answers| answers.into_iter().map(Ok).collect()),
+            events,
+            |e| self.matches(key, params, e),
+        )
     }
 
     /// Runs `process` on one event. A key with a native schema (no
     /// `process`) emits the payload unchanged.
-    fn process(
-        &self,
-        key: &str,
-        params: &Params,
-        event: &RawEvent,
-    ) -> Result<Outcome, PluginFault> {
+    fn process(&self, key: &str, params: &Params, event: &Event) -> Result<Outcome, PluginFault> {
         if self.require(key, Function::Process).is_err() {
-            return Ok(Outcome::Emit(event.payload.clone()));
+            return Ok(Outcome::Emit(event.new.payload.clone()));
         }
         let limit = self.limits.max_output_bytes;
+        let raw = RawEvent::from(event);
         self.call_checked(key, Running::Process, self.limits.call_deadline, |w, s| {
             let result = w
                 .weir_plugin_event_key()
-                .call_process(s, key, params, event)?;
+                .call_process(s, key, params, &raw)?;
             Ok(check_outcome(result, limit))
         })
     }
@@ -771,19 +774,20 @@ impl Runner for LoadedPlugin {
         &self,
         key: &str,
         params: &Params,
-        events: &[RawEvent],
+        events: &[&Event],
     ) -> Vec<Result<Outcome, PluginFault>> {
         if self.require(key, Function::Process).is_err() {
             return events
                 .iter()
-                .map(|e| Ok(Outcome::Emit(e.payload.clone())))
+                .map(|e| Ok(Outcome::Emit(e.new.payload.clone())))
                 .collect();
         }
         let limit = self.limits.max_output_bytes;
+        let raws: Vec<RawEvent> = events.iter().map(|e| RawEvent::from(*e)).collect();
         let batch = self.call_checked(key, Running::Process, self.limits.call_deadline, |w, s| {
             let results = w
                 .weir_plugin_event_key()
-                .call_process_batch(s, key, params, events)?;
+                .call_process_batch(s, key, params, &raws)?;
             // A single oversized or malformed output fails the batch, and the
             // per-event retry pins the fault on that event alone.
             Ok(check_len(results, events.len()).and_then(|results| {
@@ -797,14 +801,7 @@ impl Runner for LoadedPlugin {
                     .collect::<Result<Vec<_>, _>>()
             }))
         });
-        match batch {
-            Ok(results) => results,
-            Err(_) if events.len() > 1 => events
-                .iter()
-                .map(|e| self.process(key, params, e))
-                .collect(),
-            Err(fault) => vec![Err(fault)],
-        }
+        one_by_one_on_fault(batch, events, |e| self.process(key, params, e))
     }
 
     /// Runs `pre-consume` if the key implements it.

@@ -18,8 +18,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::MemoryGauge;
 use super::bindings::{host, types};
 use super::logbudget::{Admit, LogBudget, MAX_LINE_BYTES};
-use crate::hostapi::{Caller, HostApi};
-use crate::upstream::{self, UpstreamClient};
+use super::upstream::{self, UpstreamClient};
+use super::{CallApi, Caller};
 
 /// Which export is running, for the `matches` API rule and log tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub(crate) struct StoreState {
     pub flags: CallFlags,
     /// When the current call's deadline passes (upstream waits end by it).
     deadline: Option<Instant>,
-    api: Arc<dyn HostApi>,
+    api: Arc<dyn CallApi>,
     upstream: Arc<UpstreamClient>,
     grants: Arc<super::Grants>,
     /// The plugin's log budget (the `log` import, stdout and stderr).
@@ -149,7 +149,7 @@ impl StoreState {
         plugin: Arc<str>,
         memory_limit: usize,
         memory: Arc<MemoryGauge>,
-        api: Arc<dyn HostApi>,
+        api: Arc<dyn CallApi>,
         upstream: Arc<UpstreamClient>,
         grants: Arc<super::Grants>,
     ) -> Result<Self, String> {

@@ -4,21 +4,19 @@
 //! Registration is all or nothing per plugin: one broken rule and none of
 //! that plugin's keys is registered.
 
-mod definition;
 pub mod params;
 mod rules;
-mod runner;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use definition::{
-    AUTH_TYPES, DEFAULT_BUFFER_SIZE, DEFAULT_WORKERS, Function, KeyDefinition, MAX_BUFFER_SIZE,
-    OutputSchema, ParamDef, ParamType, ParamValue, compile_schema,
-};
 pub use params::ParamError;
 pub use rules::{RegistrationError, Rule, check_definitions};
-pub use runner::Runner;
+pub use weir_core::key::Runner;
+pub use weir_core::key::{
+    AUTH_TYPES, DEFAULT_BUFFER_SIZE, DEFAULT_WORKERS, Function, KeyDefinition, MAX_BUFFER_SIZE,
+    OutputSchema, ParamDef, ParamType, ParamValue,
+};
 
 /// A registered key: its definition and what runs it.
 #[derive(Clone)]
@@ -200,4 +198,11 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+}
+
+/// Compiles a custom output schema.
+pub fn compile_schema(json_schema: &str) -> Result<jsonschema::Validator, String> {
+    let schema: serde_json::Value =
+        serde_json::from_str(json_schema).map_err(|e| format!("schema is not JSON: {e}"))?;
+    jsonschema::validator_for(&schema).map_err(|e| format!("invalid JSON Schema: {e}"))
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::definition::{Function, KeyDefinition, ParamDef, ParamType};
+use weir_core::key::{Function, KeyDefinition, ParamDef, ParamType};
 
 /// A parameter a consumer gave that the definition does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

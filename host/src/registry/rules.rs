@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::definition::{
+use weir_core::key::{
     AUTH_TYPES, Function, KeyDefinition, MAX_BUFFER_SIZE, OutputSchema, ParamType,
 };
 
@@ -182,7 +182,7 @@ pub fn check_definitions(file: &str, defs: &[KeyDefinition]) -> Vec<Registration
                 if !def.implements(Function::Process) {
                     push(key, Rule::CustomSchemaWithoutProcess);
                 }
-                if let Err(e) = super::definition::compile_schema(json_schema) {
+                if let Err(e) = super::compile_schema(json_schema) {
                     push(key, Rule::InvalidSchema(e));
                 }
             }

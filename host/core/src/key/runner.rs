@@ -1,17 +1,31 @@
-//! What runs a registered key: a WebAssembly plugin ([`LoadedPlugin`], whose
-//! implementation lives with the engine in `plugin/`) or native Rust code
-//! linked into the host (built-in keys, benchmarks), which implements the
-//! batch functions and takes the defaults for the rest.
+//! What runs a registered key: a WebAssembly plugin (the engine's
+//! `LoadedPlugin`) or native Rust code linked into the host (built-in keys,
+//! benchmarks), which implements the batch functions and takes the defaults
+//! for the rest. Events are the host's own [`Event`]s: a runner converts
+//! them to whatever it speaks (the engine, to the WIT record).
 //!
 //! The pipeline only ever calls keys through this trait.
 
-use crate::plugin::{LoadedPlugin, Outcome, Params, PluginFault, RawEvent};
+use std::any::Any;
 
-use super::KeyDefinition;
+use super::{KeyDefinition, PluginFault};
+use crate::event::Event;
+
+/// Parameters as name/value pairs, the shape every key function takes.
+pub type Params = Vec<(String, String)>;
+
+/// What `process` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// JSON text to deliver.
+    Emit(String),
+    /// Nothing to deliver.
+    Drop,
+}
 
 /// Runs the functions of the keys it defines. Calls are synchronous and may
 /// be CPU-bound: async callers run them on blocking threads.
-pub trait Runner: Send + Sync {
+pub trait Runner: Send + Sync + Any {
     /// Name, unique among runners (a plugin's file stem).
     fn name(&self) -> &str;
     /// How errors name it (`file.wasm`, `native:name`).
@@ -23,8 +37,8 @@ pub trait Runner: Send + Sync {
         Ok(params.clone())
     }
     /// `matches` for one event; by default a batch of one.
-    fn matches(&self, key: &str, params: &Params, event: &RawEvent) -> Result<bool, PluginFault> {
-        self.matches_batch(key, params, std::slice::from_ref(event))
+    fn matches(&self, key: &str, params: &Params, event: &Event) -> Result<bool, PluginFault> {
+        self.matches_batch(key, params, &[event])
             .pop()
             .unwrap_or(Ok(false))
     }
@@ -33,16 +47,11 @@ pub trait Runner: Send + Sync {
         &self,
         key: &str,
         params: &Params,
-        events: &[RawEvent],
+        events: &[&Event],
     ) -> Vec<Result<bool, PluginFault>>;
     /// `process` for one event; by default a batch of one.
-    fn process(
-        &self,
-        key: &str,
-        params: &Params,
-        event: &RawEvent,
-    ) -> Result<Outcome, PluginFault> {
-        self.process_batch(key, params, std::slice::from_ref(event))
+    fn process(&self, key: &str, params: &Params, event: &Event) -> Result<Outcome, PluginFault> {
+        self.process_batch(key, params, &[event])
             .pop()
             .unwrap_or(Ok(Outcome::Drop))
     }
@@ -51,7 +60,7 @@ pub trait Runner: Send + Sync {
         &self,
         key: &str,
         params: &Params,
-        events: &[RawEvent],
+        events: &[&Event],
     ) -> Vec<Result<Outcome, PluginFault>>;
     /// `pre-consume`; by default nothing to do.
     fn pre_consume(
@@ -71,8 +80,8 @@ pub trait Runner: Send + Sync {
     ) -> Result<(), PluginFault> {
         Ok(())
     }
-    /// The WebAssembly plugin behind it, if it is one.
-    fn wasm(&self) -> Option<&LoadedPlugin> {
-        None
-    }
+    /// The runner itself, so that the host, which built it, can reach its
+    /// concrete type (a plugin's file, version and counters) without this
+    /// trait knowing the engine. Implementations answer `self`.
+    fn as_any(&self) -> &dyn Any;
 }

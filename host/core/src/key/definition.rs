@@ -1,8 +1,8 @@
 //! The host's view of a key definition, converted from the WIT record a
 //! plugin's `describe` returns, and serialized for `/v1/keys` and the CLI.
 
+use crate::event::event_type_matches;
 use serde::{Deserialize, Serialize};
-use weir_core::event::event_type_matches;
 
 /// Default per-subscription buffer when a key declares none.
 pub const DEFAULT_BUFFER_SIZE: u32 = 100;
@@ -198,11 +198,4 @@ impl KeyDefinition {
     pub fn accepts_event_type(&self, event_type: &str) -> bool {
         event_type_matches(&self.event_type, event_type)
     }
-}
-
-/// Compiles a custom output schema.
-pub fn compile_schema(json_schema: &str) -> Result<jsonschema::Validator, String> {
-    let schema: serde_json::Value =
-        serde_json::from_str(json_schema).map_err(|e| format!("schema is not JSON: {e}"))?;
-    jsonschema::validator_for(&schema).map_err(|e| format!("invalid JSON Schema: {e}"))
 }

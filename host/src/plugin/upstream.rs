@@ -12,7 +12,7 @@
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::hostapi::ApiError;
+use super::CallError;
 pub use weir_core::manifest::{Upstream, UpstreamSection};
 
 /// The path prefix of upstream calls.
@@ -59,15 +59,15 @@ impl Drop for Inner {
     }
 }
 
-fn err(status: u16, message: impl Into<String>) -> ApiError {
-    ApiError {
+fn err(status: u16, message: impl Into<String>) -> CallError {
+    CallError {
         status,
         message: message.into(),
     }
 }
 
 impl UpstreamClient {
-    fn inner(&self) -> Result<&Inner, ApiError> {
+    fn inner(&self) -> Result<&Inner, CallError> {
         self.inner
             .get_or_init(|| {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -101,7 +101,7 @@ impl UpstreamClient {
         rest: &str,
         body: Option<&str>,
         deadline: Option<Instant>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, CallError> {
         let name = &up.name;
         let method = method.to_ascii_uppercase();
         if !up.methods.contains(&method) {
@@ -229,7 +229,7 @@ fn within_base(base: &str, rest: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
-fn timed_out(name: &str, timeout: Duration) -> ApiError {
+fn timed_out(name: &str, timeout: Duration) -> CallError {
     err(
         504,
         format!(
@@ -245,7 +245,7 @@ async fn fetch(
     cap: usize,
     name: &str,
     timeout: Duration,
-) -> Result<String, ApiError> {
+) -> Result<String, CallError> {
     let failed = |e: reqwest::Error| {
         if e.is_timeout() {
             timed_out(name, timeout)

@@ -1,5 +1,5 @@
-//! The host API that plugins reach through `call-api`: a small in-process
-//! route table, not HTTP. The identity behind a call is the host's; the
+//! The plugin API: the routes plugins reach through `call-api`, a small
+//! in-process route table, not HTTP. The identity behind a call is the host's; the
 //! plugin only learns the answer.
 //!
 //! Routes: `GET /v1/keys`, `GET /v1/keys/{key}`, `ANY /v1/echo[...]` (answers
@@ -19,48 +19,8 @@ use serde::Deserialize;
 
 use crate::datastore::Datastore;
 use crate::index::view::{TreeQuery, ViewError};
+use crate::plugin::{CallApi, CallError, Caller};
 use crate::registry::Registry;
-
-/// Who is calling: the plugin and the key it is serving.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller<'a> {
-    /// Plugin name (file stem).
-    pub plugin: &'a str,
-    /// Key being served.
-    pub key: &'a str,
-}
-
-/// An answer other than success, with an HTTP-like status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{status}: {message}")]
-pub struct ApiError {
-    /// 400, 403, 404, 405, 413...
-    pub status: u16,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl ApiError {
-    fn new(status: u16, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
-/// What plugins can call. Implementations must be cheap to call from the
-/// blocking threads that run plugins.
-pub trait HostApi: Send + Sync + 'static {
-    /// Answers `method path` with an optional JSON body.
-    fn call(
-        &self,
-        caller: &Caller<'_>,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> Result<String, ApiError>;
-}
 
 /// Largest value one plugin may store under one name.
 pub const MAX_STATE_VALUE: usize = 64 * 1024;
@@ -68,14 +28,14 @@ pub const MAX_STATE_VALUE: usize = 64 * 1024;
 pub const MAX_STATE_ENTRIES: usize = 10_000;
 
 /// The built-in route set.
-pub struct BuiltinApi {
+pub struct PluginApi {
     registry: Arc<RwLock<Registry>>,
     datastores: BTreeMap<String, Arc<Datastore>>,
     /// Per plugin, per name: a JSON value.
     state: Mutex<HashMap<String, HashMap<String, Value>>>,
 }
 
-impl BuiltinApi {
+impl PluginApi {
     /// Routes over `registry` and `datastores`.
     pub fn new(
         registry: Arc<RwLock<Registry>>,
@@ -104,44 +64,44 @@ impl BuiltinApi {
         )
     }
 
-    fn key(&self, key: &str) -> Result<Value, ApiError> {
+    fn key(&self, key: &str) -> Result<Value, CallError> {
         let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
         let k = registry
             .lookup(key)
-            .ok_or_else(|| ApiError::new(404, format!("no key `{key}`")))?;
-        serde_json::to_value(&*k.def).map_err(|e| ApiError::new(500, e.to_string()))
+            .ok_or_else(|| CallError::new(404, format!("no key `{key}`")))?;
+        serde_json::to_value(&*k.def).map_err(|e| CallError::new(500, e.to_string()))
     }
 
-    fn datastore(&self, name: &str) -> Result<&Arc<Datastore>, ApiError> {
+    fn datastore(&self, name: &str) -> Result<&Arc<Datastore>, CallError> {
         let ds = self
             .datastores
             .get(name)
-            .ok_or_else(|| ApiError::new(404, format!("no datastore `{name}`")))?;
+            .ok_or_else(|| CallError::new(404, format!("no datastore `{name}`")))?;
         ds.readiness()
-            .map_err(|e| ApiError::new(503, e.to_string()))?;
+            .map_err(|e| CallError::new(503, e.to_string()))?;
         Ok(ds)
     }
 
     /// `GET /v1/datastores/{name}/{view}` with `query` (the part after `?`).
-    fn view(&self, name: &str, view: &str, query: &str) -> Result<String, ApiError> {
-        fn args<T: for<'de> Deserialize<'de>>(query: &str) -> Result<T, ApiError> {
+    fn view(&self, name: &str, view: &str, query: &str) -> Result<String, CallError> {
+        fn args<T: for<'de> Deserialize<'de>>(query: &str) -> Result<T, CallError> {
             serde_urlencoded::from_str(query)
-                .map_err(|e| ApiError::new(400, format!("query string: {e}")))
+                .map_err(|e| CallError::new(400, format!("query string: {e}")))
         }
         let json = |bytes: Vec<u8>| {
-            String::from_utf8(bytes).map_err(|e| ApiError::new(500, e.to_string()))
+            String::from_utf8(bytes).map_err(|e| CallError::new(500, e.to_string()))
         };
         let view_err = |e: ViewError| match e {
-            ViewError::NotFound(_) => ApiError::new(404, e.to_string()),
+            ViewError::NotFound(_) => CallError::new(404, e.to_string()),
             ViewError::TooLarge { .. }
             | ViewError::TooManyBytes { .. }
-            | ViewError::PatternTooLong { .. } => ApiError::new(413, e.to_string()),
-            ViewError::Io(_) => ApiError::new(500, e.to_string()),
+            | ViewError::PatternTooLong { .. } => CallError::new(413, e.to_string()),
+            ViewError::Io(_) => CallError::new(500, e.to_string()),
         };
         match view {
             "stats" => {
                 let ds = self.datastore(name)?;
-                serde_json::to_string(&ds.stats()).map_err(|e| ApiError::new(500, e.to_string()))
+                serde_json::to_string(&ds.stats()).map_err(|e| CallError::new(500, e.to_string()))
             }
             "tree" => {
                 #[derive(Deserialize)]
@@ -154,7 +114,7 @@ impl BuiltinApi {
                 }
                 let a: Tree = args(query)?;
                 let q = TreeQuery::from_params(a.path, a.recursive, a.max_depth, a.only_path)
-                    .map_err(|e| ApiError::new(400, e))?;
+                    .map_err(|e| CallError::new(400, e))?;
                 json(self.datastore(name)?.tree_json(&q).map_err(view_err)?)
             }
             "search" => {
@@ -165,7 +125,7 @@ impl BuiltinApi {
                 }
                 let a: Search = args(query)?;
                 if a.pattern.is_empty() {
-                    return Err(ApiError::new(400, "`pattern` is empty"));
+                    return Err(CallError::new(400, "`pattern` is empty"));
                 }
                 json(
                     self.datastore(name)?
@@ -173,7 +133,7 @@ impl BuiltinApi {
                         .map_err(view_err)?,
                 )
             }
-            _ => Err(ApiError::new(
+            _ => Err(CallError::new(
                 404,
                 format!("no view `{view}` (stats, tree, search)"),
             )),
@@ -186,9 +146,9 @@ impl BuiltinApi {
         method: &str,
         name: &str,
         body: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, CallError> {
         if name.is_empty() || name.len() > 256 || name.contains('/') {
-            return Err(ApiError::new(
+            return Err(CallError::new(
                 400,
                 "state name must be 1 to 256 characters without '/'",
             ));
@@ -199,19 +159,19 @@ impl BuiltinApi {
             "GET" => mine
                 .get(name)
                 .cloned()
-                .ok_or_else(|| ApiError::new(404, format!("no state `{name}`"))),
+                .ok_or_else(|| CallError::new(404, format!("no state `{name}`"))),
             "PUT" => {
-                let body = body.ok_or_else(|| ApiError::new(400, "PUT needs a JSON body"))?;
+                let body = body.ok_or_else(|| CallError::new(400, "PUT needs a JSON body"))?;
                 if body.len() > MAX_STATE_VALUE {
-                    return Err(ApiError::new(
+                    return Err(CallError::new(
                         413,
                         format!("state values are limited to {MAX_STATE_VALUE} bytes"),
                     ));
                 }
                 let value: Value = serde_json::from_str(body)
-                    .map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))?;
+                    .map_err(|e| CallError::new(400, format!("body is not JSON: {e}")))?;
                 if !mine.contains_key(name) && mine.len() >= MAX_STATE_ENTRIES {
-                    return Err(ApiError::new(
+                    return Err(CallError::new(
                         413,
                         format!("a plugin may store at most {MAX_STATE_ENTRIES} names"),
                     ));
@@ -220,7 +180,7 @@ impl BuiltinApi {
                 Ok(value)
             }
             "DELETE" => Ok(json!({ "deleted": mine.remove(name).is_some() })),
-            _ => Err(ApiError::new(
+            _ => Err(CallError::new(
                 405,
                 format!("{method} is not allowed on /v1/state (GET, PUT, DELETE)"),
             )),
@@ -228,14 +188,14 @@ impl BuiltinApi {
     }
 }
 
-impl HostApi for BuiltinApi {
+impl CallApi for PluginApi {
     fn call(
         &self,
         caller: &Caller<'_>,
         method: &str,
         path: &str,
         body: Option<&str>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, CallError> {
         let method = method.to_ascii_uppercase();
         let (route, query) = path.split_once('?').unwrap_or((path, ""));
         let segments: Vec<&str> = route.trim_matches('/').split('/').collect();
@@ -248,7 +208,7 @@ impl HostApi for BuiltinApi {
             ),
             ("GET", ["v1", "datastores", name, view]) => return self.view(name, view, query),
             (_, ["v1", "datastores", ..]) => {
-                return Err(ApiError::new(
+                return Err(CallError::new(
                     405,
                     format!("{method} is not allowed on {route} (GET)"),
                 ));
@@ -256,7 +216,7 @@ impl HostApi for BuiltinApi {
             ("GET", ["v1", "keys"]) => self.keys(),
             ("GET", ["v1", "keys", key]) => self.key(key)?,
             (_, ["v1", "keys", ..]) => {
-                return Err(ApiError::new(
+                return Err(CallError::new(
                     405,
                     format!("{method} is not allowed on {route} (GET)"),
                 ));
@@ -272,7 +232,7 @@ impl HostApi for BuiltinApi {
             }
             (m, ["v1", "state", name]) => self.state(caller, m, name, body)?,
             _ => {
-                return Err(ApiError::new(
+                return Err(CallError::new(
                     404,
                     format!("no host API route {method} {route}"),
                 ));
@@ -287,12 +247,12 @@ mod tests {
     use super::*;
 
     fn call(
-        api: &BuiltinApi,
+        api: &PluginApi,
         plugin: &str,
         method: &str,
         path: &str,
         body: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, CallError> {
         let caller = Caller { plugin, key: "k" };
         api.call(&caller, method, path, body)
             .map(|s| serde_json::from_str(&s).unwrap())
@@ -300,7 +260,7 @@ mod tests {
 
     #[test]
     fn state_is_per_plugin() {
-        let api = BuiltinApi::new(Default::default(), Default::default());
+        let api = PluginApi::new(Default::default(), Default::default());
         assert_eq!(
             call(&api, "a", "PUT", "/v1/state/x", Some(r#"{"v":1}"#)),
             Ok(json!({"v": 1}))
@@ -328,7 +288,7 @@ mod tests {
 
     #[test]
     fn bad_requests_are_clear() {
-        let api = BuiltinApi::new(Default::default(), Default::default());
+        let api = PluginApi::new(Default::default(), Default::default());
         let status = |m, p, b| call(&api, "a", m, p, b).unwrap_err();
         assert_eq!(status("PUT", "/v1/state/x", Some("{no")).status, 400);
         assert_eq!(
@@ -348,7 +308,7 @@ mod tests {
 
     #[test]
     fn echo_answers_what_it_was_sent() {
-        let api = BuiltinApi::new(Default::default(), Default::default());
+        let api = PluginApi::new(Default::default(), Default::default());
         let got = call(&api, "a", "post", "/v1/echo/x?y=1", Some("[1]")).unwrap();
         assert_eq!(
             got,
