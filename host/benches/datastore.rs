@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use weir_host::auth::{Keys, Role};
 use weir_host::datastore::{DatastoreConfig, now_secs};
-use weir_host::host::{Host, HostConfig};
 use weir_host::index::view::{TreeQuery, check_tree, write_tree};
 use weir_host::index::{FsIndex, IndexConfig, Meta, NodeId, Source, Upsert};
-use weir_host::ingest::rows::{Op, RowLimits, parse_batch};
+use weir_host::rows::{Op, RowLimits, parse_batch};
+use weir_host::runtime::{Host, HostConfig};
 
 const ROWS_PER_PUSH: usize = 1000;
 

@@ -15,9 +15,9 @@ use fs_large_files::LargeFiles;
 use serde_json::{Value, json};
 use weir_host::auth::{Keys, Role};
 use weir_host::bus::Event;
-use weir_host::host::{Host, HostConfig};
-use weir_host::plugin::{EngineConfig, Outcome, Params, PluginFault};
+use weir_host::engine::{EngineConfig, Outcome, Params, PluginFault};
 use weir_host::registry::{KeyDefinition, Runner};
+use weir_host::runtime::{Host, HostConfig};
 use weir_sdk::EventKey;
 
 const BATCH: usize = 1000;

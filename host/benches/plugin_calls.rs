@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fs_large_files::LargeFiles;
 use weir_host::bus::{Event, NewEvent};
-use weir_host::plugin::{EngineConfig, Params, PluginEngine};
+use weir_host::engine::{EngineConfig, Params, PluginEngine};
 use weir_host::plugin_api::PluginApi;
 use weir_host::registry::Runner;
 use weir_sdk::EventKey;

@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 use crate::auth::Keys;
 use crate::bus::{Event, NewEvent};
 use crate::config::{LogFormat, MAX_DEFAULT_MEMORY_MIB, ServerSection};
-use crate::host::{Host, HostConfig, PluginLoadError};
-use crate::plugin::manifest::LimitsSection;
-use crate::plugin::{EngineConfig, Limits, LoadedPlugin, Outcome, Params};
+use crate::engine::manifest::LimitsSection;
+use crate::engine::{EngineConfig, Limits, LoadedPlugin, Outcome, Params};
 use crate::registry::{Function, KeyDefinition, OutputSchema, Runner, params};
+use crate::runtime::{Host, HostConfig, PluginLoadError};
 
 /// Weir: a WebAssembly-pluggable event processing host.
 #[derive(Debug, Parser)]
@@ -229,7 +229,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let watcher = settings.plugin_poll.map(|every| host.watch_plugins(every));
         // `run` drains the queues (nothing accepted is lost) and ends the
         // subscriptions before it returns.
-        crate::api::run_with(listener, host, shutdown_signal(), settings.server).await?;
+        crate::http::run_with(listener, host, shutdown_signal(), settings.server).await?;
         if let Some(w) = watcher {
             w.abort();
         }
@@ -591,7 +591,7 @@ fn run_one(
             scope: None,
         },
     };
-    let fault = |stage: Function, f: crate::plugin::PluginFault| {
+    let fault = |stage: Function, f: crate::engine::PluginFault| {
         with(
             json!({ "result": "error", "stage": stage.as_str(), "kind": f.kind(), "message": f.to_string() }),
         )

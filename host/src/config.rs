@@ -9,8 +9,8 @@ use std::time::Duration;
 
 pub use weir_core::config::*;
 
-use crate::plugin::Limits;
-use crate::plugin::manifest::LimitsSection;
+use crate::engine::Limits;
+use crate::engine::manifest::LimitsSection;
 
 /// What `weir serve` runs with: the `[server]` and `[limits]` settings,
 /// defaults filled in and checked.
@@ -31,7 +31,7 @@ pub struct ServeSettings {
     /// Default limits of plugin calls.
     pub limits: Limits,
     /// Bounds of the connection layer.
-    pub server: crate::api::ServerLimits,
+    pub server: crate::http::ServerLimits,
 }
 
 /// Largest default instance memory (a manifest may ask up to this, too).
@@ -58,7 +58,7 @@ pub fn serve_settings(
     let limits = limits
         .apply(&Limits::default(), MAX_DEFAULT_MEMORY_MIB * 1024 * 1024)
         .map_err(err)?;
-    let mut bounds = crate::api::ServerLimits::default();
+    let mut bounds = crate::http::ServerLimits::default();
     if let Some(n) = server.max_connections {
         if n == 0 {
             return Err(err("server.max_connections must be at least 1".into()));

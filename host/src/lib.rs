@@ -1,52 +1,51 @@
 //! # weir-host
 //!
 //! The Weir host: loads EventKey plugins (WebAssembly components) into a
-//! sandboxed engine, registers their keys, and serves them over HTTP.
+//! sandboxed engine, registers their keys, keeps the agents' datastores, and
+//! serves it all over HTTP. Its own types and every parser of input are one
+//! floor down, in `weir-core` (re-exported here: [`auth`], [`index`], [`key`],
+//! [`producer`], [`rows`], [`text`]).
 //!
-//! Module map (one concept each; only `api` knows HTTP):
-//! - [`plugin`]: the engine: wasmtime, loaded plugins, their instances,
-//!   the host imports, upstream services; it needs only a [`plugin::CallApi`]
-//!   from the host.
-//! - [`plugin_api`]: the routes plugins reach through `call-api`.
-//! - [`registry`]: registered keys, registration rules, parameter checks
-//!   (the key contract itself is `weir_core::key`).
+//! Rooms, from the bottom up (each uses only rooms below it; only [`http`]
+//! knows HTTP, only [`engine`] knows wasmtime and the WIT bindings):
 //! - [`bus`]: dedup, sequence numbers, history and fan-out of events.
-//! - [`pipeline`]: subscriptions, key calls, envelopes, dead letters.
-//! - [`index`]: the hash tree of file-system metadata and its arbitration rules
-//!   (in the `weir-core` crate, with [`ingest::rows`] and [`text`]).
-//! - [`ingest`]: agent pushes parsed row by row into index operations.
-//! - [`session`]: agent sessions of a datastore (last agent wins).
+//! - [`registry`]: registered keys, registration rules, parameter checks.
 //! - [`supervise`]: panics of background work, contained and counted.
-//! - [`datastore`]: sessions + queue + index + READY logic of one datastore.
+//! - [`engine`]: wasmtime, loaded plugins, their instances, the host imports
+//!   and upstream services; it needs only a [`engine::CallApi`] from the host.
+//! - [`datastore`]: one agent-fed file-system index: sessions
+//!   ([`datastore::session`]), the ingestion queue and apply thread, views and
+//!   READY logic.
+//! - [`plugindir`]: the plugin directory, loaded at start and polled.
+//! - [`plugin_api`]: the routes plugins reach through `call-api`.
+//! - [`pipeline`]: subscriptions, key calls, envelopes, dead letters.
+//! - [`runtime`]: the assembled [`Host`] (registry, engine, datastores,
+//!   bus, pipeline, keys).
 //! - [`metrics`]: the Prometheus text rendering of every counter.
-//! - [`config`]: the `weir.toml` file (datastores and their keys).
-//! - [`auth`]: API keys and roles.
-//! - [`plugindir`]: the plugin directory, loaded at start and polled for changes.
-//! - [`host`]: the assembled core (registry + engine + plugin directory).
-//! - [`api`]: the axum router over the core (built with its OpenAPI
-//!   document, served at `/openapi.json`), and [`run`].
+//! - [`http`]: the axum router over the runtime (built with its OpenAPI
+//!   document, served at `/openapi.json`), the connection layer, and [`run`].
+//! - [`config`]: what `weir serve` runs with (flags over `weir.toml`).
 //! - [`cli`]: the `weir` command line; [`consume`]: its consumer client.
 
-pub mod api;
-pub use weir_core::auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod consume;
 pub mod datastore;
-pub mod host;
-pub mod ingest;
+pub mod engine;
+pub mod http;
 pub mod metrics;
 pub mod pipeline;
-pub mod plugin;
 pub mod plugin_api;
 pub mod plugindir;
 pub mod registry;
-pub mod session;
+pub mod runtime;
+
 pub mod supervise;
 
-pub use api::run;
-pub use weir_core::{index, text};
+pub use http::run;
+pub use runtime::{Host, HostConfig};
+pub use weir_core::{auth, index, key, producer, rows, text};
 
 /// Where the host's build script put the example plugins (`plugins/`),
 /// compiled for `wasm32-wasip2`: the default plugin directory.

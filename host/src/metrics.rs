@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::host::Host;
 use crate::pipeline::stats::{Histogram, LATENCY_BUCKETS};
+use crate::runtime::Host;
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -84,7 +84,7 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
             .map(move |p| (label("plugin", &p.name), v(p)))
             .collect::<Vec<_>>()
     };
-    type PluginSample = fn(&crate::host::PluginInfo) -> u64;
+    type PluginSample = fn(&crate::runtime::PluginInfo) -> u64;
     let plugin_families: [(&str, &str, &str, PluginSample); 6] = [
         (
             "weir_plugin_calls_total",
@@ -120,7 +120,7 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
             "weir_plugin_log_lines_suppressed_total",
             "counter",
             "Lines a plugin logged (log import, stdout, stderr) beyond its log budget, dropped.",
-            |p| crate::plugin::logbudget::LogBudget::of(&p.name).suppressed(),
+            |p| crate::engine::logbudget::LogBudget::of(&p.name).suppressed(),
         ),
     ];
     for (name, kind, help, sample) in plugin_families {

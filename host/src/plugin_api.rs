@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use serde::Deserialize;
 
 use crate::datastore::Datastore;
+use crate::engine::{CallApi, CallError, Caller};
 use crate::index::view::{TreeQuery, ViewError};
-use crate::plugin::{CallApi, CallError, Caller};
 use crate::registry::Registry;
 
 /// Largest value one plugin may store under one name.

@@ -6,7 +6,7 @@
 //! identified by its content hash: a rewrite with the same bytes does
 //! nothing; new bytes are compiled and checked beside the running version
 //! and swapped in only if they pass; a file that disappears unregisters its
-//! keys. A manifest (`NAME.toml`, see [`crate::plugin::manifest`]) is part of
+//! keys. A manifest (`NAME.toml`, see [`crate::engine::manifest`]) is part of
 //! its plugin: changing it reloads the plugin with the new limits. What
 //! happened is returned as [`Change`]s for the pipeline to act on.
 
@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::plugin::{LoadError, PluginEngine, manifest, plugin_name, read_plugin, version_of};
+use crate::engine::{LoadError, PluginEngine, manifest, plugin_name, read_plugin, version_of};
 use crate::registry::{KeyChanges, RegistrationError, Registry};
 
 /// Why one plugin file was not (re)registered.
@@ -211,7 +211,7 @@ impl PluginDir {
             let mut reg = registry.write().unwrap_or_else(PoisonError::into_inner);
             let ours = reg.list().any(|k| {
                 k.plugin.name() == name
-                    && crate::plugin::as_plugin(&*k.plugin).and_then(|p| p.path())
+                    && crate::engine::as_plugin(&*k.plugin).and_then(|p| p.path())
                         == Some(path.as_path())
             });
             if ours {
@@ -242,7 +242,7 @@ impl PluginDir {
             .unwrap_or_else(PoisonError::into_inner)
             .list()
             .find(|k| k.plugin.name() == name)
-            .and_then(|k| crate::plugin::as_plugin(&*k.plugin).map(|p| p.version().to_string()));
+            .and_then(|k| crate::engine::as_plugin(&*k.plugin).map(|p| p.version().to_string()));
         let fail = |hash: Option<String>, e: PluginLoadError| {
             tracing::error!(file = %path.display(), running = ?running, "plugin not loaded: {e}");
             let failed = FailedPlugin {

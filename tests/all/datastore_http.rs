@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weir_host::auth::Role;
 use weir_host::datastore::DatastoreConfig;
-use weir_host::host::{Host, HostConfig};
+use weir_host::runtime::{Host, HostConfig};
 use weir_tests::{TestServer, rows_push, secret, snapshot_end};
 
 type Server = TestServer;

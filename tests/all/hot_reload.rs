@@ -253,7 +253,7 @@ async fn a_file_still_being_written_is_not_loaded_until_it_settles() {
     );
     let changes = host.reload_plugins().await;
     assert!(
-        matches!(&changes[..], [weir_host::host::PluginChange::Loaded { keys, .. }] if keys == &["test.flaky"]),
+        matches!(&changes[..], [weir_host::runtime::PluginChange::Loaded { keys, .. }] if keys == &["test.flaky"]),
         "{changes:?}"
     );
     assert!(
@@ -373,14 +373,14 @@ async fn host_api_routes_are_granted_by_the_manifest_only() {
     assert!(
         matches!(
             &changes[..],
-            [weir_host::host::PluginChange::Replaced { .. }]
+            [weir_host::runtime::PluginChange::Replaced { .. }]
         ),
         "{changes:?}"
     );
     let chaos = host.registry().lookup("hostile.chaos").cloned().unwrap();
     let out = chaos.plugin.process(&chaos.def.key, &vec![], &api).unwrap();
     assert!(
-        matches!(out, weir_host::plugin::Outcome::Emit(ref s) if s.contains("/v1/echo")),
+        matches!(out, weir_host::engine::Outcome::Emit(ref s) if s.contains("/v1/echo")),
         "{out:?}"
     );
     // A route outside the grant is still refused.
@@ -436,7 +436,7 @@ async fn a_granted_directory_is_readable_in_the_guest_and_nothing_else_is() {
     std::fs::write(dir.path().join("reference/data.txt"), "42").unwrap();
     // Plugin calls run on blocking threads, as the pipeline runs them (WASI
     // file access blocks on the runtime).
-    async fn probe(host: &std::sync::Arc<weir_host::host::Host>) -> Value {
+    async fn probe(host: &std::sync::Arc<weir_host::runtime::Host>) -> Value {
         let k = host.registry().lookup("hostile.chaos").cloned().unwrap();
         let out = tokio::task::spawn_blocking(move || {
             k.plugin.process(
@@ -449,7 +449,7 @@ async fn a_granted_directory_is_readable_in_the_guest_and_nothing_else_is() {
         .unwrap()
         .unwrap();
         match out {
-            weir_host::plugin::Outcome::Emit(s) => serde_json::from_str(&s).unwrap(),
+            weir_host::engine::Outcome::Emit(s) => serde_json::from_str(&s).unwrap(),
             other => panic!("{other:?}"),
         }
     }

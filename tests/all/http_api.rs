@@ -270,7 +270,7 @@ async fn probe(
 /// route`) nor a 405. The converse, a route served but not documented,
 /// cannot exist by construction: the router is built from the same
 /// `#[utoipa::path]` annotations as the document (`OpenApiRouter` and
-/// `routes!` in `weir_host::api`), never with a plain `.route(...)`.
+/// `routes!` in `weir_host::http`), never with a plain `.route(...)`.
 #[tokio::test]
 async fn every_documented_operation_is_served_and_secured_as_documented() {
     let s = start().await;

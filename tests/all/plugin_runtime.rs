@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weir_host::plugin::{FaultKind, Outcome, PluginFault};
+use weir_host::engine::{FaultKind, Outcome, PluginFault};
 use weir_host::registry::RegisteredKey;
 use weir_tests::{event, guest, host_with_examples, params, refs};
 
-fn key(host: &weir_host::host::Host, name: &str) -> RegisteredKey {
+fn key(host: &weir_host::runtime::Host, name: &str) -> RegisteredKey {
     host.registry()
         .lookup(name)
         .cloned()
@@ -27,7 +27,7 @@ fn chaos(action: &str) -> weir_host::bus::Event {
 }
 
 /// A host with the examples and the hostile guest.
-fn hostile_host() -> (Arc<weir_host::host::Host>, RegisteredKey) {
+fn hostile_host() -> (Arc<weir_host::runtime::Host>, RegisteredKey) {
     let host = host_with_examples();
     host.load_file(&guest("guest-hostile"))
         .expect("hostile guest registers");
@@ -36,7 +36,7 @@ fn hostile_host() -> (Arc<weir_host::host::Host>, RegisteredKey) {
 }
 
 /// The example key still answers correctly.
-fn assert_large_files_serves(host: &weir_host::host::Host) {
+fn assert_large_files_serves(host: &weir_host::runtime::Host) {
     let k = key(host, "fs.large_files");
     let p = params(&[("min_size", "100")]);
     let ev = event(
@@ -526,7 +526,7 @@ fn a_broken_file_in_the_plugin_directory_does_not_stop_the_host() {
     .unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm garbage").unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"not a plugin").unwrap();
-    let host = weir_host::host::Host::new(weir_host::host::HostConfig {
+    let host = weir_host::runtime::Host::new(weir_host::runtime::HostConfig {
         plugin_dir: Some(dir.path().to_path_buf()),
         ..Default::default()
     })
@@ -546,15 +546,15 @@ fn a_broken_file_in_the_plugin_directory_does_not_stop_the_host() {
 #[test]
 fn compiled_cache_is_reused() {
     let cache = tempfile::tempdir().unwrap();
-    let config = || weir_host::plugin::EngineConfig {
+    let config = || weir_host::engine::EngineConfig {
         cache_dir: Some(cache.path().to_path_buf()),
         ..Default::default()
     };
-    let api: Arc<dyn weir_host::plugin::CallApi> = Arc::new(weir_host::plugin_api::PluginApi::new(
+    let api: Arc<dyn weir_host::engine::CallApi> = Arc::new(weir_host::plugin_api::PluginApi::new(
         Default::default(),
         Default::default(),
     ));
-    let engine = weir_host::plugin::PluginEngine::new(config(), api.clone()).unwrap();
+    let engine = weir_host::engine::PluginEngine::new(config(), api.clone()).unwrap();
     let first = engine
         .load_file(&weir_tests::example("fs-large-files"))
         .unwrap();
@@ -569,7 +569,7 @@ fn compiled_cache_is_reused() {
             .starts_with(first.hash())
     );
     // A second engine loads from the cache and behaves the same.
-    let engine = weir_host::plugin::PluginEngine::new(config(), api).unwrap();
+    let engine = weir_host::engine::PluginEngine::new(config(), api).unwrap();
     let second = engine
         .load_file(&weir_tests::example("fs-large-files"))
         .unwrap();
@@ -577,8 +577,8 @@ fn compiled_cache_is_reused() {
 }
 
 /// The call counters of a key's wasm plugin.
-fn counters(k: &weir_host::registry::RegisteredKey) -> &weir_host::plugin::Counters {
-    weir_host::plugin::as_plugin(&*k.plugin)
+fn counters(k: &weir_host::registry::RegisteredKey) -> &weir_host::engine::Counters {
+    weir_host::engine::as_plugin(&*k.plugin)
         .expect("a wasm plugin")
         .counters()
 }
@@ -627,6 +627,6 @@ fn a_plugin_flooding_its_log_is_cut_to_its_budget_and_counted() {
             .any(|l| l.contains("log lines of this plugin dropped")),
         "no summary line"
     );
-    let suppressed = weir_host::plugin::logbudget::LogBudget::of("flooder").suppressed();
+    let suppressed = weir_host::engine::logbudget::LogBudget::of("flooder").suppressed();
     assert!(suppressed > 60_000, "{suppressed} suppressed");
 }

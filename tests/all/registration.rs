@@ -3,9 +3,9 @@
 //! registered; the host keeps serving.
 
 use serde_json::json;
-use weir_host::host::PluginLoadError;
-use weir_host::plugin::Outcome;
+use weir_host::engine::Outcome;
 use weir_host::registry::{RegistrationError, Rule};
+use weir_host::runtime::PluginLoadError;
 use weir_tests::{event, guest, host_with_examples, params};
 
 /// Loads `guest` into a host with the example plugins and returns the errors.

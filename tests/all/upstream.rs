@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{any, get};
 use serde_json::json;
-use weir_host::plugin::Environment;
+use weir_host::engine::Environment;
 use weir_tests::{chaos_call, chaos_ok, guest, host_with_plugin_dir_env};
 
 /// The only environment variable this test binary sets (before any thread

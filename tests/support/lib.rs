@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use weir_host::auth::{Keys, Role};
 use weir_host::bus::{Event, NewEvent};
-use weir_host::host::{Host, HostConfig};
-use weir_host::plugin::{EngineConfig, Environment, Limits};
+use weir_host::engine::{EngineConfig, Environment, Limits};
+use weir_host::runtime::{Host, HostConfig};
 
 /// The captured fixtures (`tests/fixtures`), such as the Fustor wire traffic.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
@@ -388,7 +388,7 @@ pub async fn chaos_call(
     .expect("call ran")
     .expect("the call action never faults");
     match out {
-        weir_host::plugin::Outcome::Emit(s) => serde_json::from_str(&s).expect("JSON"),
+        weir_host::engine::Outcome::Emit(s) => serde_json::from_str(&s).expect("JSON"),
         other => panic!("{other:?}"),
     }
 }

@@ -21,7 +21,7 @@ use super::health::KeyHealth;
 use super::stats::KeyStats;
 use super::{ConsumerStats, Delivery, Notice, Pipeline, ReplayResult, now_ms, rfc3339_ms};
 use crate::bus::{Event, Feed, FeedItem, GapReason};
-use crate::plugin::{Outcome, Params, PluginFault};
+use crate::engine::{Outcome, Params, PluginFault};
 use crate::registry::{OutputCheck, Runner};
 
 /// Everything a consumer's batches need.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::ser::SerializeStruct;
 
 use crate::bus::Event;
-use crate::plugin::Params;
+use crate::engine::Params;
 
 /// One dead letter.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 //! `pre-consume`, the last one out runs `cleanup` ([`subscriptions`]). Each
 //! consumer then pulls its bus [`Feed`](crate::bus::Feed) in batches and runs
 //! `matches` then `process` on up to `workers` batches at once, delivering
-//! results in bus order ([`consumer`]). Output is wrapped in an envelope and,
+//! results in bus order (`consumer`). Output is wrapped in an envelope and,
 //! for custom schemas, validated. Faults go to the dead-letter queue
 //! ([`dlq`]); a key that faults too often in a row is quarantined
 //! ([`health`]).
@@ -29,8 +29,8 @@ pub use weir_core::settings::PipelineConfig;
 
 use crate::bus::{EventBus, EventCounts, GapReason, NewEvent, Published, StartAt};
 use crate::datastore::FeedChange;
+use crate::engine::{Params, PluginFault};
 use crate::index::ChangeKind;
-use crate::plugin::{Params, PluginFault};
 use crate::registry::{ParamError, RegisteredKey, Registry, params};
 use consumer::Ctx;
 use dlq::{DeadLetter, DeadLetters, Selector};

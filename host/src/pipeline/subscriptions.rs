@@ -11,7 +11,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::consumer::Ctx;
 use super::{Delivery, params_json};
-use crate::plugin::{Params, PluginFault};
+use crate::engine::{Params, PluginFault};
 use crate::registry::Runner;
 
 /// Where a subscription is in its life.
@@ -264,7 +264,7 @@ impl Subscriptions {
 mod tests {
     use super::*;
     use crate::bus::Event;
-    use crate::plugin::Outcome;
+    use crate::engine::Outcome;
     use crate::registry::KeyDefinition;
     use std::time::Duration;
 

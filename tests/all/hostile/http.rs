@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weir_host::api::ServerLimits;
 use weir_host::auth::Role;
-use weir_host::host::Host;
+use weir_host::http::ServerLimits;
+use weir_host::runtime::Host;
 use weir_tests::{host_with_examples, secret};
 
 /// A host served with `limits`; stops when the sender is dropped or fired.
@@ -27,7 +27,7 @@ async fn serve(limits: ServerLimits) -> Served {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = host.clone();
     let task = tokio::spawn(async move {
-        weir_host::api::run_with(
+        weir_host::http::run_with(
             listener,
             served,
             async move {
@@ -189,14 +189,12 @@ async fn shutdown_is_bounded_by_clients_that_stall() {
         .map(|i| serde_json::json!({"event_type": "x", "source": "t", "payload": {"k": "v", "i": i, "pad": pad}}))
         .collect();
     let published = served.host.pipeline().publish(
-        weir_host::ingest::events::parse_events(
-            serde_json::Value::Array(events).to_string().as_bytes(),
-        )
-        .unwrap()
-        .valid
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect(),
+        weir_host::producer::parse_events(serde_json::Value::Array(events).to_string().as_bytes())
+            .unwrap()
+            .valid
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect(),
     );
     assert_eq!(published.len(), 200);
     let started = Instant::now();

@@ -107,7 +107,7 @@ async fn a_dead_letter_replayed_with_no_consumer_attached_stays() {
 async fn nothing_is_accepted_once_shutdown_began() {
     let host = host_with_pipeline_guest();
     assert!(host.pipeline().shutdown(Duration::from_secs(5)).await);
-    let event = weir_host::ingest::events::parse_events(flaky(1, "").to_string().as_bytes())
+    let event = weir_host::producer::parse_events(flaky(1, "").to_string().as_bytes())
         .unwrap()
         .valid
         .into_iter()

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weir_host::auth::{Keys, Role};
 use weir_host::datastore::DatastoreConfig;
-use weir_host::host::{Host, HostConfig};
+use weir_host::runtime::{Host, HostConfig};
 use weir_tests::{TestServer, compile_cache, test_limits};
 
 /// A key of the table: its secret, role and datastore (`None`: host).
@@ -76,7 +76,7 @@ async fn start() -> TestServer {
     }
     let host = Host::new(HostConfig {
         plugin_dir: Some(weir_host::EXAMPLE_PLUGIN_DIR.into()),
-        engine: weir_host::plugin::EngineConfig {
+        engine: weir_host::engine::EngineConfig {
             limits: test_limits(),
             cache_dir: Some(compile_cache()),
             ..Default::default()

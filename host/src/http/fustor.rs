@@ -21,9 +21,9 @@ use super::{
 };
 use crate::auth::Role;
 use crate::datastore::{Datastore, SessionGrant, Stats, now_secs};
-use crate::host::Host;
 use crate::index::view::TreeQuery;
-use crate::ingest::rows::{parse_batch, parse_feedback};
+use crate::rows::{parse_batch, parse_feedback};
+use crate::runtime::Host;
 use crate::text::echo;
 
 /// Longest `task_id` an agent may name its session with (Fustor's are

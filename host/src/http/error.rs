@@ -8,10 +8,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::AuthError;
+use crate::datastore::session::SessionError;
 use crate::datastore::{NotReady, PushError};
 use crate::index::view::ViewError;
 use crate::pipeline::SubscribeError;
-use crate::session::SessionError;
 
 /// Seconds a client is asked to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "2";
@@ -84,7 +84,7 @@ pub struct ErrorBody {
     /// Only with `rejected` (422 of `POST /v1/events`): every event refused,
     /// with its reason.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<crate::ingest::events::RejectedEvent>>, nullable = false)]
+    #[schema(value_type = Option<Vec<crate::producer::RejectedEvent>>, nullable = false)]
     pub rejected: Option<serde_json::Value>,
 }
 

@@ -20,10 +20,10 @@ use serde_json::{Value, json};
 use super::{AppError, AuthErrors, ErrorBody, authorize, body_bytes, path, query};
 use crate::auth::Role;
 use crate::bus::{Published, StartAt};
-use crate::host::Host;
-use crate::ingest::events::{ParsedEvents, parse_events};
 use crate::pipeline::dlq::Selector;
 use crate::pipeline::{Consumer, Delivery, SubscribeRequest};
+use crate::producer::{ParsedEvents, parse_events};
+use crate::runtime::Host;
 
 /// Query pairs as given, in order.
 type Pairs = Vec<(String, String)>;

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::auth::Role;
 use crate::datastore::{SessionGrant, Stats};
-use crate::host::Host;
+use crate::runtime::Host;
 
 /// Create an agent session (the seed's path).
 ///

@@ -1,5 +1,5 @@
 //! The assembled core: registry, plugin engine, host API, keys, datastores,
-//! bus and pipeline. Knows nothing of HTTP; `api` and `cli` drive it.
+//! bus and pipeline. Knows nothing of HTTP; `http` and `cli` drive it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use crate::auth::Keys;
 use crate::bus::{BusConfig, EventBus, MemoryBus};
 use crate::datastore::{Datastore, DatastoreConfig};
+use crate::engine::{EngineConfig, PluginEngine};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::plugin::{EngineConfig, PluginEngine};
 use crate::plugin_api::PluginApi;
 use crate::plugindir::PluginDir;
 use crate::registry::{Registry, Runner};
@@ -254,7 +254,7 @@ impl Host {
         let registry = self.registry();
         let mut plugins = BTreeMap::new();
         for k in registry.list() {
-            let Some(p) = crate::plugin::as_plugin(&*k.plugin) else {
+            let Some(p) = crate::engine::as_plugin(&*k.plugin) else {
                 continue;
             };
             plugins.entry(p.name().to_string()).or_insert_with(|| {
@@ -338,7 +338,7 @@ pub struct PluginLimits {
 }
 
 impl PluginLimits {
-    fn of(l: &crate::plugin::Limits) -> Self {
+    fn of(l: &crate::engine::Limits) -> Self {
         Self {
             memory_mib: l.memory_bytes / (1024 * 1024),
             matches_deadline_ms: l.matches_deadline.as_millis() as u64,

@@ -47,8 +47,8 @@ pub use error::{
 pub use server::ServerLimits;
 
 use crate::auth::{ApiKey, Role};
-use crate::host::Host;
 use crate::registry::KeyDefinition;
+use crate::runtime::Host;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -66,7 +66,7 @@ const API_KEY_SCHEME: &str = "api_key";
 const BEARER_SCHEME: &str = "bearer";
 
 /// The document's frame (info, tags, security schemes); its paths come from
-/// the handlers as [`api`] registers them.
+/// the handlers as [`router`] registers them.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -537,10 +537,10 @@ async fn list_plugins(
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct PluginList {
     /// Plugins running, by name.
-    loaded: Vec<crate::host::PluginInfo>,
+    loaded: Vec<crate::runtime::PluginInfo>,
     /// Plugin files that failed to load (a replacement that failed leaves
     /// the old version in `loaded`).
-    failed: Vec<crate::host::FailedPlugin>,
+    failed: Vec<crate::runtime::FailedPlugin>,
 }
 
 #[cfg(test)]
@@ -571,12 +571,12 @@ mod tests {
                 .collect()
         };
         // What is sent has exactly the fields the schema names.
-        let info = crate::host::PluginInfo {
+        let info = crate::runtime::PluginInfo {
             name: "p".into(),
             file: None,
             hash: "h".into(),
             version: "h".into(),
-            limits: crate::host::PluginLimits {
+            limits: crate::runtime::PluginLimits {
                 memory_mib: 1,
                 matches_deadline_ms: 1,
                 call_deadline_ms: 1,

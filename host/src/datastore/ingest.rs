@@ -1,0 +1,276 @@
+//! The ingestion queue of a datastore and its apply thread: pushes, audit
+//! signals and sentinel feedback are admitted against one bound (rows, a
+//! signal counting as one), queued in arrival order, and applied to the
+//! index one job at a time by a worker thread. A job that panics is
+//! contained (the consistency alarm goes up) and the thread goes on.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::{Datastore, FeedChange, PushError, PushReceipt, now_secs};
+use crate::index::Source;
+use crate::rows::{Batch, FeedbackUpdate, Op};
+
+/// Work for the apply thread, in arrival order.
+pub(super) enum Job {
+    Batch { session: String, batch: Batch },
+    AuditStart,
+    AuditEnd,
+    Feedback(Vec<FeedbackUpdate>),
+}
+
+impl Job {
+    /// A line for the log when the job fails: what it was, never its data.
+    fn summary(&self) -> String {
+        match self {
+            Job::Batch { session, batch } => format!(
+                "push of session {} ({:?}, {} rows, is_end {})",
+                crate::text::echo(session),
+                batch.source,
+                batch.ops.len(),
+                batch.is_end
+            ),
+            Job::AuditStart => "audit start".into(),
+            Job::AuditEnd => "audit end".into(),
+            Job::Feedback(updates) => format!("sentinel feedback ({} updates)", updates.len()),
+        }
+    }
+}
+
+pub(super) struct Queue {
+    pub(super) jobs: VecDeque<(Job, usize)>,
+    pub(super) rows: usize,
+    pub(super) closed: bool,
+}
+
+impl Datastore {
+    /// Accepts a push of session `id` into the queue (also a keep-alive).
+    /// All or nothing: a full queue refuses the whole push.
+    pub fn push(&self, id: &str, mut batch: Batch) -> Result<PushReceipt, PushError> {
+        self.sessions().touch(id, Instant::now())?;
+        let rows = batch.ops.len().max(1);
+        let rejected = std::mem::take(&mut batch.rejected);
+        self.counters
+            .rows_rejected
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        // One line per push, not per row: a hostile push of 100,000 bad rows
+        // must not write 100,000 log lines. The reasons are already short.
+        if let Some(first) = rejected.first() {
+            tracing::warn!(datastore = %self.config.name, session = %crate::text::echo(id), rejected = rejected.len(), event = first.event, row = ?first.row, "rows rejected; the first: {}", first.reason);
+        }
+        let count = batch.ops.len();
+        self.enqueue(
+            Job::Batch {
+                session: id.to_string(),
+                batch,
+            },
+            rows,
+        )?;
+        Ok(PushReceipt { count, rejected })
+    }
+
+    /// Queues a job counted as `rows` (at least one: a signal that carries
+    /// no rows counts as one) against the queue's capacity, all or nothing.
+    fn enqueue(&self, job: Job, rows: usize) -> Result<(), PushError> {
+        let rows = rows.max(1);
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.closed {
+            return Err(PushError::ShuttingDown(self.config.name.clone()));
+        }
+        // An empty queue takes any job, so that one push larger than the
+        // capacity is not refused forever; memory stays within the capacity
+        // plus one push.
+        if q.rows + rows > self.config.queue_rows && !q.jobs.is_empty() {
+            return Err(PushError::QueueFull {
+                datastore: self.config.name.clone(),
+                queued: q.rows,
+                capacity: self.config.queue_rows,
+            });
+        }
+        q.rows += rows;
+        q.jobs.push_back((job, rows));
+        drop(q);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The agent starts an audit (applied in order with the pushes).
+    pub fn audit_start(&self) -> Result<(), PushError> {
+        self.enqueue(Job::AuditStart, 1)
+    }
+
+    /// The agent ends an audit.
+    pub fn audit_end(&self) -> Result<(), PushError> {
+        self.enqueue(Job::AuditEnd, 1)
+    }
+
+    /// The agent's sentinel found these suspect paths as they are now
+    /// (applied in order with the pushes; feedback on paths that are not
+    /// suspect is ignored).
+    pub fn sentinel_feedback(&self, updates: Vec<FeedbackUpdate>) -> Result<(), PushError> {
+        let rows = updates.len();
+        self.enqueue(Job::Feedback(updates), rows)
+    }
+
+    /// Stops the apply thread once the queue is drained; waits at most `limit`.
+    pub fn drain(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            q.closed = true;
+        }
+        self.wake.notify_all();
+        while Instant::now() < deadline {
+            let empty = self
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .jobs
+                .is_empty();
+            if empty && !self.applying.load(Ordering::SeqCst) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Applies `job`; a panic is contained to it. The index may then be
+    /// half-changed, so the consistency alarm is raised (views answer 503
+    /// until the next complete snapshot), the panic is logged with what the
+    /// job was and counted, and the thread goes on with the next job.
+    fn apply_isolated(&self, job: Job) {
+        let summary = job.summary();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(job)));
+        if let Err(panic) = outcome {
+            self.alarm.store(true, Ordering::SeqCst);
+            self.counters.apply_panics.fetch_add(1, Ordering::Relaxed);
+            crate::supervise::panicked(
+                crate::supervise::Worker::Apply,
+                &format!(
+                    "datastore {}: {summary}; consistency alarm raised until the next complete snapshot",
+                    self.config.name
+                ),
+                &*panic,
+            );
+        }
+    }
+
+    fn apply(&self, job: Job) {
+        let now = now_secs();
+        let mut changes = Vec::new();
+        {
+            let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
+            match job {
+                Job::AuditStart => ix.audit_start(now),
+                Job::AuditEnd => changes = ix.audit_end(now),
+                Job::Feedback(updates) => {
+                    for u in updates {
+                        changes.extend(ix.sentinel_feedback(&u.path, u.feedback, now));
+                    }
+                }
+                Job::Batch { session, batch } => {
+                    // Only the authoritative session's rows build the index.
+                    let current = self.sessions().current().map(|s| s.id.clone());
+                    if current.as_deref() != Some(session.as_str()) {
+                        tracing::info!(datastore = %self.config.name, session, "dropping a batch of an obsolete session");
+                        return;
+                    }
+                    if batch.source == Source::Audit {
+                        ix.audit_start(now);
+                    }
+                    let mut ignored = 0u64;
+                    for op in &batch.ops {
+                        match op {
+                            Op::Upsert(source, row) => {
+                                if !ix.apply_upsert(row, *source, now, &mut changes) {
+                                    tracing::trace!(datastore = %self.config.name, path = %row.path, ?source, "upsert ignored by arbitration");
+                                    ignored += 1
+                                }
+                            }
+                            Op::Delete {
+                                source,
+                                path,
+                                observed_at,
+                            } => {
+                                let removed = ix.delete(path, *source, now, *observed_at);
+                                if removed.is_empty() {
+                                    ignored += 1;
+                                }
+                                if *source == Source::Realtime {
+                                    let latency = ((now - observed_at) * 1000.0).max(0.0) as u64;
+                                    self.counters
+                                        .last_event_latency_ms
+                                        .store(latency, Ordering::Relaxed);
+                                }
+                                changes.extend(removed);
+                            }
+                        }
+                    }
+                    self.counters
+                        .rows_ignored
+                        .fetch_add(ignored, Ordering::Relaxed);
+                    if batch.is_end && batch.source == Source::Snapshot {
+                        self.sessions().snapshot_done(&session);
+                        self.alarm.store(false, Ordering::SeqCst);
+                        tracing::info!(datastore = %self.config.name, session, files = ix.tree().file_count(), "snapshot complete");
+                    }
+                }
+            }
+        }
+        self.counters
+            .rows_applied
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        if let Some(sink) = self.sink.get()
+            && !changes.is_empty()
+        {
+            let changes: Vec<FeedChange> = changes
+                .into_iter()
+                .map(|change| FeedChange {
+                    datastore: self.config.name.clone(),
+                    change,
+                })
+                .collect();
+            sink(&changes);
+        }
+    }
+}
+
+pub(super) fn apply_loop(ds: std::sync::Weak<Datastore>) {
+    loop {
+        let Some(ds) = ds.upgrade() else { return };
+        let job = {
+            let mut q = ds.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some((job, rows)) = q.jobs.pop_front() {
+                    // Set before the queue lock is released so that readiness
+                    // never sees an empty queue and an idle worker mid-batch.
+                    ds.applying.store(true, Ordering::SeqCst);
+                    q.rows -= rows;
+                    break Some(job);
+                }
+                if q.closed {
+                    break None;
+                }
+                // Wake up now and then so that a dropped datastore ends this thread.
+                let (guard, _) = ds
+                    .wake
+                    .wait_timeout(q, Duration::from_millis(200))
+                    .unwrap_or_else(PoisonError::into_inner);
+                q = guard;
+                if Arc::strong_count(&ds) == 1 {
+                    return;
+                }
+            }
+        };
+        match job {
+            Some(job) => {
+                ds.apply_isolated(job);
+                ds.applying.store(false, Ordering::SeqCst);
+            }
+            None => return,
+        }
+    }
+}
