@@ -42,6 +42,7 @@ pub mod registry;
 pub mod runtime;
 
 pub mod supervise;
+pub mod wire;
 
 pub use http::run;
 pub use runtime::{Host, HostConfig};

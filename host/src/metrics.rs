@@ -84,7 +84,7 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
             .map(move |p| (label("plugin", &p.name), v(p)))
             .collect::<Vec<_>>()
     };
-    type PluginSample = fn(&crate::runtime::PluginInfo) -> u64;
+    type PluginSample = fn(&crate::wire::PluginInfo) -> u64;
     let plugin_families: [(&str, &str, &str, PluginSample); 6] = [
         (
             "weir_plugin_calls_total",
@@ -315,7 +315,7 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
         .map(|d| (d, d.stats()))
         .collect();
     let per_datastore =
-        |v: &dyn Fn(&crate::datastore::Datastore, &crate::datastore::Stats) -> u64| {
+        |v: &dyn Fn(&crate::datastore::Datastore, &crate::wire::DatastoreStats) -> u64| {
             datastores
                 .iter()
                 .map(|(d, s)| (label("datastore", d.name()), v(d, s)))

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::engine::{LoadError, PluginEngine, manifest, plugin_name, read_plugin, version_of};
 use crate::registry::{KeyChanges, RegistrationError, Registry};
+pub use crate::wire::FailedPlugin;
 
 /// Why one plugin file was not (re)registered.
 #[derive(Debug, thiserror::Error)]
@@ -40,21 +40,6 @@ impl PluginLoadError {
             other => vec![other.to_string()],
         }
     }
-}
-
-/// A plugin file that failed to load, for `/v1/plugins` and the log.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct FailedPlugin {
-    /// The file.
-    pub file: String,
-    /// Every reason.
-    pub errors: Vec<String>,
-    /// SHA-256 of the content that failed (`+` the manifest's short hash).
-    pub hash: Option<String>,
-    /// When, ms since the Unix epoch.
-    pub failed_at_ms: u64,
-    /// Version of what still runs, when a replacement failed.
-    pub running_hash: Option<String>,
 }
 
 /// What a scan changed.

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use serde::Serialize;
-
 use std::collections::BTreeMap;
 
 use crate::auth::Keys;
@@ -17,6 +15,7 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::plugin_api::PluginApi;
 use crate::plugindir::PluginDir;
 use crate::registry::{Registry, Runner};
+use crate::wire::{PluginInfo, PluginLimits};
 
 /// Everything needed to build a [`Host`].
 #[derive(Debug, Clone, Default)]
@@ -288,53 +287,6 @@ impl Host {
         }
         plugins.into_values().collect()
     }
-}
-
-/// One loaded plugin, as `/v1/plugins` shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct PluginInfo {
-    /// Name (file stem).
-    pub name: String,
-    /// File path.
-    pub file: Option<String>,
-    /// SHA-256 of the component.
-    pub hash: String,
-    /// The hash, with `+` and the manifest's short hash when it has one.
-    pub version: String,
-    /// The limits its calls run with (defaults, or its manifest's).
-    pub limits: PluginLimits,
-    /// Its keys.
-    pub keys: Vec<String>,
-    /// Load time, ms since the Unix epoch.
-    pub loaded_at_ms: u64,
-    /// Calls made.
-    pub calls: u64,
-    /// Calls that faulted.
-    pub faults: u64,
-    /// Instances created.
-    pub instances_created: u64,
-    /// Linear memory its live instances (idle or running) hold, bytes.
-    pub memory_bytes: u64,
-    /// The most linear memory one of its instances has held, bytes.
-    pub memory_peak_bytes: u64,
-    /// `loaded` (failed files are listed apart, with their reasons).
-    #[schema(value_type = String, example = "loaded")]
-    pub state: &'static str,
-    /// Its keys that are quarantined.
-    pub quarantined_keys: Vec<String>,
-}
-
-/// A plugin's limits, as `/v1/plugins` shows them.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct PluginLimits {
-    /// Linear memory per instance, MiB.
-    pub memory_mib: usize,
-    /// Deadline of `matches`, ms.
-    pub matches_deadline_ms: u64,
-    /// Deadline of other calls, ms.
-    pub call_deadline_ms: u64,
-    /// Largest output of one event, KiB.
-    pub max_output_kib: usize,
 }
 
 impl PluginLimits {

@@ -16,11 +16,12 @@ use serde::Serialize;
 pub use weir_core::settings::DatastoreConfig;
 
 use crate::index::view::{TreeQuery, ViewError};
-use crate::index::{Change, Evictions, FsIndex};
+use crate::index::{Change, FsIndex};
 use crate::rows::Rejected;
 mod ingest;
 pub mod session;
 
+use crate::wire::DatastoreStats;
 use ingest::{Queue, apply_loop};
 use session::{Session, SessionError, Sessions};
 
@@ -48,24 +49,6 @@ pub struct FeedChange {
 
 /// Receives applied changes; see [`Datastore::on_changes`].
 pub type ChangeSink = Arc<dyn Fn(&[FeedChange]) + Send + Sync>;
-
-/// What the agent is told when its session is created.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct SessionGrant {
-    /// The new session id.
-    pub session_id: String,
-    /// Always `leader`: the newest session is authoritative.
-    #[schema(value_type = String, example = "leader")]
-    pub role: &'static str,
-    /// Seconds without heartbeat or push before it expires.
-    pub session_timeout_seconds: u64,
-    /// How often to audit.
-    pub audit_interval_sec: f64,
-    /// How often to ask for sentinel tasks.
-    pub sentinel_interval_sec: f64,
-    /// Human text.
-    pub message: String,
-}
 
 /// Why a push is refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -225,22 +208,16 @@ impl Datastore {
 
     /// Creates the new authoritative session. The previous one becomes
     /// obsolete at once; the index starts over from the new snapshot.
-    pub fn create_session(&self, task_id: &str) -> SessionGrant {
+    /// Returns the new session's id; its timing is the datastore's
+    /// [`SessionConfig`](session::SessionConfig).
+    pub fn create_session(&self, task_id: &str) -> String {
         let (session, previous) = self.sessions().create(task_id, Instant::now());
         {
             let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
             ix.clear();
         }
         tracing::info!(datastore = %self.config.name, session = %session.id, task_id = %crate::text::echo(task_id), obsoleted = ?previous, "agent session created");
-        let c = self.config.sessions;
-        SessionGrant {
-            session_id: session.id,
-            role: "leader",
-            session_timeout_seconds: c.timeout.as_secs(),
-            audit_interval_sec: c.audit_interval.as_secs_f64(),
-            sentinel_interval_sec: c.sentinel_interval.as_secs_f64(),
-            message: "Session created successfully".into(),
-        }
+        session.id
     }
 
     /// A heartbeat of session `id`.
@@ -364,10 +341,10 @@ impl Datastore {
             .rows
     }
 
-    /// Stats of the index and the pipeline.
-    pub fn stats(&self) -> Stats {
+    /// DatastoreStats of the index and the pipeline.
+    pub fn stats(&self) -> DatastoreStats {
         let now = now_secs();
-        self.read_index(|ix| Stats {
+        self.read_index(|ix| DatastoreStats {
             total_files: ix.tree().file_count(),
             total_directories: ix.tree().dir_count(),
             total_size: ix.tree().total_size(),
@@ -388,50 +365,6 @@ impl Datastore {
             evictions: ix.evictions(),
         })
     }
-}
-
-/// Stats of one datastore, as `GET .../stats` shows them.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(as = DatastoreStats)]
-pub struct Stats {
-    /// Files in the index.
-    pub total_files: usize,
-    /// Directories, the root included.
-    pub total_directories: usize,
-    /// Sum of file sizes.
-    pub total_size: u64,
-    /// Files plus directories.
-    pub item_count: usize,
-    /// Files currently suspect.
-    pub suspect_file_count: usize,
-    /// Files first seen by an audit.
-    pub blind_spot_additions: usize,
-    /// Files deleted because an audit missed them.
-    pub blind_spot_deletions: usize,
-    /// Any blind spot.
-    pub has_blind_spot: bool,
-    /// Observed-to-applied latency of the last realtime row, ms.
-    pub last_event_latency_ms: u64,
-    /// An audit is running.
-    pub is_auditing: bool,
-    /// Completed audits.
-    pub audit_cycle_count: u32,
-    /// End of the last audit, seconds since the epoch (0: none).
-    pub last_audit_finished_at: f64,
-    /// Rows waiting in the queue.
-    pub queued_rows: usize,
-    /// Changes applied since start.
-    pub rows_applied: u64,
-    /// Rows ignored by arbitration since start.
-    pub rows_ignored: u64,
-    /// Rows rejected as malformed since start.
-    pub rows_rejected: u64,
-    /// Jobs whose application failed with a panic since start; each raised
-    /// the consistency alarm.
-    pub apply_panics: u64,
-    /// What the index let go of to stay within its bounds.
-    #[schema(value_type = Object)]
-    pub evictions: Evictions,
 }
 
 #[cfg(test)]
@@ -474,19 +407,18 @@ mod tests {
         assert_eq!(ds.readiness(), Err(NotReady::NoSession("t".into())));
         let s = ds.create_session("agent:pipe");
         assert_eq!(ds.readiness(), Err(NotReady::SnapshotPending("t".into())));
-        ds.push(&s.session_id, snapshot(&["/a", "/b"], false))
-            .unwrap();
-        ds.push(&s.session_id, snapshot(&["/c"], true)).unwrap();
+        ds.push(&s, snapshot(&["/a", "/b"], false)).unwrap();
+        ds.push(&s, snapshot(&["/c"], true)).unwrap();
         wait_ready(&ds).unwrap();
         assert_eq!(ds.stats().total_files, 3);
         // A new agent takes over: the old one is refused, views wait again.
         let s2 = ds.create_session("agent2:pipe");
         assert!(matches!(
-            ds.push(&s.session_id, snapshot(&["/x"], true)),
+            ds.push(&s, snapshot(&["/x"], true)),
             Err(PushError::Session(SessionError::Obsolete(_)))
         ));
         assert_eq!(ds.readiness(), Err(NotReady::SnapshotPending("t".into())));
-        ds.push(&s2.session_id, snapshot(&["/only"], true)).unwrap();
+        ds.push(&s2, snapshot(&["/only"], true)).unwrap();
         wait_ready(&ds).unwrap();
         assert_eq!(ds.stats().total_files, 1);
     }
@@ -499,15 +431,11 @@ mod tests {
         let s = ds.create_session("a:p");
         // Hold the index so that the worker cannot drain the queue.
         let guard = ds.index.write().unwrap();
-        ds.push(&s.session_id, snapshot(&["/1", "/2"], false))
-            .unwrap();
+        ds.push(&s, snapshot(&["/1", "/2"], false)).unwrap();
         let mut refused = 0;
         let mut accepted = 2;
         for i in 0..5 {
-            match ds.push(
-                &s.session_id,
-                snapshot(&[&format!("/x{i}"), &format!("/y{i}")], false),
-            ) {
+            match ds.push(&s, snapshot(&[&format!("/x{i}"), &format!("/y{i}")], false)) {
                 Ok(r) => accepted += r.count,
                 Err(PushError::QueueFull { capacity: 3, .. }) => refused += 1,
                 Err(e) => panic!("{e}"),
@@ -515,11 +443,10 @@ mod tests {
         }
         assert!(refused >= 4, "{refused}");
         drop(guard);
-        ds.push(&s.session_id, snapshot(&[], true))
-            .unwrap_or_else(|_| {
-                std::thread::sleep(Duration::from_millis(100));
-                ds.push(&s.session_id, snapshot(&[], true)).unwrap()
-            });
+        ds.push(&s, snapshot(&[], true)).unwrap_or_else(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            ds.push(&s, snapshot(&[], true)).unwrap()
+        });
         wait_ready(&ds).unwrap();
         assert_eq!(ds.stats().total_files, accepted);
     }
@@ -532,9 +459,9 @@ mod tests {
             assert!(c.iter().all(|c| c.change.path != "/boom"), "boom");
         })));
         let s = ds.create_session("a:p");
-        ds.push(&s.session_id, snapshot(&["/a"], true)).unwrap();
+        ds.push(&s, snapshot(&["/a"], true)).unwrap();
         wait_ready(&ds).unwrap();
-        ds.push(&s.session_id, snapshot(&["/boom"], false)).unwrap();
+        ds.push(&s, snapshot(&["/boom"], false)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while ds.stats().apply_panics == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
@@ -542,7 +469,7 @@ mod tests {
         assert_eq!(ds.stats().apply_panics, 1);
         assert_eq!(wait_ready(&ds), Err(NotReady::Alarm("p".into())));
         // The thread goes on: the next complete snapshot lifts the alarm.
-        ds.push(&s.session_id, snapshot(&["/b"], true)).unwrap();
+        ds.push(&s, snapshot(&["/b"], true)).unwrap();
         wait_ready(&ds).unwrap();
         assert_eq!(ds.stats().total_files, 3);
         assert!(ds.drain(Duration::from_secs(5)));
@@ -552,10 +479,10 @@ mod tests {
     fn after_the_drain_pushes_and_signals_are_refused() {
         let ds = Datastore::start(DatastoreConfig::named("d")).unwrap();
         let s = ds.create_session("a:p");
-        ds.push(&s.session_id, snapshot(&["/a"], true)).unwrap();
+        ds.push(&s, snapshot(&["/a"], true)).unwrap();
         assert!(ds.drain(Duration::from_secs(5)));
         assert!(matches!(
-            ds.push(&s.session_id, snapshot(&["/late"], true)),
+            ds.push(&s, snapshot(&["/late"], true)),
             Err(PushError::ShuttingDown(name)) if name == "d"
         ));
         assert_eq!(ds.audit_start(), Err(PushError::ShuttingDown("d".into())));
@@ -578,11 +505,10 @@ mod tests {
         assert_eq!(refused, 7);
         assert!(ds.queued_rows() <= 3);
         drop(guard);
-        ds.push(&s.session_id, snapshot(&[], true))
-            .unwrap_or_else(|_| {
-                std::thread::sleep(Duration::from_millis(100));
-                ds.push(&s.session_id, snapshot(&[], true)).unwrap()
-            });
+        ds.push(&s, snapshot(&[], true)).unwrap_or_else(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            ds.push(&s, snapshot(&[], true)).unwrap()
+        });
         wait_ready(&ds).unwrap();
     }
 
@@ -595,14 +521,14 @@ mod tests {
             log.lock().unwrap().extend(c.iter().cloned())
         })));
         let s = ds.create_session("a:p");
-        ds.push(&s.session_id, snapshot(&["/a"], true)).unwrap();
+        ds.push(&s, snapshot(&["/a"], true)).unwrap();
         wait_ready(&ds).unwrap();
         let seen = seen.lock().unwrap();
         let c = &seen[0];
         assert_eq!((c.datastore.as_str(), c.change.path.as_str()), ("f", "/a"));
         ds.raise_alarm();
         assert_eq!(ds.readiness(), Err(NotReady::Alarm("f".into())));
-        ds.push(&s.session_id, snapshot(&["/a"], true)).unwrap();
+        ds.push(&s, snapshot(&["/a"], true)).unwrap();
         wait_ready(&ds).unwrap();
     }
 }

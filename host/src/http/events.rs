@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::{AppError, AuthErrors, ErrorBody, authorize, body_bytes, path, query};
 use crate::auth::Role;
 use crate::bus::{Published, StartAt};
-use crate::pipeline::dlq::Selector;
+use crate::pipeline::dlq::DeadLetterSelector;
 use crate::pipeline::{Consumer, Delivery, SubscribeRequest};
 use crate::producer::{ParsedEvents, parse_events};
 use crate::runtime::Host;
@@ -356,8 +356,8 @@ pub(super) async fn resume(
 }
 
 /// Reads `key`, `id` (repeatable) and `limit` from a query.
-fn selector(pairs: Pairs) -> Result<(Selector, Option<usize>), AppError> {
-    let mut sel = Selector::default();
+fn selector(pairs: Pairs) -> Result<(DeadLetterSelector, Option<usize>), AppError> {
+    let mut sel = DeadLetterSelector::default();
     let mut limit = None;
     for (name, value) in pairs {
         match name.as_str() {
@@ -411,9 +411,9 @@ pub(super) async fn dlq_list(
     sel.scope = who.datastore;
     let dlq = host.pipeline().dead_letters();
     Ok(Json(json!({
-        "total": dlq.count(&Selector {
+        "total": dlq.count(&DeadLetterSelector {
             scope: sel.scope.clone(),
-            ..Selector::default()
+            ..DeadLetterSelector::default()
         }),
         "evicted": dlq.evicted(),
         "letters": dlq.list(&sel, limit.unwrap_or(100).min(10_000)),
@@ -428,7 +428,7 @@ pub(super) async fn dlq_list(
     post,
     path = "/v1/dlq/replay",
     tag = "events",
-    request_body(content = Option<Selector>, content_type = "application/json",
+    request_body(content = Option<DeadLetterSelector>, content_type = "application/json",
         description = "Which letters (both fields optional); an empty body selects all."),
     responses(
         (status = 200, description = "`results` per letter and the letters `remaining`.", body = Object),
@@ -446,8 +446,8 @@ pub(super) async fn dlq_replay(
 ) -> Result<Json<Value>, AppError> {
     let who = authorize(&host, &headers, Role::Admin)?;
     let body = body_bytes(body)?;
-    let mut sel: Selector = if body.iter().all(u8::is_ascii_whitespace) {
-        Selector::default()
+    let mut sel: DeadLetterSelector = if body.iter().all(u8::is_ascii_whitespace) {
+        DeadLetterSelector::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("body: {e}")))?
     };
@@ -456,9 +456,9 @@ pub(super) async fn dlq_replay(
     let results = host.pipeline().replay(sel).await;
     Ok(Json(json!({
         "results": results,
-        "remaining": host.pipeline().dead_letters().count(&Selector {
+        "remaining": host.pipeline().dead_letters().count(&DeadLetterSelector {
             scope: scope.clone(),
-            ..Selector::default()
+            ..DeadLetterSelector::default()
         }),
     })))
 }

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
@@ -20,11 +20,12 @@ use super::{
     authorize_datastore, body_bytes, path, query,
 };
 use crate::auth::Role;
-use crate::datastore::{Datastore, SessionGrant, Stats, now_secs};
+use crate::datastore::{Datastore, now_secs};
 use crate::index::view::TreeQuery;
 use crate::rows::{parse_batch, parse_feedback};
 use crate::runtime::Host;
 use crate::text::echo;
+use crate::wire::DatastoreStats;
 
 /// Longest `task_id` an agent may name its session with (Fustor's are
 /// `AGENT:PIPE`, a few dozen bytes).
@@ -58,6 +59,24 @@ pub(super) struct CreateSession {
     /// the agent sends are ignored.
     #[schema(example = "agent-1:pipe")]
     task_id: String,
+}
+
+/// What the agent is told when its session is created.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(super) struct SessionGrant {
+    /// The new session id.
+    pub session_id: String,
+    /// Always `leader`: the newest session is authoritative.
+    #[schema(value_type = String, example = "leader")]
+    pub role: &'static str,
+    /// Seconds without heartbeat or push before it expires.
+    pub session_timeout_seconds: u64,
+    /// How often to audit.
+    pub audit_interval_sec: f64,
+    /// How often to ask for sentinel tasks.
+    pub sentinel_interval_sec: f64,
+    /// Human text.
+    pub message: String,
 }
 
 /// Create an agent session.
@@ -98,7 +117,16 @@ pub(super) async fn create_session(
             "`task_id` is longer than {MAX_TASK_ID_BYTES} bytes"
         )));
     }
-    Ok(Json(ds.create_session(&req.task_id)))
+    let session_id = ds.create_session(&req.task_id);
+    let c = ds.config().sessions;
+    Ok(Json(SessionGrant {
+        session_id,
+        role: "leader",
+        session_timeout_seconds: c.timeout.as_secs(),
+        audit_interval_sec: c.audit_interval.as_secs_f64(),
+        sentinel_interval_sec: c.sentinel_interval.as_secs_f64(),
+        message: "Session created successfully".into(),
+    }))
 }
 
 /// Create an agent session (the path without its final slash).
@@ -400,7 +428,7 @@ pub(super) async fn tree_of(
     tag = "fustor-views",
     params(("datastore" = String, Path, description = "The datastore.")),
     responses(
-        (status = 200, description = "The datastore's stats.", body = Stats),
+        (status = 200, description = "The datastore's stats.", body = DatastoreStats),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
         DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
@@ -413,7 +441,7 @@ pub(super) async fn stats(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-) -> Result<Json<Stats>, AppError> {
+) -> Result<Json<DatastoreStats>, AppError> {
     let name = view_name(&host, &headers, name)?;
     stats_of(&host, &headers, &name)
 }
@@ -423,7 +451,7 @@ pub(super) fn stats_of(
     host: &Host,
     headers: &HeaderMap,
     name: &str,
-) -> Result<Json<Stats>, AppError> {
+) -> Result<Json<DatastoreStats>, AppError> {
     Ok(Json(ready_view(host, headers, name)?.stats()))
 }
 

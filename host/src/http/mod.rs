@@ -537,7 +537,7 @@ async fn list_plugins(
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct PluginList {
     /// Plugins running, by name.
-    loaded: Vec<crate::runtime::PluginInfo>,
+    loaded: Vec<crate::wire::PluginInfo>,
     /// Plugin files that failed to load (a replacement that failed leaves
     /// the old version in `loaded`).
     failed: Vec<crate::runtime::FailedPlugin>,
@@ -571,12 +571,12 @@ mod tests {
                 .collect()
         };
         // What is sent has exactly the fields the schema names.
-        let info = crate::runtime::PluginInfo {
+        let info = crate::wire::PluginInfo {
             name: "p".into(),
             file: None,
             hash: "h".into(),
             version: "h".into(),
-            limits: crate::runtime::PluginLimits {
+            limits: crate::wire::PluginLimits {
                 memory_mib: 1,
                 matches_deadline_ms: 1,
                 call_deadline_ms: 1,

@@ -13,14 +13,14 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::fustor::{self, CreateSession, TreeParams, datastore_of};
+use super::fustor::{self, CreateSession, SessionGrant, TreeParams, datastore_of};
 use super::{
     AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady,
     authorize, path,
 };
 use crate::auth::Role;
-use crate::datastore::{SessionGrant, Stats};
 use crate::runtime::Host;
+use crate::wire::DatastoreStats;
 
 /// Create an agent session (the seed's path).
 ///
@@ -178,7 +178,7 @@ pub(super) async fn tree(
     tag = "seed",
     operation_id = "seed_stats",
     responses(
-        (status = 200, description = "The datastore's stats.", body = Stats),
+        (status = 200, description = "The datastore's stats.", body = DatastoreStats),
         KeyDatastoreErrors,
         ViewsNotReady,
     ),
@@ -188,7 +188,7 @@ pub(super) async fn tree(
 pub(super) async fn stats(
     State(host): State<Arc<Host>>,
     headers: HeaderMap,
-) -> Result<Json<Stats>, AppError> {
+) -> Result<Json<DatastoreStats>, AppError> {
     let name = own_datastore(&host, &headers)?;
     fustor::stats_of(&host, &headers, &name)
 }

@@ -11,6 +11,7 @@ use serde::ser::SerializeStruct;
 
 use crate::bus::Event;
 use crate::engine::Params;
+pub use crate::wire::DeadLetterSelector;
 
 /// One dead letter.
 #[derive(Debug, Clone)]
@@ -89,23 +90,7 @@ impl Serialize for DeadLetter {
     }
 }
 
-/// Which dead letters an operation applies to; also the body of
-/// `POST /v1/dlq/replay`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct Selector {
-    /// Only these ids (empty: any).
-    pub ids: Vec<u64>,
-    /// Only this key.
-    pub key: Option<String>,
-    /// Only letters of this datastore's subscriptions (set from the
-    /// caller's key, never from a body).
-    #[serde(skip)]
-    #[schema(ignore)]
-    pub scope: Option<String>,
-}
-
-impl Selector {
+impl DeadLetterSelector {
     fn selects(&self, d: &DeadLetter) -> bool {
         (self.ids.is_empty() || self.ids.contains(&d.id))
             && self.key.as_ref().is_none_or(|k| k == &d.key)
@@ -194,7 +179,7 @@ impl DeadLetters {
     }
 
     /// Letters selected, oldest first, at most `limit`.
-    pub fn list(&self, selector: &Selector, limit: usize) -> Vec<DeadLetter> {
+    pub fn list(&self, selector: &DeadLetterSelector, limit: usize) -> Vec<DeadLetter> {
         self.lock()
             .letters
             .iter()
@@ -205,7 +190,7 @@ impl DeadLetters {
     }
 
     /// Removes and returns the oldest `limit` letters selected.
-    pub fn take(&self, selector: &Selector, limit: usize) -> Vec<DeadLetter> {
+    pub fn take(&self, selector: &DeadLetterSelector, limit: usize) -> Vec<DeadLetter> {
         let mut q = self.lock();
         let mut taken = Vec::new();
         let kept: VecDeque<DeadLetter> = q
@@ -226,7 +211,7 @@ impl DeadLetters {
     }
 
     /// Letters `selector` selects.
-    pub fn count(&self, selector: &Selector) -> usize {
+    pub fn count(&self, selector: &DeadLetterSelector) -> usize {
         self.lock()
             .letters
             .iter()
@@ -298,11 +283,11 @@ mod tests {
         assert_eq!(q.len(), 3);
         assert_eq!(q.evicted(), 97);
         // The newest are kept, and one letter larger than the cap stays.
-        let newest = q.list(&Selector::default(), 10);
+        let newest = q.list(&DeadLetterSelector::default(), 10);
         assert_eq!(newest.last().map(|d| d.id), Some(100));
         q.push(letter(8 << 20));
         assert_eq!(q.len(), 1);
-        let taken = q.take(&Selector::default(), 10);
+        let taken = q.take(&DeadLetterSelector::default(), 10);
         assert_eq!((taken.len(), q.bytes()), (1, 0));
     }
 }

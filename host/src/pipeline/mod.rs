@@ -33,7 +33,7 @@ use crate::engine::{Params, PluginFault};
 use crate::index::ChangeKind;
 use crate::registry::{ParamError, RegisteredKey, Registry, params};
 use consumer::Ctx;
-use dlq::{DeadLetter, DeadLetters, Selector};
+use dlq::{DeadLetter, DeadLetterSelector, DeadLetters};
 use health::{HealthBook, Quarantine};
 use subscriptions::{Slot, SubscriptionInfo, Subscriptions};
 
@@ -484,7 +484,7 @@ impl Pipeline {
     /// Runs the selected dead letters again through the key's current
     /// plugin, delivering output to the subscription's current consumers.
     /// Letters that fail again (or cannot run) go back with their id.
-    pub async fn replay(self: &Arc<Self>, selector: Selector) -> Vec<ReplayResult> {
+    pub async fn replay(self: &Arc<Self>, selector: DeadLetterSelector) -> Vec<ReplayResult> {
         let letters = self.dlq.take(&selector, usize::MAX);
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
