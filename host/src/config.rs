@@ -31,7 +31,7 @@ pub struct ServeSettings {
     /// Default limits of plugin calls.
     pub limits: Limits,
     /// Bounds of the connection layer.
-    pub server: crate::http::ServerLimits,
+    pub server: weir_core::settings::ServerLimits,
 }
 
 /// Largest default instance memory (a manifest may ask up to this, too).
@@ -58,7 +58,7 @@ pub fn serve_settings(
     let limits = limits
         .apply(&Limits::default(), MAX_DEFAULT_MEMORY_MIB * 1024 * 1024)
         .map_err(err)?;
-    let mut bounds = crate::http::ServerLimits::default();
+    let mut bounds = weir_core::settings::ServerLimits::default();
     if let Some(n) = server.max_connections {
         if n == 0 {
             return Err(err("server.max_connections must be at least 1".into()));

@@ -34,10 +34,10 @@ use bindings::types::RawEvent;
 use weir_core::event::Event;
 pub use weir_core::key::{FaultKind, Outcome, Params, PluginFault};
 pub use weir_core::settings::Limits;
-
-use crate::registry::{
+use weir_core::key::{
     Function, KeyDefinition, OutputSchema, ParamDef, ParamType, ParamValue, Runner,
 };
+
 pub use calls::{CallApi, CallError, Caller};
 use state::{Running, StoreState};
 use upstream::UpstreamClient;
