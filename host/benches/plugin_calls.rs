@@ -94,7 +94,10 @@ fn main() -> anyhow::Result<()> {
         .collect();
     assert_eq!(native_answers, wasm_answers);
     let selected: Vec<usize> = (0..n).filter(|&i| native_answers[i]).collect();
-    let wasm_selected: Vec<&Event> = selected.iter().map(|&i| wasm_events[i]).collect();
+    // The selected events on their own, as the pipeline hands `process`
+    // the events `matches` kept.
+    let kept: Vec<Event> = selected.iter().map(|&i| owned[i].clone()).collect();
+    let wasm_selected: Vec<&Event> = kept.iter().collect();
     let native_selected: Vec<&weir_sdk::RawEvent> =
         selected.iter().map(|&i| &native_events[i]).collect();
     let m = wasm_selected.len();

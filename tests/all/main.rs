@@ -17,4 +17,5 @@ mod plugin_cli;
 mod plugin_runtime;
 mod registration;
 mod serve_binary;
+mod tidy;
 mod upstream;

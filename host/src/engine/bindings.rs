@@ -1,5 +1,6 @@
 //! Every `bindgen!` of the host lives here: the `weir:plugin/plugin` world,
-//! generated from `wit/` at the repository root.
+//! generated from `wit/` at the repository root, and the conversions
+//! between the host's own types and the WIT records.
 
 wasmtime::component::bindgen!({
     world: "plugin",
@@ -9,15 +10,138 @@ wasmtime::component::bindgen!({
 pub use weir::plugin::host;
 pub use weir::plugin::types;
 
-impl From<&weir_core::event::Event> for types::RawEvent {
-    /// The event as plugins receive it.
-    fn from(e: &weir_core::event::Event) -> Self {
+use wasmtime::Store;
+use wasmtime::component::{ComponentType, Lower};
+use weir_core::event::Event;
+use weir_core::key::Params;
+
+use super::state::StoreState;
+
+/// A `raw-event` lowered straight from the host's [`Event`]: its strings are
+/// borrowed, so a call copies them once, into the guest's memory, and never
+/// into an intermediate record on the host.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub(super) struct EventRef<'a> {
+    #[component(name = "event-id")]
+    event_id: &'a str,
+    #[component(name = "event-type")]
+    event_type: &'a str,
+    #[component(name = "source-time")]
+    source_time: Option<&'a str>,
+    #[component(name = "timestamp-ms")]
+    timestamp_ms: u64,
+    payload: &'a str,
+}
+
+impl<'a> From<&'a Event> for EventRef<'a> {
+    fn from(e: &'a Event) -> Self {
         Self {
-            event_id: e.new.id.clone(),
-            event_type: e.new.event_type.clone(),
-            source_time: e.new.source_time.clone(),
+            event_id: &e.new.id,
+            event_type: &e.new.event_type,
+            source_time: e.new.source_time.as_deref(),
             timestamp_ms: e.timestamp_ms,
-            payload: e.new.payload.clone(),
+            payload: &e.new.payload,
         }
     }
+}
+
+/// The `process` answer as the guest gives it.
+pub(super) type ProcessResult = Result<types::Outcome, String>;
+
+/// The signatures the borrowed calls below use, checked against a
+/// component's exports once when it is loaded ([`check_borrowed_calls`]), so
+/// that each call can skip the check: every instance of a plugin comes from
+/// the component that was checked.
+type MatchesBatch<'a> = (&'a str, &'a [(String, String)], &'a [EventRef<'a>]);
+type One<'a> = (&'a str, &'a [(String, String)], EventRef<'a>);
+
+/// Checks that the event-key exports of `world` take [`EventRef`] where the
+/// WIT says `raw-event` (bindgen checked them against the WIT itself). Runs
+/// once per plugin, at load; the calls below rely on it.
+pub(super) fn check_borrowed_calls(
+    world: &Plugin,
+    store: &mut Store<StoreState>,
+) -> wasmtime::Result<()> {
+    let keys = world.weir_plugin_event_key();
+    keys.func_matches_batch()
+        .func()
+        .typed::<MatchesBatch<'_>, (Vec<bool>,)>(&*store)?;
+    keys.func_matches()
+        .func()
+        .typed::<One<'_>, (bool,)>(&*store)?;
+    keys.func_process_batch()
+        .func()
+        .typed::<MatchesBatch<'_>, (Vec<ProcessResult>,)>(&*store)?;
+    keys.func_process()
+        .func()
+        .typed::<One<'_>, (ProcessResult,)>(&*store)?;
+    Ok(())
+}
+
+/// `matches` of `world`'s event keys over `events`, borrowed.
+pub(super) fn matches_batch(
+    world: &Plugin,
+    store: &mut Store<StoreState>,
+    key: &str,
+    params: &Params,
+    events: &[EventRef<'_>],
+) -> wasmtime::Result<Vec<bool>> {
+    let func = *world.weir_plugin_event_key().func_matches_batch().func();
+    // SAFETY: the signature was checked against this component's export at
+    // load (`check_borrowed_calls`), and this instance is of that component.
+    let typed = unsafe {
+        wasmtime::component::TypedFunc::<MatchesBatch<'_>, (Vec<bool>,)>::new_unchecked(func)
+    };
+    Ok(typed.call(store, (key, params, events))?.0)
+}
+
+/// `matches` of one event, borrowed.
+pub(super) fn matches(
+    world: &Plugin,
+    store: &mut Store<StoreState>,
+    key: &str,
+    params: &Params,
+    event: EventRef<'_>,
+) -> wasmtime::Result<bool> {
+    let func = *world.weir_plugin_event_key().func_matches().func();
+    // SAFETY: the signature was checked against this component's export at
+    // load (`check_borrowed_calls`), and this instance is of that component.
+    let typed = unsafe { wasmtime::component::TypedFunc::<One<'_>, (bool,)>::new_unchecked(func) };
+    Ok(typed.call(store, (key, params, event))?.0)
+}
+
+/// `process-batch` over `events`, borrowed.
+pub(super) fn process_batch(
+    world: &Plugin,
+    store: &mut Store<StoreState>,
+    key: &str,
+    params: &Params,
+    events: &[EventRef<'_>],
+) -> wasmtime::Result<Vec<ProcessResult>> {
+    let func = *world.weir_plugin_event_key().func_process_batch().func();
+    // SAFETY: the signature was checked against this component's export at
+    // load (`check_borrowed_calls`), and this instance is of that component.
+    let typed = unsafe {
+        wasmtime::component::TypedFunc::<MatchesBatch<'_>, (Vec<ProcessResult>,)>::new_unchecked(
+            func,
+        )
+    };
+    Ok(typed.call(store, (key, params, events))?.0)
+}
+
+/// `process` of one event, borrowed.
+pub(super) fn process(
+    world: &Plugin,
+    store: &mut Store<StoreState>,
+    key: &str,
+    params: &Params,
+    event: EventRef<'_>,
+) -> wasmtime::Result<ProcessResult> {
+    let func = *world.weir_plugin_event_key().func_process().func();
+    // SAFETY: the signature was checked against this component's export at
+    // load (`check_borrowed_calls`), and this instance is of that component.
+    let typed =
+        unsafe { wasmtime::component::TypedFunc::<One<'_>, (ProcessResult,)>::new_unchecked(func) };
+    Ok(typed.call(store, (key, params, event))?.0)
 }

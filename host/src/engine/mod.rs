@@ -29,14 +29,14 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-use bindings::types::RawEvent;
+use bindings::EventRef;
 
 use weir_core::event::Event;
 pub use weir_core::key::{FaultKind, Outcome, Params, PluginFault};
-pub use weir_core::settings::Limits;
 use weir_core::key::{
     Function, KeyDefinition, OutputSchema, ParamDef, ParamType, ParamValue, Runner,
 };
+pub use weir_core::settings::Limits;
 
 pub use calls::{CallApi, CallError, Caller};
 use state::{Running, StoreState};
@@ -308,7 +308,10 @@ impl PluginEngine {
             "",
             Running::Describe,
             plugin.limits.call_deadline,
-            |w, s| w.weir_plugin_event_key().call_describe(s),
+            |w, s| {
+                bindings::check_borrowed_calls(w, s)?;
+                w.weir_plugin_event_key().call_describe(s)
+            },
         );
         let defs = describe.map_err(|fault| LoadError::Describe {
             file: name.to_string(),
@@ -712,12 +715,11 @@ impl Runner for LoadedPlugin {
         if self.require(key, Function::Matches).is_err() {
             return Ok(true);
         }
-        let raw = RawEvent::from(event);
         self.call(
             key,
             Running::Matches,
             self.limits.matches_deadline,
-            |w, s| w.weir_plugin_event_key().call_matches(s, key, params, &raw),
+            |w, s| bindings::matches(w, s, key, params, event.into()),
         )
     }
 
@@ -733,15 +735,13 @@ impl Runner for LoadedPlugin {
         if self.require(key, Function::Matches).is_err() {
             return vec![Ok(true); events.len()];
         }
-        let raws: Vec<RawEvent> = events.iter().map(|e| RawEvent::from(*e)).collect();
+        let refs: Vec<EventRef<'_>> = events.iter().map(|e| EventRef::from(*e)).collect();
         let batch = self.call_checked(
             key,
             Running::Matches,
             self.limits.matches_deadline,
             |w, s| {
-                let answers = w
-                    .weir_plugin_event_key()
-                    .call_matches_batch(s, key, params, &raws)?;
+                let answers = bindings::matches_batch(w, s, key, params, &refs)?;
                 Ok(check_len(answers, events.len()))
             },
         );
@@ -759,11 +759,8 @@ impl Runner for LoadedPlugin {
             return Ok(Outcome::Emit(event.new.payload.clone()));
         }
         let limit = self.limits.max_output_bytes;
-        let raw = RawEvent::from(event);
         self.call_checked(key, Running::Process, self.limits.call_deadline, |w, s| {
-            let result = w
-                .weir_plugin_event_key()
-                .call_process(s, key, params, &raw)?;
+            let result = bindings::process(w, s, key, params, event.into())?;
             Ok(check_outcome(result, limit))
         })
     }
@@ -783,11 +780,9 @@ impl Runner for LoadedPlugin {
                 .collect();
         }
         let limit = self.limits.max_output_bytes;
-        let raws: Vec<RawEvent> = events.iter().map(|e| RawEvent::from(*e)).collect();
+        let refs: Vec<EventRef<'_>> = events.iter().map(|e| EventRef::from(*e)).collect();
         let batch = self.call_checked(key, Running::Process, self.limits.call_deadline, |w, s| {
-            let results = w
-                .weir_plugin_event_key()
-                .call_process_batch(s, key, params, &raws)?;
+            let results = bindings::process_batch(w, s, key, params, &refs)?;
             // A single oversized or malformed output fails the batch, and the
             // per-event retry pins the fault on that event alone.
             Ok(check_len(results, events.len()).and_then(|results| {

@@ -1,0 +1,249 @@
+//! Tidy: the structural invariants ARCHITECTURE.md states, checked on the
+//! source tree so that they cannot drift. The floors of `weir-host`, what
+//! may import axum, utoipa, wasmtime and the WIT bindings, what `weir-core`
+//! may depend on, and a `//!` at the top of every file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The rooms of `weir-host` (`host/src/ROOM.rs` or `host/src/ROOM/`) and
+/// their floors: a room may use rooms on lower floors only. The same table
+/// is in ARCHITECTURE.md ("Floors"). `weir-core` is floor 0, below them all.
+const FLOORS: &[(&str, u8)] = &[
+    ("bus", 1),
+    ("registry", 1),
+    ("supervise", 1),
+    ("wire", 1),
+    ("consume", 1),
+    ("engine", 2),
+    ("datastore", 2),
+    ("plugindir", 3),
+    ("plugin_api", 3),
+    ("pipeline", 3),
+    ("config", 3),
+    ("runtime", 4),
+    ("metrics", 5),
+    ("http", 6),
+    ("cli", 7),
+];
+
+/// Crates only the HTTP layer uses (`wire.rs` may describe its types with
+/// utoipa, too).
+const HTTP_CRATES: &[&str] = &["axum", "hyper", "hyper_util", "tower", "tower_http"];
+
+/// What `weir-core` must never depend on: it is fuzzed and builds in seconds.
+const NOT_IN_CORE: &[&str] = &[
+    "wasmtime",
+    "wasmtime-wasi",
+    "axum",
+    "hyper",
+    "tokio",
+    "reqwest",
+    "tower",
+    "jsonschema",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Every `.rs` file below `dir`, with its text.
+fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == "target") {
+                    continue;
+                }
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).expect("readable source");
+                out.push((p, text));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The room of a file under `host/src`: its first path component, without
+/// `.rs`.
+fn room_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).expect("under src");
+    let first = rel.components().next().expect("a component");
+    first
+        .as_os_str()
+        .to_string_lossy()
+        .trim_end_matches(".rs")
+        .to_string()
+}
+
+/// The code of `text` without its comments (line comments only: the
+/// sources use no block comments), so that prose may name anything.
+fn code(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.find("//") {
+            // A `//` inside a string (a URL) is rare; cutting there is safe
+            // for these checks, which look for paths, not strings.
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `code` uses the crate or module `name` as a path root.
+fn uses(code: &str, name: &str) -> bool {
+    let bytes = code.as_bytes();
+    let needle = format!("{name}::");
+    let mut at = 0;
+    while let Some(i) = code[at..].find(&needle) {
+        let start = at + i;
+        let before = start.checked_sub(1).map(|j| bytes[j]);
+        // `axum::` but not `weir_axum::` or `crate::x::axum::`.
+        let root = before.is_none_or(|b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b':'));
+        if root {
+            return true;
+        }
+        at = start + needle.len();
+    }
+    code.lines()
+        .any(|l| l.trim_start().starts_with(&format!("use {name};")))
+}
+
+#[test]
+fn rooms_use_only_rooms_on_lower_floors() {
+    let src = root().join("host/src");
+    let floors: BTreeMap<&str, u8> = FLOORS.iter().copied().collect();
+    let mut broken = Vec::new();
+    for (file, text) in sources(&src) {
+        let room = room_of(&src, &file);
+        if room == "lib" || room == "main" {
+            continue;
+        }
+        let Some(&floor) = floors.get(room.as_str()) else {
+            broken.push(format!(
+                "{}: room `{room}` has no floor in FLOORS (and ARCHITECTURE.md)",
+                file.display()
+            ));
+            continue;
+        };
+        let code = code(&text);
+        for (&other, &other_floor) in &floors {
+            if other != room && other_floor >= floor && uses(&code, &format!("crate::{other}")) {
+                broken.push(format!(
+                    "{}: `{room}` (floor {floor}) uses `{other}` (floor {other_floor})",
+                    file.display()
+                ));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn only_the_http_layer_knows_http_and_only_the_engine_knows_wasmtime() {
+    let src = root().join("host/src");
+    let mut broken = Vec::new();
+    for (file, text) in sources(&src) {
+        let room = room_of(&src, &file);
+        let code = code(&text);
+        if room != "http" {
+            for c in HTTP_CRATES {
+                if uses(&code, c) {
+                    broken.push(format!("{}: uses `{c}` outside http/", file.display()));
+                }
+            }
+            if room != "wire" && (uses(&code, "utoipa") || uses(&code, "utoipa_axum")) {
+                broken.push(format!(
+                    "{}: uses utoipa outside http/ and wire.rs",
+                    file.display()
+                ));
+            }
+        }
+        if room != "engine" {
+            for c in ["wasmtime", "wasmtime_wasi", "bindings"] {
+                if uses(&code, c) {
+                    broken.push(format!("{}: uses `{c}` outside engine/", file.display()));
+                }
+            }
+        }
+    }
+    for (file, text) in sources(&root().join("host/core/src")) {
+        let code = code(&text);
+        for c in HTTP_CRATES.iter().chain(&["wasmtime", "tokio"]) {
+            if uses(&code, c) {
+                broken.push(format!("{}: weir-core uses `{c}`", file.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn weir_core_depends_on_no_engine_runtime_or_http_crate() {
+    let manifest = std::fs::read_to_string(root().join("host/core/Cargo.toml")).unwrap();
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .expect("a [dependencies] section");
+    let deps = deps.split("\n[").next().unwrap_or(deps);
+    for line in deps.lines() {
+        let name = line.split(['=', '.', ' ']).next().unwrap_or("").trim();
+        assert!(
+            !NOT_IN_CORE.contains(&name),
+            "weir-core depends on `{name}`: {line}"
+        );
+    }
+}
+
+#[test]
+fn every_source_file_says_what_it_owns() {
+    let r = root();
+    let mut missing = Vec::new();
+    for dir in [
+        "host/src",
+        "host/core/src",
+        "host/core/tests",
+        "host/core/fuzz/fuzz_targets",
+        "host/benches",
+        "host/build-support/src",
+        "sdk/src",
+        "plugins",
+        "tests/all",
+        "tests/support",
+        "tests/guests",
+    ] {
+        for (file, text) in sources(&r.join(dir)) {
+            if !text.trim_start().starts_with("//!") {
+                missing.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "no `//!` at the top of:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn the_floors_in_architecture_md_are_the_floors_checked() {
+    let doc = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    for (room, floor) in FLOORS {
+        let row = format!("| {floor} | `{room}` |");
+        assert!(
+            doc.contains(&row),
+            "ARCHITECTURE.md has no floors row `{row}`"
+        );
+    }
+}
