@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weir_host::auth::{Keys, Role};
-use weir_host::datastore::{DatastoreConfig, now_secs};
+use weir_host::datastore::DatastoreConfig;
 use weir_host::index::view::{TreeQuery, check_tree, write_tree};
 use weir_host::index::{FsIndex, IndexConfig, Meta, NodeId, Source, Upsert};
 use weir_host::rows::{Op, RowLimits, parse_batch};
 use weir_host::runtime::{Host, HostConfig};
+use weir_host::time::now_secs;
 
 const ROWS_PER_PUSH: usize = 1000;
 

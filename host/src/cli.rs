@@ -15,8 +15,9 @@ use crate::auth::Keys;
 use crate::bus::{Event, NewEvent};
 use crate::config::{LogFormat, MAX_DEFAULT_MEMORY_MIB, ServerSection};
 use crate::engine::manifest::LimitsSection;
-use crate::engine::{EngineConfig, Limits, LoadedPlugin, Outcome, Params};
-use crate::registry::{Function, KeyDefinition, OutputSchema, Runner, params};
+use crate::engine::{EngineConfig, Limits, LoadedPlugin, Params};
+use crate::pipeline::{self, Trial};
+use crate::registry::{KeyDefinition, OutputSchema, RegisteredKey, Runner, params};
 use crate::runtime::{Host, HostConfig, PluginLoadError};
 
 /// Weir: a WebAssembly-pluggable event processing host.
@@ -103,19 +104,13 @@ struct TestArgs {
     #[arg(long)]
     key: String,
     /// A parameter, `name=value`; repeat for more.
-    #[arg(long = "param", value_parser = parse_param)]
+    #[arg(long = "param", value_parser = crate::consume::parse_param)]
     params: Vec<(String, String)>,
     /// Newline-delimited JSON events: `{event_id?, event_type, source_time?, source?, correlation_id?, payload}`.
     #[arg(long)]
     events: PathBuf,
     #[command(flatten)]
     limits: LimitsSection,
-}
-
-fn parse_param(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("`{s}` is not name=value"))
 }
 
 /// Runs the command line `args` (including the program name), writing to
@@ -528,6 +523,11 @@ fn test(args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
         .normalize_params(&def.key, &resolved)
         .map_err(|f| anyhow::anyhow!("normalize-params failed ({}): {f}", f.kind()))?;
     params::verify_normalized(&def, &normalized)?;
+    let registered = host
+        .registry()
+        .lookup(&def.key)
+        .cloned()
+        .context("the key was registered above")?;
     // Like a consumer's subscription: pre-consume before the first event,
     // cleanup after the last.
     let subscription = params::subscription_id(&def, &normalized);
@@ -543,7 +543,7 @@ fn test(args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
         if line.trim().is_empty() {
             continue;
         }
-        let record = run_one(&plugin, &def, &normalized, index + 1, &line);
+        let record = run_one(&plugin, &registered, &normalized, index + 1, &line);
         writeln!(out, "{record}")?;
     }
     plugin
@@ -552,9 +552,11 @@ fn test(args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// One line of `--events` through the key, judged as the pipeline judges
+/// a consumer's events; the record `weir plugins test` prints.
 fn run_one(
     plugin: &LoadedPlugin,
-    def: &KeyDefinition,
+    key: &RegisteredKey,
     params: &Params,
     line_no: usize,
     line: &str,
@@ -566,47 +568,39 @@ fn run_one(
         }
     };
     let event_id = input.event_id.unwrap_or_else(|| format!("line-{line_no}"));
-    let with = |fields: Value| {
-        let mut record = json!({ "line": line_no, "event_id": event_id });
-        if let (Value::Object(target), Value::Object(extra)) = (&mut record, fields) {
-            target.extend(extra);
+    let def = &key.def;
+    let fields = if !def.accepts_event_type(&input.event_type) {
+        json!({ "result": "dropped", "by": "event_type", "message": format!("`{}` does not match `{}`", input.event_type, def.event_type) })
+    } else {
+        let event = Event {
+            seq: 0,
+            timestamp_ms: crate::time::now_ms(),
+            new: NewEvent {
+                id: event_id.clone(),
+                event_type: input.event_type,
+                source: "weir plugins test".into(),
+                source_time: input.source_time,
+                correlation_id: None,
+                payload: input.payload.to_string(),
+                scope: None,
+            },
+        };
+        match pipeline::trial(plugin, &def.key, params, &key.output, event) {
+            Trial::Emitted(data) => json!({ "result": "emitted", "data": data }),
+            Trial::Filtered => json!({ "result": "dropped", "by": "matches" }),
+            Trial::Dropped => json!({ "result": "dropped", "by": "process" }),
+            Trial::Fault {
+                stage,
+                kind,
+                message,
+            } => {
+                json!({ "result": "error", "stage": stage.as_str(), "kind": kind, "message": message })
+            }
         }
-        record
     };
-    if !def.accepts_event_type(&input.event_type) {
-        return with(
-            json!({ "result": "dropped", "by": "event_type", "message": format!("`{}` does not match `{}`", input.event_type, def.event_type) }),
-        );
+    let mut record = json!({ "line": line_no, "event_id": event_id });
+    if let (Value::Object(target), Value::Object(extra)) = (&mut record, fields) {
+        target.extend(extra);
     }
-    let event = Event {
-        seq: 0,
-        timestamp_ms: crate::bus::now_ms(),
-        new: NewEvent {
-            id: event_id.clone(),
-            event_type: input.event_type,
-            source: "weir plugins test".into(),
-            source_time: input.source_time,
-            correlation_id: None,
-            payload: input.payload.to_string(),
-            scope: None,
-        },
-    };
-    let fault = |stage: Function, f: crate::engine::PluginFault| {
-        with(
-            json!({ "result": "error", "stage": stage.as_str(), "kind": f.kind(), "message": f.to_string() }),
-        )
-    };
-    match plugin.matches(&def.key, params, &event) {
-        Ok(false) => return with(json!({ "result": "dropped", "by": "matches" })),
-        Ok(true) => {}
-        Err(f) => return fault(Function::Matches, f),
-    }
-    match plugin.process(&def.key, params, &event) {
-        Ok(Outcome::Emit(data)) => {
-            let data: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
-            with(json!({ "result": "emitted", "data": data }))
-        }
-        Ok(Outcome::Drop) => with(json!({ "result": "dropped", "by": "process" })),
-        Err(f) => fault(Function::Process, f),
-    }
+    record
 }

@@ -34,7 +34,8 @@ pub struct ConsumeArgs {
     pub api_key: Option<String>,
 }
 
-fn parse_param(s: &str) -> Result<(String, String), String> {
+/// A `--param name=value` flag as a pair (the value may contain `=`).
+pub(crate) fn parse_param(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("`{s}` is not name=value"))

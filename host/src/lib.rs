@@ -46,7 +46,7 @@ pub mod wire;
 
 pub use http::run;
 pub use runtime::{Host, HostConfig};
-pub use weir_core::{auth, index, key, producer, rows, text};
+pub use weir_core::{auth, index, key, producer, rows, text, time};
 
 /// Where the host's build script put the example plugins (`plugins/`),
 /// compiled for `wasm32-wasip2`: the default plugin directory.

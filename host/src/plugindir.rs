@@ -234,7 +234,7 @@ impl PluginDir {
                 file: path.display().to_string(),
                 errors: e.reasons(),
                 hash,
-                failed_at_ms: crate::bus::now_ms(),
+                failed_at_ms: crate::time::now_ms(),
                 running_hash: running.clone(),
             };
             lock(&self.failed).insert(path.to_path_buf(), failed.clone());

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::SystemTime;
 
 use std::collections::BTreeMap;
 
@@ -265,11 +264,7 @@ impl Host {
                     version: p.version().to_string(),
                     limits: PluginLimits::of(p.limits()),
                     keys: p.definitions().iter().map(|d| d.key.clone()).collect(),
-                    loaded_at_ms: p
-                        .loaded_at()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
+                    loaded_at_ms: crate::time::ms_since_epoch(p.loaded_at()),
                     calls: counters.calls.load(Relaxed),
                     faults: counters.faults.load(Relaxed),
                     instances_created: counters.instances.load(Relaxed),

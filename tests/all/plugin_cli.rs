@@ -185,6 +185,54 @@ fn test_reports_faults_with_their_kind() {
 }
 
 #[test]
+fn test_judges_each_event_as_the_pipeline_does_schema_included() {
+    let events = events_file(&[
+        r#"{"event_type":"test.a","payload":{"n":5}}"#,
+        r#"{"event_type":"test.a","payload":{"n":1}}"#,
+        r#"{"event_type":"test.a","payload":{"n":5,"mode":"drop"}}"#,
+        r#"{"event_type":"test.a","payload":{"n":5,"mode":"error"}}"#,
+        r#"{"event_type":"test.a","payload":{"n":5,"mode":"invalid"}}"#,
+    ]);
+    let (code, out, err) = weir(&[
+        "plugins",
+        "test",
+        &path(guest("guest-pipeline")),
+        "--key",
+        "test.flaky",
+        "--param",
+        "sub=Cli",
+        "--param",
+        "min=3",
+        "--events",
+        events.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["result"], "emitted", "{}", lines[0]);
+    assert_eq!(lines[0]["data"]["sub"], "cli");
+    assert_eq!(
+        (&lines[1]["result"], &lines[1]["by"]),
+        (&"dropped".into(), &"matches".into())
+    );
+    assert_eq!(
+        (&lines[2]["result"], &lines[2]["by"]),
+        (&"dropped".into(), &"process".into())
+    );
+    assert_eq!(lines[3]["kind"], "plugin_error", "{}", lines[3]);
+    // Output that breaks the key's own schema is what a consumer would
+    // get as a dead letter: the same verdict here.
+    assert_eq!(
+        (&lines[4]["result"], &lines[4]["stage"], &lines[4]["kind"]),
+        (&"error".into(), &"process".into(), &"invalid_output".into()),
+        "{}",
+        lines[4]
+    );
+}
+
+#[test]
 fn test_runs_pre_consume_and_cleanup_around_the_events() {
     let events = events_file(&[r#"{"event_id":"x","event_type":"a.b","payload":{"n":1}}"#]);
     let (code, out, err) = weir(&[

@@ -63,6 +63,23 @@ use crate::auth::{Keys, Role};
 use crate::manifest::LimitsSection;
 use crate::settings::{BusConfig, DatastoreConfig, PipelineConfig};
 
+/// `impl $Section { pub fn or(&self, base) }`: each field of `self` (the
+/// flags) over the same field of `base` (the file). Every field of a
+/// section is an `Option`, so the merge is the same for all of them.
+macro_rules! flags_over_file {
+    ($section:ident { $($field:ident),* $(,)? }) => {
+        impl $section {
+            /// These settings over `base` (flags over the file).
+            pub fn or(&self, base: &$section) -> $section {
+                $section {
+                    $($field: self.$field.clone().or_else(|| base.$field.clone()),)*
+                }
+            }
+        }
+    };
+}
+pub(crate) use flags_over_file;
+
 /// The file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,26 +157,18 @@ pub struct ServerSection {
     pub shutdown_timeout_secs: Option<u64>,
 }
 
-impl ServerSection {
-    /// These settings over `base` (flags over the file).
-    pub fn or(&self, base: &ServerSection) -> ServerSection {
-        ServerSection {
-            listen: self.listen.or(base.listen),
-            plugins: self.plugins.clone().or_else(|| base.plugins.clone()),
-            plugin_poll_ms: self.plugin_poll_ms.or(base.plugin_poll_ms),
-            compile_cache: self
-                .compile_cache
-                .clone()
-                .or_else(|| base.compile_cache.clone()),
-            log_format: self.log_format.or(base.log_format),
-            log: self.log.clone().or_else(|| base.log.clone()),
-            max_connections: self.max_connections.or(base.max_connections),
-            header_timeout_secs: self.header_timeout_secs.or(base.header_timeout_secs),
-            request_timeout_secs: self.request_timeout_secs.or(base.request_timeout_secs),
-            shutdown_timeout_secs: self.shutdown_timeout_secs.or(base.shutdown_timeout_secs),
-        }
-    }
-}
+flags_over_file!(ServerSection {
+    listen,
+    plugins,
+    plugin_poll_ms,
+    compile_cache,
+    log_format,
+    log,
+    max_connections,
+    header_timeout_secs,
+    request_timeout_secs,
+    shutdown_timeout_secs,
+});
 
 /// The `[events]` section; every field optional. The same settings exist as
 /// `weir serve` flags, which win over the file.
@@ -198,22 +207,19 @@ pub struct EventsSection {
     pub max_event_types: Option<usize>,
 }
 
-impl EventsSection {
-    /// These settings over `base` (flags over the file).
-    pub fn or(&self, base: &EventsSection) -> EventsSection {
-        EventsSection {
-            dedup_size: self.dedup_size.or(base.dedup_size),
-            dedup_ttl_secs: self.dedup_ttl_secs.or(base.dedup_ttl_secs),
-            history_events: self.history_events.or(base.history_events),
-            history_bytes: self.history_bytes.or(base.history_bytes),
-            slow_consumer_wait_ms: self.slow_consumer_wait_ms.or(base.slow_consumer_wait_ms),
-            quarantine_after: self.quarantine_after.or(base.quarantine_after),
-            dlq_capacity: self.dlq_capacity.or(base.dlq_capacity),
-            dlq_bytes: self.dlq_bytes.or(base.dlq_bytes),
-            max_event_types: self.max_event_types.or(base.max_event_types),
-        }
-    }
+flags_over_file!(EventsSection {
+    dedup_size,
+    dedup_ttl_secs,
+    history_events,
+    history_bytes,
+    slow_consumer_wait_ms,
+    quarantine_after,
+    dlq_capacity,
+    dlq_bytes,
+    max_event_types,
+});
 
+impl EventsSection {
     /// The bus and pipeline settings, defaults filled in; `file` names the
     /// source in errors.
     pub fn resolve(&self, file: &str) -> Result<(BusConfig, PipelineConfig), ConfigError> {

@@ -15,6 +15,7 @@
 //! - [`config`]: `weir.toml`, parsed and resolved into settings and keys.
 //! - [`manifest`]: a plugin's `NAME.toml`: limits and grants.
 //! - [`text`]: bounded echoes of input in logs and answers.
+//! - [`time`]: now, and times written as the host writes them.
 //! - [`fuzz`]: the fuzz targets' bodies, with their invariants.
 //!
 //! `weir-host` re-exports these where its rooms use them.
@@ -30,3 +31,4 @@ pub mod producer;
 pub mod rows;
 pub mod settings;
 pub mod text;
+pub mod time;

@@ -191,17 +191,14 @@ pub struct LimitsSection {
     pub max_output_kib: Option<usize>,
 }
 
-impl LimitsSection {
-    /// These settings over `base` (flags over the file).
-    pub fn or(&self, base: &LimitsSection) -> LimitsSection {
-        LimitsSection {
-            memory_mib: self.memory_mib.or(base.memory_mib),
-            matches_deadline_ms: self.matches_deadline_ms.or(base.matches_deadline_ms),
-            call_deadline_ms: self.call_deadline_ms.or(base.call_deadline_ms),
-            max_output_kib: self.max_output_kib.or(base.max_output_kib),
-        }
-    }
+crate::config::flags_over_file!(LimitsSection {
+    memory_mib,
+    matches_deadline_ms,
+    call_deadline_ms,
+    max_output_kib,
+});
 
+impl LimitsSection {
     /// `base` with these limits, checked: memory from 1 MiB to
     /// `max_memory_bytes`, deadlines from 1 ms to 10 minutes, output from
     /// 1 KiB to 64 MiB. Errors name the field.

@@ -209,7 +209,7 @@ impl State {
 
 impl EventBus for MemoryBus {
     fn publish(&self, events: Vec<NewEvent>) -> Vec<Published> {
-        let now_ms = super::now_ms();
+        let now_ms = crate::time::now_ms();
         let wait = self.inner.config.slow_consumer_wait;
         let mut out = Vec::with_capacity(events.len());
         let mut events = events.into_iter().peekable();

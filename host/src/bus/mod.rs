@@ -28,14 +28,6 @@ pub use weir_core::settings::{BusConfig, DEFAULT_DEDUP_SIZE, DEFAULT_DEDUP_TTL};
 
 pub use weir_core::event::{Event, NewEvent, Selection, event_type_matches};
 
-/// Now, ms since the Unix epoch: what event timestamps are.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// What became of one published event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {

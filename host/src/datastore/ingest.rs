@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{Datastore, FeedChange, PushError, PushReceipt, now_secs};
+use super::{Datastore, FeedChange, PushError, PushReceipt};
 use crate::index::Source;
 use crate::rows::{Batch, FeedbackUpdate, Op};
+use crate::time::now_secs;
 
 /// Work for the apply thread, in arrival order.
 pub(super) enum Job {

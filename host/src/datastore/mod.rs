@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -21,6 +21,7 @@ use crate::rows::Rejected;
 mod ingest;
 pub mod session;
 
+use crate::time::now_secs;
 use crate::wire::DatastoreStats;
 use ingest::{Queue, apply_loop};
 use session::{Session, SessionError, Sessions};
@@ -28,14 +29,6 @@ use session::{Session, SessionError, Sessions};
 /// Most paths one sentinel task lists; the agent asks again after its
 /// feedback.
 pub const MAX_SENTINEL_PATHS: usize = 1_000;
-
-/// Wall-clock seconds since the Unix epoch.
-pub fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 /// A change applied to a datastore's index, for the change feed.
 #[derive(Debug, Clone, Serialize)]

@@ -20,11 +20,12 @@ use super::{
     authorize_datastore, body_bytes, path, query,
 };
 use crate::auth::Role;
-use crate::datastore::{Datastore, now_secs};
+use crate::datastore::Datastore;
 use crate::index::view::TreeQuery;
 use crate::rows::{parse_batch, parse_feedback};
 use crate::runtime::Host;
 use crate::text::echo;
+use crate::time::now_secs;
 use crate::wire::DatastoreStats;
 
 /// Longest `task_id` an agent may name its session with (Fustor's are

@@ -16,13 +16,14 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
-use super::dlq::DeadLetter;
+use super::dlq::{DeadLetter, LetterKind};
 use super::health::KeyHealth;
 use super::stats::KeyStats;
-use super::{ConsumerStats, Delivery, Notice, Pipeline, ReplayResult, now_ms, rfc3339_ms};
+use super::{ConsumerStats, Delivery, Notice, Pipeline, ReplayResult};
 use crate::bus::{Event, Feed, FeedItem, GapReason};
 use crate::engine::{Outcome, Params, PluginFault};
-use crate::registry::{OutputCheck, Runner};
+use crate::registry::{Function, OutputCheck, Runner};
+use crate::time::{now_ms, rfc3339_ms};
 
 /// Everything a consumer's batches need.
 pub(crate) struct Ctx {
@@ -257,7 +258,9 @@ enum Verdict {
     /// A dead letter; `counts` when the fault counts toward quarantine
     /// (see [`PluginFault::counts_toward_quarantine`]).
     Fault {
-        kind: String,
+        /// The function that faulted (`process` for invalid output).
+        stage: Function,
+        kind: LetterKind,
         message: String,
         counts: bool,
     },
@@ -289,7 +292,7 @@ impl Call<'_> {
             match m {
                 Ok(true) => selected.push(i),
                 Ok(false) => verdicts[i] = Some(Verdict::Filtered),
-                Err(f) => verdicts[i] = Some(fault_verdict(&f)),
+                Err(f) => verdicts[i] = Some(fault_verdict(Function::Matches, &f)),
             }
         }
         if !selected.is_empty() {
@@ -311,13 +314,14 @@ impl Call<'_> {
                         // Output that is not JSON or breaks the key's own
                         // schema is malformed: the plugin's fault.
                         Err(message) => Verdict::Fault {
-                            kind: "invalid_output".into(),
+                            stage: Function::Process,
+                            kind: LetterKind::InvalidOutput,
                             message,
                             counts: true,
                         },
                     },
                     Ok(Outcome::Drop) => Verdict::Dropped,
-                    Err(f) => fault_verdict(&f),
+                    Err(f) => fault_verdict(Function::Process, &f),
                 };
                 verdicts[i] = Some(verdict);
             }
@@ -374,11 +378,81 @@ impl Call<'_> {
     }
 }
 
-fn fault_verdict(f: &PluginFault) -> Verdict {
+fn fault_verdict(stage: Function, f: &PluginFault) -> Verdict {
     Verdict::Fault {
-        kind: f.kind().as_str().to_string(),
+        stage,
+        kind: LetterKind::Fault(f.kind()),
         message: f.to_string(),
         counts: f.counts_toward_quarantine(),
+    }
+}
+
+/// What one event comes to through a key, judged exactly as a consumer's
+/// events are (`matches`, `process`, the output check): what `weir plugins
+/// test` reports.
+#[derive(Debug, Clone)]
+pub enum Trial {
+    /// Delivered: the key's output (JSON).
+    Emitted(Box<RawValue>),
+    /// `matches` said no.
+    Filtered,
+    /// `process` dropped it.
+    Dropped,
+    /// A dead letter: where, why, and what went wrong.
+    Fault {
+        /// The function that faulted.
+        stage: Function,
+        /// Its kind.
+        kind: LetterKind,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// `event` through `key` of `runner`, with `params` and the key's `output`
+/// check, on this thread.
+pub fn trial(
+    runner: &dyn Runner,
+    key: &str,
+    params: &Params,
+    output: &OutputCheck,
+    event: Event,
+) -> Trial {
+    let call = Call {
+        key,
+        subscription_id: "",
+        runner,
+        params,
+        output,
+    };
+    let (mut verdicts, _) = call.judge(&[Arc::new(event)], None);
+    match verdicts.pop() {
+        Some(Verdict::Emit(envelope)) => {
+            #[derive(serde::Deserialize)]
+            struct Data {
+                data: Box<RawValue>,
+            }
+            match serde_json::from_str::<Data>(&envelope) {
+                Ok(d) => Trial::Emitted(d.data),
+                Err(e) => Trial::Fault {
+                    stage: Function::Process,
+                    kind: LetterKind::InvalidOutput,
+                    message: e.to_string(),
+                },
+            }
+        }
+        Some(Verdict::Filtered) => Trial::Filtered,
+        Some(Verdict::Dropped) | None => Trial::Dropped,
+        Some(Verdict::Fault {
+            stage,
+            kind,
+            message,
+            ..
+        }) => Trial::Fault {
+            stage,
+            kind,
+            message,
+        },
     }
 }
 
@@ -400,7 +474,7 @@ fn letter(
     ctx: &Ctx,
     params: &Params,
     event: &Arc<Event>,
-    kind: String,
+    kind: LetterKind,
     message: String,
     attempts: u32,
 ) -> DeadLetter {
@@ -437,7 +511,7 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
                 ctx,
                 &v.params,
                 e,
-                "quarantined".into(),
+                LetterKind::Quarantined,
                 message.clone(),
                 0,
             ));
@@ -480,7 +554,7 @@ fn run_batch(ctx: &Ctx, events: &[Arc<Event>]) -> Batch {
             Verdict::Dropped => ctx.count(|s| &s.dropped_by_key, 1),
             Verdict::Fault { kind, message, .. } => {
                 ctx.count(|s| &s.faults, 1);
-                ks.fault(&kind);
+                ks.fault(kind.as_str());
                 ctx.pipeline
                     .bury(letter(ctx, &v.params, event, kind, message, 1));
             }

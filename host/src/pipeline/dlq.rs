@@ -10,8 +10,44 @@ use serde::Serialize;
 use serde::ser::SerializeStruct;
 
 use crate::bus::Event;
-use crate::engine::Params;
+use crate::engine::{FaultKind, Params};
 pub use crate::wire::DeadLetterSelector;
+
+/// Why an event became a dead letter; written as its snake_case name
+/// (`error_kind` in answers and `kind` labels in metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetterKind {
+    /// A call into the key faulted (the key's own error included).
+    Fault(FaultKind),
+    /// The output was not JSON, or broke the key's own output schema.
+    InvalidOutput,
+    /// Not run: the key is quarantined.
+    Quarantined,
+}
+
+impl LetterKind {
+    /// The snake_case name: a fault's kind, `invalid_output` or
+    /// `quarantined`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fault(kind) => kind.as_str(),
+            Self::InvalidOutput => "invalid_output",
+            Self::Quarantined => "quarantined",
+        }
+    }
+}
+
+impl std::fmt::Display for LetterKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for LetterKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 /// One dead letter.
 #[derive(Debug, Clone)]
@@ -29,8 +65,8 @@ pub struct DeadLetter {
     pub params: Params,
     /// The event.
     pub event: Arc<Event>,
-    /// `plugin_error`, `trap`, `deadline`, `invalid_output`, `quarantined`...
-    pub kind: String,
+    /// Why it is here.
+    pub kind: LetterKind,
     /// What went wrong.
     pub message: String,
     /// Times it was run and faulted (0: never run, key quarantined).
@@ -54,7 +90,7 @@ impl Serialize for EventJson<'_> {
         st.serialize_field("source", &e.new.source)?;
         st.serialize_field("source_time", &e.new.source_time)?;
         st.serialize_field("correlation_id", &e.new.correlation_id)?;
-        st.serialize_field("timestamp", &crate::pipeline::rfc3339_ms(e.timestamp_ms))?;
+        st.serialize_field("timestamp", &crate::time::rfc3339_ms(e.timestamp_ms))?;
         let payload = serde_json::value::RawValue::from_string(e.new.payload.clone())
             .map_err(serde::ser::Error::custom)?;
         st.serialize_field("payload", &payload)?;
@@ -79,11 +115,11 @@ impl Serialize for DeadLetter {
         st.serialize_field("attempts", &self.attempts)?;
         st.serialize_field(
             "first_failed_at",
-            &crate::pipeline::rfc3339_ms(self.first_failed_ms),
+            &crate::time::rfc3339_ms(self.first_failed_ms),
         )?;
         st.serialize_field(
             "last_failed_at",
-            &crate::pipeline::rfc3339_ms(self.last_failed_ms),
+            &crate::time::rfc3339_ms(self.last_failed_ms),
         )?;
         st.serialize_field("event", &EventJson(&self.event))?;
         st.end()
@@ -128,7 +164,6 @@ fn size_of(d: &DeadLetter) -> usize {
         + e.source.len()
         + d.key.len()
         + d.subscription_id.len()
-        + d.kind.len()
         + d.message.len()
         + d.params
             .iter()
@@ -265,7 +300,7 @@ mod tests {
                     scope: None,
                 },
             }),
-            kind: "plugin_error".into(),
+            kind: LetterKind::Fault(FaultKind::PluginError),
             message: "m".into(),
             attempts: 1,
             first_failed_ms: 0,

@@ -49,7 +49,7 @@ impl KeyHealth {
         let q = Quarantine {
             faults: n,
             last_error: message.to_string(),
-            since_ms: crate::pipeline::now_ms(),
+            since_ms: crate::time::now_ms(),
         };
         let mut tripped = false;
         self.state.send_if_modified(|s| {

@@ -20,7 +20,7 @@ pub mod subscriptions;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -32,7 +32,9 @@ use crate::datastore::FeedChange;
 use crate::engine::{Params, PluginFault};
 use crate::index::ChangeKind;
 use crate::registry::{ParamError, RegisteredKey, Registry, params};
+use crate::time::rfc3339_ms;
 use consumer::Ctx;
+pub use consumer::{Trial, trial};
 use dlq::{DeadLetter, DeadLetterSelector, DeadLetters};
 use health::{HealthBook, Quarantine};
 use subscriptions::{Slot, SubscriptionInfo, Subscriptions};
@@ -500,7 +502,7 @@ impl Pipeline {
     fn bury(&self, letter: DeadLetter) {
         // A quarantined key buries every event it skips; the quarantine
         // itself was logged once, so these would only flood the log.
-        if letter.kind == "quarantined" {
+        if letter.kind == dlq::LetterKind::Quarantined {
             tracing::debug!(key = %letter.key, subscription = %letter.subscription_id, event = %letter.event.new.id, kind = %letter.kind, "dead letter: {}", letter.message);
         } else {
             tracing::warn!(key = %letter.key, subscription = %letter.subscription_id, event = %letter.event.new.id, kind = %letter.kind, "dead letter: {}", letter.message);
@@ -581,20 +583,6 @@ pub fn params_json(params: &Params) -> serde_json::Map<String, serde_json::Value
         .collect()
 }
 
-pub use crate::bus::now_ms;
-
-/// The latest time RFC 3339 can write: 9999-12-31T23:59:59.999Z.
-const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
-
-/// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds. Times past
-/// the year 9999 (which the format cannot write) are written as its last
-/// millisecond rather than panicking: rows are checked at parse time, and
-/// this keeps a time from any other source from taking a thread down.
-pub fn rfc3339_ms(ms: u64) -> String {
-    let ms = ms.min(MAX_RFC3339_MS);
-    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 /// An index change as a bus event: `fs.insert`, `fs.update` or `fs.delete`,
 /// source `datastore/NAME`, payload `{datastore, path, is_dir, size, mtime,
 /// ctime, origin}` (origin: the row's source, such as `realtime`).
@@ -625,17 +613,5 @@ pub fn change_event(c: &FeedChange) -> NewEvent {
         correlation_id: None,
         payload: payload.to_string(),
         scope: Some(c.datastore.clone()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_past_the_year_9999_do_not_panic() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(1e15 as u64), "9999-12-31T23:59:59.999Z");
-        assert_eq!(rfc3339_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }
