@@ -13,7 +13,9 @@ pub use weir::plugin::types;
 use wasmtime::Store;
 use wasmtime::component::{ComponentType, Lower};
 use weir_core::event::Event;
-use weir_core::key::Params;
+use weir_core::key::{
+    Function, KeyDefinition, OutputSchema, ParamDef, ParamType, ParamValue, Params,
+};
 
 use super::state::StoreState;
 
@@ -144,4 +146,62 @@ pub(super) fn process(
     let typed =
         unsafe { wasmtime::component::TypedFunc::<One<'_>, (ProcessResult,)>::new_unchecked(func) };
     Ok(typed.call(store, (key, params, event))?.0)
+}
+
+/// A definition as `describe` returned it, in the host's terms.
+pub(super) fn definition_from_wit(d: types::KeyDefinition) -> KeyDefinition {
+    use types::{Functions, OutputSchema as W, ParamType as P};
+    let flags = [
+        (Functions::NORMALIZE_PARAMS, Function::NormalizeParams),
+        (Functions::MATCHES, Function::Matches),
+        (Functions::PROCESS, Function::Process),
+        (Functions::PRE_CONSUME, Function::PreConsume),
+        (Functions::CLEANUP, Function::Cleanup),
+    ];
+    KeyDefinition {
+        key: d.key,
+        display_name: d.display_name,
+        description: d.description,
+        event_type: d.event_type,
+        params: d
+            .params
+            .into_iter()
+            .map(|p| ParamDef {
+                name: p.name,
+                ty: match p.type_ {
+                    P::String => ParamType::String,
+                    P::Enum => ParamType::Enum,
+                    P::Multi => ParamType::Multi,
+                    P::Bool => ParamType::Bool,
+                    P::Int => ParamType::Int,
+                },
+                required: p.required,
+                default: p.default,
+                description: p.description,
+                values: p
+                    .values
+                    .into_iter()
+                    .map(|v| ParamValue {
+                        value: v.value,
+                        description: v.description,
+                    })
+                    .collect(),
+                subscription_key: p.subscription_key,
+            })
+            .collect(),
+        schema: match d.schema {
+            W::Native => OutputSchema::Native,
+            W::Custom(json_schema) => OutputSchema::Custom { json_schema },
+        },
+        scopes: d.scopes,
+        auth_types: d.auth_types,
+        required_console_events: d.required_console_events,
+        buffer_size: d.buffer_size,
+        workers: d.workers,
+        implements: flags
+            .into_iter()
+            .filter(|(flag, _)| d.implements.contains(*flag))
+            .map(|(_, f)| f)
+            .collect(),
+    }
 }
