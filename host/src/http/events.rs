@@ -322,39 +322,6 @@ pub(super) async fn subscriptions(
     })))
 }
 
-/// Lift a key's quarantine.
-///
-/// Needs role `admin`. Answers whether the key was quarantined.
-#[utoipa::path(
-    post,
-    path = "/v1/keys/{key}/resume",
-    tag = "keys",
-    params(("key" = String, Path, description = "The key, such as `fs.large_files`.")),
-    responses(
-        (status = 200, description = "`key`, and `resumed`: whether it was quarantined.", body = Object),
-        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "No such key.", body = ErrorBody),
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("admin"))),
-)]
-pub(super) async fn resume(
-    State(host): State<Arc<Host>>,
-    headers: HeaderMap,
-    key: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    // A quarantine is the key's, for every datastore: a host-level admin's.
-    host.keys()
-        .authorize_host(super::presented(&headers), Role::Admin)?;
-    let key = path(key)?;
-    if host.registry().lookup(&key).is_none() {
-        return Err(AppError::NotFound(format!("no key `{key}`")));
-    }
-    let resumed = host.pipeline().resume(&key);
-    Ok(Json(json!({ "key": key, "resumed": resumed })))
-}
-
 /// Reads `key`, `id` (repeatable) and `limit` from a query.
 fn selector(pairs: Pairs) -> Result<(DeadLetterSelector, Option<usize>), AppError> {
     let mut sel = DeadLetterSelector::default();

@@ -675,3 +675,38 @@ pub(super) async fn sentinel_feedback(
         json!({"status": "processed", "drivers_updated": count, "rejected": rejected}),
     ))
 }
+
+/// Raise a consistency alarm (an operator).
+///
+/// Needs role `admin` on the datastore. The views answer 503 until the next
+/// complete snapshot.
+#[utoipa::path(
+    post,
+    path = "/v1/datastores/{datastore}/alarm",
+    tag = "datastores",
+    params(("datastore" = String, Path, description = "The datastore.")),
+    responses(
+        (status = 200, description = "`status` `alarm_raised` and the `datastore`.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        DatastoreAuthErrors,
+        (status = 404, description = "No such datastore.", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("admin"))),
+)]
+pub(super) async fn admin_alarm(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, AppError> {
+    authorize(&host, &headers, Role::Admin)?;
+    let name = path(name)?;
+    super::authorize_datastore(&host, &headers, Role::Admin, &name)?;
+    let ds = host
+        .datastore(&name)
+        .ok_or_else(|| AppError::NotFound(format!("no datastore `{name}`")))?;
+    ds.raise_alarm();
+    Ok(Json(
+        json!({"status": "alarm_raised", "datastore": ds.name()}),
+    ))
+}

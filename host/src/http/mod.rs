@@ -14,25 +14,28 @@
 //!   `/v1/datastores/{datastore}/alarm` (admin);
 //! - the Fustor agent routes `/api/v1/pipe/...` (ingest) and views
 //!   `/api/v1/views/{datastore}/...` (query);
-//! - the seed's `/ingestor-api/v1/...` (ingest) and `/views/fs/...` (query).
+//! - Fusion's paths `/ingestor-api/v1/...` (ingest) and `/views/fs/...`
+//!   (query), the same handlers addressed by the key's datastore.
+//!
+//! Files: `request.rs` (key before body, scopes, rejections), `error.rs`
+//! (`AppError`, the one place errors become status codes), `system.rs`,
+//! `keys.rs`, `events.rs`, `fustor.rs`, `fusion.rs` (route families),
+//! `server.rs` (the connection layer).
 
 mod error;
 mod events;
+mod fusion;
 mod fustor;
-mod seed;
+mod keys;
+mod request;
 mod server;
+mod system;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
-use axum::http::HeaderMap;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Extension};
 use tokio::net::TcpListener;
 use utoipa::openapi::security::{
     ApiKey as ApiKeyScheme, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
@@ -46,8 +49,8 @@ pub use error::{
 };
 pub use server::ServerLimits;
 
-use crate::auth::{ApiKey, Role};
-use crate::registry::KeyDefinition;
+use request::{authorize, authorize_datastore, body_bytes, path, presented, query};
+
 use crate::runtime::Host;
 
 /// Largest request body accepted.
@@ -124,20 +127,20 @@ impl Modify for SecuritySchemes {
 /// name.
 fn api() -> OpenApiRouter<Arc<Host>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
-        .routes(routes!(openapi_json))
-        .routes(routes!(metrics))
-        .routes(routes!(list_keys))
-        .routes(routes!(get_key))
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::openapi_json))
+        .routes(routes!(system::metrics))
+        .routes(routes!(keys::list_keys))
+        .routes(routes!(keys::get_key))
         .routes(routes!(events::stream_key))
-        .routes(routes!(events::resume))
+        .routes(routes!(keys::resume))
         .routes(routes!(events::publish).layer(DefaultBodyLimit::max(MAX_EVENTS_BYTES)))
         .routes(routes!(events::subscriptions))
         .routes(routes!(events::dlq_list, events::dlq_delete))
         .routes(routes!(events::dlq_replay))
-        .routes(routes!(list_plugins))
-        .routes(routes!(seed::admin_alarm))
+        .routes(routes!(keys::list_plugins))
+        .routes(routes!(fustor::admin_alarm))
         .routes(routes!(fustor::create_session))
         .routes(routes!(fustor::create_session_unslashed))
         .routes(routes!(fustor::heartbeat))
@@ -152,13 +155,13 @@ fn api() -> OpenApiRouter<Arc<Host>> {
         .routes(routes!(fustor::search))
         .routes(routes!(fustor::suspect_list))
         .routes(routes!(fustor::blind_spots))
-        .routes(routes!(seed::create_session))
-        .routes(routes!(seed::heartbeat))
-        .routes(routes!(seed::delete_session))
-        .routes(routes!(seed::push).layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)))
-        .routes(routes!(seed::agent_alarm))
-        .routes(routes!(seed::tree))
-        .routes(routes!(seed::stats))
+        .routes(routes!(fusion::create_session))
+        .routes(routes!(fusion::heartbeat))
+        .routes(routes!(fusion::delete_session))
+        .routes(routes!(fusion::push).layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)))
+        .routes(routes!(fusion::agent_alarm))
+        .routes(routes!(fusion::tree))
+        .routes(routes!(fusion::stats))
 }
 
 /// The OpenAPI 3.1 document of every route, as `GET /openapi.json` serves it.
@@ -171,78 +174,22 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// key check that runs before any body is read, and the request deadline.
 pub fn router(host: Arc<Host>, limits: ServerLimits) -> Router {
     let (routes, document) = api().split_for_parts();
-    let roles = Arc::new(RouteRoles::from_document(&document));
+    let roles = Arc::new(request::RouteRoles::from_document(&document));
     let deadline = limits.request_timeout;
     routes
         // Per route, after matching: the route's role is known, and the
         // handler (with its body extractor) has not run yet.
         .route_layer(axum::middleware::from_fn_with_state(
             (host.clone(), roles),
-            key_before_body,
+            request::key_before_body,
         ))
-        .fallback(not_found)
-        .layer(Extension(Document(Arc::new(document))))
+        .fallback(system::not_found)
+        .layer(Extension(system::Document(Arc::new(document))))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(move |req, next| {
             server::request_deadline(deadline, req, next)
         }))
         .with_state(host)
-}
-
-/// The role each operation needs, from the `x-weir-role` its annotation
-/// carries in the document the router is built with: (method, path
-/// template) -> role, `None` for public routes.
-struct RouteRoles(std::collections::HashMap<(String, String), Option<Role>>);
-
-impl RouteRoles {
-    fn from_document(doc: &utoipa::openapi::OpenApi) -> Self {
-        let mut roles = std::collections::HashMap::new();
-        let value = serde_json::to_value(doc).unwrap_or_default();
-        if let Some(paths) = value["paths"].as_object() {
-            for (path, item) in paths {
-                let Some(ops) = item.as_object() else {
-                    continue;
-                };
-                for (method, op) in ops {
-                    let role = match op["x-weir-role"].as_str() {
-                        Some("ingest") => Some(Role::Ingest),
-                        Some("query") => Some(Role::Query),
-                        Some("admin") => Some(Role::Admin),
-                        _ => None,
-                    };
-                    roles.insert((method.to_ascii_uppercase(), path.clone()), role);
-                }
-            }
-        }
-        Self(roles)
-    }
-}
-
-/// Checks the presented key against the route's role from the headers
-/// alone, before the handler reads any body: a client without a valid key
-/// of the right role cannot make the host buffer a body. Handlers still
-/// make their own full check (the datastore).
-async fn key_before_body(
-    State((host, roles)): State<(Arc<Host>, Arc<RouteRoles>)>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let template = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let role = template.and_then(|t| {
-        roles
-            .0
-            .get(&(req.method().as_str().to_string(), t))
-            .copied()
-    });
-    if let Some(Some(role)) = role
-        && let Err(e) = host.keys().authorize(presented(req.headers()), role, None)
-    {
-        return AppError::from(e).into_response();
-    }
-    next.run(req).await
 }
 
 /// How long each shutdown step (draining queues, ending subscriptions) may
@@ -284,268 +231,11 @@ pub async fn run_with(
     Ok(())
 }
 
-/// The key a request presents: `X-API-Key`, or `Authorization: Bearer`
-/// (what scrapers and generic HTTP clients can send).
-fn presented(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-        })
-}
-
-/// Checks the request's key for `role`; returns the key.
-fn authorize(host: &Host, headers: &HeaderMap, role: Role) -> Result<ApiKey, AppError> {
-    Ok(host
-        .keys()
-        .authorize(presented(headers), role, None)?
-        .clone())
-}
-
-/// Checks the request's key for `role` on datastore `name`.
-fn authorize_datastore(
-    host: &Host,
-    headers: &HeaderMap,
-    role: Role,
-    name: &str,
-) -> Result<ApiKey, AppError> {
-    Ok(host
-        .keys()
-        .authorize(presented(headers), role, Some(name))?
-        .clone())
-}
-
-/// The body, or a JSON 413/400 naming the problem.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
-    body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::TooLarge(e.body_text())
-        } else {
-            AppError::BadRequest(e.body_text())
-        }
-    })
-}
-
-/// The query string as `T`, or a JSON 400 naming the problem.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
-    q.map(|Query(t)| t)
-        .map_err(|e| AppError::BadRequest(format!("query string: {}", e.body_text())))
-}
-
-/// The path parameter(s) as `T`, or a JSON 400 naming the problem (such as
-/// a percent-encoding that is not UTF-8).
-fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, AppError> {
-    p.map(|Path(t)| t)
-        .map_err(|e| AppError::BadRequest(format!("path: {}", e.body_text())))
-}
-
-/// The document `GET /openapi.json` serves: the one made with the router.
-#[derive(Clone)]
-struct Document(Arc<utoipa::openapi::OpenApi>);
-
-/// Liveness.
-///
-/// Public: answers `{"status": "ok"}` while the process serves.
-#[utoipa::path(
-    get,
-    path = "/healthz",
-    tag = "system",
-    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`.", body = Object)),
-    extensions(("x-weir-role" = json!("public"))),
-)]
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
-}
-
-/// Readiness.
-///
-/// Public (probes), so it tells counts only, never names: 200 while
-/// serving, 503 once shutting down.
-#[utoipa::path(
-    get,
-    path = "/readyz",
-    tag = "system",
-    responses(
-        (status = 200, description = "Ready: `status`, and counts of keys, failed plugins, datastores and ready datastores.", body = Object),
-        (status = 503, description = "Shutting down (`unavailable`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
-    ),
-    extensions(("x-weir-role" = json!("public"))),
-)]
-async fn readyz(State(host): State<Arc<Host>>) -> Result<Json<Value>, AppError> {
-    if host.pipeline().is_closed() {
-        return Err(AppError::Unavailable("the host is shutting down".into()));
-    }
-    Ok(Json(json!({
-        "status": "ready",
-        "keys": host.registry().len(),
-        "failed_plugins": host.failed_plugins().len(),
-        "datastores_ready": host.datastores().filter(|d| d.readiness().is_ok()).count(),
-        "datastores": host.datastores().count(),
-    })))
-}
-
-/// This OpenAPI 3.1 document.
-///
-/// Public: it describes every route (it is generated from the code that
-/// serves them) and tells no secret.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "system",
-    responses(
-        (status = 200, description = "The OpenAPI 3.1 document of every route.", body = Object),
-        (status = 500, description = "Internal error (logged).", body = ErrorBody),
-    ),
-    extensions(("x-weir-role" = json!("public"))),
-)]
-async fn openapi_json(
-    Extension(Document(document)): Extension<Document>,
-) -> Result<Response, AppError> {
-    let body = serde_json::to_vec(&*document).map_err(|e| AppError::Internal(e.into()))?;
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-/// Prometheus metrics.
-///
-/// Needs role `query`. Per plugin calls and faults; per key events by
-/// outcome, faults, latency and quarantine; per subscription consumers and
-/// drops; bus, dead letters; per datastore queue, rows, files, sessions,
-/// readiness. Scrapers can send the key as `Authorization: Bearer`.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "system",
-    responses(
-        (status = 200, description = "Prometheus text exposition format.", body = String,
-            content_type = crate::metrics::CONTENT_TYPE),
-        AuthErrors,
-        (status = 500, description = "Internal error (logged).", body = ErrorBody),
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("query"))),
-)]
-async fn metrics(State(host): State<Arc<Host>>, headers: HeaderMap) -> Result<Response, AppError> {
-    let who = authorize(&host, &headers, Role::Query)?;
-    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&host, who.scope()))
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?;
-    Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
-}
-
-/// Any path no route serves: a JSON 404 (`no such route`).
-async fn not_found() -> AppError {
-    AppError::NotFound("no such route".into())
-}
-
-/// Every key definition.
-///
-/// Needs role `query`. The definitions of the registered EventKeys, sorted
-/// by key.
-#[utoipa::path(
-    get,
-    path = "/v1/keys",
-    tag = "keys",
-    responses(
-        (status = 200, description = "An array of key definitions (key, description, event type, params, output schema, ...).", body = Vec<Object>),
-        AuthErrors,
-        (status = 500, description = "Internal error (logged).", body = ErrorBody),
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("query"))),
-)]
-async fn list_keys(
-    State(host): State<Arc<Host>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Query)?;
-    let registry = host.registry();
-    let keys: Vec<&KeyDefinition> = registry.list().map(|k| k.def.as_ref()).collect();
-    Ok(Json(
-        serde_json::to_value(keys).map_err(|e| AppError::Internal(e.into()))?,
-    ))
-}
-
-/// One key definition.
-///
-/// Needs role `query`. The definition with its `quarantine` state.
-#[utoipa::path(
-    get,
-    path = "/v1/keys/{key}",
-    tag = "keys",
-    params(("key" = String, Path, description = "The key, such as `fs.large_files`.")),
-    responses(
-        (status = 200, description = "The key definition and its `quarantine` state.", body = Object),
-        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        AuthErrors,
-        (status = 404, description = "No such key.", body = ErrorBody),
-        (status = 500, description = "Internal error (logged).", body = ErrorBody),
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("query"))),
-)]
-async fn get_key(
-    State(host): State<Arc<Host>>,
-    headers: HeaderMap,
-    key: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Query)?;
-    let key = path(key)?;
-    let registry = host.registry();
-    let k = registry
-        .lookup(&key)
-        .ok_or_else(|| AppError::NotFound(format!("no key `{key}`")))?;
-    let mut def = serde_json::to_value(k.def.as_ref()).map_err(|e| AppError::Internal(e.into()))?;
-    def["quarantine"] = serde_json::to_value(host.pipeline().quarantine(&key))
-        .map_err(|e| AppError::Internal(e.into()))?;
-    Ok(Json(def))
-}
-
-/// The plugins.
-///
-/// Needs role `admin`. Loaded plugins (file, SHA-256, keys, load time, call
-/// and fault counters, limits) and failed ones with every reason.
-#[utoipa::path(
-    get,
-    path = "/v1/plugins",
-    tag = "plugins",
-    responses(
-        (status = 200, description = "`loaded` and `failed` plugins.", body = PluginList),
-        AuthErrors,
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("admin"))),
-)]
-async fn list_plugins(
-    State(host): State<Arc<Host>>,
-    headers: HeaderMap,
-) -> Result<Json<PluginList>, AppError> {
-    host.keys()
-        .authorize_host(presented(&headers), Role::Admin)?;
-    Ok(Json(PluginList {
-        loaded: host.plugins(),
-        failed: host.failed_plugins(),
-    }))
-}
-
-/// The answer of `GET /v1/plugins`.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct PluginList {
-    /// Plugins running, by name.
-    loaded: Vec<crate::wire::PluginInfo>,
-    /// Plugin files that failed to load (a replacement that failed leaves
-    /// the old version in `loaded`).
-    failed: Vec<crate::runtime::FailedPlugin>,
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeSet, HashSet};
+
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -1,5 +1,5 @@
-//! The seed's Fusion routes (`/ingestor-api/v1/...`, `/views/fs/...`): the
-//! same core as the Fustor routes, addressed by the API key's datastore.
+//! Fusion's routes as the design seed gives them (`/ingestor-api/v1/...`,
+//! `/views/fs/...`): the same core as the Fustor routes, addressed by the API key's datastore.
 //! The session routes are thin wrappers over the Fustor handlers, so that
 //! each path has its own documented operation.
 
@@ -14,10 +14,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::fustor::{self, CreateSession, SessionGrant, TreeParams, datastore_of};
-use super::{
-    AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady,
-    authorize, path,
-};
+use super::{AppError, AuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady};
 use crate::auth::Role;
 use crate::runtime::Host;
 use crate::wire::DatastoreStats;
@@ -213,41 +210,6 @@ pub(super) async fn agent_alarm(
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let ds = datastore_of(&host, &headers, Role::Ingest)?;
-    ds.raise_alarm();
-    Ok(Json(
-        json!({"status": "alarm_raised", "datastore": ds.name()}),
-    ))
-}
-
-/// Raise a consistency alarm (an operator).
-///
-/// Needs role `admin` on the datastore. The views answer 503 until the next
-/// complete snapshot.
-#[utoipa::path(
-    post,
-    path = "/v1/datastores/{datastore}/alarm",
-    tag = "datastores",
-    params(("datastore" = String, Path, description = "The datastore.")),
-    responses(
-        (status = 200, description = "`status` `alarm_raised` and the `datastore`.", body = Object),
-        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        DatastoreAuthErrors,
-        (status = 404, description = "No such datastore.", body = ErrorBody),
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("admin"))),
-)]
-pub(super) async fn admin_alarm(
-    State(host): State<Arc<Host>>,
-    headers: HeaderMap,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Admin)?;
-    let name = path(name)?;
-    super::authorize_datastore(&host, &headers, Role::Admin, &name)?;
-    let ds = host
-        .datastore(&name)
-        .ok_or_else(|| AppError::NotFound(format!("no datastore `{name}`")))?;
     ds.raise_alarm();
     Ok(Json(
         json!({"status": "alarm_raised", "datastore": ds.name()}),

@@ -1,0 +1,133 @@
+//! What every handler does with a request before its own work: the key and
+//! its role, checked from the headers before any body is read
+//! ([`key_before_body`], each route's role taken from the OpenAPI
+//! document), the datastore scope, and extractor rejections turned into
+//! [`AppError`]s that name the problem.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+
+use super::AppError;
+use crate::auth::{ApiKey, Role};
+use crate::runtime::Host;
+
+/// The key a request presents: `X-API-Key`, or `Authorization: Bearer`
+/// (what scrapers and generic HTTP clients can send).
+pub(super) fn presented(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+        })
+}
+
+/// Checks the request's key for `role`; returns the key.
+pub(super) fn authorize(host: &Host, headers: &HeaderMap, role: Role) -> Result<ApiKey, AppError> {
+    Ok(host
+        .keys()
+        .authorize(presented(headers), role, None)?
+        .clone())
+}
+
+/// Checks the request's key for `role` on datastore `name`.
+pub(super) fn authorize_datastore(
+    host: &Host,
+    headers: &HeaderMap,
+    role: Role,
+    name: &str,
+) -> Result<ApiKey, AppError> {
+    Ok(host
+        .keys()
+        .authorize(presented(headers), role, Some(name))?
+        .clone())
+}
+
+/// The body, or a JSON 413/400 naming the problem.
+pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
+    body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::TooLarge(e.body_text())
+        } else {
+            AppError::BadRequest(e.body_text())
+        }
+    })
+}
+
+/// The query string as `T`, or a JSON 400 naming the problem.
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| AppError::BadRequest(format!("query string: {}", e.body_text())))
+}
+
+/// The path parameter(s) as `T`, or a JSON 400 naming the problem (such as
+/// a percent-encoding that is not UTF-8).
+pub(super) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, AppError> {
+    p.map(|Path(t)| t)
+        .map_err(|e| AppError::BadRequest(format!("path: {}", e.body_text())))
+}
+
+/// The role each operation needs, from the `x-weir-role` its annotation
+/// carries in the document the router is built with: (method, path
+/// template) -> role, `None` for public routes.
+pub(super) struct RouteRoles(std::collections::HashMap<(String, String), Option<Role>>);
+
+impl RouteRoles {
+    pub(super) fn from_document(doc: &utoipa::openapi::OpenApi) -> Self {
+        let mut roles = std::collections::HashMap::new();
+        let value = serde_json::to_value(doc).unwrap_or_default();
+        if let Some(paths) = value["paths"].as_object() {
+            for (path, item) in paths {
+                let Some(ops) = item.as_object() else {
+                    continue;
+                };
+                for (method, op) in ops {
+                    let role = match op["x-weir-role"].as_str() {
+                        Some("ingest") => Some(Role::Ingest),
+                        Some("query") => Some(Role::Query),
+                        Some("admin") => Some(Role::Admin),
+                        _ => None,
+                    };
+                    roles.insert((method.to_ascii_uppercase(), path.clone()), role);
+                }
+            }
+        }
+        Self(roles)
+    }
+}
+
+/// Checks the presented key against the route's role from the headers
+/// alone, before the handler reads any body: a client without a valid key
+/// of the right role cannot make the host buffer a body. Handlers still
+/// make their own full check (the datastore).
+pub(super) async fn key_before_body(
+    State((host, roles)): State<(Arc<Host>, Arc<RouteRoles>)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let template = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let role = template.and_then(|t| {
+        roles
+            .0
+            .get(&(req.method().as_str().to_string(), t))
+            .copied()
+    });
+    if let Some(Some(role)) = role
+        && let Err(e) = host.keys().authorize(presented(req.headers()), role, None)
+    {
+        return AppError::from(e).into_response();
+    }
+    next.run(req).await
+}

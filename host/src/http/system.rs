@@ -1,0 +1,118 @@
+//! The host's own routes: liveness, readiness, the OpenAPI document (all
+//! three public), `/metrics`, and the JSON 404 for everything else.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, State};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::request::authorize;
+use super::{AppError, AuthErrors, ErrorBody};
+use crate::auth::Role;
+use crate::runtime::Host;
+
+/// The document `GET /openapi.json` serves: the one made with the router.
+#[derive(Clone)]
+pub(super) struct Document(pub(super) Arc<utoipa::openapi::OpenApi>);
+
+/// Liveness.
+///
+/// Public: answers `{"status": "ok"}` while the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`.", body = Object)),
+    extensions(("x-weir-role" = json!("public"))),
+)]
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness.
+///
+/// Public (probes), so it tells counts only, never names: 200 while
+/// serving, 503 once shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "system",
+    responses(
+        (status = 200, description = "Ready: `status`, and counts of keys, failed plugins, datastores and ready datastores.", body = Object),
+        (status = 503, description = "Shutting down (`unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    extensions(("x-weir-role" = json!("public"))),
+)]
+pub(super) async fn readyz(State(host): State<Arc<Host>>) -> Result<Json<Value>, AppError> {
+    if host.pipeline().is_closed() {
+        return Err(AppError::Unavailable("the host is shutting down".into()));
+    }
+    Ok(Json(json!({
+        "status": "ready",
+        "keys": host.registry().len(),
+        "failed_plugins": host.failed_plugins().len(),
+        "datastores_ready": host.datastores().filter(|d| d.readiness().is_ok()).count(),
+        "datastores": host.datastores().count(),
+    })))
+}
+
+/// This OpenAPI 3.1 document.
+///
+/// Public: it describes every route (it is generated from the code that
+/// serves them) and tells no secret.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "system",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of every route.", body = Object),
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+    ),
+    extensions(("x-weir-role" = json!("public"))),
+)]
+pub(super) async fn openapi_json(
+    Extension(Document(document)): Extension<Document>,
+) -> Result<Response, AppError> {
+    let body = serde_json::to_vec(&*document).map_err(|e| AppError::Internal(e.into()))?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Prometheus metrics.
+///
+/// Needs role `query`. Per plugin calls and faults; per key events by
+/// outcome, faults, latency and quarantine; per subscription consumers and
+/// drops; bus, dead letters; per datastore queue, rows, files, sessions,
+/// readiness. Scrapers can send the key as `Authorization: Bearer`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    responses(
+        (status = 200, description = "Prometheus text exposition format.", body = String,
+            content_type = crate::metrics::CONTENT_TYPE),
+        AuthErrors,
+        (status = 500, description = "Internal error (logged).", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])),
+    extensions(("x-weir-role" = json!("query"))),
+)]
+pub(super) async fn metrics(
+    State(host): State<Arc<Host>>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let who = authorize(&host, &headers, Role::Query)?;
+    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&host, who.scope()))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+    Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// Any path no route serves: a JSON 404 (`no such route`).
+pub(super) async fn not_found() -> AppError {
+    AppError::NotFound("no such route".into())
+}
