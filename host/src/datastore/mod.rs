@@ -21,7 +21,9 @@ use crate::rows::Rejected;
 mod ingest;
 pub mod session;
 
-use crate::time::now_secs;
+use crate::bus::NewEvent;
+use crate::index::ChangeKind;
+use crate::time::{now_secs, rfc3339_ms};
 use crate::wire::DatastoreStats;
 use ingest::{Queue, apply_loop};
 use session::{Session, SessionError, Sessions};
@@ -38,6 +40,43 @@ pub struct FeedChange {
     /// The change.
     #[serde(flatten)]
     pub change: Change,
+}
+
+/// An index change as a bus event: `fs.insert`, `fs.update` or `fs.delete`,
+/// source `datastore/NAME`, payload `{datastore, path, is_dir, size, mtime,
+/// ctime, origin}` (origin: the row's source, such as `realtime`).
+/// `source_time` is the mtime when it is a time RFC 3339 can write.
+impl FeedChange {
+    /// This change as a bus event (see above).
+    pub fn to_event(&self) -> NewEvent {
+        let c = self;
+        let kind = match c.change.kind {
+            ChangeKind::Insert => "fs.insert",
+            ChangeKind::Update => "fs.update",
+            ChangeKind::Delete => "fs.delete",
+        };
+        let m = &c.change.meta;
+        let payload = serde_json::json!({
+            "datastore": c.datastore,
+            "path": c.change.path,
+            "is_dir": m.is_dir,
+            "size": m.size,
+            "mtime": m.mtime,
+            "ctime": m.ctime,
+            "origin": c.change.source,
+        });
+        let source_time =
+            (m.mtime.is_finite() && m.mtime > 0.0).then(|| rfc3339_ms((m.mtime * 1000.0) as u64));
+        NewEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            event_type: kind.to_string(),
+            source: format!("datastore/{}", c.datastore),
+            source_time,
+            correlation_id: None,
+            payload: payload.to_string(),
+            scope: Some(c.datastore.clone()),
+        }
+    }
 }
 
 /// Receives applied changes; see [`Datastore::on_changes`].
