@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::pipeline::Pipeline;
 use crate::pipeline::stats::{Histogram, LATENCY_BUCKETS};
 use crate::runtime::Host;
 
@@ -76,7 +77,18 @@ impl Out {
 /// (`None`) sees everything.
 pub fn render(host: &Host, scope: Option<&str>) -> String {
     let mut o = Out(String::new());
+    plugins(&mut o, host);
+    keys(&mut o, host);
+    subscriptions(&mut o, host.pipeline(), scope);
+    bus(&mut o, host.pipeline(), scope);
+    datastores(&mut o, host, scope);
+    background(&mut o);
+    o.0
+}
 
+/// Per plugin: calls, faults, instances, memory, suppressed log lines; and
+/// the files that failed to load.
+fn plugins(o: &mut Out, host: &Host) {
     let plugins = host.plugins();
     let per_plugin = |v: PluginSample| {
         plugins
@@ -132,7 +144,10 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
         "Plugin files that failed to load.",
         [(vec![], host.failed_plugins().len())],
     );
+}
 
+/// Per key: events by outcome, faults by kind, call durations, quarantine.
+fn keys(o: &mut Out, host: &Host) {
     let pipeline = host.pipeline();
     let keys = pipeline.key_stats();
     o.metric(
@@ -198,7 +213,11 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
             )
         }),
     );
+}
 
+/// The subscriptions a key of `scope` may see, pre-consume and cleanup
+/// calls, and the dead-letter queue.
+fn subscriptions(o: &mut Out, pipeline: &Pipeline, scope: Option<&str>) {
     let own = scope.map(|d| format!("{d}/"));
     let subs: Vec<_> = pipeline
         .subscriptions()
@@ -262,7 +281,11 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
         "Dead letters evicted by newer ones (the queue was full by count or bytes).",
         [(vec![], dlq.evicted())],
     );
+}
 
+/// The bus: published, duplicates, history, feeds; events by type for
+/// host-level keys only.
+fn bus(o: &mut Out, pipeline: &Pipeline, scope: Option<&str>) {
     let bus = pipeline.bus().stats();
     for (name, kind, help, value) in [
         (
@@ -308,7 +331,11 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
             .filter(|_| scope.is_none())
             .map(|(t, n)| (label("event_type", &t), n)),
     );
+}
 
+/// Per datastore of `scope`: queue, rows, files, sessions, readiness,
+/// panics, evictions.
+fn datastores(o: &mut Out, host: &Host, scope: Option<&str>) {
     let datastores: Vec<_> = host
         .datastores()
         .filter(|d| scope.is_none_or(|s| s == d.name()))
@@ -385,6 +412,10 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
             })
         }),
     );
+}
+
+/// Panics contained in background work.
+fn background(o: &mut Out) {
     o.metric(
         "weir_background_panics_total",
         "counter",
@@ -392,7 +423,6 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
         crate::supervise::Worker::ALL
             .map(|w| (label("worker", w.as_str()), crate::supervise::count(w))),
     );
-    o.0
 }
 
 #[cfg(test)]
