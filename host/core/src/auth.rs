@@ -80,6 +80,58 @@ impl ApiKey {
             None => "the host".into(),
         }
     }
+
+    fn forbidden(&self, needed: Role, what: String) -> AuthError {
+        AuthError::Forbidden {
+            has: self.role,
+            needed,
+            place: self.place(),
+            what,
+        }
+    }
+
+    /// Whether the key may act with role `needed` and (when the route is
+    /// scoped to one) on `datastore`: a datastore's key fits only its own,
+    /// a host-level key fits every datastore.
+    pub fn permits(&self, needed: Role, datastore: Option<&str>) -> Result<(), AuthError> {
+        let datastore_fits = match (datastore, &self.datastore) {
+            (None, _) | (Some(_), None) => true,
+            (Some(want), Some(has)) => want == has,
+        };
+        if self.role.satisfies(needed) && datastore_fits {
+            Ok(())
+        } else {
+            Err(self.forbidden(
+                needed,
+                datastore
+                    .map(|d| format!(" on datastore `{}`", crate::text::echo(d)))
+                    .unwrap_or_default(),
+            ))
+        }
+    }
+
+    /// Whether the key is a host-level key of `needed`: the host-wide
+    /// routes (plugins, quarantine) are not any one datastore's.
+    pub fn permits_host(&self, needed: Role) -> Result<(), AuthError> {
+        self.permits(needed, None)?;
+        if self.datastore.is_some() {
+            return Err(self.forbidden(needed, " with a host-level key".into()));
+        }
+        Ok(())
+    }
+
+    /// The key's own datastore, for a datastore's key of `needed`: the
+    /// agent routes and Fusion's views act on the key's own datastore,
+    /// which a host-level key does not have.
+    pub fn own_datastore(&self, needed: Role) -> Result<&str, AuthError> {
+        self.permits(needed, None)?;
+        self.datastore.as_deref().ok_or_else(|| {
+            self.forbidden(
+                needed,
+                " with a datastore's key (the route acts on the key's own datastore)".into(),
+            )
+        })
+    }
 }
 
 /// Why a request is refused.
@@ -247,77 +299,27 @@ impl Keys {
         Ok((keys, generated))
     }
 
+    /// The key `presented` is, if any.
+    pub fn lookup(&self, presented: Option<&str>) -> Result<&ApiKey, AuthError> {
+        let presented = presented
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::Missing)?;
+        self.by_hash
+            .get(&digest(presented))
+            .ok_or(AuthError::Unknown)
+    }
+
     /// Checks a presented key against the role a route needs, and (when the
-    /// route is scoped to one) the datastore: a datastore's key fits only
-    /// its own, a host-level key fits every datastore.
+    /// route is scoped to one) the datastore: see [`ApiKey::permits`].
     pub fn authorize(
         &self,
         presented: Option<&str>,
         needed: Role,
         datastore: Option<&str>,
     ) -> Result<&ApiKey, AuthError> {
-        let presented = presented
-            .filter(|s| !s.is_empty())
-            .ok_or(AuthError::Missing)?;
-        let key = self
-            .by_hash
-            .get(&digest(presented))
-            .ok_or(AuthError::Unknown)?;
-        let datastore_fits = match (datastore, &key.datastore) {
-            (None, _) | (Some(_), None) => true,
-            (Some(want), Some(has)) => want == has,
-        };
-        if key.role.satisfies(needed) && datastore_fits {
-            Ok(key)
-        } else {
-            Err(AuthError::Forbidden {
-                has: key.role,
-                needed,
-                place: key.place(),
-                what: datastore
-                    .map(|d| format!(" on datastore `{}`", crate::text::echo(d)))
-                    .unwrap_or_default(),
-            })
-        }
-    }
-
-    /// Checks for a host-level key of `needed`: the host-wide routes
-    /// (plugins, quarantine) are not any one datastore's.
-    pub fn authorize_host(
-        &self,
-        presented: Option<&str>,
-        needed: Role,
-    ) -> Result<&ApiKey, AuthError> {
-        let key = self.authorize(presented, needed, None)?;
-        if key.datastore.is_some() {
-            return Err(AuthError::Forbidden {
-                has: key.role,
-                needed,
-                place: key.place(),
-                what: " with a host-level key".into(),
-            });
-        }
+        let key = self.lookup(presented)?;
+        key.permits(needed, datastore)?;
         Ok(key)
-    }
-
-    /// Checks for a datastore's key of `needed`: the agent routes and the
-    /// seed's views act on the key's own datastore, which a host-level key
-    /// does not have.
-    pub fn authorize_own_datastore(
-        &self,
-        presented: Option<&str>,
-        needed: Role,
-    ) -> Result<(&ApiKey, &str), AuthError> {
-        let key = self.authorize(presented, needed, None)?;
-        match &key.datastore {
-            Some(d) => Ok((key, d.as_str())),
-            None => Err(AuthError::Forbidden {
-                has: key.role,
-                needed,
-                place: key.place(),
-                what: " with a datastore's key (the route acts on the key's own datastore)".into(),
-            }),
-        }
     }
 }
 

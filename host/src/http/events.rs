@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde_json::{Value, json};
 
-use super::{AppError, AuthErrors, ErrorBody, authorize, body_bytes, path, query};
-use crate::auth::Role;
+use super::request::Caller;
+use super::{AppError, AuthErrors, ErrorBody, body_bytes, path, query};
 use crate::bus::{Published, StartAt};
 use crate::pipeline::dlq::DeadLetterSelector;
 use crate::pipeline::{Consumer, Delivery, SubscribeRequest};
@@ -54,10 +54,10 @@ type Pairs = Vec<(String, String)>;
 )]
 pub(super) async fn publish(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let key = authorize(&host, &headers, Role::Ingest)?;
+    let key = caller.key;
     // Once shutdown began, nothing more is accepted: an `accepted` answer
     // now could not be kept.
     if host.pipeline().is_closed() {
@@ -166,11 +166,12 @@ fn format_for(headers: &HeaderMap) -> Result<Format, AppError> {
 )]
 pub(super) async fn stream_key(
     State(host): State<Arc<Host>>,
+    caller: Caller,
     headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let who = authorize(&host, &headers, Role::Query)?;
+    let who = caller.key;
     let key = path(key)?;
     let format = format_for(&headers)?;
     let mut from = None;
@@ -290,9 +291,9 @@ fn ndjson(consumer: Consumer) -> Response {
 )]
 pub(super) async fn subscriptions(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, AppError> {
-    let who = authorize(&host, &headers, Role::Admin)?;
+    let who = caller.key;
     let p = host.pipeline();
     let (pre_consumes, cleanups) = p.lifecycle_counts();
     if let Some(d) = &who.datastore {
@@ -370,10 +371,10 @@ fn selector(pairs: Pairs) -> Result<(DeadLetterSelector, Option<usize>), AppErro
 )]
 pub(super) async fn dlq_list(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let who = authorize(&host, &headers, Role::Admin)?;
+    let who = caller.key;
     let (mut sel, limit) = selector(query(q)?)?;
     sel.scope = who.datastore;
     let dlq = host.pipeline().dead_letters();
@@ -408,10 +409,10 @@ pub(super) async fn dlq_list(
 )]
 pub(super) async fn dlq_replay(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let who = authorize(&host, &headers, Role::Admin)?;
+    let who = caller.key;
     let body = body_bytes(body)?;
     let mut sel: DeadLetterSelector = if body.iter().all(u8::is_ascii_whitespace) {
         DeadLetterSelector::default()
@@ -453,10 +454,10 @@ pub(super) async fn dlq_replay(
 )]
 pub(super) async fn dlq_delete(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let who = authorize(&host, &headers, Role::Admin)?;
+    let who = caller.key;
     let (mut sel, limit) = selector(query(q)?)?;
     sel.scope = who.datastore;
     let dlq = host.pipeline().dead_letters();

@@ -9,13 +9,12 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::fustor::{self, CreateSession, SessionGrant, TreeParams, datastore_of};
+use super::request::Caller;
 use super::{AppError, AuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady};
-use crate::auth::Role;
 use crate::runtime::Host;
 use crate::wire::DatastoreStats;
 
@@ -39,10 +38,10 @@ use crate::wire::DatastoreStats;
 )]
 pub(super) async fn create_session(
     host: State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionGrant>, AppError> {
-    fustor::create_session(host, headers, body).await
+    fustor::create_session(host, caller, body).await
 }
 
 /// Keep an agent session alive (the seed's path).
@@ -66,10 +65,10 @@ pub(super) async fn create_session(
 )]
 pub(super) async fn heartbeat(
     host: State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     sid: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
-    fustor::heartbeat(host, headers, sid).await
+    fustor::heartbeat(host, caller, sid).await
 }
 
 /// End an agent session (the seed's path).
@@ -91,10 +90,10 @@ pub(super) async fn heartbeat(
 )]
 pub(super) async fn delete_session(
     host: State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     sid: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
-    fustor::delete_session(host, headers, sid).await
+    fustor::delete_session(host, caller, sid).await
 }
 
 /// Push rows (the seed's form).
@@ -122,17 +121,10 @@ pub(super) async fn delete_session(
 )]
 pub(super) async fn push(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    fustor::push(&host, &headers, None, body).await
-}
-
-fn own_datastore(host: &Host, headers: &HeaderMap) -> Result<String, AppError> {
-    let (_, name) = host
-        .keys()
-        .authorize_own_datastore(super::presented(headers), Role::Query)?;
-    Ok(name.to_string())
+    fustor::push(&host, &caller, None, body).await
 }
 
 /// The tree view of the key's datastore.
@@ -158,11 +150,11 @@ fn own_datastore(host: &Host, headers: &HeaderMap) -> Result<String, AppError> {
 )]
 pub(super) async fn tree(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     params: Result<Query<TreeParams>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let name = own_datastore(&host, &headers)?;
-    fustor::tree_of(&host, &headers, &name, params).await
+    let name = caller.own_datastore()?.to_string();
+    fustor::tree_of(&host, &caller, &name, params).await
 }
 
 /// The stats of the key's datastore.
@@ -184,10 +176,10 @@ pub(super) async fn tree(
 )]
 pub(super) async fn stats(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<DatastoreStats>, AppError> {
-    let name = own_datastore(&host, &headers)?;
-    fustor::stats_of(&host, &headers, &name)
+    let name = caller.own_datastore()?.to_string();
+    fustor::stats_of(&host, &caller, &name)
 }
 
 /// Raise a consistency alarm (the agent).
@@ -207,9 +199,9 @@ pub(super) async fn stats(
 )]
 pub(super) async fn agent_alarm(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let ds = datastore_of(&host, &caller)?;
     ds.raise_alarm();
     Ok(Json(
         json!({"status": "alarm_raised", "datastore": ds.name()}),

@@ -8,18 +8,17 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
+use super::request::Caller;
 use super::{
-    AppError, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady, authorize,
-    authorize_datastore, body_bytes, path, query,
+    AppError, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady, body_bytes, path,
+    query,
 };
-use crate::auth::Role;
 use crate::datastore::Datastore;
 use crate::index::view::TreeQuery;
 use crate::rows::{parse_batch, parse_feedback};
@@ -40,14 +39,8 @@ const TOTAL_COUNT: &str = "x-total-count";
 const TRUNCATED: &str = "x-weir-truncated";
 
 /// The datastore of the presented key, checked for `role`.
-pub(super) fn datastore_of(
-    host: &Host,
-    headers: &HeaderMap,
-    role: Role,
-) -> Result<Arc<Datastore>, AppError> {
-    let (_, name) = host
-        .keys()
-        .authorize_own_datastore(super::presented(headers), role)?;
+pub(super) fn datastore_of(host: &Host, caller: &Caller) -> Result<Arc<Datastore>, AppError> {
+    let name = caller.own_datastore()?;
     host.datastore(name)
         .cloned()
         .ok_or_else(|| AppError::NotFound(format!("datastore `{name}` is not configured")))
@@ -102,10 +95,10 @@ pub(super) struct SessionGrant {
 )]
 pub(super) async fn create_session(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionGrant>, AppError> {
-    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let ds = datastore_of(&host, &caller)?;
     let body = body_bytes(body)?;
     let req: CreateSession = serde_json::from_slice(&body).map_err(|e| {
         AppError::BadRequest(format!("session request needs a string `task_id`: {e}"))
@@ -150,10 +143,10 @@ pub(super) async fn create_session(
 )]
 pub(super) async fn create_session_unslashed(
     host: State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionGrant>, AppError> {
-    create_session(host, headers, body).await
+    create_session(host, caller, body).await
 }
 
 /// Keep an agent session alive.
@@ -176,10 +169,10 @@ pub(super) async fn create_session_unslashed(
 )]
 pub(super) async fn heartbeat(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     sid: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let ds = datastore_of(&host, &caller)?;
     let sid = path(sid)?;
     ds.heartbeat(&sid)?;
     Ok(Json(
@@ -205,10 +198,10 @@ pub(super) async fn heartbeat(
 )]
 pub(super) async fn delete_session(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     sid: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let ds = datastore_of(&host, &caller)?;
     let sid = path(sid)?;
     ds.delete_session(&sid);
     Ok(Json(json!({"status": "terminated", "session_id": sid})))
@@ -241,12 +234,11 @@ pub(super) async fn delete_session(
 )]
 pub(super) async fn ingest(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     sid: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Ingest)?;
-    push(&host, &headers, Some(path(sid)?), body).await
+    push(&host, &caller, Some(path(sid)?), body).await
 }
 
 /// A push; the session id comes from the path (Fustor) or the body (seed).
@@ -254,11 +246,11 @@ pub(super) async fn ingest(
 /// large pushes do not hold the runtime's workers.
 pub(super) async fn push(
     host: &Host,
-    headers: &HeaderMap,
+    caller: &Caller,
     path_sid: Option<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(host, headers, Role::Ingest)?;
+    let ds = datastore_of(host, caller)?;
     let body = body_bytes(body)?;
     tracing::trace!(session = ?path_sid.as_deref().map(echo), body = %echo(&String::from_utf8_lossy(&body[..body.len().min(1024)])), "push");
     let limits = ds.config().rows;
@@ -302,9 +294,9 @@ pub(super) async fn push(
 )]
 pub(super) async fn audit_start(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, AppError> {
-    datastore_of(&host, &headers, Role::Ingest)?.audit_start()?;
+    datastore_of(&host, &caller)?.audit_start()?;
     Ok(Json(json!({"status": "audit_started"})))
 }
 
@@ -327,9 +319,9 @@ pub(super) async fn audit_start(
 )]
 pub(super) async fn audit_end(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, AppError> {
-    datastore_of(&host, &headers, Role::Ingest)?.audit_end()?;
+    datastore_of(&host, &caller)?.audit_end()?;
     Ok(Json(json!({"status": "audit_ended"})))
 }
 
@@ -348,25 +340,14 @@ pub(super) struct TreeParams {
 }
 
 /// The datastore `name`, if the key may query it and its views are ready.
-fn ready_view(host: &Host, headers: &HeaderMap, name: &str) -> Result<Arc<Datastore>, AppError> {
-    authorize_datastore(host, headers, Role::Query, name)?;
+fn ready_view(host: &Host, caller: &Caller, name: &str) -> Result<Arc<Datastore>, AppError> {
+    caller.datastore(name)?;
     let ds = host
         .datastore(name)
         .cloned()
         .ok_or_else(|| AppError::NotFound(format!("no datastore `{name}`")))?;
     ds.readiness()?;
     Ok(ds)
-}
-
-/// The name in the path of a view, once the key is checked for `query`
-/// (so that a bad path never answers before a missing key).
-fn view_name(
-    host: &Host,
-    headers: &HeaderMap,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<String, AppError> {
-    authorize(host, headers, Role::Query)?;
-    path(name)
 }
 
 /// The tree view of a datastore.
@@ -390,22 +371,22 @@ fn view_name(
 )]
 pub(super) async fn tree(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     name: Result<Path<String>, PathRejection>,
     params: Result<Query<TreeParams>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let name = view_name(&host, &headers, name)?;
-    tree_of(&host, &headers, &name, params).await
+    let name = path(name)?;
+    tree_of(&host, &caller, &name, params).await
 }
 
 /// The tree view of datastore `name`.
 pub(super) async fn tree_of(
     host: &Host,
-    headers: &HeaderMap,
+    caller: &Caller,
     name: &str,
     params: Result<Query<TreeParams>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let ds = ready_view(host, headers, name)?;
+    let ds = ready_view(host, caller, name)?;
     let params = query(params)?;
     let query = TreeQuery::from_params(
         params.path,
@@ -440,20 +421,20 @@ pub(super) async fn tree_of(
 )]
 pub(super) async fn stats(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DatastoreStats>, AppError> {
-    let name = view_name(&host, &headers, name)?;
-    stats_of(&host, &headers, &name)
+    let name = path(name)?;
+    stats_of(&host, &caller, &name)
 }
 
 /// The stats view of datastore `name`.
 pub(super) fn stats_of(
     host: &Host,
-    headers: &HeaderMap,
+    caller: &Caller,
     name: &str,
 ) -> Result<Json<DatastoreStats>, AppError> {
-    Ok(Json(ready_view(host, headers, name)?.stats()))
+    Ok(Json(ready_view(host, caller, name)?.stats()))
 }
 
 /// The suspect files of a datastore.
@@ -479,11 +460,11 @@ pub(super) fn stats_of(
 )]
 pub(super) async fn suspect_list(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, AppError> {
-    let name = view_name(&host, &headers, name)?;
-    let ds = ready_view(&host, &headers, &name)?;
+    let name = path(name)?;
+    let ds = ready_view(&host, &caller, &name)?;
     let listing = ds.suspects(ds.config().max_tree_items);
     let truncated = listing.truncated();
     let list: Vec<Value> = listing
@@ -522,11 +503,11 @@ pub(super) async fn suspect_list(
 )]
 pub(super) async fn blind_spots(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let name = view_name(&host, &headers, name)?;
-    let ds = ready_view(&host, &headers, &name)?;
+    let name = path(name)?;
+    let ds = ready_view(&host, &caller, &name)?;
     let (additions, deletions) = ds.blind_spots();
     Ok(Json(json!({
         "additions_count": additions.total,
@@ -568,12 +549,12 @@ pub(super) struct SearchParams {
 )]
 pub(super) async fn search(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     name: Result<Path<String>, PathRejection>,
     params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let name = view_name(&host, &headers, name)?;
-    let ds = ready_view(&host, &headers, &name)?;
+    let name = path(name)?;
+    let ds = ready_view(&host, &caller, &name)?;
     let params = query(params)?;
     if params.pattern.is_empty() {
         return Err(AppError::BadRequest("`pattern` is empty".into()));
@@ -601,9 +582,9 @@ pub(super) async fn search(
 )]
 pub(super) async fn sentinel_tasks(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let ds = datastore_of(&host, &caller)?;
     let paths = ds.sentinel_paths();
     if paths.is_empty() {
         return Ok(Json(json!({})));
@@ -659,10 +640,10 @@ pub(super) struct FeedbackUpdate {
 )]
 pub(super) async fn sentinel_feedback(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &headers, Role::Ingest)?;
+    let ds = datastore_of(&host, &caller)?;
     let (updates, rejected) = parse_feedback(&body_bytes(body)?, &ds.config().rows)
         .map_err(|e| AppError::BadRequest(e.to_string()))?;
     let rejected: Vec<Value> = rejected
@@ -696,12 +677,11 @@ pub(super) async fn sentinel_feedback(
 )]
 pub(super) async fn admin_alarm(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Admin)?;
     let name = path(name)?;
-    super::authorize_datastore(&host, &headers, Role::Admin, &name)?;
+    caller.datastore(&name)?;
     let ds = host
         .datastore(&name)
         .ok_or_else(|| AppError::NotFound(format!("no datastore `{name}`")))?;

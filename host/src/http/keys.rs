@@ -6,12 +6,11 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::request::{authorize, path, presented};
+use super::request::Caller;
+use super::request::path;
 use super::{AppError, AuthErrors, ErrorBody};
-use crate::auth::Role;
 use crate::registry::KeyDefinition;
 use crate::runtime::Host;
 
@@ -31,11 +30,7 @@ use crate::runtime::Host;
     security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
-pub(super) async fn list_keys(
-    State(host): State<Arc<Host>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Query)?;
+pub(super) async fn list_keys(State(host): State<Arc<Host>>) -> Result<Json<Value>, AppError> {
     let registry = host.registry();
     let keys: Vec<&KeyDefinition> = registry.list().map(|k| k.def.as_ref()).collect();
     Ok(Json(
@@ -63,10 +58,8 @@ pub(super) async fn list_keys(
 )]
 pub(super) async fn get_key(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
-    authorize(&host, &headers, Role::Query)?;
     let key = path(key)?;
     let registry = host.registry();
     let k = registry
@@ -95,10 +88,9 @@ pub(super) async fn get_key(
 )]
 pub(super) async fn list_plugins(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<PluginList>, AppError> {
-    host.keys()
-        .authorize_host(presented(&headers), Role::Admin)?;
+    caller.host_level()?;
     Ok(Json(PluginList {
         loaded: host.plugins(),
         failed: host.failed_plugins(),
@@ -134,12 +126,11 @@ pub(super) struct PluginList {
 )]
 pub(super) async fn resume(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
     // A quarantine is the key's, for every datastore: a host-level admin's.
-    host.keys()
-        .authorize_host(super::presented(&headers), Role::Admin)?;
+    caller.host_level()?;
     let key = path(key)?;
     if host.registry().lookup(&key).is_none() {
         return Err(AppError::NotFound(format!("no key `{key}`")));

@@ -49,7 +49,7 @@ pub use error::{
 };
 pub use server::ServerLimits;
 
-use request::{authorize, authorize_datastore, body_bytes, path, presented, query};
+use request::{body_bytes, path, query};
 
 use crate::runtime::Host;
 

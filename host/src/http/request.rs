@@ -31,27 +31,6 @@ pub(super) fn presented(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
-/// Checks the request's key for `role`; returns the key.
-pub(super) fn authorize(host: &Host, headers: &HeaderMap, role: Role) -> Result<ApiKey, AppError> {
-    Ok(host
-        .keys()
-        .authorize(presented(headers), role, None)?
-        .clone())
-}
-
-/// Checks the request's key for `role` on datastore `name`.
-pub(super) fn authorize_datastore(
-    host: &Host,
-    headers: &HeaderMap,
-    role: Role,
-    name: &str,
-) -> Result<ApiKey, AppError> {
-    Ok(host
-        .keys()
-        .authorize(presented(headers), role, Some(name))?
-        .clone())
-}
-
 /// The body, or a JSON 413/400 naming the problem.
 pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
     body.map_err(|e| {
@@ -107,8 +86,8 @@ impl RouteRoles {
 
 /// Checks the presented key against the route's role from the headers
 /// alone, before the handler reads any body: a client without a valid key
-/// of the right role cannot make the host buffer a body. Handlers still
-/// make their own full check (the datastore).
+/// of the right role cannot make the host buffer a body. The key and the
+/// role go to the handler as its [`Caller`]; handlers check the datastore.
 pub(super) async fn key_before_body(
     State((host, roles)): State<(Arc<Host>, Arc<RouteRoles>)>,
     req: axum::extract::Request,
@@ -124,10 +103,65 @@ pub(super) async fn key_before_body(
             .get(&(req.method().as_str().to_string(), t))
             .copied()
     });
-    if let Some(Some(role)) = role
-        && let Err(e) = host.keys().authorize(presented(req.headers()), role, None)
-    {
-        return AppError::from(e).into_response();
+    let mut req = req;
+    if let Some(Some(role)) = role {
+        match host.keys().authorize(presented(req.headers()), role, None) {
+            Ok(key) => {
+                let caller = Caller {
+                    key: key.clone(),
+                    role,
+                };
+                req.extensions_mut().insert(caller);
+            }
+            Err(e) => return AppError::from(e).into_response(),
+        }
     }
     next.run(req).await
+}
+
+/// Who calls a route that needs a key: the key, already checked by
+/// [`key_before_body`] against the role the route's annotation states
+/// (`x-weir-role`, the one place a route's role is written), and that role.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    /// The key.
+    pub key: ApiKey,
+    /// The role the route needs.
+    pub role: Role,
+}
+
+impl Caller {
+    /// Checks that the key may act on datastore `name` (its own, or any for
+    /// a host-level key).
+    pub fn datastore(&self, name: &str) -> Result<(), AppError> {
+        Ok(self.key.permits(self.role, Some(name))?)
+    }
+
+    /// The key's own datastore (the agent routes and Fusion's views act on
+    /// it); a host-level key has none.
+    pub fn own_datastore(&self) -> Result<&str, AppError> {
+        Ok(self.key.own_datastore(self.role)?)
+    }
+
+    /// Checks for a host-level key (the host-wide routes).
+    pub fn host_level(&self) -> Result<(), AppError> {
+        Ok(self.key.permits_host(self.role)?)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, AppError> {
+        // Only a route without `x-weir-role` lacks it: a public route that
+        // asks for a caller is a bug, refused rather than served.
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or(AppError::Auth(crate::auth::AuthError::Missing))
+    }
 }

@@ -5,14 +5,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Extension, State};
-use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::request::authorize;
+use super::request::Caller;
 use super::{AppError, AuthErrors, ErrorBody};
-use crate::auth::Role;
 use crate::runtime::Host;
 
 /// The document `GET /openapi.json` serves: the one made with the router.
@@ -103,9 +101,9 @@ pub(super) async fn openapi_json(
 )]
 pub(super) async fn metrics(
     State(host): State<Arc<Host>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, AppError> {
-    let who = authorize(&host, &headers, Role::Query)?;
+    let who = caller.key;
     let text = tokio::task::spawn_blocking(move || crate::metrics::render(&host, who.scope()))
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
