@@ -49,7 +49,6 @@ type Pairs = Vec<(String, String)>;
         (status = 503, description = "The host is shutting down (`unavailable`): nothing was accepted.", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn publish(
@@ -161,7 +160,6 @@ fn format_for(headers: &HeaderMap) -> Result<Format, AppError> {
         (status = 503, description = "Shutting down (`shutting_down`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn stream_key(
@@ -286,7 +284,6 @@ fn ndjson(consumer: Consumer) -> Response {
         (status = 200, description = "`subscriptions`, `pre_consume_runs`, `cleanup_runs`, `quarantined`, `bus`, `events_by_type`.", body = Object),
         AuthErrors,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
 )]
 pub(super) async fn subscriptions(
@@ -366,7 +363,6 @@ fn selector(pairs: Pairs) -> Result<(DeadLetterSelector, Option<usize>), AppErro
         (status = 400, description = "A bad or unknown query parameter.", body = ErrorBody),
         AuthErrors,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
 )]
 pub(super) async fn dlq_list(
@@ -404,7 +400,6 @@ pub(super) async fn dlq_list(
         AuthErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
 )]
 pub(super) async fn dlq_replay(
@@ -449,7 +444,6 @@ pub(super) async fn dlq_replay(
         (status = 400, description = "A bad or unknown query parameter.", body = ErrorBody),
         AuthErrors,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
 )]
 pub(super) async fn dlq_delete(

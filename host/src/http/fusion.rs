@@ -18,82 +18,62 @@ use super::{AppError, AuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady};
 use crate::runtime::Host;
 use crate::wire::DatastoreStats;
 
-/// Create an agent session (the seed's path).
-///
-/// Needs role `ingest`. The same as `POST /api/v1/pipe/session/`.
-#[utoipa::path(
-    post,
-    path = "/ingestor-api/v1/sessions/",
-    tag = "seed",
-    operation_id = "seed_create_session",
-    request_body(content = CreateSession, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The new session.", body = SessionGrant),
-        (status = 400, description = "A body without a non-empty string `task_id` of at most 1024 bytes.", body = ErrorBody),
-        KeyDatastoreErrors,
-        (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("ingest"))),
-)]
-pub(super) async fn create_session(
-    host: State<Arc<Host>>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<SessionGrant>, AppError> {
-    fustor::create_session(host, caller, body).await
+fustor::session_create_doc! {
+    #[utoipa::path(
+        post,
+        path = "/ingestor-api/v1/sessions/",
+        tag = "seed",
+        operation_id = "seed_create_session",
+    )]
+    /// Create an agent session (the seed's path).
+    ///
+    /// Needs role `ingest`. The same as `POST /api/v1/pipe/session/`.
+    pub(super) async fn create_session(
+        host: State<Arc<Host>>,
+        caller: Caller,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Json<SessionGrant>, AppError> {
+        fustor::create_session(host, caller, body).await
+    }
 }
 
-/// Keep an agent session alive (the seed's path).
-///
-/// Needs role `ingest`. The same as
-/// `POST /api/v1/pipe/session/{sid}/heartbeat`.
-#[utoipa::path(
-    post,
-    path = "/ingestor-api/v1/sessions/{sid}/heartbeat",
-    tag = "seed",
-    operation_id = "seed_heartbeat",
-    params(("sid" = String, Path, description = "The session id.")),
-    responses(
-        (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
-        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        KeyDatastoreErrors,
-        (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("ingest"))),
-)]
-pub(super) async fn heartbeat(
-    host: State<Arc<Host>>,
-    caller: Caller,
-    sid: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    fustor::heartbeat(host, caller, sid).await
+fustor::session_heartbeat_doc! {
+    #[utoipa::path(
+        post,
+        path = "/ingestor-api/v1/sessions/{sid}/heartbeat",
+        tag = "seed",
+        operation_id = "seed_heartbeat",
+    )]
+    /// Keep an agent session alive (the seed's path).
+    ///
+    /// Needs role `ingest`. The same as
+    /// `POST /api/v1/pipe/session/{sid}/heartbeat`.
+    pub(super) async fn heartbeat(
+        host: State<Arc<Host>>,
+        caller: Caller,
+        sid: Result<Path<String>, PathRejection>,
+    ) -> Result<Json<Value>, AppError> {
+        fustor::heartbeat(host, caller, sid).await
+    }
 }
 
-/// End an agent session (the seed's path).
-///
-/// Needs role `ingest`. The same as `DELETE /api/v1/pipe/session/{sid}`.
-#[utoipa::path(
-    delete,
-    path = "/ingestor-api/v1/sessions/{sid}",
-    tag = "seed",
-    operation_id = "seed_delete_session",
-    params(("sid" = String, Path, description = "The session id.")),
-    responses(
-        (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
-        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        KeyDatastoreErrors,
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("ingest"))),
-)]
-pub(super) async fn delete_session(
-    host: State<Arc<Host>>,
-    caller: Caller,
-    sid: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    fustor::delete_session(host, caller, sid).await
+fustor::session_delete_doc! {
+    #[utoipa::path(
+        delete,
+        path = "/ingestor-api/v1/sessions/{sid}",
+        tag = "seed",
+        operation_id = "seed_delete_session",
+    )]
+    /// End an agent session (the seed's path).
+    ///
+    /// Needs role `ingest`. The same as `DELETE /api/v1/pipe/session/{sid}`.
+    pub(super) async fn delete_session(
+        host: State<Arc<Host>>,
+        caller: Caller,
+        sid: Result<Path<String>, PathRejection>,
+    ) -> Result<Json<Value>, AppError> {
+        fustor::delete_session(host, caller, sid).await
+    }
 }
 
 /// Push rows (the seed's form).
@@ -116,7 +96,6 @@ pub(super) async fn delete_session(
         (status = 503, description = "The ingestion queue is full (`busy`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn push(
@@ -145,7 +124,6 @@ pub(super) async fn push(
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
         ViewsNotReady,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn tree(
@@ -171,7 +149,6 @@ pub(super) async fn tree(
         KeyDatastoreErrors,
         ViewsNotReady,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn stats(
@@ -194,7 +171,6 @@ pub(super) async fn stats(
         (status = 200, description = "`status` `alarm_raised` and the `datastore`.", body = Object),
         KeyDatastoreErrors,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn agent_alarm(

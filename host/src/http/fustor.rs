@@ -46,6 +46,63 @@ pub(super) fn datastore_of(host: &Host, caller: &Caller) -> Result<Arc<Datastore
         .ok_or_else(|| AppError::NotFound(format!("datastore `{name}` is not configured")))
 }
 
+/// The parts of an annotation a Fustor session route and its Fusion twin
+/// share (everything but method, path, tag and operation id): written once.
+/// The route's own `#[utoipa::path(...)]` head goes first, then the
+/// handler with its doc comment.
+macro_rules! session_create_doc {
+    (#[utoipa::path($($head:tt)*)] $item:item) => {
+        #[utoipa::path(
+            $($head)*
+        request_body(content = CreateSession, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The new session.", body = SessionGrant),
+            (status = 400, description = "A body without a non-empty string `task_id` of at most 1024 bytes.", body = ErrorBody),
+            KeyDatastoreErrors,
+            (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+        ),
+        extensions(("x-weir-role" = json!("ingest"))),
+        )]
+        $item
+    };
+}
+pub(super) use session_create_doc;
+
+macro_rules! session_heartbeat_doc {
+    (#[utoipa::path($($head:tt)*)] $item:item) => {
+        #[utoipa::path(
+            $($head)*
+        params(("sid" = String, Path, description = "The session id.")),
+        responses(
+            (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
+            (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+            KeyDatastoreErrors,
+            (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
+        ),
+        extensions(("x-weir-role" = json!("ingest"))),
+        )]
+        $item
+    };
+}
+pub(super) use session_heartbeat_doc;
+
+macro_rules! session_delete_doc {
+    (#[utoipa::path($($head:tt)*)] $item:item) => {
+        #[utoipa::path(
+            $($head)*
+        params(("sid" = String, Path, description = "The session id.")),
+        responses(
+            (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
+            (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+            KeyDatastoreErrors,
+        ),
+        extensions(("x-weir-role" = json!("ingest"))),
+        )]
+        $item
+    };
+}
+pub(super) use session_delete_doc;
+
 /// The body of a session creation.
 #[derive(Deserialize, ToSchema)]
 pub(super) struct CreateSession {
@@ -73,54 +130,47 @@ pub(super) struct SessionGrant {
     pub message: String,
 }
 
-/// Create an agent session.
-///
-/// Needs role `ingest`. A new authoritative session on the key's datastore:
-/// the previous one is obsolete at once and the index is cleared for the new
-/// snapshot. Answers the session id, its timeout and the audit and sentinel
-/// intervals.
-#[utoipa::path(
-    post,
-    path = "/api/v1/pipe/session/",
-    tag = "fustor",
-    request_body(content = CreateSession, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The new session.", body = SessionGrant),
-        (status = 400, description = "A body without a non-empty string `task_id` of at most 1024 bytes.", body = ErrorBody),
-        KeyDatastoreErrors,
-        (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("ingest"))),
-)]
-pub(super) async fn create_session(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<SessionGrant>, AppError> {
-    let ds = datastore_of(&host, &caller)?;
-    let body = body_bytes(body)?;
-    let req: CreateSession = serde_json::from_slice(&body).map_err(|e| {
-        AppError::BadRequest(format!("session request needs a string `task_id`: {e}"))
-    })?;
-    if req.task_id.trim().is_empty() {
-        return Err(AppError::BadRequest("`task_id` is empty".into()));
+session_create_doc! {
+    #[utoipa::path(
+        post,
+        path = "/api/v1/pipe/session/",
+        tag = "fustor",
+    )]
+    /// Create an agent session.
+    ///
+    /// Needs role `ingest`. A new authoritative session on the key's datastore:
+    /// the previous one is obsolete at once and the index is cleared for the new
+    /// snapshot. Answers the session id, its timeout and the audit and sentinel
+    /// intervals.
+    pub(super) async fn create_session(
+        State(host): State<Arc<Host>>,
+        caller: Caller,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Json<SessionGrant>, AppError> {
+        let ds = datastore_of(&host, &caller)?;
+        let body = body_bytes(body)?;
+        let req: CreateSession = serde_json::from_slice(&body).map_err(|e| {
+            AppError::BadRequest(format!("session request needs a string `task_id`: {e}"))
+        })?;
+        if req.task_id.trim().is_empty() {
+            return Err(AppError::BadRequest("`task_id` is empty".into()));
+        }
+        if req.task_id.len() > MAX_TASK_ID_BYTES {
+            return Err(AppError::BadRequest(format!(
+                "`task_id` is longer than {MAX_TASK_ID_BYTES} bytes"
+            )));
+        }
+        let session_id = ds.create_session(&req.task_id);
+        let c = ds.config().sessions;
+        Ok(Json(SessionGrant {
+            session_id,
+            role: "leader",
+            session_timeout_seconds: c.timeout.as_secs(),
+            audit_interval_sec: c.audit_interval.as_secs_f64(),
+            sentinel_interval_sec: c.sentinel_interval.as_secs_f64(),
+            message: "Session created successfully".into(),
+        }))
     }
-    if req.task_id.len() > MAX_TASK_ID_BYTES {
-        return Err(AppError::BadRequest(format!(
-            "`task_id` is longer than {MAX_TASK_ID_BYTES} bytes"
-        )));
-    }
-    let session_id = ds.create_session(&req.task_id);
-    let c = ds.config().sessions;
-    Ok(Json(SessionGrant {
-        session_id,
-        role: "leader",
-        session_timeout_seconds: c.timeout.as_secs(),
-        audit_interval_sec: c.audit_interval.as_secs_f64(),
-        sentinel_interval_sec: c.sentinel_interval.as_secs_f64(),
-        message: "Session created successfully".into(),
-    }))
 }
 
 /// Create an agent session (the path without its final slash).
@@ -138,7 +188,6 @@ pub(super) async fn create_session(
         KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn create_session_unslashed(
@@ -149,62 +198,49 @@ pub(super) async fn create_session_unslashed(
     create_session(host, caller, body).await
 }
 
-/// Keep an agent session alive.
-///
-/// Needs role `ingest`. 419 when the session is unknown, obsolete or
-/// expired: the agent then creates a new one.
-#[utoipa::path(
-    post,
-    path = "/api/v1/pipe/session/{sid}/heartbeat",
-    tag = "fustor",
-    params(("sid" = String, Path, description = "The session id.")),
-    responses(
-        (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
-        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        KeyDatastoreErrors,
-        (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("ingest"))),
-)]
-pub(super) async fn heartbeat(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-    sid: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &caller)?;
-    let sid = path(sid)?;
-    ds.heartbeat(&sid)?;
-    Ok(Json(
-        json!({"status": "ok", "role": "leader", "message": null, "can_realtime": null, "commands": []}),
-    ))
+session_heartbeat_doc! {
+    #[utoipa::path(
+        post,
+        path = "/api/v1/pipe/session/{sid}/heartbeat",
+        tag = "fustor",
+    )]
+    /// Keep an agent session alive.
+    ///
+    /// Needs role `ingest`. 419 when the session is unknown, obsolete or
+    /// expired: the agent then creates a new one.
+    pub(super) async fn heartbeat(
+        State(host): State<Arc<Host>>,
+        caller: Caller,
+        sid: Result<Path<String>, PathRejection>,
+    ) -> Result<Json<Value>, AppError> {
+        let ds = datastore_of(&host, &caller)?;
+        let sid = path(sid)?;
+        ds.heartbeat(&sid)?;
+        Ok(Json(
+            json!({"status": "ok", "role": "leader", "message": null, "can_realtime": null, "commands": []}),
+        ))
+    }
 }
 
-/// End an agent session.
-///
-/// Needs role `ingest`. Ending a session that is not there is not an error.
-#[utoipa::path(
-    delete,
-    path = "/api/v1/pipe/session/{sid}",
-    tag = "fustor",
-    params(("sid" = String, Path, description = "The session id.")),
-    responses(
-        (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
-        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        KeyDatastoreErrors,
-    ),
-    security(("api_key" = []), ("bearer" = [])),
-    extensions(("x-weir-role" = json!("ingest"))),
-)]
-pub(super) async fn delete_session(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-    sid: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &caller)?;
-    let sid = path(sid)?;
-    ds.delete_session(&sid);
-    Ok(Json(json!({"status": "terminated", "session_id": sid})))
+session_delete_doc! {
+    #[utoipa::path(
+        delete,
+        path = "/api/v1/pipe/session/{sid}",
+        tag = "fustor",
+    )]
+    /// End an agent session.
+    ///
+    /// Needs role `ingest`. Ending a session that is not there is not an error.
+    pub(super) async fn delete_session(
+        State(host): State<Arc<Host>>,
+        caller: Caller,
+        sid: Result<Path<String>, PathRejection>,
+    ) -> Result<Json<Value>, AppError> {
+        let ds = datastore_of(&host, &caller)?;
+        let sid = path(sid)?;
+        ds.delete_session(&sid);
+        Ok(Json(json!({"status": "terminated", "session_id": sid})))
+    }
 }
 
 /// Push rows of a session.
@@ -229,7 +265,6 @@ pub(super) async fn delete_session(
         (status = 503, description = "The ingestion queue is full (`busy`), or the host is shutting down (`unavailable`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn ingest(
@@ -289,7 +324,6 @@ pub(super) async fn push(
         (status = 503, description = "The datastore's queue is full, or the host is shutting down.", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn audit_start(
@@ -314,7 +348,6 @@ pub(super) async fn audit_start(
         (status = 503, description = "The datastore's queue is full, or the host is shutting down.", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn audit_end(
@@ -366,7 +399,6 @@ fn ready_view(host: &Host, caller: &Caller, name: &str) -> Result<Arc<Datastore>
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
         ViewsNotReady,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn tree(
@@ -416,7 +448,6 @@ pub(super) async fn tree_of(
         (status = 404, description = "No such datastore.", body = ErrorBody),
         ViewsNotReady,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn stats(
@@ -455,7 +486,6 @@ pub(super) fn stats_of(
         (status = 404, description = "No such datastore.", body = ErrorBody),
         ViewsNotReady,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn suspect_list(
@@ -498,7 +528,6 @@ pub(super) async fn suspect_list(
         (status = 404, description = "No such datastore.", body = ErrorBody),
         ViewsNotReady,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn blind_spots(
@@ -544,7 +573,6 @@ pub(super) struct SearchParams {
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
         ViewsNotReady,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn search(
@@ -577,7 +605,6 @@ pub(super) async fn search(
         (status = 200, description = "`{type: suspect_check, paths, view_id}`, or `{}`.", body = Object),
         KeyDatastoreErrors,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn sentinel_tasks(
@@ -635,7 +662,6 @@ pub(super) struct FeedbackUpdate {
         (status = 503, description = "The datastore's queue is full, or the host is shutting down.", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn sentinel_feedback(
@@ -672,7 +698,6 @@ pub(super) async fn sentinel_feedback(
         DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
 )]
 pub(super) async fn admin_alarm(

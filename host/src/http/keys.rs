@@ -27,7 +27,6 @@ use crate::runtime::Host;
         AuthErrors,
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn list_keys(State(host): State<Arc<Host>>) -> Result<Json<Value>, AppError> {
@@ -53,7 +52,6 @@ pub(super) async fn list_keys(State(host): State<Arc<Host>>) -> Result<Json<Valu
         (status = 404, description = "No such key.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn get_key(
@@ -83,7 +81,6 @@ pub(super) async fn get_key(
         (status = 200, description = "`loaded` and `failed` plugins.", body = PluginList),
         AuthErrors,
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
 )]
 pub(super) async fn list_plugins(
@@ -121,7 +118,6 @@ pub(super) struct PluginList {
         AuthErrors,
         (status = 404, description = "No such key.", body = ErrorBody),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("admin"))),
 )]
 pub(super) async fn resume(

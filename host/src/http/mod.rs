@@ -166,14 +166,51 @@ fn api() -> OpenApiRouter<Arc<Host>> {
 
 /// The OpenAPI 3.1 document of every route, as `GET /openapi.json` serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().into_openapi()
+    let mut document = api().into_openapi();
+    secure_keyed_operations(&mut document);
+    document
+}
+
+/// Every operation whose `x-weir-role` is not `public` takes a key, either
+/// way ([`API_KEY_SCHEME`] or [`BEARER_SCHEME`]): written here once rather
+/// than in each annotation, from the role the annotation states.
+fn secure_keyed_operations(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::SecurityRequirement;
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for op in operations.into_iter().flatten() {
+            let keyed = op
+                .extensions
+                .as_ref()
+                .and_then(|e| e.get("x-weir-role"))
+                .and_then(|role| role.as_str())
+                .is_some_and(|role| role != "public");
+            if keyed {
+                let none: [&str; 0] = [];
+                op.security = Some(vec![
+                    SecurityRequirement::new(API_KEY_SCHEME, none),
+                    SecurityRequirement::new(BEARER_SCHEME, none),
+                ]);
+            }
+        }
+    }
 }
 
 /// The router over `host`: the routes of `api()`, the document they make
 /// (served at `/openapi.json`), the JSON 404 fallback, the body limit, the
 /// key check that runs before any body is read, and the request deadline.
 pub fn router(host: Arc<Host>, limits: ServerLimits) -> Router {
-    let (routes, document) = api().split_for_parts();
+    let (routes, mut document) = api().split_for_parts();
+    secure_keyed_operations(&mut document);
     let roles = Arc::new(request::RouteRoles::from_document(&document));
     let deadline = limits.request_timeout;
     routes

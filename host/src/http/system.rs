@@ -96,7 +96,6 @@ pub(super) async fn openapi_json(
         AuthErrors,
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
     ),
-    security(("api_key" = []), ("bearer" = [])),
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn metrics(
