@@ -35,9 +35,25 @@ async fn start() -> Server {
 trait Views {
     /// Views of `default`, waiting (bounded) while the queue drains.
     async fn view(&self, path: &str) -> (StatusCode, Value);
+
+    /// Pushes one `update` row of `source` (`snapshot`, `message`) in
+    /// session `sid`; answers the tree view at the row's path after it.
+    async fn upsert(&self, sid: &str, source: &str, row: Value) -> (StatusCode, Value) {
+        let path = row["path"].as_str().expect("a row path").to_string();
+        self.push_row(sid, source, row).await;
+        self.view(&format!("tree?path={path}")).await
+    }
+
+    /// Pushes one `update` row of `source` in session `sid`.
+    async fn push_row(&self, sid: &str, source: &str, row: Value);
 }
 
 impl Views for TestServer {
+    async fn push_row(&self, sid: &str, source: &str, row: Value) {
+        let (status, body) = self.push_rows(sid, source, "update", json!([row])).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
     async fn view(&self, path: &str) -> (StatusCode, Value) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -724,41 +740,20 @@ async fn arbitration_rules_through_http() {
             .0,
         StatusCode::OK
     );
-    s.push_rows(
-        &sid,
-        "snapshot",
-        "update",
-        json!([{"path": "/d/gone", "size": 9, "modified_time": old}]),
-    )
-    .await;
-    assert_eq!(s.view("tree?path=/d/gone").await.0, StatusCode::NOT_FOUND);
+    let row = json!({"path": "/d/gone", "size": 9, "modified_time": old});
+    assert_eq!(
+        s.upsert(&sid, "snapshot", row).await.0,
+        StatusCode::NOT_FOUND
+    );
     // ...but a realtime upsert always can.
-    s.push_rows(
-        &sid,
-        "message",
-        "update",
-        json!([{"path": "/d/gone", "size": 7, "modified_time": old}]),
-    )
-    .await;
-    assert_eq!(size(&s.view("tree?path=/d/gone").await.1), Some(7));
+    let row = json!({"path": "/d/gone", "size": 7, "modified_time": old});
+    assert_eq!(size(&s.upsert(&sid, "message", row).await.1), Some(7));
 
     // Snapshot rows with the same or an older mtime are ignored; newer ones applied.
-    s.push_rows(
-        &sid,
-        "snapshot",
-        "update",
-        json!([{"path": "/d/keep", "size": 5, "modified_time": old}]),
-    )
-    .await;
-    assert_eq!(size(&s.view("tree?path=/d/keep").await.1), Some(1));
-    s.push_rows(
-        &sid,
-        "snapshot",
-        "update",
-        json!([{"path": "/d/keep", "size": 5, "modified_time": old + 1.0}]),
-    )
-    .await;
-    assert_eq!(size(&s.view("tree?path=/d/keep").await.1), Some(5));
+    let row = json!({"path": "/d/keep", "size": 5, "modified_time": old});
+    assert_eq!(size(&s.upsert(&sid, "snapshot", row).await.1), Some(1));
+    let row = json!({"path": "/d/keep", "size": 5, "modified_time": old + 1.0});
+    assert_eq!(size(&s.upsert(&sid, "snapshot", row).await.1), Some(5));
 
     // A snapshot delete of a node changed after the scan observed it is ignored.
     let mut late = rows_push("snapshot", "delete", json!([{"path": "/d/keep"}]));
@@ -771,26 +766,14 @@ async fn arbitration_rules_through_http() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    s.push_rows(
-        &sid,
-        "message",
-        "update",
-        json!([{"path": "/d/hot", "size": 1, "modified_time": now, "is_atomic_write": false}]),
-    )
-    .await;
+    let row = json!({"path": "/d/hot", "size": 1, "modified_time": now, "is_atomic_write": false});
     assert_eq!(
-        s.view("tree?path=/d/hot").await.1["integrity_suspect"],
+        s.upsert(&sid, "message", row).await.1["integrity_suspect"],
         true
     );
-    s.push_rows(
-        &sid,
-        "message",
-        "update",
-        json!([{"path": "/d/hot", "size": 2, "modified_time": old, "is_atomic_write": true}]),
-    )
-    .await;
+    let row = json!({"path": "/d/hot", "size": 2, "modified_time": old, "is_atomic_write": true});
     assert_eq!(
-        s.view("tree?path=/d/hot").await.1["integrity_suspect"],
+        s.upsert(&sid, "message", row).await.1["integrity_suspect"],
         false
     );
 

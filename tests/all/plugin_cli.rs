@@ -113,6 +113,13 @@ fn validate_reports_a_file_that_is_not_a_component() {
     );
 }
 
+/// Each line of `out` as JSON.
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
 fn events_file(lines: &[&str]) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), lines.join("\n")).unwrap();
@@ -143,10 +150,7 @@ fn test_prints_one_line_per_event() {
         events.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 5, "{out}");
     assert_eq!(lines[0]["result"], "emitted");
     assert_eq!(lines[0]["data"]["ext"], "pdf");
@@ -207,10 +211,7 @@ fn test_judges_each_event_as_the_pipeline_does_schema_included() {
         events.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines[0]["result"], "emitted", "{}", lines[0]);
     assert_eq!(lines[0]["data"]["sub"], "cli");
     assert_eq!(

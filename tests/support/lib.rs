@@ -64,7 +64,11 @@ pub fn host_with_plugin_dir(dir: PathBuf) -> Arc<Host> {
 /// [`host_with_plugin_dir`] whose manifests take their `${VAR}` secrets
 /// from `env` instead of the process environment.
 pub fn host_with_plugin_dir_env(dir: PathBuf, env: Environment) -> Arc<Host> {
-    let keys = test_keys();
+    host_with_keys(dir, env, test_keys())
+}
+
+/// A host over the plugin directory `dir` with `keys`.
+pub fn host_with_keys(dir: PathBuf, env: Environment, keys: Keys) -> Arc<Host> {
     Arc::new(
         Host::new(HostConfig {
             plugin_dir: Some(dir),
@@ -162,11 +166,23 @@ impl TestServer {
         role: Option<Role>,
         body: Option<serde_json::Value>,
     ) -> (reqwest::StatusCode, serde_json::Value) {
+        let key = role.map(secret);
+        self.send_as(method, path, key.as_deref(), body).await
+    }
+
+    /// [`TestServer::send`] with the key `key` (a secret), if any.
+    pub async fn send_as(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
         let mut req = self
             .client
             .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some(role) = role {
-            req = req.header("X-API-Key", secret(role));
+        if let Some(key) = key {
+            req = req.header("X-API-Key", key);
         }
         if let Some(body) = body {
             req = req.json(&body);
@@ -238,12 +254,22 @@ impl TestServer {
         key: &str,
         query: &[(&str, &str)],
     ) -> Result<NdjsonStream, (reqwest::StatusCode, serde_json::Value)> {
+        self.stream_as(&secret(Role::Query), key, query).await
+    }
+
+    /// [`TestServer::stream`] with the API key `api_key` (a secret).
+    pub async fn stream_as(
+        &self,
+        api_key: &str,
+        key: &str,
+        query: &[(&str, &str)],
+    ) -> Result<NdjsonStream, (reqwest::StatusCode, serde_json::Value)> {
         let mut url = reqwest::Url::parse(&format!("{}/v1/keys/{key}/stream", self.base)).unwrap();
         url.query_pairs_mut().extend_pairs(query);
         let resp = self
             .client
             .get(url)
-            .header("X-API-Key", secret(Role::Query))
+            .header("X-API-Key", api_key)
             .header("Accept", "application/x-ndjson")
             .send()
             .await
@@ -356,7 +382,19 @@ pub fn snapshot_end(rows: serde_json::Value) -> serde_json::Value {
 
 /// A host with the example plugins and the pipeline test guest.
 pub fn host_with_pipeline_guest() -> Arc<Host> {
-    let host = host_with_examples();
+    with_pipeline_guest(host_with_examples())
+}
+
+/// [`host_with_pipeline_guest`] with `keys` instead of the test keys.
+pub fn host_with_pipeline_guest_keys(keys: Keys) -> Arc<Host> {
+    with_pipeline_guest(host_with_keys(
+        PathBuf::from(weir_host::EXAMPLE_PLUGIN_DIR),
+        Environment::default(),
+        keys,
+    ))
+}
+
+fn with_pipeline_guest(host: Arc<Host>) -> Arc<Host> {
     host.load_file(&guest("guest-pipeline"))
         .expect("the pipeline guest registers");
     host

@@ -320,9 +320,24 @@ pub(super) async fn subscriptions(
     })))
 }
 
-/// Reads `key`, `id` (repeatable) and `limit` from a query.
-fn selector(pairs: Pairs) -> Result<(DeadLetterSelector, Option<usize>), AppError> {
-    let mut sel = DeadLetterSelector::default();
+/// Dead letters of the caller's scope held now.
+fn held(host: &Host, caller: &Caller) -> usize {
+    host.pipeline().dead_letters().count(&DeadLetterSelector {
+        scope: caller.key.datastore.clone(),
+        ..DeadLetterSelector::default()
+    })
+}
+
+/// Reads `key`, `id` (repeatable) and `limit` from a query; the selection
+/// stays within the caller's scope.
+fn selector(
+    caller: &Caller,
+    pairs: Pairs,
+) -> Result<(DeadLetterSelector, Option<usize>), AppError> {
+    let mut sel = DeadLetterSelector {
+        scope: caller.key.datastore.clone(),
+        ..DeadLetterSelector::default()
+    };
     let mut limit = None;
     for (name, value) in pairs {
         match name.as_str() {
@@ -370,15 +385,10 @@ pub(super) async fn dlq_list(
     caller: Caller,
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let who = caller.key;
-    let (mut sel, limit) = selector(query(q)?)?;
-    sel.scope = who.datastore;
+    let (sel, limit) = selector(&caller, query(q)?)?;
     let dlq = host.pipeline().dead_letters();
     Ok(Json(json!({
-        "total": dlq.count(&DeadLetterSelector {
-            scope: sel.scope.clone(),
-            ..DeadLetterSelector::default()
-        }),
+        "total": held(&host, &caller),
         "evicted": dlq.evicted(),
         "letters": dlq.list(&sel, limit.unwrap_or(100).min(10_000)),
     })))
@@ -407,22 +417,17 @@ pub(super) async fn dlq_replay(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let who = caller.key;
     let body = body_bytes(body)?;
     let mut sel: DeadLetterSelector = if body.iter().all(u8::is_ascii_whitespace) {
         DeadLetterSelector::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("body: {e}")))?
     };
-    sel.scope = who.datastore;
-    let scope = sel.scope.clone();
+    sel.scope = caller.key.datastore.clone();
     let results = host.pipeline().replay(sel).await;
     Ok(Json(json!({
         "results": results,
-        "remaining": host.pipeline().dead_letters().count(&DeadLetterSelector {
-            scope: scope.clone(),
-            ..DeadLetterSelector::default()
-        }),
+        "remaining": held(&host, &caller),
     })))
 }
 
@@ -451,10 +456,15 @@ pub(super) async fn dlq_delete(
     caller: Caller,
     q: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let who = caller.key;
-    let (mut sel, limit) = selector(query(q)?)?;
-    sel.scope = who.datastore;
-    let dlq = host.pipeline().dead_letters();
-    let deleted = dlq.take(&sel, limit.unwrap_or(usize::MAX)).len();
-    Ok(Json(json!({ "deleted": deleted, "remaining": dlq.len() })))
+    let (sel, limit) = selector(&caller, query(q)?)?;
+    let deleted = host
+        .pipeline()
+        .dead_letters()
+        .take(&sel, limit.unwrap_or(usize::MAX))
+        .len();
+    // What remains of the caller's scope: another datastore's letters are
+    // not even counted for it.
+    Ok(Json(
+        json!({ "deleted": deleted, "remaining": held(&host, &caller) }),
+    ))
 }

@@ -114,6 +114,13 @@ async fn others_unaffected(s: &TestServer) {
     assert_eq!(stats["total_files"], 1);
 }
 
+/// The stats of `default`, which must answer.
+async fn default_stats(s: &TestServer) -> Value {
+    let (status, stats) = view(s, &secret(Role::Query), "default", "stats").await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    stats
+}
+
 /// The reasons of the rejected rows of a push answer.
 fn reasons(answer: &Value) -> Vec<String> {
     answer["rejected"]
@@ -169,8 +176,7 @@ async fn a_path_of_100000_segments_is_rejected_alone_and_the_host_stays_up() {
         reasons(&answer)[0].contains("deeper than 256 levels"),
         "{answer}"
     );
-    let (status, stats) = view(&s, &secret(Role::Query), "default", "stats").await;
-    assert_eq!(status, StatusCode::OK, "{stats}");
+    let stats = default_stats(&s).await;
     assert_eq!(stats["total_files"], 1);
     others_unaffected(&s).await;
 }
@@ -202,8 +208,7 @@ async fn times_past_the_year_9999_are_rejected_and_the_datastore_does_not_wedge(
         "{reasons:?}"
     );
     // The datastore applies, becomes READY and keeps taking pushes.
-    let (status, stats) = view(&s, &secret(Role::Query), "default", "stats").await;
-    assert_eq!(status, StatusCode::OK, "{stats}");
+    let stats = default_stats(&s).await;
     assert_eq!(stats["total_files"], 1);
     assert_eq!(stats["apply_panics"], 0);
     let (status, _) = s
@@ -232,8 +237,7 @@ async fn times_past_the_year_9999_are_rejected_and_the_datastore_does_not_wedge(
             .contains("is outside"),
         "{answer}"
     );
-    let (status, stats) = view(&s, &secret(Role::Query), "default", "stats").await;
-    assert_eq!(status, StatusCode::OK, "{stats}");
+    let stats = default_stats(&s).await;
     assert_eq!(stats["total_files"], 2);
     others_unaffected(&s).await;
 }
@@ -259,8 +263,7 @@ async fn sentinel_feedback_cannot_delete_what_is_not_suspect() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let (status, stats) = view(&s, &secret(Role::Query), "default", "stats").await;
-    assert_eq!(status, StatusCode::OK, "{stats}");
+    let stats = default_stats(&s).await;
     assert_eq!(
         stats["total_files"], 1,
         "a file that was never suspect was deleted"

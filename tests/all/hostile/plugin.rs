@@ -6,7 +6,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weir_host::auth::Role;
-use weir_tests::{TestServer, host_with_pipeline_guest};
+use weir_tests::{
+    TestServer, host_with_pipeline_guest, host_with_pipeline_guest_keys, secret, test_keys,
+};
 
 fn flaky(n: i64, mode: &str) -> Value {
     json!({"event_type": "test.x", "source": "t", "payload": {"n": n, "mode": mode}})
@@ -56,6 +58,61 @@ async fn errors_a_key_returns_for_events_are_dead_letters_not_a_quarantine() {
         "{}",
         letters[0]
     );
+}
+
+/// The test keys' host-level admin secret.
+const HOST_ADMIN: &str = "test-admin-secret";
+
+#[tokio::test]
+async fn a_datastore_admin_sees_and_counts_only_its_own_dead_letters() {
+    let mut keys = test_keys();
+    keys.insert("default-admin", Role::Admin, "default");
+    let s = TestServer::start(host_with_pipeline_guest_keys(keys)).await;
+    // One subscription in default's scope (the query key's), one in the
+    // host's (the host admin's): each gets its own dead letter per event.
+    let (mut scoped, _) = s.subscribe("test.flaky", &[]).await;
+    let mut host_wide = s
+        .stream_as(&secret(Role::Admin), "test.flaky", &[("sub", "host")])
+        .await
+        .expect("the host admin subscribes");
+    assert_eq!(
+        host_wide
+            .next(Duration::from_secs(10))
+            .await
+            .expect("a line")["notice"],
+        "subscribed"
+    );
+    s.publish(Value::Array((0..3).map(|n| flaky(n, "error")).collect()))
+        .await;
+    let held = |key: &'static str| {
+        let s = &s;
+        async move {
+            let (status, dlq) = s.send_as("GET", "/v1/dlq", Some(key), None).await;
+            assert_eq!(status, StatusCode::OK, "{dlq}");
+            dlq
+        }
+    };
+    for _ in 0..200 {
+        if held(HOST_ADMIN).await["total"] == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held(HOST_ADMIN).await["total"], 6);
+    let own = held("default-admin").await;
+    assert_eq!(own["total"], 3, "{own}");
+    // Deleting one of its own leaves it two: the host's are not its count.
+    let (status, del) = s
+        .send_as("DELETE", "/v1/dlq?limit=1", Some("default-admin"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{del}");
+    assert_eq!(
+        (del["deleted"].as_u64(), del["remaining"].as_u64()),
+        (Some(1), Some(2)),
+        "{del}"
+    );
+    assert_eq!(held(HOST_ADMIN).await["total"], 5);
+    drop((scoped.next(Duration::from_millis(1)).await, host_wide));
 }
 
 #[tokio::test]
