@@ -18,7 +18,8 @@ use super::{AppError, AuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady};
 use crate::runtime::Host;
 use crate::wire::DatastoreStats;
 
-fustor::session_create_doc! {
+fustor::session_doc! {
+    create,
     #[utoipa::path(
         post,
         path = "/ingestor-api/v1/sessions/",
@@ -37,7 +38,8 @@ fustor::session_create_doc! {
     }
 }
 
-fustor::session_heartbeat_doc! {
+fustor::session_doc! {
+    heartbeat,
     #[utoipa::path(
         post,
         path = "/ingestor-api/v1/sessions/{sid}/heartbeat",
@@ -57,7 +59,8 @@ fustor::session_heartbeat_doc! {
     }
 }
 
-fustor::session_delete_doc! {
+fustor::session_doc! {
+    delete,
     #[utoipa::path(
         delete,
         path = "/ingestor-api/v1/sessions/{sid}",

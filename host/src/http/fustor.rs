@@ -47,61 +47,53 @@ pub(super) fn datastore_of(host: &Host, caller: &Caller) -> Result<Arc<Datastore
 }
 
 /// The parts of an annotation a Fustor session route and its Fusion twin
-/// share (everything but method, path, tag and operation id): written once.
-/// The route's own `#[utoipa::path(...)]` head goes first, then the
-/// handler with its doc comment.
-macro_rules! session_create_doc {
-    (#[utoipa::path($($head:tt)*)] $item:item) => {
+/// share (everything but method, path, tag and operation id), written once:
+/// `session_doc! { create | heartbeat | delete, #[utoipa::path(HEAD)] fn }`
+/// with the route's own head (ending in a comma), then the handler with its
+/// doc comment. Every session route is `ingest`.
+macro_rules! session_doc {
+    (create, $($rest:tt)*) => {
+        $crate::http::fustor::session_doc!(@emit [
+            request_body(content = CreateSession, content_type = "application/json"),
+            responses(
+                (status = 200, description = "The new session.", body = SessionGrant),
+                (status = 400, description = "A body without a non-empty string `task_id` of at most 1024 bytes.", body = ErrorBody),
+                KeyDatastoreErrors,
+                (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+            ),
+        ] $($rest)*);
+    };
+    (heartbeat, $($rest:tt)*) => {
+        $crate::http::fustor::session_doc!(@emit [
+            params(("sid" = String, Path, description = "The session id.")),
+            responses(
+                (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
+                (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+                KeyDatastoreErrors,
+                (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
+            ),
+        ] $($rest)*);
+    };
+    (delete, $($rest:tt)*) => {
+        $crate::http::fustor::session_doc!(@emit [
+            params(("sid" = String, Path, description = "The session id.")),
+            responses(
+                (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
+                (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+                KeyDatastoreErrors,
+            ),
+        ] $($rest)*);
+    };
+    (@emit [$($shared:tt)*] #[utoipa::path($($head:tt)*)] $item:item) => {
         #[utoipa::path(
             $($head)*
-        request_body(content = CreateSession, content_type = "application/json"),
-        responses(
-            (status = 200, description = "The new session.", body = SessionGrant),
-            (status = 400, description = "A body without a non-empty string `task_id` of at most 1024 bytes.", body = ErrorBody),
-            KeyDatastoreErrors,
-            (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
-        ),
-        extensions(("x-weir-role" = json!("ingest"))),
+            $($shared)*
+            extensions(("x-weir-role" = json!("ingest"))),
         )]
         $item
     };
 }
-pub(super) use session_create_doc;
-
-macro_rules! session_heartbeat_doc {
-    (#[utoipa::path($($head:tt)*)] $item:item) => {
-        #[utoipa::path(
-            $($head)*
-        params(("sid" = String, Path, description = "The session id.")),
-        responses(
-            (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
-            (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-            KeyDatastoreErrors,
-            (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
-        ),
-        extensions(("x-weir-role" = json!("ingest"))),
-        )]
-        $item
-    };
-}
-pub(super) use session_heartbeat_doc;
-
-macro_rules! session_delete_doc {
-    (#[utoipa::path($($head:tt)*)] $item:item) => {
-        #[utoipa::path(
-            $($head)*
-        params(("sid" = String, Path, description = "The session id.")),
-        responses(
-            (status = 200, description = "`status` `terminated` and the `session_id`.", body = Object),
-            (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-            KeyDatastoreErrors,
-        ),
-        extensions(("x-weir-role" = json!("ingest"))),
-        )]
-        $item
-    };
-}
-pub(super) use session_delete_doc;
+pub(super) use session_doc;
 
 /// The body of a session creation.
 #[derive(Deserialize, ToSchema)]
@@ -130,7 +122,8 @@ pub(super) struct SessionGrant {
     pub message: String,
 }
 
-session_create_doc! {
+session_doc! {
+    create,
     #[utoipa::path(
         post,
         path = "/api/v1/pipe/session/",
@@ -198,7 +191,8 @@ pub(super) async fn create_session_unslashed(
     create_session(host, caller, body).await
 }
 
-session_heartbeat_doc! {
+session_doc! {
+    heartbeat,
     #[utoipa::path(
         post,
         path = "/api/v1/pipe/session/{sid}/heartbeat",
@@ -222,7 +216,8 @@ session_heartbeat_doc! {
     }
 }
 
-session_delete_doc! {
+session_doc! {
+    delete,
     #[utoipa::path(
         delete,
         path = "/api/v1/pipe/session/{sid}",
