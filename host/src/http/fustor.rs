@@ -378,32 +378,44 @@ fn ready_view(host: &Host, caller: &Caller, name: &str) -> Result<Arc<Datastore>
     Ok(ds)
 }
 
-/// The tree view of a datastore.
-///
-/// Needs role `query` on the datastore. Streamed from the index.
-#[utoipa::path(
-    get,
-    path = "/api/v1/views/{datastore}/tree",
-    tag = "fustor-views",
-    params(("datastore" = String, Path, description = "The datastore."), TreeParams),
-    responses(
+/// The parts of a Fustor view's annotation every view shares (tag, the
+/// `datastore` parameter, the key and READY answers, the role), written
+/// once: `view_doc! { PATH, [EXTRA PARAMS], [OWN ANSWERS], fn }`.
+macro_rules! view_doc {
+    ($path:literal, [$($params:tt)*], [$($answers:tt)*], $item:item) => {
+        #[utoipa::path(
+            get,
+            path = $path,
+            tag = "fustor-views",
+            params(("datastore" = String, Path, description = "The datastore."), $($params)*),
+            responses($($answers)* DatastoreAuthErrors, ViewsNotReady),
+            extensions(("x-weir-role" = json!("query"))),
+        )]
+        $item
+    };
+}
+
+view_doc! {
+    "/api/v1/views/{datastore}/tree",
+    [TreeParams],
+    [
         (status = 200, description = "The tree under `path`.", body = Object),
         (status = 400, description = "A bad query, a path that is not clean, or a subtree larger than `max_tree_items`.", body = ErrorBody),
-        DatastoreAuthErrors,
         (status = 404, description = "No such datastore, or no such path in it.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
-        ViewsNotReady,
-    ),
-    extensions(("x-weir-role" = json!("query"))),
-)]
-pub(super) async fn tree(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-    name: Result<Path<String>, PathRejection>,
-    params: Result<Query<TreeParams>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let name = path(name)?;
-    tree_of(&host, &caller, &name, params).await
+    ],
+    /// The tree view of a datastore.
+    ///
+    /// Needs role `query` on the datastore. Streamed from the index.
+    pub(super) async fn tree(
+        State(host): State<Arc<Host>>,
+        caller: Caller,
+        name: Result<Path<String>, PathRejection>,
+        params: Result<Query<TreeParams>, QueryRejection>,
+    ) -> Result<Response, AppError> {
+        let name = path(name)?;
+        tree_of(&host, &caller, &name, params).await
+    }
 }
 
 /// The tree view of datastore `name`.
@@ -428,30 +440,25 @@ pub(super) async fn tree_of(
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// The stats of a datastore.
-///
-/// Needs role `query` on the datastore.
-#[utoipa::path(
-    get,
-    path = "/api/v1/views/{datastore}/stats",
-    tag = "fustor-views",
-    params(("datastore" = String, Path, description = "The datastore.")),
-    responses(
+view_doc! {
+    "/api/v1/views/{datastore}/stats",
+    [],
+    [
         (status = 200, description = "The datastore's stats.", body = DatastoreStats),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
-        ViewsNotReady,
-    ),
-    extensions(("x-weir-role" = json!("query"))),
-)]
-pub(super) async fn stats(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<Json<DatastoreStats>, AppError> {
-    let name = path(name)?;
-    stats_of(&host, &caller, &name)
+    ],
+    /// The stats of a datastore.
+    ///
+    /// Needs role `query` on the datastore.
+    pub(super) async fn stats(
+        State(host): State<Arc<Host>>,
+        caller: Caller,
+        name: Result<Path<String>, PathRejection>,
+    ) -> Result<Json<DatastoreStats>, AppError> {
+        let name = path(name)?;
+        stats_of(&host, &caller, &name)
+    }
 }
 
 /// The stats view of datastore `name`.
@@ -463,84 +470,74 @@ pub(super) fn stats_of(
     Ok(Json(ready_view(host, caller, name)?.stats()))
 }
 
-/// The suspect files of a datastore.
-///
-/// Needs role `query` on the datastore. Files changed too recently to be
-/// trusted, with the time they stop being suspect.
-#[utoipa::path(
-    get,
-    path = "/api/v1/views/{datastore}/suspect-list",
-    tag = "fustor-views",
-    params(("datastore" = String, Path, description = "The datastore.")),
-    responses(
+view_doc! {
+    "/api/v1/views/{datastore}/suspect-list",
+    [],
+    [
         (status = 200, description = "An array of `{path, suspect_until}`, sorted by path, at most `max_tree_items` entries and `max_tree_bytes` bytes; `X-Total-Count` tells how many suspects there are, `X-Weir-Truncated` whether some were left out.", body = Vec<Object>,
             headers(("X-Total-Count" = u64, description = "Suspect files in all."),
-                ("X-Weir-Truncated" = bool, description = "Whether entries were left out."))),
+                    ("X-Weir-Truncated" = bool, description = "Whether entries were left out."))),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
-        ViewsNotReady,
-    ),
-    extensions(("x-weir-role" = json!("query"))),
-)]
-pub(super) async fn suspect_list(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<Response, AppError> {
-    let name = path(name)?;
-    let ds = ready_view(&host, &caller, &name)?;
-    let listing = ds.suspects(ds.config().max_tree_items);
-    let truncated = listing.truncated();
-    let list: Vec<Value> = listing
-        .items
-        .into_iter()
-        .map(|(path, until)| json!({"path": path, "suspect_until": until}))
-        .collect();
-    Ok((
-        [
-            (TOTAL_COUNT, listing.total.to_string()),
-            (TRUNCATED, truncated.to_string()),
-        ],
-        Json(Value::Array(list)),
-    )
-        .into_response())
+    ],
+    /// The suspect files of a datastore.
+    ///
+    /// Needs role `query` on the datastore. Files changed too recently to be
+    /// trusted, with the time they stop being suspect.
+    pub(super) async fn suspect_list(
+        State(host): State<Arc<Host>>,
+        caller: Caller,
+        name: Result<Path<String>, PathRejection>,
+    ) -> Result<Response, AppError> {
+        let name = path(name)?;
+        let ds = ready_view(&host, &caller, &name)?;
+        let listing = ds.suspects(ds.config().max_tree_items);
+        let truncated = listing.truncated();
+        let list: Vec<Value> = listing
+            .items
+            .into_iter()
+            .map(|(path, until)| json!({"path": path, "suspect_until": until}))
+            .collect();
+        Ok((
+            [
+                (TOTAL_COUNT, listing.total.to_string()),
+                (TRUNCATED, truncated.to_string()),
+            ],
+            Json(Value::Array(list)),
+        )
+            .into_response())
+    }
 }
 
-/// The blind spots of a datastore.
-///
-/// Needs role `query` on the datastore. Files first seen by an audit
-/// (additions) and files deleted because an audit missed them (deletions).
-#[utoipa::path(
-    get,
-    path = "/api/v1/views/{datastore}/blind-spots",
-    tag = "fustor-views",
-    params(("datastore" = String, Path, description = "The datastore.")),
-    responses(
+view_doc! {
+    "/api/v1/views/{datastore}/blind-spots",
+    [],
+    [
         (status = 200, description = "`additions_count`, `additions`, `additions_truncated`, `deletion_count`, `deletions`, `deletions_truncated`: each list at most `max_tree_items` entries and half of `max_tree_bytes`; the counts are of all.", body = Object),
         (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
-        DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
-        ViewsNotReady,
-    ),
-    extensions(("x-weir-role" = json!("query"))),
-)]
-pub(super) async fn blind_spots(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    let name = path(name)?;
-    let ds = ready_view(&host, &caller, &name)?;
-    let (additions, deletions) = ds.blind_spots();
-    Ok(Json(json!({
-        "additions_count": additions.total,
-        "additions": additions.items,
-        "additions_truncated": additions.truncated(),
-        "deletion_count": deletions.total,
-        "deletions": deletions.items,
-        "deletions_truncated": deletions.truncated(),
-    })))
+    ],
+    /// The blind spots of a datastore.
+    ///
+    /// Needs role `query` on the datastore. Files first seen by an audit
+    /// (additions) and files deleted because an audit missed them (deletions).
+    pub(super) async fn blind_spots(
+        State(host): State<Arc<Host>>,
+        caller: Caller,
+        name: Result<Path<String>, PathRejection>,
+    ) -> Result<Json<Value>, AppError> {
+        let name = path(name)?;
+        let ds = ready_view(&host, &caller, &name)?;
+        let (additions, deletions) = ds.blind_spots();
+        Ok(Json(json!({
+            "additions_count": additions.total,
+            "additions": additions.items,
+            "additions_truncated": additions.truncated(),
+            "deletion_count": deletions.total,
+            "deletions": deletions.items,
+            "deletions_truncated": deletions.truncated(),
+        })))
+    }
 }
 
 /// Query of `GET .../search`.
@@ -551,41 +548,36 @@ pub(super) struct SearchParams {
     pattern: String,
 }
 
-/// Search a datastore.
-///
-/// Needs role `query` on the datastore. The files whose path matches a glob
-/// pattern, streamed from the index.
-#[utoipa::path(
-    get,
-    path = "/api/v1/views/{datastore}/search",
-    tag = "fustor-views",
-    params(("datastore" = String, Path, description = "The datastore."), SearchParams),
-    responses(
+view_doc! {
+    "/api/v1/views/{datastore}/search",
+    [SearchParams],
+    [
         (status = 200, description = "The matching files.", body = Object),
         (status = 400, description = "No or an empty `pattern`, or more matches than `max_tree_items`.", body = ErrorBody),
-        DatastoreAuthErrors,
         (status = 404, description = "No such datastore.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
-        ViewsNotReady,
-    ),
-    extensions(("x-weir-role" = json!("query"))),
-)]
-pub(super) async fn search(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-    name: Result<Path<String>, PathRejection>,
-    params: Result<Query<SearchParams>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let name = path(name)?;
-    let ds = ready_view(&host, &caller, &name)?;
-    let params = query(params)?;
-    if params.pattern.is_empty() {
-        return Err(AppError::BadRequest("`pattern` is empty".into()));
+    ],
+    /// Search a datastore.
+    ///
+    /// Needs role `query` on the datastore. The files whose path matches a glob
+    /// pattern, streamed from the index.
+    pub(super) async fn search(
+        State(host): State<Arc<Host>>,
+        caller: Caller,
+        name: Result<Path<String>, PathRejection>,
+        params: Result<Query<SearchParams>, QueryRejection>,
+    ) -> Result<Response, AppError> {
+        let name = path(name)?;
+        let ds = ready_view(&host, &caller, &name)?;
+        let params = query(params)?;
+        if params.pattern.is_empty() {
+            return Err(AppError::BadRequest("`pattern` is empty".into()));
+        }
+        let body = tokio::task::spawn_blocking(move || ds.search_json(&params.pattern))
+            .await
+            .map_err(|e| AppError::Internal(e.into()))??;
+        Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
     }
-    let body = tokio::task::spawn_blocking(move || ds.search_json(&params.pattern))
-        .await
-        .map_err(|e| AppError::Internal(e.into()))??;
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The sentinel's task.
