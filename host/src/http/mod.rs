@@ -166,9 +166,16 @@ fn api() -> OpenApiRouter<Arc<Host>> {
 
 /// The OpenAPI 3.1 document of every route, as `GET /openapi.json` serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut document = api().into_openapi();
+    documented_routes().1
+}
+
+/// The routes of `api()` and the document they make, its security
+/// requirements derived from each operation's role: what the router serves
+/// and what `/openapi.json` says, made the same way.
+fn documented_routes() -> (axum::Router<Arc<Host>>, utoipa::openapi::OpenApi) {
+    let (routes, mut document) = api().split_for_parts();
     secure_keyed_operations(&mut document);
-    document
+    (routes, document)
 }
 
 /// Every operation whose `x-weir-role` is not `public` takes a key, either
@@ -209,8 +216,7 @@ fn secure_keyed_operations(document: &mut utoipa::openapi::OpenApi) {
 /// (served at `/openapi.json`), the JSON 404 fallback, the body limit, the
 /// key check that runs before any body is read, and the request deadline.
 pub fn router(host: Arc<Host>, limits: ServerLimits) -> Router {
-    let (routes, mut document) = api().split_for_parts();
-    secure_keyed_operations(&mut document);
+    let (routes, document) = documented_routes();
     let roles = Arc::new(request::RouteRoles::from_document(&document));
     let deadline = limits.request_timeout;
     routes

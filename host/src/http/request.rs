@@ -70,12 +70,8 @@ impl RouteRoles {
                     continue;
                 };
                 for (method, op) in ops {
-                    let role = match op["x-weir-role"].as_str() {
-                        Some("ingest") => Some(Role::Ingest),
-                        Some("query") => Some(Role::Query),
-                        Some("admin") => Some(Role::Admin),
-                        _ => None,
-                    };
+                    // `public` (or none) is no role: no key needed.
+                    let role = serde_json::from_value::<Role>(op["x-weir-role"].clone()).ok();
                     roles.insert((method.to_ascii_uppercase(), path.clone()), role);
                 }
             }
