@@ -13,7 +13,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::fustor::{self, CreateSession, SessionGrant, TreeParams, datastore_of};
-use super::request::Caller;
+use super::request::{Caller, View};
 use super::{AppError, AuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady};
 use crate::runtime::Host;
 use crate::wire::DatastoreStats;
@@ -130,12 +130,10 @@ pub(super) async fn push(
     extensions(("x-weir-role" = json!("query"))),
 )]
 pub(super) async fn tree(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
+    view: View,
     params: Result<Query<TreeParams>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let name = caller.own_datastore()?.to_string();
-    fustor::tree_of(&host, &caller, &name, params).await
+    fustor::tree(view, params).await
 }
 
 /// The stats of the key's datastore.
@@ -154,12 +152,8 @@ pub(super) async fn tree(
     ),
     extensions(("x-weir-role" = json!("query"))),
 )]
-pub(super) async fn stats(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-) -> Result<Json<DatastoreStats>, AppError> {
-    let name = caller.own_datastore()?.to_string();
-    fustor::stats_of(&host, &caller, &name)
+pub(super) async fn stats(view: View) -> Json<DatastoreStats> {
+    fustor::stats(view).await
 }
 
 /// Raise a consistency alarm (the agent).

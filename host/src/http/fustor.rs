@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::request::Caller;
+use super::request::{Caller, View};
 use super::{
     AppError, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady, body_bytes, path,
     query,
@@ -367,17 +367,6 @@ pub(super) struct TreeParams {
     only_path: Option<bool>,
 }
 
-/// The datastore `name`, if the key may query it and its views are ready.
-fn ready_view(host: &Host, caller: &Caller, name: &str) -> Result<Arc<Datastore>, AppError> {
-    caller.datastore(name)?;
-    let ds = host
-        .datastore(name)
-        .cloned()
-        .ok_or_else(|| AppError::NotFound(format!("no datastore `{name}`")))?;
-    ds.readiness()?;
-    Ok(ds)
-}
-
 /// The parts of a Fustor view's annotation every view shares (tag, the
 /// `datastore` parameter, the key and READY answers, the role), written
 /// once: `view_doc! { PATH, [EXTRA PARAMS], [OWN ANSWERS], fn }`.
@@ -408,36 +397,22 @@ view_doc! {
     ///
     /// Needs role `query` on the datastore. Streamed from the index.
     pub(super) async fn tree(
-        State(host): State<Arc<Host>>,
-        caller: Caller,
-        name: Result<Path<String>, PathRejection>,
+        View(ds): View,
         params: Result<Query<TreeParams>, QueryRejection>,
     ) -> Result<Response, AppError> {
-        let name = path(name)?;
-        tree_of(&host, &caller, &name, params).await
+        let params = query(params)?;
+        let query = TreeQuery::from_params(
+            params.path,
+            params.recursive,
+            params.max_depth,
+            params.only_path,
+        )
+        .map_err(AppError::BadRequest)?;
+        let body = tokio::task::spawn_blocking(move || ds.tree_json(&query))
+            .await
+            .map_err(|e| AppError::Internal(e.into()))??;
+        Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
     }
-}
-
-/// The tree view of datastore `name`.
-pub(super) async fn tree_of(
-    host: &Host,
-    caller: &Caller,
-    name: &str,
-    params: Result<Query<TreeParams>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let ds = ready_view(host, caller, name)?;
-    let params = query(params)?;
-    let query = TreeQuery::from_params(
-        params.path,
-        params.recursive,
-        params.max_depth,
-        params.only_path,
-    )
-    .map_err(AppError::BadRequest)?;
-    let body = tokio::task::spawn_blocking(move || ds.tree_json(&query))
-        .await
-        .map_err(|e| AppError::Internal(e.into()))??;
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 view_doc! {
@@ -451,23 +426,9 @@ view_doc! {
     /// The stats of a datastore.
     ///
     /// Needs role `query` on the datastore.
-    pub(super) async fn stats(
-        State(host): State<Arc<Host>>,
-        caller: Caller,
-        name: Result<Path<String>, PathRejection>,
-    ) -> Result<Json<DatastoreStats>, AppError> {
-        let name = path(name)?;
-        stats_of(&host, &caller, &name)
+    pub(super) async fn stats(View(ds): View) -> Json<DatastoreStats> {
+        Json(ds.stats())
     }
-}
-
-/// The stats view of datastore `name`.
-pub(super) fn stats_of(
-    host: &Host,
-    caller: &Caller,
-    name: &str,
-) -> Result<Json<DatastoreStats>, AppError> {
-    Ok(Json(ready_view(host, caller, name)?.stats()))
 }
 
 view_doc! {
@@ -485,12 +446,8 @@ view_doc! {
     /// Needs role `query` on the datastore. Files changed too recently to be
     /// trusted, with the time they stop being suspect.
     pub(super) async fn suspect_list(
-        State(host): State<Arc<Host>>,
-        caller: Caller,
-        name: Result<Path<String>, PathRejection>,
+        View(ds): View,
     ) -> Result<Response, AppError> {
-        let name = path(name)?;
-        let ds = ready_view(&host, &caller, &name)?;
         let listing = ds.suspects(ds.config().max_tree_items);
         let truncated = listing.truncated();
         let list: Vec<Value> = listing
@@ -522,12 +479,8 @@ view_doc! {
     /// Needs role `query` on the datastore. Files first seen by an audit
     /// (additions) and files deleted because an audit missed them (deletions).
     pub(super) async fn blind_spots(
-        State(host): State<Arc<Host>>,
-        caller: Caller,
-        name: Result<Path<String>, PathRejection>,
+        View(ds): View,
     ) -> Result<Json<Value>, AppError> {
-        let name = path(name)?;
-        let ds = ready_view(&host, &caller, &name)?;
         let (additions, deletions) = ds.blind_spots();
         Ok(Json(json!({
             "additions_count": additions.total,
@@ -562,13 +515,9 @@ view_doc! {
     /// Needs role `query` on the datastore. The files whose path matches a glob
     /// pattern, streamed from the index.
     pub(super) async fn search(
-        State(host): State<Arc<Host>>,
-        caller: Caller,
-        name: Result<Path<String>, PathRejection>,
+        View(ds): View,
         params: Result<Query<SearchParams>, QueryRejection>,
     ) -> Result<Response, AppError> {
-        let name = path(name)?;
-        let ds = ready_view(&host, &caller, &name)?;
         let params = query(params)?;
         if params.pattern.is_empty() {
             return Err(AppError::BadRequest("`pattern` is empty".into()));

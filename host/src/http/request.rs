@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
@@ -145,7 +145,7 @@ impl Caller {
     }
 }
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(
@@ -159,5 +159,42 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
             .get::<Caller>()
             .cloned()
             .ok_or(AppError::Auth(crate::auth::AuthError::Missing))
+    }
+}
+
+/// A datastore whose views may be read: the one the route's `{datastore}`
+/// parameter names, or, on a route without one (Fusion's `/views/fs/...`),
+/// the key's own. Checked in the order the documents promise: a path that
+/// is not UTF-8 (400), the key's scope (403), the datastore (404), then
+/// READY (503).
+pub(super) struct View(pub Arc<crate::datastore::Datastore>);
+
+impl FromRequestParts<Arc<Host>> for View {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        host: &Arc<Host>,
+    ) -> Result<Self, AppError> {
+        let caller = Caller::from_request_parts(parts, host).await?;
+        let params = path(
+            Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, host)
+                .await,
+        )?;
+        let ds = match params.get("datastore") {
+            Some(name) => {
+                caller.datastore(name)?;
+                host.datastore(name)
+                    .ok_or_else(|| AppError::NotFound(format!("no datastore `{name}`")))?
+            }
+            None => {
+                let name = caller.own_datastore()?;
+                host.datastore(name).ok_or_else(|| {
+                    AppError::NotFound(format!("datastore `{name}` is not configured"))
+                })?
+            }
+        };
+        ds.readiness()?;
+        Ok(View(ds.clone()))
     }
 }
