@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use weir_host::auth::Role;
 use weir_host::datastore::DatastoreConfig;
 use weir_host::runtime::{Host, HostConfig};
-use weir_tests::{TestServer, rows_push, secret, snapshot_end};
+use weir_tests::{SESSION, TestServer, rows_push, secret, snapshot_end};
 
 type Server = TestServer;
 
@@ -46,9 +46,17 @@ trait Views {
 
     /// Pushes one `update` row of `source` in session `sid`.
     async fn push_row(&self, sid: &str, source: &str, row: Value);
+
+    /// Heartbeats session `sid` (an empty body).
+    async fn heartbeat(&self, sid: &str) -> (StatusCode, Value);
 }
 
 impl Views for TestServer {
+    async fn heartbeat(&self, sid: &str) -> (StatusCode, Value) {
+        let path = format!("/api/v1/pipe/session/{sid}/heartbeat");
+        self.post(&path, Role::Ingest, Some(json!({}))).await
+    }
+
     async fn push_row(&self, sid: &str, source: &str, row: Value) {
         let (status, body) = self.push_rows(sid, source, "update", json!([row])).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -58,12 +66,7 @@ impl Views for TestServer {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let (status, body) = self
-                .send(
-                    "GET",
-                    &format!("/api/v1/views/default/{path}"),
-                    Some(Role::Query),
-                    None,
-                )
+                .get(&format!("/api/v1/views/default/{path}"), Role::Query)
                 .await;
             if status == StatusCode::SERVICE_UNAVAILABLE
                 && body["detail"].as_str().unwrap_or("").contains("applying")
@@ -107,12 +110,7 @@ async fn agent_session_snapshot_and_views() {
     );
 
     let (status, grant) = s
-        .send(
-            "POST",
-            "/api/v1/pipe/session/",
-            Some(Role::Ingest),
-            Some(json!({"task_id": "a:p"})),
-        )
+        .post(SESSION, Role::Ingest, Some(json!({"task_id": "a:p"})))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(grant["role"], "leader");
@@ -126,10 +124,9 @@ async fn agent_session_snapshot_and_views() {
     );
 
     let (status, hb) = s
-        .send(
-            "POST",
+        .post(
             &format!("/api/v1/pipe/session/{sid}/heartbeat"),
-            Some(Role::Ingest),
+            Role::Ingest,
             Some(json!({"can_realtime": false})),
         )
         .await;
@@ -187,26 +184,14 @@ async fn agent_session_snapshot_and_views() {
 
     // Delete: views go back to 503.
     let (status, body) = s
-        .send(
-            "DELETE",
-            &format!("/api/v1/pipe/session/{sid}"),
-            Some(Role::Ingest),
-            None,
-        )
+        .delete(&format!("/api/v1/pipe/session/{sid}"), Role::Ingest)
         .await;
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("terminated"))
     );
     assert_eq!(s.view("stats").await.0, StatusCode::SERVICE_UNAVAILABLE);
-    let (status, _) = s
-        .send(
-            "POST",
-            &format!("/api/v1/pipe/session/{sid}/heartbeat"),
-            Some(Role::Ingest),
-            Some(json!({})),
-        )
-        .await;
+    let (status, _) = s.heartbeat(&sid).await;
     assert_eq!(status.as_u16(), 419);
 }
 
@@ -220,14 +205,7 @@ async fn last_agent_wins() {
     assert_eq!(s.view("stats").await.0, StatusCode::OK);
     let new = s.create_session().await;
     // The old session is refused at once with 419, on heartbeat and push.
-    let (status, body) = s
-        .send(
-            "POST",
-            &format!("/api/v1/pipe/session/{old}/heartbeat"),
-            Some(Role::Ingest),
-            Some(json!({})),
-        )
-        .await;
+    let (status, body) = s.heartbeat(&old).await;
     assert_eq!(status.as_u16(), 419);
     assert_eq!(body["error"], "session_obsolete");
     assert_eq!(s.push(&old, snapshot.clone()).await.0.as_u16(), 419);
@@ -277,12 +255,7 @@ async fn bad_rows_are_reported_and_bad_bodies_refused() {
         "{body}"
     );
     let (status, body) = s
-        .send(
-            "POST",
-            "/api/v1/pipe/session/",
-            Some(Role::Ingest),
-            Some(json!({"agent": 1})),
-        )
+        .post(SESSION, Role::Ingest, Some(json!({"agent": 1})))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
@@ -297,31 +270,14 @@ async fn bad_rows_are_reported_and_bad_bodies_refused() {
 async fn keys_are_checked_for_role_and_datastore() {
     let s = start().await;
     let (status, _) = s
-        .send(
-            "POST",
-            "/api/v1/pipe/session/",
-            None,
-            Some(json!({"task_id": "a:p"})),
-        )
+        .send("POST", SESSION, None, Some(json!({"task_id": "a:p"})))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = s
-        .send(
-            "POST",
-            "/api/v1/pipe/session/",
-            Some(Role::Query),
-            Some(json!({"task_id": "a:p"})),
-        )
+        .post(SESSION, Role::Query, Some(json!({"task_id": "a:p"})))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = s
-        .send(
-            "GET",
-            "/api/v1/views/default/stats",
-            Some(Role::Ingest),
-            None,
-        )
-        .await;
+    let (status, _) = s.get("/api/v1/views/default/stats", Role::Ingest).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // A query key of another datastore may not read this one.
     let resp = s
@@ -371,14 +327,7 @@ async fn heartbeat_timeout_turns_views_unavailable() {
             .contains("no live agent session"),
         "{body}"
     );
-    let (status, body) = s
-        .send(
-            "POST",
-            &format!("/api/v1/pipe/session/{sid}/heartbeat"),
-            Some(Role::Ingest),
-            Some(json!({})),
-        )
-        .await;
+    let (status, body) = s.heartbeat(&sid).await;
     assert_eq!(
         (status.as_u16(), body["error"].as_str()),
         (419, Some("session_expired"))
@@ -401,12 +350,7 @@ async fn sentinel_suspects_blind_spots_and_search() {
     ]}]});
     assert_eq!(s.push(&sid, snapshot).await.0, StatusCode::OK);
     let (_, tasks) = s
-        .send(
-            "GET",
-            "/api/v1/pipe/consistency/sentinel/tasks",
-            Some(Role::Ingest),
-            None,
-        )
+        .get("/api/v1/pipe/consistency/sentinel/tasks", Role::Ingest)
         .await;
     assert_eq!(tasks, json!({}));
     // A write in progress makes the file suspect; the sentinel is asked to check it.
@@ -417,12 +361,7 @@ async fn sentinel_suspects_blind_spots_and_search() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s.view("stats").await.1["suspect_file_count"], 1);
     let (_, tasks) = s
-        .send(
-            "GET",
-            "/api/v1/pipe/consistency/sentinel/tasks",
-            Some(Role::Ingest),
-            None,
-        )
+        .get("/api/v1/pipe/consistency/sentinel/tasks", Role::Ingest)
         .await;
     assert_eq!(
         tasks,
@@ -434,10 +373,9 @@ async fn sentinel_suspects_blind_spots_and_search() {
     assert_eq!(tree["integrity_suspect"], true);
     // Feedback: the file vanished.
     let (status, body) = s
-        .send(
-            "POST",
+        .post(
             "/api/v1/pipe/consistency/sentinel/feedback",
-            Some(Role::Ingest),
+            Role::Ingest,
             Some(json!({"type": "suspect_update", "updates": [
             {"path": "/logs/app.log", "status": "missing"}, {"path": "/x", "status": "weird"}]})),
         )
@@ -456,14 +394,9 @@ async fn sentinel_suspects_blind_spots_and_search() {
     // An audit that lists /logs in full without old.log deletes it as a blind spot,
     // and a new file it finds is a blind-spot addition.
     assert_eq!(
-        s.send(
-            "POST",
-            "/api/v1/pipe/consistency/audit/start",
-            Some(Role::Ingest),
-            None
-        )
-        .await
-        .1["status"],
+        s.post("/api/v1/pipe/consistency/audit/start", Role::Ingest, None)
+            .await
+            .1["status"],
         "audit_started"
     );
     let audit = json!({"source_type": "audit", "events": [{"event_type": "update", "rows": [
@@ -471,14 +404,9 @@ async fn sentinel_suspects_blind_spots_and_search() {
         {"path": "/logs/new.log", "size": 1, "modified_time": 2.0, "parent_mtime": 2.0}]}]});
     assert_eq!(s.push(&sid, audit).await.0, StatusCode::OK);
     assert_eq!(
-        s.send(
-            "POST",
-            "/api/v1/pipe/consistency/audit/end",
-            Some(Role::Ingest),
-            None
-        )
-        .await
-        .1["status"],
+        s.post("/api/v1/pipe/consistency/audit/end", Role::Ingest, None)
+            .await
+            .1["status"],
         "audit_ended"
     );
     let (_, spots) = s.view("blind-spots").await;
@@ -512,36 +440,26 @@ async fn sentinel_suspects_blind_spots_and_search() {
 async fn seed_routes_share_the_core() {
     let s = start().await;
     let (status, grant) = s
-        .send(
-            "POST",
+        .post(
             "/ingestor-api/v1/sessions/",
-            Some(Role::Ingest),
+            Role::Ingest,
             Some(json!({"task_id": "seed:1"})),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
     let sid = grant["session_id"].as_str().unwrap().to_string();
-    let (status, _) = s
-        .send("GET", "/views/fs/stats", Some(Role::Query), None)
-        .await;
+    let (status, _) = s.get("/views/fs/stats", Role::Query).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // The seed's naming: file_path, is_dir, is_snapshot_end, session id in the body.
     let push = json!({"session_id": sid, "source_type": "snapshot", "is_snapshot_end": true, "events": [
         {"event_type": "insert", "rows": [{"file_path": "/research/file.txt", "size": 10240, "modified_time": 1706000123.0, "created_time": 1706000100.0, "is_dir": false}]}]});
     let (status, receipt) = s
-        .send(
-            "POST",
-            "/ingestor-api/v1/events/",
-            Some(Role::Ingest),
-            Some(push),
-        )
+        .post("/ingestor-api/v1/events/", Role::Ingest, Some(push))
         .await;
     assert_eq!(status, StatusCode::OK, "{receipt}");
     let deadline = Instant::now() + Duration::from_secs(5);
     let stats = loop {
-        let (status, stats) = s
-            .send("GET", "/views/fs/stats", Some(Role::Query), None)
-            .await;
+        let (status, stats) = s.get("/views/fs/stats", Role::Query).await;
         if status == StatusCode::OK || Instant::now() > deadline {
             break stats;
         }
@@ -556,12 +474,7 @@ async fn seed_routes_share_the_core() {
     );
     assert!(stats.get("last_event_latency_ms").is_some());
     let (status, tree) = s
-        .send(
-            "GET",
-            "/views/fs/tree?path=/research&only_path=true",
-            Some(Role::Query),
-            None,
-        )
+        .get("/views/fs/tree?path=/research&only_path=true", Role::Query)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -569,19 +482,17 @@ async fn seed_routes_share_the_core() {
         json!({"name": "file.txt", "content_type": "file", "path": "/research/file.txt"})
     );
     let (status, _) = s
-        .send(
-            "POST",
+        .post(
             &format!("/ingestor-api/v1/sessions/{sid}/heartbeat"),
-            Some(Role::Ingest),
+            Role::Ingest,
             Some(json!({})),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = s
-        .send(
-            "POST",
+        .post(
             "/ingestor-api/v1/events/",
-            Some(Role::Ingest),
+            Role::Ingest,
             Some(json!({"events": []})),
         )
         .await;
@@ -595,17 +506,10 @@ async fn seed_routes_share_the_core() {
 
     // A consistency alarm locks the views until the next complete snapshot.
     let (status, _) = s
-        .send(
-            "POST",
-            "/ingestor-api/v1/consistency/alarm",
-            Some(Role::Ingest),
-            None,
-        )
+        .post("/ingestor-api/v1/consistency/alarm", Role::Ingest, None)
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = s
-        .send("GET", "/views/fs/tree", Some(Role::Query), None)
-        .await;
+    let (status, body) = s.get("/views/fs/tree", Role::Query).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         body["detail"]
@@ -615,30 +519,15 @@ async fn seed_routes_share_the_core() {
         "{body}"
     );
     let snapshot = json!({"session_id": sid, "source_type": "snapshot", "is_snapshot_end": true, "events": []});
-    s.send(
-        "POST",
-        "/ingestor-api/v1/events/",
-        Some(Role::Ingest),
-        Some(snapshot),
-    )
-    .await;
+    s.post("/ingestor-api/v1/events/", Role::Ingest, Some(snapshot))
+        .await;
     assert_eq!(s.view("stats").await.0, StatusCode::OK);
     let (status, _) = s
-        .send(
-            "POST",
-            "/v1/datastores/default/alarm",
-            Some(Role::Query),
-            None,
-        )
+        .post("/v1/datastores/default/alarm", Role::Query, None)
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = s
-        .send(
-            "POST",
-            "/v1/datastores/default/alarm",
-            Some(Role::Admin),
-            None,
-        )
+        .post("/v1/datastores/default/alarm", Role::Admin, None)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s.view("stats").await.0, StatusCode::SERVICE_UNAVAILABLE);
@@ -793,13 +682,8 @@ async fn arbitration_rules_through_http() {
         ]),
     );
     assert_eq!(s.push(&sid, audit).await.0, StatusCode::OK);
-    s.send(
-        "POST",
-        "/api/v1/pipe/consistency/audit/end",
-        Some(Role::Ingest),
-        None,
-    )
-    .await;
+    s.post("/api/v1/pipe/consistency/audit/end", Role::Ingest, None)
+        .await;
     assert_eq!(
         s.view("tree?path=/d/late_for_parent").await.0,
         StatusCode::NOT_FOUND

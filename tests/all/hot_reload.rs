@@ -18,7 +18,7 @@ fn install(from: &Path, dir: &Path, name: &str) {
 }
 
 async fn keys(s: &TestServer) -> Vec<String> {
-    let (_, body) = s.send("GET", "/v1/keys", Some(Role::Query), None).await;
+    let (_, body) = s.get("/v1/keys", Role::Query).await;
     body.as_array()
         .unwrap()
         .iter()
@@ -30,7 +30,7 @@ async fn keys(s: &TestServer) -> Vec<String> {
 async fn wait_plugins(s: &TestServer, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, body) = s.send("GET", "/v1/plugins", Some(Role::Admin), None).await;
+        let (_, body) = s.get("/v1/plugins", Role::Admin).await;
         if check(&body) {
             return body;
         }
@@ -154,7 +154,7 @@ async fn a_new_version_is_swapped_in_under_open_subscriptions_without_loss_or_re
     let loaded_at = v2["loaded"][0]["loaded_at_ms"].clone();
     install(&guest("guest-pipeline-v2"), dir.path(), "flaky.wasm");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let (_, now) = s.send("GET", "/v1/plugins", Some(Role::Admin), None).await;
+    let (_, now) = s.get("/v1/plugins", Role::Admin).await;
     assert_eq!(now["loaded"][0]["loaded_at_ms"], loaded_at);
     drop(main);
 }
@@ -226,9 +226,7 @@ async fn a_removed_file_ends_its_subscriptions_and_runs_cleanup() {
         .await;
     assert_eq!(subs["subscriptions"], json!([]));
     assert!(keys(&s).await.is_empty());
-    let (status, _) = s
-        .send("GET", "/v1/keys/test.flaky", Some(Role::Query), None)
-        .await;
+    let (status, _) = s.get("/v1/keys/test.flaky", Role::Query).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 

@@ -67,10 +67,9 @@ async fn events_are_accepted_rejected_and_deduplicated() {
 
     // Nothing usable: 422 with every reason.
     let (status, body) = s
-        .send(
-            "POST",
+        .post(
             "/v1/events",
-            Some(Role::Ingest),
+            Role::Ingest,
             Some(json!([{"event_type": "x"}, 5])),
         )
         .await;
@@ -84,13 +83,9 @@ async fn events_are_accepted_rejected_and_deduplicated() {
             .contains("`source` is required")
     );
 
-    let (status, body) = s
-        .send("POST", "/v1/events", Some(Role::Ingest), Some(json!("x")))
-        .await;
+    let (status, body) = s.post("/v1/events", Role::Ingest, Some(json!("x"))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, _) = s
-        .send("POST", "/v1/events", Some(Role::Query), Some(flaky(1, "")))
-        .await;
+    let (status, _) = s.post("/v1/events", Role::Query, Some(flaky(1, ""))).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
@@ -223,9 +218,7 @@ async fn pre_consume_once_per_subscription_cleanup_when_the_last_consumer_leaves
             b["cleanup_runs"].as_u64().unwrap(),
         )
     };
-    let (_, body) = s
-        .send("GET", "/v1/subscriptions", Some(Role::Admin), None)
-        .await;
+    let (_, body) = s.get("/v1/subscriptions", Role::Admin).await;
     assert_eq!(
         counts(&body),
         (2, 0),
@@ -269,9 +262,7 @@ async fn pre_consume_once_per_subscription_cleanup_when_the_last_consumer_leaves
 
     // A newcomer after the cleanup runs pre-consume again.
     let (_a4, _) = s.subscribe("enrich.context", &[("tag", "alpha")]).await;
-    let (_, body) = s
-        .send("GET", "/v1/subscriptions", Some(Role::Admin), None)
-        .await;
+    let (_, body) = s.get("/v1/subscriptions", Role::Admin).await;
     assert_eq!(counts(&body), (3, 1));
     drop(b1);
     s.wait_subscriptions("beta cleaned up", |b| counts(b).1 == 2)
@@ -295,9 +286,7 @@ async fn a_failing_pre_consume_refuses_the_subscription_with_its_error() {
             .contains("refused on purpose"),
         "{body}"
     );
-    let (_, subs) = s
-        .send("GET", "/v1/subscriptions", Some(Role::Admin), None)
-        .await;
+    let (_, subs) = s.get("/v1/subscriptions", Role::Admin).await;
     assert_eq!(subs["subscriptions"], json!([]), "nothing left behind");
     // The hostile key refuses every subscription the same way.
     let (status, body) = match s.stream("hostile.chaos", &[]).await {
@@ -337,9 +326,7 @@ async fn match_then_process_in_bus_order_with_parallel_workers() {
     assert!(e["timestamp"].as_str().unwrap().ends_with('Z'));
     assert_eq!(e["id"].as_str().unwrap().len(), 36);
     assert_eq!(e["data"]["sub"], "main");
-    let (_, subs) = s
-        .send("GET", "/v1/subscriptions", Some(Role::Admin), None)
-        .await;
+    let (_, subs) = s.get("/v1/subscriptions", Role::Admin).await;
     let counts = &subs["subscriptions"][0]["consumers"][0];
     for (field, n) in [
         ("received", 200),
@@ -477,9 +464,9 @@ async fn faults_become_dead_letters_that_replay_and_delete() {
     assert_eq!(envs.len(), 1, "only the good event: {envs:?}");
     assert_eq!(envs[0]["id"], "ok");
 
-    let (status, _) = s.send("GET", "/v1/dlq", Some(Role::Query), None).await;
+    let (status, _) = s.get("/v1/dlq", Role::Query).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, dlq) = s.send("GET", "/v1/dlq", Some(Role::Admin), None).await;
+    let (status, dlq) = s.get("/v1/dlq", Role::Admin).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(dlq["total"], 4, "{dlq}");
     let letters = dlq["letters"].as_array().unwrap();
@@ -518,9 +505,7 @@ async fn faults_become_dead_letters_that_replay_and_delete() {
 
     // Replay all: the `once` event now succeeds and reaches the consumer;
     // the others fail again and stay with one more attempt.
-    let (status, replay) = s
-        .send("POST", "/v1/dlq/replay", Some(Role::Admin), Some(json!({})))
-        .await;
+    let (status, replay) = s.post("/v1/dlq/replay", Role::Admin, Some(json!({}))).await;
     assert_eq!(status, StatusCode::OK, "{replay}");
     let results = replay["results"].as_array().unwrap();
     let delivered: Vec<&Value> = results
@@ -540,14 +525,7 @@ async fn faults_become_dead_letters_that_replay_and_delete() {
         (env["id"].as_str(), env["data"]["retried"].as_bool()),
         (Some("f-once"), Some(true))
     );
-    let (_, dlq) = s
-        .send(
-            "GET",
-            "/v1/dlq?key=test.flaky&limit=10",
-            Some(Role::Admin),
-            None,
-        )
-        .await;
+    let (_, dlq) = s.get("/v1/dlq?key=test.flaky&limit=10", Role::Admin).await;
     assert!(
         dlq["letters"]
             .as_array()
@@ -558,30 +536,19 @@ async fn faults_become_dead_letters_that_replay_and_delete() {
     );
 
     let first = dlq["letters"][0]["id"].as_u64().unwrap();
-    let (_, del) = s
-        .send(
-            "DELETE",
-            &format!("/v1/dlq?id={first}"),
-            Some(Role::Admin),
-            None,
-        )
-        .await;
+    let (_, del) = s.delete(&format!("/v1/dlq?id={first}"), Role::Admin).await;
     assert_eq!(
         (del["deleted"].as_u64(), del["remaining"].as_u64()),
         (Some(1), Some(2))
     );
-    let (_, del) = s
-        .send("DELETE", "/v1/dlq?limit=1", Some(Role::Admin), None)
-        .await;
+    let (_, del) = s.delete("/v1/dlq?limit=1", Role::Admin).await;
     assert_eq!(
         (del["deleted"].as_u64(), del["remaining"].as_u64()),
         (Some(1), Some(1))
     );
-    let (_, del) = s.send("DELETE", "/v1/dlq", Some(Role::Admin), None).await;
+    let (_, del) = s.delete("/v1/dlq", Role::Admin).await;
     assert_eq!(del["deleted"], 1);
-    let (status, bad) = s
-        .send("DELETE", "/v1/dlq?id=x", Some(Role::Admin), None)
-        .await;
+    let (status, bad) = s.delete("/v1/dlq?id=x", Role::Admin).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
 }
 
@@ -607,9 +574,7 @@ async fn a_key_faulting_20_times_in_a_row_is_quarantined_until_resumed() {
             .unwrap()
             .contains("panicked on purpose")
     );
-    let (_, key) = s
-        .send("GET", "/v1/keys/test.flaky", Some(Role::Query), None)
-        .await;
+    let (_, key) = s.get("/v1/keys/test.flaky", Role::Query).await;
     assert_eq!(key["quarantine"]["faults"], 20);
 
     // Quarantined: not called; events wait in the dead-letter queue.
@@ -618,9 +583,7 @@ async fn a_key_faulting_20_times_in_a_row_is_quarantined_until_resumed() {
     )
     .await;
     assert!(c.next(QUIET).await.is_none());
-    let (_, dlq) = s
-        .send("GET", "/v1/dlq?limit=10000", Some(Role::Admin), None)
-        .await;
+    let (_, dlq) = s.get("/v1/dlq?limit=10000", Role::Admin).await;
     let held = dlq["letters"]
         .as_array()
         .unwrap()
@@ -633,31 +596,20 @@ async fn a_key_faulting_20_times_in_a_row_is_quarantined_until_resumed() {
         (Some("quarantined"), Some(0))
     );
     let (_, r) = s
-        .send(
-            "POST",
+        .post(
             "/v1/dlq/replay",
-            Some(Role::Admin),
+            Role::Admin,
             Some(json!({"ids": [held["id"]]})),
         )
         .await;
     assert_eq!(r["results"][0]["outcome"], "skipped", "{r}");
 
     let (status, _) = s
-        .send(
-            "POST",
-            "/v1/keys/test.flaky/resume",
-            Some(Role::Query),
-            None,
-        )
+        .post("/v1/keys/test.flaky/resume", Role::Query, None)
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, body) = s
-        .send(
-            "POST",
-            "/v1/keys/test.flaky/resume",
-            Some(Role::Admin),
-            None,
-        )
+        .post("/v1/keys/test.flaky/resume", Role::Admin, None)
         .await;
     assert_eq!(
         (status, body["resumed"].as_bool()),
@@ -670,18 +622,15 @@ async fn a_key_faulting_20_times_in_a_row_is_quarantined_until_resumed() {
     s.publish(flaky(41, "")).await;
     assert_eq!(c.envelope().await["data"]["n"], 41);
     let (_, r) = s
-        .send(
-            "POST",
+        .post(
             "/v1/dlq/replay",
-            Some(Role::Admin),
+            Role::Admin,
             Some(json!({"ids": [held["id"]]})),
         )
         .await;
     assert_eq!(r["results"][0]["outcome"], "delivered", "{r}");
     assert_eq!(c.envelope().await["id"], "held");
-    let (status, _) = s
-        .send("POST", "/v1/keys/nope/resume", Some(Role::Admin), None)
-        .await;
+    let (status, _) = s.post("/v1/keys/nope/resume", Role::Admin, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 

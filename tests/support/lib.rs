@@ -13,6 +13,9 @@ use weir_host::runtime::{Host, HostConfig};
 /// The captured fixtures (`tests/fixtures`), such as the Fustor wire traffic.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
 
+/// The Fustor route that creates an agent session.
+pub const SESSION: &str = "/api/v1/pipe/session/";
+
 /// Directory of the test guests, built by this crate's build script.
 pub const GUEST_DIR: &str = env!("WEIR_TEST_GUEST_DIR");
 
@@ -170,6 +173,26 @@ impl TestServer {
         self.send_as(method, path, key.as_deref(), body).await
     }
 
+    /// `GET path` with the key of `role`.
+    pub async fn get(&self, path: &str, role: Role) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send("GET", path, Some(role), None).await
+    }
+
+    /// `POST path` with the key of `role` and a JSON body (if any).
+    pub async fn post(
+        &self,
+        path: &str,
+        role: Role,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send("POST", path, Some(role), body).await
+    }
+
+    /// `DELETE path` with the key of `role`.
+    pub async fn delete(&self, path: &str, role: Role) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send("DELETE", path, Some(role), None).await
+    }
+
     /// [`TestServer::send`] with the key `key` (a secret), if any.
     pub async fn send_as(
         &self,
@@ -201,7 +224,7 @@ impl TestServer {
         let (status, body) = self
             .send(
                 "POST",
-                "/api/v1/pipe/session/",
+                SESSION,
                 Some(Role::Ingest),
                 Some(serde_json::json!({"task_id": "agent-1:pipe", "source_type": "fs"})),
             )

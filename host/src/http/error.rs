@@ -67,6 +67,16 @@ pub enum KeyDatastoreErrors {
 )]
 pub struct ViewsNotReady(pub ErrorBody);
 
+/// The 503 of an agent signal the datastore could not queue, with
+/// `Retry-After`.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 503,
+    description = "The datastore's queue is full, or the host is shutting down.",
+    headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))
+)]
+pub struct QueueFull(pub ErrorBody);
+
 /// The JSON body of every error answer: `{error, detail}`, and `rejected`
 /// when no event of a publish was accepted.
 #[derive(Debug, Serialize, ToSchema)]

@@ -3,19 +3,16 @@
 //! The session routes are thin wrappers over the Fustor handlers, so that
 //! each path has its own documented operation.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::fustor::{self, CreateSession, SessionGrant, TreeParams, datastore_of};
-use super::request::{Caller, View};
+use super::fustor::{self, CreateSession, SessionGrant, TreeParams};
+use super::request::{Scoped, View};
 use super::{AppError, AuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady};
-use crate::runtime::Host;
 use crate::wire::DatastoreStats;
 
 fustor::session_doc! {
@@ -30,11 +27,10 @@ fustor::session_doc! {
     ///
     /// Needs role `ingest`. The same as `POST /api/v1/pipe/session/`.
     pub(super) async fn create_session(
-        host: State<Arc<Host>>,
-        caller: Caller,
+        agent: Scoped,
         body: Result<Bytes, BytesRejection>,
     ) -> Result<Json<SessionGrant>, AppError> {
-        fustor::create_session(host, caller, body).await
+        fustor::create_session(agent, body).await
     }
 }
 
@@ -51,11 +47,10 @@ fustor::session_doc! {
     /// Needs role `ingest`. The same as
     /// `POST /api/v1/pipe/session/{sid}/heartbeat`.
     pub(super) async fn heartbeat(
-        host: State<Arc<Host>>,
-        caller: Caller,
+        agent: Scoped,
         sid: Result<Path<String>, PathRejection>,
     ) -> Result<Json<Value>, AppError> {
-        fustor::heartbeat(host, caller, sid).await
+        fustor::heartbeat(agent, sid).await
     }
 }
 
@@ -71,11 +66,10 @@ fustor::session_doc! {
     ///
     /// Needs role `ingest`. The same as `DELETE /api/v1/pipe/session/{sid}`.
     pub(super) async fn delete_session(
-        host: State<Arc<Host>>,
-        caller: Caller,
+        agent: Scoped,
         sid: Result<Path<String>, PathRejection>,
     ) -> Result<Json<Value>, AppError> {
-        fustor::delete_session(host, caller, sid).await
+        fustor::delete_session(agent, sid).await
     }
 }
 
@@ -102,11 +96,10 @@ fustor::session_doc! {
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn push(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
+    Scoped(ds): Scoped,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    fustor::push(&host, &caller, None, body).await
+    fustor::push(ds, None, body).await
 }
 
 /// The tree view of the key's datastore.
@@ -170,11 +163,7 @@ pub(super) async fn stats(view: View) -> Json<DatastoreStats> {
     ),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
-pub(super) async fn agent_alarm(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &caller)?;
+pub(super) async fn agent_alarm(Scoped(ds): Scoped) -> Result<Json<Value>, AppError> {
     ds.raise_alarm();
     Ok(Json(
         json!({"status": "alarm_raised", "datastore": ds.name()}),

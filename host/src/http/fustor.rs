@@ -7,22 +7,21 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::request::{Caller, View};
+use super::request::{Scoped, View};
 use super::{
-    AppError, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady, body_bytes, path,
-    query,
+    AppError, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, QueueFull, ViewsNotReady,
+    body_bytes, path, query,
 };
 use crate::datastore::Datastore;
 use crate::index::view::TreeQuery;
 use crate::rows::{parse_batch, parse_feedback};
-use crate::runtime::Host;
 use crate::text::echo;
 use crate::time::now_secs;
 use crate::wire::DatastoreStats;
@@ -37,14 +36,6 @@ const TOTAL_COUNT: &str = "x-total-count";
 /// Header of a list answer: `true` when items were left out to keep the
 /// answer within the datastore's `max_tree_items` and `max_tree_bytes`.
 const TRUNCATED: &str = "x-weir-truncated";
-
-/// The datastore of the presented key, checked for `role`.
-pub(super) fn datastore_of(host: &Host, caller: &Caller) -> Result<Arc<Datastore>, AppError> {
-    let name = caller.own_datastore()?;
-    host.datastore(name)
-        .cloned()
-        .ok_or_else(|| AppError::NotFound(format!("datastore `{name}` is not configured")))
-}
 
 /// The parts of an annotation a Fustor session route and its Fusion twin
 /// share (everything but method, path, tag and operation id), written once:
@@ -136,11 +127,9 @@ session_doc! {
     /// snapshot. Answers the session id, its timeout and the audit and sentinel
     /// intervals.
     pub(super) async fn create_session(
-        State(host): State<Arc<Host>>,
-        caller: Caller,
+        Scoped(ds): Scoped,
         body: Result<Bytes, BytesRejection>,
     ) -> Result<Json<SessionGrant>, AppError> {
-        let ds = datastore_of(&host, &caller)?;
         let body = body_bytes(body)?;
         let req: CreateSession = serde_json::from_slice(&body).map_err(|e| {
             AppError::BadRequest(format!("session request needs a string `task_id`: {e}"))
@@ -184,11 +173,10 @@ session_doc! {
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn create_session_unslashed(
-    host: State<Arc<Host>>,
-    caller: Caller,
+    agent: Scoped,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionGrant>, AppError> {
-    create_session(host, caller, body).await
+    create_session(agent, body).await
 }
 
 session_doc! {
@@ -203,11 +191,9 @@ session_doc! {
     /// Needs role `ingest`. 419 when the session is unknown, obsolete or
     /// expired: the agent then creates a new one.
     pub(super) async fn heartbeat(
-        State(host): State<Arc<Host>>,
-        caller: Caller,
+        Scoped(ds): Scoped,
         sid: Result<Path<String>, PathRejection>,
     ) -> Result<Json<Value>, AppError> {
-        let ds = datastore_of(&host, &caller)?;
         let sid = path(sid)?;
         ds.heartbeat(&sid)?;
         Ok(Json(
@@ -227,11 +213,9 @@ session_doc! {
     ///
     /// Needs role `ingest`. Ending a session that is not there is not an error.
     pub(super) async fn delete_session(
-        State(host): State<Arc<Host>>,
-        caller: Caller,
+        Scoped(ds): Scoped,
         sid: Result<Path<String>, PathRejection>,
     ) -> Result<Json<Value>, AppError> {
-        let ds = datastore_of(&host, &caller)?;
         let sid = path(sid)?;
         ds.delete_session(&sid);
         Ok(Json(json!({"status": "terminated", "session_id": sid})))
@@ -263,24 +247,21 @@ session_doc! {
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn ingest(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
+    Scoped(ds): Scoped,
     sid: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    push(&host, &caller, Some(path(sid)?), body).await
+    push(ds, Some(path(sid)?), body).await
 }
 
 /// A push; the session id comes from the path (Fustor) or the body (seed).
 /// The body (up to 64 MiB of JSON) is parsed on a blocking thread, so that
 /// large pushes do not hold the runtime's workers.
 pub(super) async fn push(
-    host: &Host,
-    caller: &Caller,
+    ds: Arc<Datastore>,
     path_sid: Option<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(host, caller)?;
     let body = body_bytes(body)?;
     tracing::trace!(session = ?path_sid.as_deref().map(echo), body = %echo(&String::from_utf8_lossy(&body[..body.len().min(1024)])), "push");
     let limits = ds.config().rows;
@@ -316,16 +297,12 @@ pub(super) async fn push(
     responses(
         (status = 200, description = "`status` `audit_started`.", body = Object),
         KeyDatastoreErrors,
-        (status = 503, description = "The datastore's queue is full, or the host is shutting down.", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        QueueFull,
     ),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
-pub(super) async fn audit_start(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-) -> Result<Json<Value>, AppError> {
-    datastore_of(&host, &caller)?.audit_start()?;
+pub(super) async fn audit_start(Scoped(ds): Scoped) -> Result<Json<Value>, AppError> {
+    ds.audit_start()?;
     Ok(Json(json!({"status": "audit_started"})))
 }
 
@@ -340,16 +317,12 @@ pub(super) async fn audit_start(
     responses(
         (status = 200, description = "`status` `audit_ended`.", body = Object),
         KeyDatastoreErrors,
-        (status = 503, description = "The datastore's queue is full, or the host is shutting down.", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        QueueFull,
     ),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
-pub(super) async fn audit_end(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-) -> Result<Json<Value>, AppError> {
-    datastore_of(&host, &caller)?.audit_end()?;
+pub(super) async fn audit_end(Scoped(ds): Scoped) -> Result<Json<Value>, AppError> {
+    ds.audit_end()?;
     Ok(Json(json!({"status": "audit_ended"})))
 }
 
@@ -543,11 +516,7 @@ view_doc! {
     ),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
-pub(super) async fn sentinel_tasks(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &caller)?;
+pub(super) async fn sentinel_tasks(Scoped(ds): Scoped) -> Result<Json<Value>, AppError> {
     let paths = ds.sentinel_paths();
     if paths.is_empty() {
         return Ok(Json(json!({})));
@@ -595,17 +564,14 @@ pub(super) struct FeedbackUpdate {
         (status = 400, description = "A body without `updates`.", body = ErrorBody),
         KeyDatastoreErrors,
         (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
-        (status = 503, description = "The datastore's queue is full, or the host is shutting down.", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        QueueFull,
     ),
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn sentinel_feedback(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
+    Scoped(ds): Scoped,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let ds = datastore_of(&host, &caller)?;
     let (updates, rejected) = parse_feedback(&body_bytes(body)?, &ds.config().rows)
         .map_err(|e| AppError::BadRequest(e.to_string()))?;
     let rejected: Vec<Value> = rejected
@@ -636,16 +602,7 @@ pub(super) async fn sentinel_feedback(
     ),
     extensions(("x-weir-role" = json!("admin"))),
 )]
-pub(super) async fn admin_alarm(
-    State(host): State<Arc<Host>>,
-    caller: Caller,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
-    let name = path(name)?;
-    caller.datastore(&name)?;
-    let ds = host
-        .datastore(&name)
-        .ok_or_else(|| AppError::NotFound(format!("no datastore `{name}`")))?;
+pub(super) async fn admin_alarm(Scoped(ds): Scoped) -> Result<Json<Value>, AppError> {
     ds.raise_alarm();
     Ok(Json(
         json!({"status": "alarm_raised", "datastore": ds.name()}),

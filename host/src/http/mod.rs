@@ -45,7 +45,8 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 pub use error::{
-    AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, ViewsNotReady,
+    AppError, AuthErrors, DatastoreAuthErrors, ErrorBody, KeyDatastoreErrors, QueueFull,
+    ViewsNotReady,
 };
 pub use server::ServerLimits;
 

@@ -162,14 +162,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// A datastore whose views may be read: the one the route's `{datastore}`
-/// parameter names, or, on a route without one (Fusion's `/views/fs/...`),
-/// the key's own. Checked in the order the documents promise: a path that
-/// is not UTF-8 (400), the key's scope (403), the datastore (404), then
-/// READY (503).
-pub(super) struct View(pub Arc<crate::datastore::Datastore>);
+/// The datastore a route acts on: the one its `{datastore}` parameter
+/// names, or, on a route without one (the agent routes, Fusion's
+/// `/views/fs/...`), the key's own. Checked in the order the documents
+/// promise: a path that is not UTF-8 (400), the key's scope (403), then the
+/// datastore (404).
+pub(super) struct Scoped(pub Arc<crate::datastore::Datastore>);
 
-impl FromRequestParts<Arc<Host>> for View {
+impl FromRequestParts<Arc<Host>> for Scoped {
     type Rejection = AppError;
 
     async fn from_request_parts(
@@ -194,7 +194,22 @@ impl FromRequestParts<Arc<Host>> for View {
                 })?
             }
         };
+        Ok(Scoped(ds.clone()))
+    }
+}
+
+/// A [`Scoped`] datastore whose views may be read: READY, else 503.
+pub(super) struct View(pub Arc<crate::datastore::Datastore>);
+
+impl FromRequestParts<Arc<Host>> for View {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        host: &Arc<Host>,
+    ) -> Result<Self, AppError> {
+        let Scoped(ds) = Scoped::from_request_parts(parts, host).await?;
         ds.readiness()?;
-        Ok(View(ds.clone()))
+        Ok(View(ds))
     }
 }

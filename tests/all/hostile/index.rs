@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use weir_host::auth::Role;
 use weir_host::datastore::DatastoreConfig;
 use weir_host::runtime::{Host, HostConfig};
-use weir_tests::{TestServer, secret, snapshot_end};
+use weir_tests::{SESSION, TestServer, secret, snapshot_end};
 
 const LAB_INGEST: &str = "hostile-lab-ingest";
 const LAB_QUERY: &str = "hostile-lab-query";
@@ -62,7 +62,7 @@ async fn lab_ready(s: &TestServer) {
         s,
         LAB_INGEST,
         "POST",
-        "/api/v1/pipe/session/",
+        SESSION,
         Some(json!({"task_id": "lab-agent:pipe"})),
     )
     .await;
@@ -222,10 +222,9 @@ async fn times_past_the_year_9999_are_rejected_and_the_datastore_does_not_wedge(
     assert_eq!(status, StatusCode::OK);
     // Sentinel feedback is checked the same way.
     let (status, answer) = s
-        .send(
-            "POST",
+        .post(
             "/api/v1/pipe/consistency/sentinel/feedback",
-            Some(Role::Ingest),
+            Role::Ingest,
             Some(json!({"updates": [{"path": "/ok.txt", "status": "exists", "mtime": 1e12}]})),
         )
         .await;
@@ -255,10 +254,9 @@ async fn sentinel_feedback_cannot_delete_what_is_not_suspect() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, answer) = s
-        .send(
-            "POST",
+        .post(
             "/api/v1/pipe/consistency/sentinel/feedback",
-            Some(Role::Ingest),
+            Role::Ingest,
             Some(json!({"updates": [{"path": "/keep.txt", "status": "missing"}]})),
         )
         .await;
@@ -311,10 +309,9 @@ async fn a_megabyte_task_id_is_refused_naming_the_bound() {
     let s = start(|_| {}).await;
     lab_ready(&s).await;
     let (status, answer) = s
-        .send(
-            "POST",
-            "/api/v1/pipe/session/",
-            Some(Role::Ingest),
+        .post(
+            SESSION,
+            Role::Ingest,
             Some(json!({"task_id": "t".repeat(1 << 20)})),
         )
         .await;

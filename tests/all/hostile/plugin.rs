@@ -33,19 +33,12 @@ async fn errors_a_key_returns_for_events_are_dead_letters_not_a_quarantine() {
     }
     let delivered = delivered.expect("the good event is delivered");
     assert_eq!(delivered["data"]["n"], 100);
-    let (status, key) = s
-        .send("GET", "/v1/keys/test.flaky", Some(Role::Query), None)
-        .await;
+    let (status, key) = s.get("/v1/keys/test.flaky", Role::Query).await;
     assert_eq!(status, StatusCode::OK);
     assert!(key["quarantine"].is_null(), "{key}");
     // Each refused event is a dead letter with the key's reason.
     let (_, dlq) = s
-        .send(
-            "GET",
-            "/v1/dlq?key=test.flaky&limit=1000",
-            Some(Role::Admin),
-            None,
-        )
+        .get("/v1/dlq?key=test.flaky&limit=1000", Role::Admin)
         .await;
     let letters = dlq["letters"].as_array().expect("letters");
     assert_eq!(letters.len(), 100);
@@ -123,7 +116,7 @@ async fn a_dead_letter_replayed_with_no_consumer_attached_stays() {
     // Wait for the letter, then leave.
     let mut letters = Value::Null;
     for _ in 0..100 {
-        let (_, dlq) = s.send("GET", "/v1/dlq", Some(Role::Admin), None).await;
+        let (_, dlq) = s.get("/v1/dlq", Role::Admin).await;
         if dlq["letters"].as_array().is_some_and(|l| !l.is_empty()) {
             letters = dlq;
             break;
@@ -141,12 +134,7 @@ async fn a_dead_letter_replayed_with_no_consumer_attached_stays() {
     })
     .await;
     let (status, replay) = s
-        .send(
-            "POST",
-            "/v1/dlq/replay",
-            Some(Role::Admin),
-            Some(json!({"ids": [id]})),
-        )
+        .post("/v1/dlq/replay", Role::Admin, Some(json!({"ids": [id]})))
         .await;
     assert_eq!(status, StatusCode::OK, "{replay}");
     assert_eq!(replay["results"][0]["outcome"], "skipped", "{replay}");

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use weir_host::auth::{Keys, Role};
 use weir_host::datastore::DatastoreConfig;
 use weir_host::runtime::{Host, HostConfig};
-use weir_tests::{TestServer, compile_cache, test_limits};
+use weir_tests::{SESSION, TestServer, compile_cache, test_limits};
 
 /// A key of the table: its secret, role and datastore (`None`: host).
 #[derive(Clone, Copy, Debug)]
@@ -244,7 +244,7 @@ async fn a_datastore_sees_its_own_changes_and_events_only() {
             &s,
             Some(key),
             "POST",
-            "/api/v1/pipe/session/",
+            SESSION,
             Some(json!({"task_id": format!("{ds}:p")})),
         )
         .await;
