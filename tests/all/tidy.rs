@@ -88,17 +88,60 @@ fn room_of(src: &Path, file: &Path) -> String {
 }
 
 /// The code of `text` without its comments (line comments only: the
-/// sources use no block comments), so that prose may name anything.
+/// sources use no block comments) and with its strings emptied, so that
+/// prose and messages may name anything while a `//` in a string (a URL)
+/// hides no code after it.
 fn code(text: &str) -> String {
-    text.lines()
-        .map(|l| match l.find("//") {
-            // A `//` inside a string (a URL) is rare; cutting there is safe
-            // for these checks, which look for paths, not strings.
-            Some(i) => &l[..i],
-            None => l,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut in_str = false;
+    while let Some(c) = chars.next() {
+        if in_str {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => in_str = false,
+                // Keep the line structure.
+                '\n' => out.push('\n'),
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_str = true;
+                // A string counts as nothing: its text is not code.
+                out.push_str("\"\"");
+            }
+            // A char literal such as '"' is not the start of a string.
+            '\'' => {
+                out.push(c);
+                let rest: String = chars.clone().take(3).collect();
+                let mut r = rest.chars();
+                match (r.next(), r.next(), r.next()) {
+                    (Some('\\'), Some(_), Some('\'')) => {
+                        chars.nth(2);
+                    }
+                    (Some(_), Some('\''), _) => {
+                        chars.nth(1);
+                    }
+                    // A lifetime.
+                    _ => {}
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Whether `code` uses the crate or module `name` as a path root.
@@ -272,4 +315,14 @@ fn the_checks_see_what_they_look_for() {
     assert!(!uses("use crate::engine::bindings::X;", "bindings"));
     assert!(!uses(&code("// axum::Router is only named here"), "axum"));
     assert!(uses("use crate::bus;", "crate::bus"));
+}
+
+#[test]
+fn code_drops_comments_and_strings_but_not_what_follows_a_url() {
+    let text = "let u = \"http://x\"; axum::Router::new(); // tokio::spawn\nlet c = '\"'; wasmtime::Engine";
+    let c = code(text);
+    assert!(uses(&c, "axum"), "{c}");
+    assert!(uses(&c, "wasmtime"), "{c}");
+    assert!(!uses(&c, "tokio"), "{c}");
+    assert!(!c.contains("http"), "{c}");
 }

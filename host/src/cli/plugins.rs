@@ -15,7 +15,7 @@ use crate::bus::{Event, NewEvent};
 use crate::config::MAX_DEFAULT_MEMORY_MIB;
 use crate::engine::manifest::LimitsSection;
 use crate::engine::{EngineConfig, Limits, LoadedPlugin, Params};
-use crate::pipeline::{self, Trial};
+use crate::pipeline::{self, Verdict};
 use crate::registry::{KeyDefinition, OutputSchema, RegisteredKey, Runner, params};
 use crate::runtime::{Host, HostConfig, PluginLoadError};
 
@@ -306,13 +306,26 @@ fn run_one(
             },
         };
         match pipeline::trial(plugin, &def.key, params, &key.output, event) {
-            Trial::Emitted(data) => json!({ "result": "emitted", "data": data }),
-            Trial::Filtered => json!({ "result": "dropped", "by": "matches" }),
-            Trial::Dropped => json!({ "result": "dropped", "by": "process" }),
-            Trial::Fault {
+            Verdict::Emit(envelope) => {
+                // The key's output as it wrote it (a raw value keeps its
+                // key order and number forms).
+                #[derive(serde::Deserialize)]
+                struct Envelope<'a> {
+                    #[serde(borrow)]
+                    data: &'a serde_json::value::RawValue,
+                }
+                match serde_json::from_str::<Envelope>(&envelope) {
+                    Ok(e) => json!({ "result": "emitted", "data": e.data }),
+                    Err(e) => json!({ "result": "error", "message": format!("envelope: {e}") }),
+                }
+            }
+            Verdict::Filtered => json!({ "result": "dropped", "by": "matches" }),
+            Verdict::Dropped => json!({ "result": "dropped", "by": "process" }),
+            Verdict::Fault {
                 stage,
                 kind,
                 message,
+                ..
             } => {
                 json!({ "result": "error", "stage": stage.as_str(), "kind": kind, "message": message })
             }

@@ -51,12 +51,15 @@ impl<'a> From<&'a Event> for EventRef<'a> {
 /// The `process` answer as the guest gives it.
 pub(super) type ProcessResult = Result<types::Outcome, String>;
 
-/// The signatures the borrowed calls below use, checked against a
-/// component's exports once when it is loaded ([`check_borrowed_calls`]), so
-/// that each call can skip the check: every instance of a plugin comes from
-/// the component that was checked.
-type MatchesBatch<'a> = (&'a str, &'a [(String, String)], &'a [EventRef<'a>]);
-type One<'a> = (&'a str, &'a [(String, String)], EventRef<'a>);
+// The signatures the borrowed calls below use, checked against a
+// component's exports once when it is loaded (`check_borrowed_calls`), so
+// that each call can skip the check: every instance of a plugin comes from
+// the component that was checked.
+
+/// Arguments of `matches-batch` and `process-batch`: key, params, events.
+type BatchArgs<'a> = (&'a str, &'a [(String, String)], &'a [EventRef<'a>]);
+/// Arguments of `matches` and `process`: key, params, one event.
+type OneArgs<'a> = (&'a str, &'a [(String, String)], EventRef<'a>);
 
 /// Checks that the event-key exports of `world` take [`EventRef`] where the
 /// WIT says `raw-event` (bindgen checked them against the WIT itself). Runs
@@ -68,16 +71,16 @@ pub(super) fn check_borrowed_calls(
     let keys = world.weir_plugin_event_key();
     keys.func_matches_batch()
         .func()
-        .typed::<MatchesBatch<'_>, (Vec<bool>,)>(&*store)?;
+        .typed::<BatchArgs<'_>, (Vec<bool>,)>(&*store)?;
     keys.func_matches()
         .func()
-        .typed::<One<'_>, (bool,)>(&*store)?;
+        .typed::<OneArgs<'_>, (bool,)>(&*store)?;
     keys.func_process_batch()
         .func()
-        .typed::<MatchesBatch<'_>, (Vec<ProcessResult>,)>(&*store)?;
+        .typed::<BatchArgs<'_>, (Vec<ProcessResult>,)>(&*store)?;
     keys.func_process()
         .func()
-        .typed::<One<'_>, (ProcessResult,)>(&*store)?;
+        .typed::<OneArgs<'_>, (ProcessResult,)>(&*store)?;
     Ok(())
 }
 
@@ -93,7 +96,7 @@ pub(super) fn matches_batch(
     // SAFETY: the signature was checked against this component's export at
     // load (`check_borrowed_calls`), and this instance is of that component.
     let typed = unsafe {
-        wasmtime::component::TypedFunc::<MatchesBatch<'_>, (Vec<bool>,)>::new_unchecked(func)
+        wasmtime::component::TypedFunc::<BatchArgs<'_>, (Vec<bool>,)>::new_unchecked(func)
     };
     Ok(typed.call(store, (key, params, events))?.0)
 }
@@ -109,7 +112,8 @@ pub(super) fn matches(
     let func = *world.weir_plugin_event_key().func_matches().func();
     // SAFETY: the signature was checked against this component's export at
     // load (`check_borrowed_calls`), and this instance is of that component.
-    let typed = unsafe { wasmtime::component::TypedFunc::<One<'_>, (bool,)>::new_unchecked(func) };
+    let typed =
+        unsafe { wasmtime::component::TypedFunc::<OneArgs<'_>, (bool,)>::new_unchecked(func) };
     Ok(typed.call(store, (key, params, event))?.0)
 }
 
@@ -125,9 +129,7 @@ pub(super) fn process_batch(
     // SAFETY: the signature was checked against this component's export at
     // load (`check_borrowed_calls`), and this instance is of that component.
     let typed = unsafe {
-        wasmtime::component::TypedFunc::<MatchesBatch<'_>, (Vec<ProcessResult>,)>::new_unchecked(
-            func,
-        )
+        wasmtime::component::TypedFunc::<BatchArgs<'_>, (Vec<ProcessResult>,)>::new_unchecked(func)
     };
     Ok(typed.call(store, (key, params, events))?.0)
 }
@@ -143,8 +145,9 @@ pub(super) fn process(
     let func = *world.weir_plugin_event_key().func_process().func();
     // SAFETY: the signature was checked against this component's export at
     // load (`check_borrowed_calls`), and this instance is of that component.
-    let typed =
-        unsafe { wasmtime::component::TypedFunc::<One<'_>, (ProcessResult,)>::new_unchecked(func) };
+    let typed = unsafe {
+        wasmtime::component::TypedFunc::<OneArgs<'_>, (ProcessResult,)>::new_unchecked(func)
+    };
     Ok(typed.call(store, (key, params, event))?.0)
 }
 

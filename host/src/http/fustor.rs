@@ -20,7 +20,7 @@ use super::{
     body_bytes, path, query,
 };
 use crate::datastore::Datastore;
-use crate::index::view::TreeQuery;
+use crate::index::view::{TreeQuery, ViewError};
 use crate::rows::{parse_batch, parse_feedback};
 use crate::text::echo;
 use crate::time::now_secs;
@@ -357,6 +357,17 @@ macro_rules! view_doc {
     };
 }
 
+/// A view rendered on a blocking thread (it walks the index under its read
+/// lock, up to the datastore's byte bound) and answered as JSON.
+async fn json_off_runtime(
+    render: impl FnOnce() -> Result<Vec<u8>, ViewError> + Send + 'static,
+) -> Result<Response, AppError> {
+    let body = tokio::task::spawn_blocking(render)
+        .await
+        .map_err(|e| AppError::Internal(e.into()))??;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
 view_doc! {
     "/api/v1/views/{datastore}/tree",
     [TreeParams],
@@ -381,10 +392,7 @@ view_doc! {
             params.only_path,
         )
         .map_err(AppError::BadRequest)?;
-        let body = tokio::task::spawn_blocking(move || ds.tree_json(&query))
-            .await
-            .map_err(|e| AppError::Internal(e.into()))??;
-        Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+        json_off_runtime(move || ds.tree_json(&query)).await
     }
 }
 
@@ -495,10 +503,7 @@ view_doc! {
         if params.pattern.is_empty() {
             return Err(AppError::BadRequest("`pattern` is empty".into()));
         }
-        let body = tokio::task::spawn_blocking(move || ds.search_json(&params.pattern))
-            .await
-            .map_err(|e| AppError::Internal(e.into()))??;
-        Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+        json_off_runtime(move || ds.search_json(&params.pattern)).await
     }
 }
 

@@ -250,18 +250,27 @@ async fn drive(
     }
 }
 
-/// What became of one event.
-enum Verdict {
+/// What one event comes to through a key (`matches`, `process`, the output
+/// check): what a consumer delivers or dead-letters, and what `weir plugins
+/// test` reports.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Delivered: the envelope consumers receive (JSON).
     Emit(String),
+    /// `matches` said no.
     Filtered,
+    /// `process` dropped it.
     Dropped,
     /// A dead letter; `counts` when the fault counts toward quarantine
     /// (see [`PluginFault::counts_toward_quarantine`]).
     Fault {
         /// The function that faulted (`process` for invalid output).
         stage: Function,
+        /// Its kind.
         kind: LetterKind,
+        /// What went wrong.
         message: String,
+        /// Whether it counts toward quarantine.
         counts: bool,
     },
 }
@@ -387,37 +396,15 @@ fn fault_verdict(stage: Function, f: &PluginFault) -> Verdict {
     }
 }
 
-/// What one event comes to through a key, judged exactly as a consumer's
-/// events are (`matches`, `process`, the output check): what `weir plugins
-/// test` reports.
-#[derive(Debug, Clone)]
-pub enum Trial {
-    /// Delivered: the key's output (JSON).
-    Emitted(Box<RawValue>),
-    /// `matches` said no.
-    Filtered,
-    /// `process` dropped it.
-    Dropped,
-    /// A dead letter: where, why, and what went wrong.
-    Fault {
-        /// The function that faulted.
-        stage: Function,
-        /// Its kind.
-        kind: LetterKind,
-        /// What went wrong.
-        message: String,
-    },
-}
-
 /// `event` through `key` of `runner`, with `params` and the key's `output`
-/// check, on this thread.
+/// check, on this thread, judged exactly as a consumer's events are.
 pub fn trial(
     runner: &dyn Runner,
     key: &str,
     params: &Params,
     output: &OutputCheck,
     event: Event,
-) -> Trial {
+) -> Verdict {
     let call = Call {
         key,
         subscription_id: "",
@@ -426,34 +413,7 @@ pub fn trial(
         output,
     };
     let (mut verdicts, _) = call.judge(&[Arc::new(event)], None);
-    match verdicts.pop() {
-        Some(Verdict::Emit(envelope)) => {
-            #[derive(serde::Deserialize)]
-            struct Data {
-                data: Box<RawValue>,
-            }
-            match serde_json::from_str::<Data>(&envelope) {
-                Ok(d) => Trial::Emitted(d.data),
-                Err(e) => Trial::Fault {
-                    stage: Function::Process,
-                    kind: LetterKind::InvalidOutput,
-                    message: e.to_string(),
-                },
-            }
-        }
-        Some(Verdict::Filtered) => Trial::Filtered,
-        Some(Verdict::Dropped) | None => Trial::Dropped,
-        Some(Verdict::Fault {
-            stage,
-            kind,
-            message,
-            ..
-        }) => Trial::Fault {
-            stage,
-            kind,
-            message,
-        },
-    }
+    verdicts.pop().unwrap_or(Verdict::Dropped)
 }
 
 /// What consumers receive per event.

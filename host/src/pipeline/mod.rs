@@ -32,7 +32,7 @@ use crate::datastore::FeedChange;
 use crate::engine::{Params, PluginFault};
 use crate::registry::{RegisteredKey, Registry, params};
 use consumer::Ctx;
-pub use consumer::{Trial, trial};
+pub use consumer::{Verdict, trial};
 use dlq::{DeadLetter, DeadLetterSelector, DeadLetters};
 use health::{HealthBook, Quarantine};
 pub use subscribe::{
