@@ -16,6 +16,9 @@
 //! - [`datastore`]: one agent-fed file-system index: sessions
 //!   ([`datastore::session`]), the ingestion queue and apply thread, views and
 //!   READY logic.
+//! - [`store`]: the data directory and the embedded durable store (redb):
+//!   the bus's event log and the records of dead letters, plugin state,
+//!   quarantines and named consumers.
 //! - [`plugindir`]: the plugin directory, loaded at start and polled.
 //! - [`plugin_api`]: the routes plugins reach through `call-api`.
 //! - [`pipeline`]: subscriptions, key calls, envelopes, dead letters.
@@ -40,6 +43,7 @@ pub mod plugin_api;
 pub mod plugindir;
 pub mod registry;
 pub mod runtime;
+pub mod store;
 
 pub mod supervise;
 pub mod wire;

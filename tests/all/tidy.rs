@@ -17,6 +17,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("consume", 1),
     ("engine", 2),
     ("datastore", 2),
+    ("store", 2),
     ("plugindir", 3),
     ("plugin_api", 3),
     ("pipeline", 3),

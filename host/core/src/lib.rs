@@ -5,6 +5,7 @@
 //! an async runtime, so that it builds fast and can be fuzzed.
 //! - [`event`]: the host's event (`NewEvent`, `Event`) and event-type
 //!   patterns; the bus carries these, plugins see a WIT copy.
+//! - [`codec`]: the on-disk form of an event in the event log.
 //! - [`key`]: the EventKey contract: definitions, params, outcomes, faults
 //!   and the `Runner` trait keys are called through.
 //! - [`producer`]: `POST /v1/events` bodies checked event by event.
@@ -21,6 +22,7 @@
 //! `weir-host` re-exports these where its rooms use them.
 
 pub mod auth;
+pub mod codec;
 pub mod config;
 pub mod event;
 pub mod fuzz;

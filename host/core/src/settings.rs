@@ -27,6 +27,62 @@ pub struct BusConfig {
     /// How long a publisher waits for room in a full feed buffer before it
     /// marks that consumer slow and drops its oldest events instead.
     pub slow_consumer_wait: Duration,
+    /// The durable event log (used when the host has a data directory).
+    pub log: LogConfig,
+}
+
+/// When the event log's commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fsync {
+    /// Every commit is flushed before `POST /v1/events` answers: an
+    /// accepted event survives a crash of the process or of the machine.
+    #[default]
+    Always,
+    /// Commits are flushed together at most this often: an accepted event
+    /// survives a crash of the process only once its flush ran, and of the
+    /// machine likewise; up to this long of accepted events can be lost.
+    Interval(Duration),
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Self::Always),
+            ms => match ms.parse::<u64>() {
+                Ok(0) | Err(_) => Err(format!(
+                    "`{}` is not `always` or a number of milliseconds (at least 1)",
+                    crate::text::echo(ms)
+                )),
+                Ok(n) => Ok(Self::Interval(Duration::from_millis(n))),
+            },
+        }
+    }
+}
+
+/// The durable event log: flushing and retention. An event leaves the log
+/// when any of the three bounds is passed, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// When commits reach the disk.
+    pub fsync: Fsync,
+    /// Most events kept.
+    pub retention_events: u64,
+    /// Most bytes of events kept (as stored).
+    pub retention_bytes: u64,
+    /// Oldest event kept, by the time it was accepted (`None`: no limit).
+    pub retention_age: Option<Duration>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            fsync: Fsync::Always,
+            retention_events: 10_000_000,
+            retention_bytes: 4 * 1024 * 1024 * 1024,
+            retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
 }
 
 impl Default for BusConfig {
@@ -37,6 +93,7 @@ impl Default for BusConfig {
             history_events: 10_000,
             history_bytes: 64 * 1024 * 1024,
             slow_consumer_wait: Duration::from_millis(100),
+            log: LogConfig::default(),
         }
     }
 }

@@ -42,8 +42,18 @@ impl DedupFilter {
         {
             return true;
         }
-        self.seen.insert(id.to_string(), now);
-        self.ring.push_back((id.to_string(), now));
+        self.remember(id, now);
+        false
+    }
+
+    /// Remembers `id` as seen at `at` (the window is rebuilt at start from
+    /// the event log, oldest first).
+    pub fn remember(&mut self, id: &str, at: Instant) {
+        if self.size == 0 {
+            return;
+        }
+        self.seen.insert(id.to_string(), at);
+        self.ring.push_back((id.to_string(), at));
         while self.ring.len() > self.size {
             if let Some((old, at)) = self.ring.pop_front()
                 && self.seen.get(&old) == Some(&at)
@@ -51,7 +61,12 @@ impl DedupFilter {
                 self.seen.remove(&old);
             }
         }
-        false
+    }
+
+    /// Forgets `id` (its event was not stored after all: a retry must not
+    /// count as a duplicate).
+    pub fn forget(&mut self, id: &str) {
+        self.seen.remove(id);
     }
 
     /// Ids currently remembered (expired ones included until evicted).

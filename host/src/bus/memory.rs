@@ -25,8 +25,8 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::{
-    BusConfig, BusStats, DedupFilter, Event, EventBus, Feed, FeedItem, GapReason, Handler,
-    NewEvent, Published, Selection, StartAt, event_type_matches,
+    BusConfig, BusStats, DedupFilter, Event, EventBus, EventLog, Feed, FeedItem, GapReason,
+    Handler, NewEvent, PublishError, Published, Selection, StartAt, event_type_matches,
 };
 
 /// History entries a replaying feed scans per lock hold, so that a replay of
@@ -42,10 +42,52 @@ pub struct MemoryBus {
 struct Inner {
     state: Mutex<State>,
     config: BusConfig,
+    /// The durable log and the queue of its writer thread, if any.
+    log: Option<LogWriter>,
 }
+
+/// Publishers hand their numbered batches to one writer thread (in sequence
+/// order, under the bus lock); it stores everything waiting in one commit,
+/// then fans the batches out and answers each publisher.
+struct LogWriter {
+    log: Arc<dyn EventLog>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    /// Joined when the bus goes, so that the log is released with it.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(writer) = self.log.take() {
+            let thread = lock(&writer.thread).take();
+            // The writer ends when its queue closes.
+            drop(writer);
+            if let Some(t) = thread
+                && t.thread().id() != std::thread::current().id()
+            {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// One publisher's batch, waiting for its commit.
+struct Job {
+    events: Vec<Arc<Event>>,
+    /// The commit's outcome: the feeds that overflowed (the publisher waits
+    /// for room in them), or why nothing was stored.
+    done: std::sync::mpsc::SyncSender<Result<Vec<Arc<Tap>>, String>>,
+}
+
+/// Batches one commit takes at most, so that a publisher's wait stays
+/// bounded under a flood.
+const MAX_GROUP_EVENTS: usize = 64 * 1024;
 
 struct State {
     next_seq: u64,
+    /// The newest sequence number fanned out (events up to it are in the
+    /// history or the log; newer ones reach live feeds).
+    delivered: u64,
     dedup: DedupFilter,
     history: VecDeque<Arc<Event>>,
     history_bytes: usize,
@@ -150,12 +192,55 @@ impl Ring {
 }
 
 impl MemoryBus {
-    /// An empty bus.
+    /// An empty bus in memory only.
     pub fn new(config: BusConfig) -> Self {
+        Self::build(config, None, 1)
+    }
+
+    /// A bus whose accepted events are stored in `log` before they are
+    /// answered or fanned out. Numbering continues after the log's newest
+    /// event, and the dedup window is rebuilt from the log, so a retry after
+    /// a restart is still a duplicate.
+    pub fn durable(config: BusConfig, log: Arc<dyn EventLog>) -> Result<Self, String> {
+        let recent = log.recent_ids(config.dedup_size)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let bus = Self::build(
+            config,
+            Some(LogWriter {
+                log: log.clone(),
+                jobs: tx,
+                thread: Mutex::new(None),
+            }),
+            log.next_seq(),
+        );
+        {
+            let mut st = lock(&bus.inner.state);
+            let (now, now_ms) = (Instant::now(), crate::time::now_ms());
+            for (ts, id) in recent {
+                let age = std::time::Duration::from_millis(now_ms.saturating_sub(ts));
+                if age < bus.inner.config.dedup_ttl {
+                    st.dedup.remember(&id, now.checked_sub(age).unwrap_or(now));
+                }
+            }
+        }
+        let weak = Arc::downgrade(&bus.inner);
+        let thread = std::thread::Builder::new()
+            .name("weir-bus-log".into())
+            .spawn(move || write_log(&weak, &log, &rx))
+            .map_err(|e| format!("cannot start the event log writer: {e}"))?;
+        if let Some(writer) = &bus.inner.log {
+            *lock(&writer.thread) = Some(thread);
+        }
+        Ok(bus)
+    }
+
+    fn build(config: BusConfig, log: Option<LogWriter>, next_seq: u64) -> Self {
         Self {
             inner: Arc::new(Inner {
+                log,
                 state: Mutex::new(State {
-                    next_seq: 1,
+                    next_seq,
+                    delivered: next_seq - 1,
                     dedup: DedupFilter::new(config.dedup_size, config.dedup_ttl),
                     history: VecDeque::new(),
                     history_bytes: 0,
@@ -172,7 +257,84 @@ impl MemoryBus {
     }
 }
 
+/// The writer thread: one commit for every batch waiting, then fan-out in
+/// sequence order, then the answers. Ends when the bus is dropped.
+fn write_log(
+    inner: &std::sync::Weak<Inner>,
+    log: &Arc<dyn EventLog>,
+    jobs: &std::sync::mpsc::Receiver<Job>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        let mut count = group[0].events.len();
+        while count < MAX_GROUP_EVENTS
+            && let Ok(job) = jobs.try_recv()
+        {
+            count += job.events.len();
+            group.push(job);
+        }
+        let all: Vec<Arc<Event>> = group
+            .iter()
+            .flat_map(|j| j.events.iter().cloned())
+            .collect();
+        let stored = log.append(&all);
+        let Some(inner) = inner.upgrade() else { return };
+        let wait = !inner.config.slow_consumer_wait.is_zero();
+        let mut answers = Vec::with_capacity(group.len());
+        {
+            let mut st = lock(&inner.state);
+            for job in &group {
+                match &stored {
+                    Ok(()) => {
+                        let mut full = Vec::new();
+                        for event in &job.events {
+                            st.deliver(event, &inner.config, wait, &mut full);
+                        }
+                        answers.push(Ok(full));
+                    }
+                    Err(e) => {
+                        // Not stored: not delivered, and a retry is new.
+                        for event in &job.events {
+                            st.dedup.forget(&event.new.id);
+                            st.published = st.published.saturating_sub(1);
+                            st.delivered = st.delivered.max(event.seq);
+                        }
+                        answers.push(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for (job, answer) in group.into_iter().zip(answers) {
+            let _ = job.done.send(answer);
+        }
+    }
+}
+
 impl State {
+    /// Hands a numbered (and, with a log, stored) event to the history, the
+    /// handlers and the feeds; `full` gets the feeds it took over capacity.
+    fn deliver(
+        &mut self,
+        event: &Arc<Event>,
+        config: &BusConfig,
+        may_wait: bool,
+        full: &mut Vec<Arc<Tap>>,
+    ) {
+        // Built-in history first, then handlers by priority, then feeds.
+        self.record(event, config);
+        for h in &self.handlers {
+            if event_type_matches(h.pattern(), &event.new.event_type) {
+                h.handle(event);
+            }
+        }
+        for tap in self.taps.values() {
+            if tap.push(event, may_wait) {
+                full.push(tap.clone());
+            }
+        }
+        self.delivered = event.seq;
+    }
+
     fn record(&mut self, event: &Arc<Event>, config: &BusConfig) {
         if config.history_events == 0 {
             return;
@@ -207,8 +369,87 @@ impl State {
     }
 }
 
+impl State {
+    /// Numbers `new` unless its id is a duplicate.
+    fn number(&mut self, new: NewEvent, now: Instant, now_ms: u64) -> Option<Arc<Event>> {
+        if self.dedup.is_duplicate(&new.id, now) {
+            self.duplicates += 1;
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.published += 1;
+        Some(Arc::new(Event {
+            seq,
+            timestamp_ms: now_ms,
+            new,
+        }))
+    }
+}
+
+/// Waits (one deadline for all) until the feeds that overflowed at an
+/// event have room, or marks them slow.
+fn wait_for_room(full: impl Iterator<Item = Arc<Tap>>, wait: std::time::Duration) {
+    let deadline = Instant::now() + wait;
+    for tap in full {
+        tap.wait_for_room(deadline);
+    }
+}
+
+impl MemoryBus {
+    /// `publish` with a log: numbered under the bus lock and queued for the
+    /// writer in that order; answered once the writer's commit ran.
+    fn publish_logged(
+        &self,
+        log: &LogWriter,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Published>, PublishError> {
+        let now_ms = crate::time::now_ms();
+        let mut out = Vec::with_capacity(events.len());
+        let mut batch = Vec::new();
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut st = lock(&self.inner.state);
+            let now = Instant::now();
+            for new in events {
+                match st.number(new, now, now_ms) {
+                    Some(event) => {
+                        out.push(Published::Accepted(event.seq));
+                        batch.push(event);
+                    }
+                    None => out.push(Published::Duplicate),
+                }
+            }
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            if log
+                .jobs
+                .send(Job {
+                    events: batch,
+                    done,
+                })
+                .is_err()
+            {
+                return Err(PublishError::Log("the event log writer has stopped".into()));
+            }
+        }
+        match answer.recv() {
+            Ok(Ok(full)) => {
+                wait_for_room(full.into_iter(), self.inner.config.slow_consumer_wait);
+                Ok(out)
+            }
+            Ok(Err(e)) => Err(PublishError::Log(e)),
+            Err(_) => Err(PublishError::Log("the event log writer has stopped".into())),
+        }
+    }
+}
+
 impl EventBus for MemoryBus {
-    fn publish(&self, events: Vec<NewEvent>) -> Vec<Published> {
+    fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, PublishError> {
+        if let Some(log) = &self.inner.log {
+            return self.publish_logged(log, events);
+        }
         let now_ms = crate::time::now_ms();
         let wait = self.inner.config.slow_consumer_wait;
         let mut out = Vec::with_capacity(events.len());
@@ -222,52 +463,31 @@ impl EventBus for MemoryBus {
             while full.is_empty()
                 && let Some(new) = events.next()
             {
-                if st.dedup.is_duplicate(&new.id, now) {
-                    st.duplicates += 1;
-                    out.push(Published::Duplicate);
-                    continue;
-                }
-                let seq = st.next_seq;
-                st.next_seq += 1;
-                st.published += 1;
-                let event = Arc::new(Event {
-                    seq,
-                    timestamp_ms: now_ms,
-                    new,
-                });
-                // Built-in history first, then handlers by priority, then feeds.
-                st.record(&event, &self.inner.config);
-                for h in &st.handlers {
-                    if event_type_matches(h.pattern(), &event.new.event_type) {
-                        h.handle(&event);
+                match st.number(new, now, now_ms) {
+                    Some(event) => {
+                        st.deliver(&event, &self.inner.config, !wait.is_zero(), &mut full);
+                        out.push(Published::Accepted(event.seq));
                     }
+                    None => out.push(Published::Duplicate),
                 }
-                for tap in st.taps.values() {
-                    if tap.push(&event, !wait.is_zero()) {
-                        full.push(tap.clone());
-                    }
-                }
-                out.push(Published::Accepted(seq));
             }
             drop(st);
-            // One deadline for every feed that overflowed at this event.
-            let deadline = Instant::now() + wait;
-            for tap in full.drain(..) {
-                tap.wait_for_room(deadline);
-            }
+            wait_for_room(full.drain(..), wait);
         }
-        out
+        Ok(out)
     }
 
     fn subscribe(&self, selection: Selection, start: StartAt, capacity: usize) -> Box<dyn Feed> {
         let mut st = lock(&self.inner.state);
         let cursor = match start {
             StartAt::Latest => None,
-            StartAt::Earliest => Some(st.history.front().map_or(st.next_seq, |e| e.seq)),
+            // With a log, the replay finds the log's first event itself.
+            StartAt::Earliest if self.inner.log.is_some() => Some(1),
+            StartAt::Earliest => Some(st.history.front().map_or(st.delivered + 1, |e| e.seq)),
             StartAt::Seq(n) => Some(n.max(1)),
         };
         let phase = match cursor {
-            Some(c) if c < st.next_seq => Phase::Replay { cursor: c },
+            Some(c) if c <= st.delivered => Phase::Replay { cursor: c },
             other => Phase::Live(st.add_tap(&selection, other.unwrap_or(0), capacity)),
         };
         Box::new(MemoryFeed {
@@ -293,7 +513,7 @@ impl EventBus for MemoryBus {
         BusStats {
             published: st.published,
             duplicates: st.duplicates,
-            last_seq: st.next_seq - 1,
+            last_seq: st.delivered,
             history_first_seq: st.history.front().map_or(0, |e| e.seq),
             history_events: st.history.len(),
             history_bytes: st.history_bytes,
@@ -334,8 +554,14 @@ impl MemoryFeed {
         if st.closed {
             return Some(FeedItem::Closed);
         }
-        let first = st.history.front().map_or(st.next_seq, |e| e.seq);
+        let first = st.history.front().map_or(st.delivered + 1, |e| e.seq);
         if cursor < first {
+            if let Some(log) = self.inner.log.as_ref().map(|l| l.log.clone()) {
+                // Older than the history: the log has it (read without the
+                // bus lock; it only holds what was fanned out or is about to).
+                drop(st);
+                return self.replay_from_log(&*log, cursor, first, max);
+            }
             self.phase = Phase::Replay { cursor: first };
             return Some(FeedItem::Gap {
                 reason: GapReason::HistoryEvicted,
@@ -360,13 +586,73 @@ impl MemoryFeed {
                 }
             }
         }
-        self.phase = if next >= st.next_seq {
+        self.phase = if next > st.delivered {
             // Caught up, under the lock: no event can slip between the
             // history read and the live registration.
             Phase::Live(st.add_tap(&self.selection, next, self.capacity))
         } else {
             Phase::Replay { cursor: next }
         };
+        (!out.is_empty()).then_some(FeedItem::Events(out))
+    }
+
+    /// One step of a replay from the log, for events before `until` (where
+    /// the in-memory history starts).
+    fn replay_from_log(
+        &mut self,
+        log: &dyn EventLog,
+        cursor: u64,
+        until: u64,
+        max: usize,
+    ) -> Option<FeedItem> {
+        let unreadable = |e: String| {
+            tracing::error!("replay: the event log cannot be read: {e}");
+            FeedItem::Gap {
+                reason: GapReason::LogUnreadable,
+                count: until - cursor,
+                first_seq: cursor,
+                last_seq: until - 1,
+            }
+        };
+        let oldest = match log.first_seq() {
+            Ok(first) => first.unwrap_or(until).min(until),
+            Err(e) => {
+                self.phase = Phase::Replay { cursor: until };
+                return Some(unreadable(e));
+            }
+        };
+        if cursor < oldest {
+            self.phase = Phase::Replay { cursor: oldest };
+            return Some(FeedItem::Gap {
+                reason: GapReason::HistoryEvicted,
+                count: oldest - cursor,
+                first_seq: cursor,
+                last_seq: oldest - 1,
+            });
+        }
+        let events = match log.read(cursor, REPLAY_SCAN) {
+            Ok(events) => events,
+            Err(e) => {
+                self.phase = Phase::Replay { cursor: until };
+                return Some(unreadable(e));
+            }
+        };
+        let mut next = until;
+        let mut out = Vec::new();
+        for event in events {
+            if event.seq >= until {
+                next = until;
+                break;
+            }
+            next = event.seq + 1;
+            if self.selection.matches(&event) {
+                out.push(event);
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        self.phase = Phase::Replay { cursor: next };
         (!out.is_empty()).then_some(FeedItem::Events(out))
     }
 }
@@ -472,7 +758,8 @@ mod tests {
             ev("1", "fs.insert"),
             ev("2", "fs.delete"),
             ev("3", "x"),
-        ]);
+        ])
+        .unwrap();
         assert_eq!(seqs(&mut exact, 10).await, vec![1]);
         assert_eq!(seqs(&mut prefix, 10).await, vec![1, 2]);
         assert_eq!(seqs(&mut all, 10).await, vec![1, 2, 3]);
@@ -481,7 +768,9 @@ mod tests {
     #[tokio::test]
     async fn duplicates_get_no_sequence_number() {
         let b = bus(0);
-        let got = b.publish(vec![ev("a", "t"), ev("a", "t"), ev("b", "t")]);
+        let got = b
+            .publish(vec![ev("a", "t"), ev("a", "t"), ev("b", "t")])
+            .unwrap();
         assert_eq!(
             got,
             vec![
@@ -497,7 +786,8 @@ mod tests {
     async fn a_full_ring_drops_the_oldest_and_reports_the_gap_first() {
         let b = bus(0);
         let mut f = b.subscribe("*".into(), StartAt::Latest, 3);
-        b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect());
+        b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect())
+            .unwrap();
         match f.next(10).await {
             FeedItem::Gap {
                 reason,
@@ -531,7 +821,7 @@ mod tests {
             .collect();
         events.push(in_scope("h", None));
         events.push(in_scope("l", Some("lab")));
-        b.publish(events);
+        b.publish(events).unwrap();
         assert_eq!(seqs(&mut lab, 10).await, vec![12]);
         // A replay selects the same way.
         let mut replay = b.subscribe(scoped("lab"), StartAt::Earliest, 10);
@@ -560,7 +850,9 @@ mod tests {
         });
         let pub_bus = b.clone();
         tokio::task::spawn_blocking(move || {
-            pub_bus.publish((0..100).map(|i| ev(&i.to_string(), "t")).collect())
+            pub_bus
+                .publish((0..100).map(|i| ev(&i.to_string(), "t")).collect())
+                .unwrap()
         })
         .await
         .unwrap();
@@ -571,7 +863,9 @@ mod tests {
         let started = Instant::now();
         let pub_bus = b.clone();
         tokio::task::spawn_blocking(move || {
-            pub_bus.publish((100..200).map(|i| ev(&i.to_string(), "t")).collect())
+            pub_bus
+                .publish((100..200).map(|i| ev(&i.to_string(), "t")).collect())
+                .unwrap()
         })
         .await
         .unwrap();
@@ -602,7 +896,9 @@ mod tests {
         let started = Instant::now();
         let pub_bus = b.clone();
         let slow = std::thread::spawn(move || {
-            pub_bus.publish((0..4).map(|i| ev(&format!("s{i}"), "slow.x")).collect())
+            pub_bus
+                .publish((0..4).map(|i| ev(&format!("s{i}"), "slow.x")).collect())
+                .unwrap()
         });
         // While that publisher waits, the bus lock is free: another
         // publisher, a subscriber and the stats all answer at once.
@@ -611,7 +907,7 @@ mod tests {
         // It takes the next sequence number, between the slow ones (the
         // second slow event overflowed the rings).
         assert_eq!(
-            b.publish(vec![ev("o", "other")]),
+            b.publish(vec![ev("o", "other")]).unwrap(),
             vec![Published::Accepted(3)]
         );
         drop(b.subscribe("*".into(), StartAt::Earliest, 10));
@@ -649,7 +945,7 @@ mod tests {
         let pub_bus = b.clone();
         let started = Instant::now();
         let publisher =
-            std::thread::spawn(move || pub_bus.publish(vec![ev("1", "t"), ev("2", "t")]));
+            std::thread::spawn(move || pub_bus.publish(vec![ev("1", "t"), ev("2", "t")]).unwrap());
         std::thread::sleep(Duration::from_millis(50));
         drop(feed);
         assert_eq!(publisher.join().unwrap().len(), 2);
@@ -659,31 +955,36 @@ mod tests {
     #[tokio::test]
     async fn replay_from_earliest_then_live_without_loss_or_repeat() {
         let b = bus(100);
-        b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect());
+        b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect())
+            .unwrap();
         let mut f = b.subscribe("*".into(), StartAt::Earliest, 2);
         assert_eq!(seqs(&mut f, 3).await, vec![1, 2, 3]);
         // Published while the feed is still replaying: history, not the ring.
-        b.publish((5..8).map(|i| ev(&i.to_string(), "t")).collect());
+        b.publish((5..8).map(|i| ev(&i.to_string(), "t")).collect())
+            .unwrap();
         assert_eq!(seqs(&mut f, 10).await, vec![4, 5, 6, 7, 8]);
-        b.publish(vec![ev("live", "t")]);
+        b.publish(vec![ev("live", "t")]).unwrap();
         assert_eq!(seqs(&mut f, 10).await, vec![9]);
     }
 
     #[tokio::test]
     async fn replay_from_a_sequence_number_and_from_the_future() {
         let b = bus(100);
-        b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect());
+        b.publish((0..5).map(|i| ev(&i.to_string(), "t")).collect())
+            .unwrap();
         let mut f = b.subscribe("*".into(), StartAt::Seq(4), 10);
         assert_eq!(seqs(&mut f, 10).await, vec![4, 5]);
         let mut later = b.subscribe("*".into(), StartAt::Seq(8), 10);
-        b.publish((5..9).map(|i| ev(&i.to_string(), "t")).collect());
+        b.publish((5..9).map(|i| ev(&i.to_string(), "t")).collect())
+            .unwrap();
         assert_eq!(seqs(&mut later, 10).await, vec![8, 9]);
     }
 
     #[tokio::test]
     async fn evicted_history_is_a_gap() {
         let b = bus(3);
-        b.publish((0..6).map(|i| ev(&i.to_string(), "t")).collect());
+        b.publish((0..6).map(|i| ev(&i.to_string(), "t")).collect())
+            .unwrap();
         assert_eq!(b.stats().history_first_seq, 4);
         let mut f = b.subscribe("*".into(), StartAt::Seq(2), 10);
         match f.next(10).await {
@@ -711,7 +1012,8 @@ mod tests {
             history_bytes: 3 * one + one / 2,
             ..BusConfig::default()
         });
-        b.publish((0..10).map(|i| ev(&i.to_string(), "t")).collect());
+        b.publish((0..10).map(|i| ev(&i.to_string(), "t")).collect())
+            .unwrap();
         let s = b.stats();
         assert_eq!((s.history_events, s.history_bytes), (3, 3 * one), "{s:?}");
         assert_eq!(s.history_first_seq, 8);
@@ -752,7 +1054,8 @@ mod tests {
                 seen: AtomicU64::new(0),
             }));
         }
-        b.publish(vec![ev("1", "fs.insert"), ev("2", "other")]);
+        b.publish(vec![ev("1", "fs.insert"), ev("2", "other")])
+            .unwrap();
         assert_eq!(*lock(&log), vec!["high:1", "mid:1", "low:1"]);
     }
 

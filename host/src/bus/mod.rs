@@ -9,7 +9,11 @@
 //! - [`Feed`]: the consumer side, pulled in batches; it reports the events
 //!   it had to drop as a [`FeedItem::Gap`].
 //!
-//! [`MemoryBus`] is the one backend today.
+//! [`MemoryBus`] is the one backend today. Given an [`EventLog`] (the
+//! store's, when the host has a data directory) it writes every accepted
+//! event there before it answers or fans out, with one commit for all
+//! batches that arrive while the previous commit runs; replays read the
+//! log where the in-memory history does not reach.
 
 mod counts;
 mod dedup;
@@ -71,6 +75,8 @@ pub enum GapReason {
     BufferOverflow,
     /// The history no longer held them when the replay reached them.
     HistoryEvicted,
+    /// The event log could not be read (the host logged why).
+    LogUnreadable,
 }
 
 /// One pull from a feed.
@@ -132,12 +138,43 @@ pub struct BusStats {
     pub feeds: usize,
 }
 
+/// Why a publish was refused as a whole (nothing of it was accepted).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The bus is closed (the host is shutting down).
+    #[error("the host is shutting down")]
+    Closed,
+    /// The event log could not store the batch.
+    #[error("the event log cannot store events now: {0}")]
+    Log(String),
+}
+
+/// A durable, append-only log of accepted events, by sequence number.
+/// Sequence numbers are strictly increasing; there may be holes (a batch
+/// whose commit failed).
+pub trait EventLog: Send + Sync {
+    /// Stores `events` (in sequence order) as one commit, per the log's
+    /// flush policy, and applies retention. Nothing of the batch is stored
+    /// on error.
+    fn append(&self, events: &[Arc<Event>]) -> Result<(), String>;
+    /// Up to `max` stored events with `seq >= from`, in order.
+    fn read(&self, from: u64, max: usize) -> Result<Vec<Arc<Event>>, String>;
+    /// The first stored sequence number (`None`: empty).
+    fn first_seq(&self) -> Result<Option<u64>, String>;
+    /// The next sequence number to give: one past every number ever given,
+    /// across restarts.
+    fn next_seq(&self) -> u64;
+    /// The ids and accept times (ms since the epoch) of the newest `n`
+    /// events, oldest first: the dedup window is rebuilt from them.
+    fn recent_ids(&self, n: usize) -> Result<Vec<(u64, String)>, String>;
+}
+
 /// A bus backend.
 pub trait EventBus: Send + Sync {
-    /// Deduplicates, numbers and fans out `events`, in order; one answer
-    /// each. May block (bounded) while a full feed makes room: call it from
-    /// a blocking context.
-    fn publish(&self, events: Vec<NewEvent>) -> Vec<Published>;
+    /// Deduplicates, numbers, stores (with a log) and fans out `events`, in
+    /// order; one answer each. May block (bounded) while a full feed makes
+    /// room or the log commits: call it from a blocking context.
+    fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, PublishError>;
     /// Opens a feed of the events `selection` selects, from `start`; a
     /// consumer more than `capacity` events behind loses the oldest.
     fn subscribe(&self, selection: Selection, start: StartAt, capacity: usize) -> Box<dyn Feed>;

@@ -221,6 +221,12 @@ impl From<PushError> for AppError {
     }
 }
 
+impl From<crate::bus::PublishError> for AppError {
+    fn from(e: crate::bus::PublishError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
 impl From<ViewError> for AppError {
     fn from(e: ViewError) -> Self {
         match e {

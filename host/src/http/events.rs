@@ -74,8 +74,7 @@ pub(super) async fn publish(
     let host2 = host.clone();
     let results = tokio::task::spawn_blocking(move || host2.pipeline().try_publish(events))
         .await
-        .map_err(|e| AppError::Internal(e.into()))?
-        .ok_or_else(|| AppError::Unavailable("the host is shutting down".into()))?;
+        .map_err(|e| AppError::Internal(e.into()))??;
     let mut accepted = Vec::new();
     let mut duplicates = Vec::new();
     for ((index, id), result) in positions.into_iter().zip(ids).zip(results) {

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 pub use weir_core::settings::PipelineConfig;
 
-use crate::bus::{EventBus, EventCounts, NewEvent, Published, StartAt};
+use crate::bus::{EventBus, EventCounts, NewEvent, PublishError, Published, StartAt};
 use crate::datastore::FeedChange;
 use crate::engine::{Params, PluginFault};
 use crate::registry::{RegisteredKey, Registry, params};
@@ -104,13 +104,17 @@ impl Pipeline {
     }
 
     /// Publishes events; one answer each.
-    pub fn publish(&self, events: Vec<NewEvent>) -> Vec<Published> {
+    pub fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, PublishError> {
         self.bus.publish(events)
     }
 
-    /// Publishes unless shutdown began; `None` then (nothing published).
-    pub fn try_publish(&self, events: Vec<NewEvent>) -> Option<Vec<Published>> {
-        (!self.is_closed()).then(|| self.bus.publish(events))
+    /// Publishes unless shutdown began ([`PublishError::Closed`] then:
+    /// nothing published).
+    pub fn try_publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::Closed);
+        }
+        self.bus.publish(events)
     }
 
     /// Publishes the changes of a datastore's index as `fs.*` events.
@@ -118,8 +122,16 @@ impl Pipeline {
         if changes.is_empty() {
             return;
         }
-        self.bus
-            .publish(changes.iter().map(FeedChange::to_event).collect());
+        if let Err(e) = self
+            .bus
+            .publish(changes.iter().map(FeedChange::to_event).collect())
+        {
+            // The index has them; a consumer of `fs.*` sees a gap in seq.
+            tracing::error!(
+                count = changes.len(),
+                "datastore changes not published: {e}"
+            );
+        }
     }
 
     /// Subscribes a consumer: checks and normalizes the params, computes the

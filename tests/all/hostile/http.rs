@@ -196,7 +196,7 @@ async fn shutdown_is_bounded_by_clients_that_stall() {
             .map(|(_, e)| e)
             .collect(),
     );
-    assert_eq!(published.len(), 200);
+    assert_eq!(published.unwrap().len(), 200);
     let started = Instant::now();
     served.stop.take().unwrap().send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(20), &mut served.task)

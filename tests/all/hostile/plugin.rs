@@ -158,5 +158,5 @@ async fn nothing_is_accepted_once_shutdown_began() {
         .into_iter()
         .map(|(_, e)| e)
         .collect();
-    assert!(host.pipeline().try_publish(event).is_none());
+    assert!(host.pipeline().try_publish(event).is_err());
 }
