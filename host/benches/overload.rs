@@ -90,6 +90,7 @@ fn start(weir: &str, port: u16, dir: &std::path::Path) -> Child {
             weir_host::EXAMPLE_PLUGIN_DIR,
             "--plugin-poll-ms",
             "0",
+            "--ephemeral",
             "--session-timeout-secs",
             "3600",
             "--log",

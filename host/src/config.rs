@@ -32,6 +32,8 @@ pub struct ServeSettings {
     pub limits: Limits,
     /// Bounds of the connection layer.
     pub server: weir_core::settings::ServerLimits,
+    /// The data directory; `None`: ephemeral.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Largest default instance memory (a manifest may ask up to this, too).
@@ -88,7 +90,21 @@ pub fn serve_settings(
             None => {}
         }
     }
+    let data_dir = match (server.ephemeral.unwrap_or(false), &server.data_dir) {
+        (true, Some(_)) => {
+            return Err(err(
+                "--ephemeral and --data-dir (server.ephemeral, server.data_dir) exclude each other"
+                    .into(),
+            ));
+        }
+        (true, None) => None,
+        (false, Some(dir)) => Some(dir.clone()),
+        (false, None) => Some(crate::store::default_data_dir().ok_or_else(|| {
+            err("no data directory: set --data-dir (or HOME), or run --ephemeral".into())
+        })?),
+    };
     Ok(ServeSettings {
+        data_dir,
         listen: server
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),

@@ -21,6 +21,7 @@ use crate::datastore::Datastore;
 use crate::engine::{CallApi, CallError, Caller};
 use crate::index::view::{TreeQuery, ViewError};
 use crate::registry::Registry;
+use crate::store::{Records, StoreError, Table};
 
 /// Largest value one plugin may store under one name.
 pub const MAX_STATE_VALUE: usize = 64 * 1024;
@@ -33,6 +34,8 @@ pub struct PluginApi {
     datastores: BTreeMap<String, Arc<Datastore>>,
     /// Per plugin, per name: a JSON value.
     state: Mutex<HashMap<String, HashMap<String, Value>>>,
+    /// Where state is written through (none: memory only).
+    records: Option<Arc<dyn Records>>,
 }
 
 impl PluginApi {
@@ -45,7 +48,50 @@ impl PluginApi {
             registry,
             datastores,
             state: Mutex::default(),
+            records: None,
         }
+    }
+
+    /// These routes with plugin state written through to `records`, and
+    /// what they held loaded (`PLUGIN/NAME` -> JSON).
+    pub fn with_records(mut self, records: Arc<dyn Records>) -> Result<Self, StoreError> {
+        let mut state: HashMap<String, HashMap<String, Value>> = HashMap::new();
+        for (key, bytes) in records.load(Table::PluginState)? {
+            let corrupt = |reason: String| StoreError::Corrupt {
+                file: "plugin state".into(),
+                table: Table::PluginState.name(),
+                key: key.clone(),
+                reason,
+            };
+            let (plugin, name) = key
+                .split_once('/')
+                .ok_or_else(|| corrupt("not PLUGIN/NAME".into()))?;
+            let value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            state
+                .entry(plugin.to_string())
+                .or_default()
+                .insert(name.to_string(), value);
+        }
+        self.state = Mutex::new(state);
+        self.records = Some(records);
+        Ok(self)
+    }
+
+    /// Writes a change of `plugin`'s `name` through, before it is
+    /// answered: a plugin is told when its state was not stored.
+    fn write(&self, plugin: &str, name: &str, value: Option<&Value>) -> Result<(), CallError> {
+        let Some(records) = &self.records else {
+            return Ok(());
+        };
+        let key = format!("{plugin}/{name}");
+        match value {
+            Some(v) => records.put(Table::PluginState, &key, v.to_string().as_bytes()),
+            None => records.remove(Table::PluginState, &key),
+        }
+        .map_err(|e| {
+            tracing::error!(plugin, name, "plugin state not stored: {e}");
+            CallError::new(503, "the host cannot store state now")
+        })
     }
 
     /// A plugin's stored value, as the host sees it (for tests and admin).
@@ -176,10 +222,16 @@ impl PluginApi {
                         format!("a plugin may store at most {MAX_STATE_ENTRIES} names"),
                     ));
                 }
+                self.write(caller.plugin, name, Some(&value))?;
                 mine.insert(name.to_string(), value.clone());
                 Ok(value)
             }
-            "DELETE" => Ok(json!({ "deleted": mine.remove(name).is_some() })),
+            "DELETE" => {
+                if mine.contains_key(name) {
+                    self.write(caller.plugin, name, None)?;
+                }
+                Ok(json!({ "deleted": mine.remove(name).is_some() }))
+            }
             _ => Err(CallError::new(
                 405,
                 format!("{method} is not allowed on /v1/state (GET, PUT, DELETE)"),

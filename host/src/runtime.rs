@@ -14,6 +14,7 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::plugin_api::PluginApi;
 use crate::plugindir::PluginDir;
 use crate::registry::{Registry, Runner};
+use crate::store::{DataDir, Records, RedbStore};
 use crate::wire::{PluginInfo, PluginLimits};
 
 /// Everything needed to build a [`Host`].
@@ -31,6 +32,10 @@ pub struct HostConfig {
     pub bus: BusConfig,
     /// Quarantine, dead letters, batching.
     pub pipeline: PipelineConfig,
+    /// The data directory: the event log, dead letters, plugin state,
+    /// quarantines and named consumers live there and survive restarts.
+    /// `None`: memory only (`--ephemeral`).
+    pub data_dir: Option<PathBuf>,
 }
 
 pub use crate::plugindir::{Change as PluginChange, FailedPlugin, PluginLoadError};
@@ -44,6 +49,7 @@ pub struct Host {
     plugin_dir: Option<PluginDir>,
     datastores: BTreeMap<String, Arc<Datastore>>,
     pipeline: Arc<Pipeline>,
+    store: Option<Arc<RedbStore>>,
 }
 
 impl Host {
@@ -52,8 +58,18 @@ impl Host {
     /// it does not stop the host.
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
         let registry = Arc::new(RwLock::new(Registry::new()));
-        let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new(config.bus));
-        let pipeline = Pipeline::new(bus, registry.clone(), config.pipeline);
+        let store = match &config.data_dir {
+            Some(dir) => Some(RedbStore::open(DataDir::open(dir)?, config.bus.log)?),
+            None => None,
+        };
+        let bus: Arc<dyn EventBus> = match &store {
+            Some(s) => {
+                Arc::new(MemoryBus::durable(config.bus, s.clone()).map_err(|e| anyhow::anyhow!(e))?)
+            }
+            None => Arc::new(MemoryBus::new(config.bus)),
+        };
+        let records = store.clone().map(|s| s as Arc<dyn Records>);
+        let pipeline = Pipeline::new(bus, registry.clone(), config.pipeline, records.clone())?;
         let mut configs = config.datastores;
         if configs.is_empty() {
             configs.push(DatastoreConfig::named("default"));
@@ -68,7 +84,11 @@ impl Host {
                 anyhow::bail!("datastore `{name}` is declared twice");
             }
         }
-        let api = Arc::new(PluginApi::new(registry.clone(), datastores.clone()));
+        let mut api = PluginApi::new(registry.clone(), datastores.clone());
+        if let Some(records) = records {
+            api = api.with_records(records)?;
+        }
+        let api = Arc::new(api);
         let engine = PluginEngine::new(config.engine, api.clone())?;
         let host = Self {
             registry,
@@ -78,6 +98,7 @@ impl Host {
             plugin_dir: config.plugin_dir.as_deref().map(PluginDir::new),
             datastores,
             pipeline,
+            store,
         };
         if let Some(dir) = &host.plugin_dir {
             dir.load_all(&host.engine, &host.registry)?;
@@ -230,6 +251,11 @@ impl Host {
             tracing::warn!("some subscription cleanups did not finish in time");
         }
         drained && ended
+    }
+
+    /// The durable store, unless the host is ephemeral.
+    pub fn store(&self) -> Option<&Arc<RedbStore>> {
+        self.store.as_ref()
     }
 
     /// The API keys.

@@ -69,6 +69,11 @@ fn serve_with(args: &[&str], env: &[(&str, &str)]) -> Served {
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // Memory only unless the test gives a data directory: tests never
+    // write to the user's data directory.
+    if !args.contains(&"--data-dir") && !env.iter().any(|(k, _)| *k == "WEIR_DATA_DIR") {
+        cmd.env("WEIR_EPHEMERAL", "true");
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -176,7 +176,8 @@ def main():
     weir_log = open(os.path.join(work, "weir.log"), "w")
     def start_weir():
         return subprocess.Popen(
-            [args.weir, "serve", "--listen", f"127.0.0.1:{port}", "--session-timeout-secs", str(SESSION_TIMEOUT)],
+            [args.weir, "serve", "--listen", f"127.0.0.1:{port}", "--session-timeout-secs", str(SESSION_TIMEOUT),
+             "--data-dir", os.path.join(work, "weir-data")],
             env=env, stdout=weir_log, stderr=subprocess.STDOUT)
     weir = start_weir()
     with open(os.path.join(home, "agent-config", "default.yaml"), "w") as fh:

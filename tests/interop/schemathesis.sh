@@ -19,7 +19,7 @@ venv="$target/st-venv"
 work="$(mktemp -d)"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export WEIR_INGEST_KEY=st-ingest WEIR_QUERY_KEY=st-query WEIR_ADMIN_KEY=st-admin
-(cd "$work" && exec "$weir" serve --listen "127.0.0.1:$port" --plugins "$target/weir-plugins" \
+(cd "$work" && exec "$weir" serve --listen "127.0.0.1:$port" --plugins "$target/weir-plugins" --data-dir "$work/data" \
   --plugin-poll-ms 0 --session-timeout-secs 86400 --log warn) > "$work/weir.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT

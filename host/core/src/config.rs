@@ -155,6 +155,15 @@ pub struct ServerSection {
     /// Seconds a shutdown waits for open connections [default: 15].
     #[arg(long, env = "WEIR_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Data directory: the event log, dead letters, plugin state,
+    /// quarantines and named consumers, kept across restarts; one host at a
+    /// time [default: `$XDG_DATA_HOME/weir`, else `~/.local/share/weir`].
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep everything in memory only (nothing survives a restart); not
+    /// with `--data-dir`.
+    #[arg(long, env = "WEIR_EPHEMERAL", num_args = 0..=1, default_missing_value = "true")]
+    pub ephemeral: Option<bool>,
 }
 
 flags_over_file!(ServerSection {
@@ -168,6 +177,8 @@ flags_over_file!(ServerSection {
     header_timeout_secs,
     request_timeout_secs,
     shutdown_timeout_secs,
+    data_dir,
+    ephemeral,
 });
 
 /// The `[events]` section; every field optional. The same settings exist as
@@ -205,6 +216,22 @@ pub struct EventsSection {
     /// counted as `other` [default: 1000].
     #[arg(long, env = "WEIR_MAX_EVENT_TYPES")]
     pub max_event_types: Option<usize>,
+    /// When the event log reaches the disk: `always` (before an event is
+    /// answered `accepted`) or a number of milliseconds (flushed together
+    /// that often; a crash can lose that long of accepted events)
+    /// [default: always].
+    #[arg(long, env = "WEIR_FSYNC")]
+    pub fsync: Option<String>,
+    /// Most events the durable log keeps [default: 10000000].
+    #[arg(long, env = "WEIR_RETENTION_EVENTS")]
+    pub retention_events: Option<u64>,
+    /// Most bytes the durable log keeps [default: 4294967296].
+    #[arg(long, env = "WEIR_RETENTION_BYTES")]
+    pub retention_bytes: Option<u64>,
+    /// Oldest event the durable log keeps, seconds (0: no limit)
+    /// [default: 604800, a week].
+    #[arg(long, env = "WEIR_RETENTION_AGE_SECS")]
+    pub retention_age_secs: Option<u64>,
 }
 
 flags_over_file!(EventsSection {
@@ -217,6 +244,10 @@ flags_over_file!(EventsSection {
     dlq_capacity,
     dlq_bytes,
     max_event_types,
+    fsync,
+    retention_events,
+    retention_bytes,
+    retention_age_secs,
 });
 
 impl EventsSection {
@@ -248,6 +279,38 @@ impl EventsSection {
         }
         if let Some(n) = self.quarantine_after {
             pipeline.quarantine_after = n;
+        }
+        if let Some(f) = &self.fsync {
+            bus.log.fsync = f.parse().map_err(|e| ConfigError {
+                file: file.to_string(),
+                problem: format!("events.fsync: {e}"),
+            })?;
+        }
+        for (field, value, target) in [
+            (
+                "retention_events",
+                self.retention_events,
+                &mut bus.log.retention_events,
+            ),
+            (
+                "retention_bytes",
+                self.retention_bytes,
+                &mut bus.log.retention_bytes,
+            ),
+        ] {
+            match value {
+                Some(0) => {
+                    return Err(ConfigError {
+                        file: file.to_string(),
+                        problem: format!("events.{field} must be at least 1"),
+                    });
+                }
+                Some(n) => *target = n,
+                None => {}
+            }
+        }
+        if let Some(s) = self.retention_age_secs {
+            bus.log.retention_age = (s > 0).then(|| Duration::from_secs(s));
         }
         if let Some(n) = self.dlq_capacity {
             if n == 0 {

@@ -98,6 +98,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         datastores,
         bus,
         pipeline,
+        data_dir: settings.data_dir.clone(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -105,7 +106,11 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, plugins = %settings.plugins.display(), keys = host.registry().len(), "weir serving");
+        let data = settings
+            .data_dir
+            .as_ref()
+            .map_or("ephemeral".to_string(), |d| d.display().to_string());
+        tracing::info!(addr = %listener.local_addr()?, plugins = %settings.plugins.display(), data = %data, keys = host.registry().len(), "weir serving");
         let watcher = settings.plugin_poll.map(|every| host.watch_plugins(every));
         // `run` drains the queues (nothing accepted is lost) and ends the
         // subscriptions before it returns.
@@ -181,6 +186,26 @@ pub(super) fn config_check(path: &Path, out: &mut dyn Write) -> anyhow::Result<i
         pipeline.dlq_capacity,
         pipeline.dlq_bytes,
         pipeline.max_event_types
+    )?;
+    let log = &bus.log;
+    writeln!(
+        out,
+        "  durability: {}, fsync {}, retention {} events / {} bytes / {}",
+        serve
+            .data_dir
+            .as_ref()
+            .map_or("ephemeral (memory only)".to_string(), |d| format!(
+                "data directory {}",
+                d.display()
+            )),
+        match log.fsync {
+            crate::store::Fsync::Always => "always".to_string(),
+            crate::store::Fsync::Interval(d) => format!("every {} ms", d.as_millis()),
+        },
+        log.retention_events,
+        log.retention_bytes,
+        log.retention_age
+            .map_or("any age".to_string(), |a| format!("{} s", a.as_secs())),
     )?;
     Ok(0)
 }

@@ -11,6 +11,7 @@ use serde::ser::SerializeStruct;
 
 use crate::bus::Event;
 use crate::engine::{FaultKind, Params};
+use crate::store::{Records, StoreError, Table};
 pub use crate::wire::DeadLetterSelector;
 
 /// Why an event became a dead letter; written as its snake_case name
@@ -33,6 +34,17 @@ impl LetterKind {
             Self::Fault(kind) => kind.as_str(),
             Self::InvalidOutput => "invalid_output",
             Self::Quarantined => "quarantined",
+        }
+    }
+}
+
+impl LetterKind {
+    /// The kind called `name` (its [`LetterKind::as_str`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "invalid_output" => Some(Self::InvalidOutput),
+            "quarantined" => Some(Self::Quarantined),
+            other => FaultKind::from_name(other).map(Self::Fault),
         }
     }
 }
@@ -126,6 +138,77 @@ impl Serialize for DeadLetter {
     }
 }
 
+/// A letter as the store keeps it: the event's log record, then the rest
+/// as JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    key: String,
+    subscription_id: String,
+    scope: Option<String>,
+    params: Params,
+    kind: String,
+    message: String,
+    attempts: u32,
+    first_failed_ms: u64,
+    last_failed_ms: u64,
+    seq: u64,
+}
+
+impl DeadLetter {
+    /// Its stored form.
+    fn to_record(&self) -> Vec<u8> {
+        let mut out = vec![0; 4];
+        weir_core::codec::encode(&self.event, &mut out);
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_le_bytes());
+        let rest = Stored {
+            key: self.key.clone(),
+            subscription_id: self.subscription_id.clone(),
+            scope: self.scope.clone(),
+            params: self.params.clone(),
+            kind: self.kind.as_str().into(),
+            message: self.message.clone(),
+            attempts: self.attempts,
+            first_failed_ms: self.first_failed_ms,
+            last_failed_ms: self.last_failed_ms,
+            seq: self.event.seq,
+        };
+        // Plain data: serializing it cannot fail.
+        out.extend(serde_json::to_vec(&rest).unwrap_or_default());
+        out
+    }
+
+    /// Reads back a stored letter.
+    fn from_record(id: u64, bytes: &[u8]) -> Result<Self, String> {
+        let len = bytes
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or("truncated")?;
+        let event = bytes.get(4..4 + len).ok_or("truncated event")?;
+        let rest: Stored = serde_json::from_slice(&bytes[4 + len..]).map_err(|e| e.to_string())?;
+        let event = weir_core::codec::decode(rest.seq, event).map_err(|e| e.to_string())?;
+        Ok(DeadLetter {
+            id,
+            key: rest.key,
+            subscription_id: rest.subscription_id,
+            scope: rest.scope,
+            params: rest.params,
+            event: Arc::new(event),
+            kind: LetterKind::from_name(&rest.kind)
+                .ok_or_else(|| format!("unknown kind `{}`", rest.kind))?,
+            message: rest.message,
+            attempts: rest.attempts,
+            first_failed_ms: rest.first_failed_ms,
+            last_failed_ms: rest.last_failed_ms,
+        })
+    }
+}
+
+/// The store key of letter `id` (fixed width, so keys sort by id).
+fn record_key(id: u64) -> String {
+    format!("{id:020}")
+}
+
 impl DeadLetterSelector {
     fn selects(&self, d: &DeadLetter) -> bool {
         (self.ids.is_empty() || self.ids.contains(&d.id))
@@ -140,6 +223,8 @@ impl DeadLetterSelector {
 /// The queue, bounded by count and by bytes.
 pub struct DeadLetters {
     entries: Mutex<Held>,
+    /// Where letters are written through (none: memory only).
+    records: Option<Arc<dyn Records>>,
     capacity: usize,
     capacity_bytes: usize,
     next_id: AtomicU64,
@@ -177,10 +262,57 @@ impl DeadLetters {
     pub fn new(capacity: usize, capacity_bytes: usize) -> Self {
         Self {
             entries: Mutex::default(),
+            records: None,
             capacity: capacity.max(1),
             capacity_bytes,
             next_id: AtomicU64::new(1),
             evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// A queue written through to `records`, holding what they held (ids
+    /// continue after the newest).
+    pub fn durable(
+        capacity: usize,
+        capacity_bytes: usize,
+        records: Arc<dyn Records>,
+    ) -> Result<Self, StoreError> {
+        let mut q = Self::new(capacity, capacity_bytes);
+        let mut held = Vec::new();
+        for (key, bytes) in records.load(Table::DeadLetters)? {
+            let corrupt = |reason: String| StoreError::Corrupt {
+                file: "dead letters".into(),
+                table: Table::DeadLetters.name(),
+                key: key.clone(),
+                reason,
+            };
+            let id = key.parse::<u64>().map_err(|e| corrupt(e.to_string()))?;
+            held.push(DeadLetter::from_record(id, &bytes).map_err(corrupt)?);
+        }
+        let next = held.iter().map(|d| d.id + 1).max().unwrap_or(1);
+        q.next_id = AtomicU64::new(next);
+        for letter in held {
+            q.put_back(letter);
+        }
+        q.records = Some(records);
+        Ok(q)
+    }
+
+    /// Writes a change through; a failure is logged and counted (the queue
+    /// in memory stays right until a restart).
+    fn write(&self, letter: Option<&DeadLetter>, removed: &[u64]) {
+        let Some(records) = &self.records else { return };
+        let mut result = Ok(());
+        if let Some(d) = letter {
+            result = records.put(Table::DeadLetters, &record_key(d.id), &d.to_record());
+        }
+        for id in removed {
+            if result.is_ok() {
+                result = records.remove(Table::DeadLetters, &record_key(*id));
+            }
+        }
+        if let Err(e) = result {
+            tracing::error!("dead letters not stored: {e}");
         }
     }
 
@@ -201,6 +333,8 @@ impl DeadLetters {
         let mut q = self.lock();
         let at = q.letters.partition_point(|d| d.id < letter.id);
         q.bytes += size_of(&letter);
+        let mut evicted = Vec::new();
+        self.write(Some(&letter), &[]);
         q.letters.insert(at, letter);
         while q.letters.len() > self.capacity
             || (q.bytes > self.capacity_bytes && q.letters.len() > 1)
@@ -209,8 +343,10 @@ impl DeadLetters {
                 break;
             };
             q.bytes -= size_of(&old);
+            evicted.push(old.id);
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
+        self.write(None, &evicted);
     }
 
     /// Letters selected, oldest first, at most `limit`.
@@ -242,6 +378,8 @@ impl DeadLetters {
             .collect();
         q.bytes = kept.iter().map(size_of).sum();
         q.letters = kept;
+        let ids: Vec<u64> = taken.iter().map(|d| d.id).collect();
+        self.write(None, &ids);
         taken
     }
 

@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::store::{Records, StoreError, Table};
+
 /// Why a key is quarantined.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quarantine {
     /// Consecutive faults that tripped it.
     pub faults: u32,
@@ -21,17 +23,39 @@ pub struct Quarantine {
 
 /// One key's fault streak and quarantine state.
 pub struct KeyHealth {
+    key: String,
     consecutive: AtomicU32,
     threshold: u32,
     state: watch::Sender<Option<Quarantine>>,
+    /// Where quarantines are written through (none: memory only).
+    records: Option<Arc<dyn Records>>,
 }
 
 impl KeyHealth {
-    fn new(threshold: u32) -> Self {
+    fn new(key: &str, threshold: u32, records: Option<Arc<dyn Records>>) -> Self {
         Self {
+            key: key.to_string(),
             consecutive: AtomicU32::new(0),
             threshold,
             state: watch::Sender::new(None),
+            records,
+        }
+    }
+
+    /// Writes the state through; a failure is logged (the state in memory
+    /// holds until a restart).
+    fn write(&self, q: Option<&Quarantine>) {
+        let Some(records) = &self.records else { return };
+        let result = match q {
+            Some(q) => records.put(
+                Table::Quarantine,
+                &self.key,
+                &serde_json::to_vec(q).unwrap_or_default(),
+            ),
+            None => records.remove(Table::Quarantine, &self.key),
+        };
+        if let Err(e) = result {
+            tracing::error!(key = %self.key, "quarantine state not stored: {e}");
         }
     }
 
@@ -59,6 +83,9 @@ impl KeyHealth {
             }
             tripped
         });
+        if tripped {
+            self.write(Some(&q));
+        }
         tripped.then_some(q)
     }
 
@@ -75,7 +102,11 @@ impl KeyHealth {
     /// Lifts the quarantine; `false` when there was none.
     pub fn resume(&self) -> bool {
         self.consecutive.store(0, Ordering::Relaxed);
-        self.state.send_if_modified(|s| s.take().is_some())
+        let lifted = self.state.send_if_modified(|s| s.take().is_some());
+        if lifted {
+            self.write(None);
+        }
+        lifted
     }
 
     /// Watches the state.
@@ -88,6 +119,7 @@ impl KeyHealth {
 pub struct HealthBook {
     threshold: u32,
     keys: Mutex<HashMap<String, Arc<KeyHealth>>>,
+    records: Option<Arc<dyn Records>>,
 }
 
 impl HealthBook {
@@ -96,7 +128,31 @@ impl HealthBook {
         Self {
             threshold,
             keys: Mutex::default(),
+            records: None,
         }
+    }
+
+    /// A book written through to `records`, with the quarantines they hold.
+    pub fn durable(threshold: u32, records: Arc<dyn Records>) -> Result<Self, StoreError> {
+        let mut keys = HashMap::new();
+        for (key, bytes) in records.load(Table::Quarantine)? {
+            let q: Quarantine =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    file: "quarantine".into(),
+                    table: Table::Quarantine.name(),
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+            let health = KeyHealth::new(&key, threshold, Some(records.clone()));
+            health.consecutive.store(q.faults, Ordering::Relaxed);
+            health.state.send_replace(Some(q));
+            keys.insert(key, Arc::new(health));
+        }
+        Ok(Self {
+            threshold,
+            keys: Mutex::new(keys),
+            records: Some(records),
+        })
     }
 
     /// The health of `key`, created on first use.
@@ -105,7 +161,7 @@ impl HealthBook {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(key.to_string())
-            .or_insert_with(|| Arc::new(KeyHealth::new(self.threshold)))
+            .or_insert_with(|| Arc::new(KeyHealth::new(key, self.threshold, self.records.clone())))
             .clone()
     }
 
@@ -127,7 +183,7 @@ mod tests {
 
     #[test]
     fn trips_after_threshold_consecutive_faults_only() {
-        let h = KeyHealth::new(3);
+        let h = KeyHealth::new("k", 3, None);
         assert!(h.fault("a").is_none());
         assert!(h.fault("b").is_none());
         h.ok();

@@ -31,6 +31,7 @@ use crate::bus::{EventBus, EventCounts, NewEvent, PublishError, Published, Start
 use crate::datastore::FeedChange;
 use crate::engine::{Params, PluginFault};
 use crate::registry::{RegisteredKey, Registry, params};
+use crate::store::{Records, StoreError};
 use consumer::Ctx;
 pub use consumer::{Verdict, trial};
 use dlq::{DeadLetter, DeadLetterSelector, DeadLetters};
@@ -56,26 +57,39 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline over `bus` running the keys of `registry`.
+    /// A pipeline over `bus` running the keys of `registry`; with
+    /// `records`, its dead letters and quarantines are written through
+    /// and what they held is loaded.
     pub fn new(
         bus: Arc<dyn EventBus>,
         registry: Arc<RwLock<Registry>>,
         config: PipelineConfig,
-    ) -> Arc<Self> {
+        records: Option<Arc<dyn Records>>,
+    ) -> Result<Arc<Self>, StoreError> {
         let counts = Arc::new(EventCounts::new(config.max_event_types));
         bus.add_handler(counts.clone());
-        Arc::new(Self {
+        let (dlq, health) = match records {
+            Some(r) => (
+                DeadLetters::durable(config.dlq_capacity, config.dlq_bytes, r.clone())?,
+                HealthBook::durable(config.quarantine_after, r)?,
+            ),
+            None => (
+                DeadLetters::new(config.dlq_capacity, config.dlq_bytes),
+                HealthBook::new(config.quarantine_after),
+            ),
+        };
+        Ok(Arc::new(Self {
             bus,
             registry,
             subs: Arc::new(Subscriptions::default()),
-            dlq: DeadLetters::new(config.dlq_capacity, config.dlq_bytes),
-            health: HealthBook::new(config.quarantine_after),
+            dlq,
+            health,
             config,
             next_consumer: AtomicU64::new(1),
             counts,
             closed: std::sync::atomic::AtomicBool::new(false),
             stats: stats::StatsBook::default(),
-        })
+        }))
     }
 
     /// The bus.

@@ -331,7 +331,9 @@ mod tests {
             Arc::new(MemoryBus::new(Default::default())),
             Arc::default(),
             PipelineConfig::default(),
-        );
+            None,
+        )
+        .unwrap();
         let (tx, _rx) = mpsc::channel(1);
         Slot {
             tx,

@@ -117,6 +117,24 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 9] = [
+        Self::PluginError,
+        Self::Deadline,
+        Self::Memory,
+        Self::Trap,
+        Self::ApiInMatches,
+        Self::Malformed,
+        Self::OutputTooLarge,
+        Self::NotImplemented,
+        Self::Instantiate,
+    ];
+
+    /// The kind called `name` (its [`FaultKind::as_str`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {
