@@ -250,6 +250,9 @@ impl Host {
         if !ended {
             tracing::warn!("some subscription cleanups did not finish in time");
         }
+        if let Some(store) = &self.store {
+            store.close();
+        }
         drained && ended
     }
 

@@ -9,6 +9,7 @@
 mod config_cli;
 mod consume_cli;
 mod datastore_http;
+mod durability;
 mod hostile;
 mod hot_reload;
 mod http_api;

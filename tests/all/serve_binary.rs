@@ -41,10 +41,10 @@ fn get(addr: &str, path: &str, key: &str) -> (String, String) {
 }
 
 /// A running `weir serve`.
-struct Served {
-    child: std::process::Child,
+pub(crate) struct Served {
+    pub child: std::process::Child,
     /// Its address.
-    addr: String,
+    pub addr: String,
     /// Its JSON start line.
     start: serde_json::Value,
     /// Its stderr lines before the start line.
@@ -61,7 +61,7 @@ fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
 /// Starts `weir serve ARGS` (which must make it log JSON) with `env`; waits
 /// for its start line. The rest of its stderr is drained so it never blocks
 /// on a full pipe.
-fn serve_with(args: &[&str], env: &[(&str, &str)]) -> Served {
+pub(crate) fn serve_with(args: &[&str], env: &[(&str, &str)]) -> Served {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
     cmd.arg("serve")
         .args(args)

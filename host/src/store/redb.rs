@@ -110,7 +110,10 @@ pub struct RedbStore {
     log_bytes: AtomicU64,
     /// Commits not yet flushed (with `Fsync::Interval`).
     dirty: AtomicBool,
-    _dir: DataDir,
+    /// Set by [`RedbStore::close`]: nothing is read or written after.
+    closed: AtomicBool,
+    /// The data directory's lock, released by [`RedbStore::close`].
+    dir: Mutex<Option<DataDir>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,7 +135,8 @@ impl RedbStore {
             next_seq: AtomicU64::new(next_seq),
             log_bytes: AtomicU64::new(log_bytes),
             dirty: AtomicBool::new(false),
-            _dir: dir,
+            closed: AtomicBool::new(false),
+            dir: Mutex::new(Some(dir)),
         });
         if let Fsync::Interval(every) = config.fsync {
             // Flushes what the interval's commits left in memory.
@@ -182,8 +186,25 @@ impl RedbStore {
         }
     }
 
+    /// Flushes what is not flushed yet, closes the file and releases the
+    /// data directory (a host that shuts down, so that another may start
+    /// on it in this process). Later calls fail.
+    pub fn close(&self) {
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.flush()
+        {
+            tracing::error!("event log flush at close failed: {e}");
+        }
+        self.closed.store(true, Ordering::Release);
+        lock(&self.db).take();
+        lock(&self.dir).take();
+    }
+
     /// The database, reopened if an earlier I/O error closed it.
     fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Io("the store is closed".into()));
+        }
         let mut slot = lock(&self.db);
         if let Some(db) = slot.as_ref() {
             return Ok(db.clone());

@@ -1,0 +1,378 @@
+//! Durability: what a host with a data directory accepted survives a
+//! restart and a `kill -9` (real processes), and the data directory is held
+//! by one host at a time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use weir_host::auth::Role;
+use weir_host::engine::EngineConfig;
+use weir_host::pipeline::PipelineConfig;
+use weir_host::runtime::{Host, HostConfig};
+use weir_tests::{TestServer, chaos_call, chaos_ok, compile_cache, guest, test_keys, test_limits};
+
+use crate::serve_binary::{Served, serve_with};
+
+const KEYS: [(&str, &str); 3] = [
+    ("WEIR_ADMIN_KEY", "d-admin"),
+    ("WEIR_INGEST_KEY", "d-ingest"),
+    ("WEIR_QUERY_KEY", "d-query"),
+];
+
+/// A host with the example plugins, the pipeline guest, the hostile guest
+/// (granted its state) and a data directory.
+fn durable_host(dir: &std::path::Path) -> Arc<Host> {
+    let host = Host::new(HostConfig {
+        plugin_dir: Some(PathBuf::from(weir_host::EXAMPLE_PLUGIN_DIR)),
+        engine: EngineConfig {
+            limits: test_limits(),
+            cache_dir: Some(compile_cache()),
+            ..EngineConfig::default()
+        },
+        keys: test_keys(),
+        pipeline: PipelineConfig {
+            quarantine_after: 3,
+            ..PipelineConfig::default()
+        },
+        data_dir: Some(dir.to_path_buf()),
+        ..HostConfig::default()
+    })
+    .expect("host starts");
+    host.load_file(&guest("guest-pipeline"))
+        .expect("the pipeline guest registers");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(guest("guest-hostile"), plugins.join("hostile.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("hostile.toml"),
+        "[capabilities]\napi = [\"GET /v1/state/*\", \"PUT /v1/state/*\"]\n",
+    )
+    .unwrap();
+    host.load_file(&plugins.join("hostile.wasm"))
+        .expect("the hostile guest registers");
+    Arc::new(host)
+}
+
+/// What an admin sees of the state that must survive.
+async fn surviving_state(s: &TestServer) -> (Value, Value, Value) {
+    let (status, dlq) = s.get("/v1/dlq?limit=100", Role::Admin).await;
+    assert_eq!(status, StatusCode::OK, "{dlq}");
+    let (status, key) = s.get("/v1/keys/test.flaky", Role::Query).await;
+    assert_eq!(status, StatusCode::OK, "{key}");
+    // The plugin's own view of its state.
+    let state = chaos_call(&s.host, "GET", "/v1/state/kept", None).await;
+    (dlq, key["quarantine"].clone(), state)
+}
+
+#[tokio::test]
+async fn dead_letters_plugin_state_and_quarantine_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let mut s = TestServer::start(durable_host(dir.path())).await;
+        // Plugin state, stored by the plugin through the host API.
+        let put = chaos_call(
+            &s.host,
+            "PUT",
+            "/v1/state/kept",
+            Some(json!({"v": [1, "two"]})),
+        )
+        .await;
+        chaos_ok(&put);
+        // Three faults in a row quarantine test.flaky; the next event waits
+        // in the dead-letter queue.
+        let (flaky, _) = s.subscribe("test.flaky", &[]).await;
+        let panics: Vec<Value> = (0..3)
+            .map(|n| json!({"event_id": format!("p{n}"), "event_type": "test.x", "source": "t", "payload": {"n": n, "mode": "panic"}}))
+            .collect();
+        s.publish(Value::Array(panics)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.host.pipeline().quarantine("test.flaky").is_none() {
+            assert!(Instant::now() < deadline, "not quarantined");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s.publish(
+            json!({"event_id": "held", "event_type": "test.x", "source": "t", "payload": {"n": 9}}),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.host.pipeline().dead_letters().len() < 4 {
+            assert!(Instant::now() < deadline, "letters missing");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let state = surviving_state(&s).await;
+        // One letter deleted, so that deletions are seen to last too.
+        let (status, _) = s.delete("/v1/dlq?id=1", Role::Admin).await;
+        assert_eq!(status, StatusCode::OK);
+        drop(flaky);
+        s.stop().await;
+        state
+    };
+    let (dlq, quarantine, state) = before;
+    assert_eq!(dlq["letters"].as_array().unwrap().len(), 4, "{dlq}");
+    assert_eq!(quarantine["faults"], 3, "{quarantine}");
+    assert_eq!(chaos_ok(&state), json!({"v": [1, "two"]}));
+
+    let s = TestServer::start(durable_host(dir.path())).await;
+    let (dlq2, quarantine2, state2) = surviving_state(&s).await;
+    let ids = |d: &Value| -> Vec<u64> {
+        d["letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&dlq2), [2, 3, 4], "{dlq2}");
+    assert_eq!(
+        dlq["letters"].as_array().unwrap()[1..],
+        dlq2["letters"].as_array().unwrap()[..],
+        "letters are kept whole"
+    );
+    assert_eq!(quarantine, quarantine2);
+    assert_eq!(state, state2);
+    // The quarantine still holds: an event for the key waits as a letter,
+    // and ids continue after the newest.
+    let (mut flaky, _) = s.subscribe("test.flaky", &[]).await;
+    let notice = flaky.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(notice["notice"], "quarantined", "{notice}");
+    s.publish(
+        json!({"event_id": "after", "event_type": "test.x", "source": "t", "payload": {"n": 10}}),
+    )
+    .await;
+    assert!(flaky.next(Duration::from_millis(500)).await.is_none());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, d) = s.get("/v1/dlq?limit=100", Role::Admin).await;
+        if let Some(l) = d["letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["event"]["event_id"] == "after")
+        {
+            assert_eq!(l["id"], 5, "{l}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{d}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Resuming lasts across a restart as well.
+    let (status, _) = s
+        .post("/v1/keys/test.flaky/resume", Role::Admin, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    drop(flaky);
+    let mut s = s;
+    s.stop().await;
+    drop(s);
+    let s = TestServer::start(durable_host(dir.path())).await;
+    let (_, quarantine3, _) = surviving_state(&s).await;
+    assert!(quarantine3.is_null(), "{quarantine3}");
+}
+
+fn start(dir: &std::path::Path) -> Served {
+    let data = dir.to_str().unwrap();
+    serve_with(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--plugin-poll-ms",
+            "0",
+            "--data-dir",
+            data,
+        ],
+        &KEYS,
+    )
+}
+
+fn batch(client: usize, n: usize, size: usize) -> Value {
+    Value::Array(
+        (0..size)
+            .map(|i| {
+                json!({"event_id": format!("c{client}-{n}-{i}"), "event_type": "load.x", "source": "crash-test", "payload": {"k": "v"}})
+            })
+            .collect(),
+    )
+}
+
+/// Every envelope of `json.field_equals` (k = v) from the earliest event,
+/// until one with `seq >= last`.
+async fn read_log(base: &str, last: u64) -> Vec<(String, u64)> {
+    let mut resp = reqwest::Client::new()
+        .get(format!(
+            "{base}/v1/keys/json.field_equals/stream?field=k&equals=v&from=earliest"
+        ))
+        .header("X-API-Key", "d-query")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline.into(), resp.chunk())
+            .await
+            .expect("the replay goes on")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            if v.get("notice").is_some() {
+                assert_eq!(v["notice"], "subscribed", "{v}");
+                continue;
+            }
+            let seq = v["seq"].as_u64().unwrap();
+            out.push((v["id"].as_str().unwrap().to_string(), seq));
+            if seq >= last {
+                return out;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn accepted_events_survive_kill_9_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path());
+    let base = format!("http://{}", first.addr);
+    let client = reqwest::Client::new();
+    // 4 clients, 100,000 events in batches of 250; the host is killed
+    // (SIGKILL) once 40,000 are accepted.
+    let accepted: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
+    let last_batch: Arc<std::sync::Mutex<Option<Value>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let (client, base, accepted, last_batch) = (
+            client.clone(),
+            base.clone(),
+            accepted.clone(),
+            last_batch.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for n in 0..100 {
+                let body = batch(c, n, 250);
+                let Ok(resp) = client
+                    .post(format!("{base}/v1/events"))
+                    .header("X-API-Key", "d-ingest")
+                    .json(&body)
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                let Ok(answer) = resp.json::<Value>().await else {
+                    return;
+                };
+                let mut acc = accepted.lock().unwrap();
+                for a in answer["accepted"].as_array().unwrap() {
+                    acc.insert(
+                        a["event_id"].as_str().unwrap().to_string(),
+                        a["seq"].as_u64().unwrap(),
+                    );
+                }
+                *last_batch.lock().unwrap() = Some(body);
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while accepted.lock().unwrap().len() < 40_000 {
+        assert!(Instant::now() < deadline, "too slow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = std::mem::take(&mut *accepted.lock().unwrap());
+    assert!(accepted.len() < 100_000, "killed in the middle");
+    let max_seq = accepted.values().copied().max().unwrap();
+
+    let mut second = start(dir.path());
+    let base = format!("http://{}", second.addr);
+    // A retry of an accepted batch: all duplicates.
+    let retry = last_batch.lock().unwrap().clone().unwrap();
+    let answer: Value = client
+        .post(format!("{base}/v1/events"))
+        .header("X-API-Key", "d-ingest")
+        .json(&retry)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["duplicates"].as_array().unwrap().len(),
+        250,
+        "{answer}"
+    );
+    assert!(
+        answer["accepted"].as_array().unwrap().is_empty(),
+        "{answer}"
+    );
+    // Publishing goes on with the next number.
+    let answer: Value = client
+        .post(format!("{base}/v1/events"))
+        .header("X-API-Key", "d-ingest")
+        .json(&json!({"event_id": "after-restart", "event_type": "load.x", "source": "t", "payload": {"k": "v"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next = answer["accepted"][0]["seq"].as_u64().unwrap();
+    assert!(next > max_seq, "{next} after {max_seq}");
+
+    // Every accepted event is in the log, once, with its number.
+    let log = read_log(&base, next).await;
+    let mut seen: HashMap<&str, u64> = HashMap::new();
+    for (id, seq) in &log {
+        assert!(seen.insert(id, *seq).is_none(), "{id} twice");
+    }
+    for (id, seq) in &accepted {
+        assert_eq!(seen.get(id.as_str()), Some(seq), "{id} lost or renumbered");
+    }
+    // Numbers never repeat and the next one follows the newest stored.
+    let stored_max = log.iter().map(|(_, s)| *s).filter(|s| *s < next).max();
+    assert_eq!(
+        Some(next - 1),
+        stored_max,
+        "no number is skipped or repeated at the restart"
+    );
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+}
+
+#[test]
+fn a_data_directory_is_held_by_one_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .envs(KEYS)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another weir process"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+}
