@@ -82,6 +82,9 @@ pub fn render(host: &Host, scope: Option<&str>) -> String {
     subscriptions(&mut o, host.pipeline(), scope);
     bus(&mut o, host.pipeline(), scope);
     datastores(&mut o, host, scope);
+    if scope.is_none() {
+        store(&mut o, host);
+    }
     background(&mut o);
     o.0
 }
@@ -415,6 +418,81 @@ fn datastores(o: &mut Out, host: &Host, scope: Option<&str>) {
 }
 
 /// Panics contained in background work.
+/// The durable store (host-wide, so host-level keys only): size, commits,
+/// fsyncs, errors, the commit latency histogram, and whether it is failing.
+fn store(o: &mut Out, host: &Host) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(store) = host.store() else { return };
+    let st = store.stats();
+    let summary = store.summary();
+    for (name, kind, help, value) in [
+        (
+            "weir_store_size_bytes",
+            "gauge",
+            "Size of the store file.",
+            summary.size_bytes,
+        ),
+        (
+            "weir_store_log_bytes",
+            "gauge",
+            "Bytes of events in the durable log, as stored.",
+            store.log_bytes(),
+        ),
+        (
+            "weir_store_commits_total",
+            "counter",
+            "Commits of the event log (each holds every batch that waited).",
+            st.commits.load(Relaxed),
+        ),
+        (
+            "weir_store_fsyncs_total",
+            "counter",
+            "Commits flushed to disk.",
+            st.fsyncs.load(Relaxed),
+        ),
+        (
+            "weir_store_errors_total",
+            "counter",
+            "Failed reads and writes of the store.",
+            st.errors.load(Relaxed),
+        ),
+        (
+            "weir_store_retention_removed_total",
+            "counter",
+            "Events removed from the log by retention.",
+            st.retained_out.load(Relaxed),
+        ),
+        (
+            "weir_store_failing",
+            "gauge",
+            "1 while the store's last write failed (publishing answers 503).",
+            u64::from(summary.state == "failing"),
+        ),
+    ] {
+        o.metric(name, kind, help, [(vec![], value)]);
+    }
+    let name = "weir_store_commit_seconds";
+    let _ = writeln!(
+        o.0,
+        "# HELP {name} Time one event log commit took (write and flush).\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0;
+    let bounds = crate::store::COMMIT_BUCKETS_MS
+        .iter()
+        .map(|ms| (ms / 1000.0).to_string())
+        .chain(["+Inf".to_string()]);
+    for (le, n) in bounds.zip(&st.commit_ms) {
+        cumulative += n.load(Relaxed);
+        o.sample(&format!("{name}_bucket"), &[("le", le)], cumulative);
+    }
+    o.sample(
+        &format!("{name}_sum"),
+        &[],
+        st.commit_us_sum.load(Relaxed) as f64 / 1e6,
+    );
+    o.sample(&format!("{name}_count"), &[], cumulative);
+}
+
 fn background(o: &mut Out) {
     o.metric(
         "weir_background_panics_total",

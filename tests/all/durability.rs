@@ -376,3 +376,125 @@ fn a_data_directory_is_held_by_one_host() {
     first.child.kill().unwrap();
     first.child.wait().unwrap();
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(mib: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "weir-test"])
+            .arg(dir.path())
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill it, which needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir)
+    }
+
+    fn resize(&self, mib: u32) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(self.0.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_loses_nothing_accepted_and_recovers() {
+    let disk = Tmpfs::mount(8);
+    let mut served = start(&disk.0.path().join("data"));
+    let base = format!("http://{}", served.addr);
+    let client = reqwest::Client::new();
+    let post = |n: usize| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let body: Vec<Value> = (0..20)
+                .map(|i| json!({"event_id": format!("f{n}-{i}"), "event_type": "load.x", "source": "t", "payload": {"k": "v", "pad": "x".repeat(8000)}}))
+                .collect();
+            let resp = client
+                .post(format!("{base}/v1/events"))
+                .header("X-API-Key", "d-ingest")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for n in 0..200 {
+        let (status, answer) = post(n).await;
+        if status == StatusCode::OK {
+            for a in answer["accepted"].as_array().unwrap() {
+                accepted.push(a["event_id"].as_str().unwrap().to_string());
+            }
+            continue;
+        }
+        refused = Some((n, status, answer));
+        break;
+    }
+    let (n, status, answer) = refused.expect("the disk fills up");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"], "unavailable");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the event log cannot store events now"),
+        "{answer}"
+    );
+    assert!(!accepted.is_empty());
+    // The host says so, and goes on serving reads.
+    let ready: Value = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["store"]["state"], "failing", "{ready}");
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .header("X-API-Key", "d-admin")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("weir_store_failing 1"), "{metrics}");
+    // Space returns: the same batch (refused whole) is accepted now.
+    disk.resize(64);
+    let (status, answer) = post(n).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["accepted"].as_array().unwrap().len(), 20, "{answer}");
+    let last = answer["accepted"][19]["seq"].as_u64().unwrap();
+    // Nothing accepted before was lost.
+    let log = read_log(&base, last).await;
+    let ids: std::collections::HashSet<&str> = log.iter().map(|(id, _)| id.as_str()).collect();
+    for id in &accepted {
+        assert!(ids.contains(id.as_str()), "{id} lost");
+    }
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+}

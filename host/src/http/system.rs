@@ -40,7 +40,7 @@ pub(super) async fn healthz() -> Json<Value> {
     path = "/readyz",
     tag = "system",
     responses(
-        (status = 200, description = "Ready: `status`, and counts of keys, failed plugins, datastores and ready datastores.", body = Object),
+        (status = 200, description = "Ready: `status`, counts of keys, failed plugins, datastores and ready datastores, and the `store`: `state` (`ok`, `failing`: publishing answers 503 until a write succeeds, or `ephemeral`) and `size_bytes`.", body = Object),
         (status = 503, description = "Shutting down (`unavailable`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
@@ -56,6 +56,13 @@ pub(super) async fn readyz(State(host): State<Arc<Host>>) -> Result<Json<Value>,
         "failed_plugins": host.failed_plugins().len(),
         "datastores_ready": host.datastores().filter(|d| d.readiness().is_ok()).count(),
         "datastores": host.datastores().count(),
+        "store": match host.store() {
+            Some(store) => {
+                let summary = store.summary();
+                json!({"state": summary.state, "size_bytes": summary.size_bytes})
+            }
+            None => json!({"state": "ephemeral"}),
+        },
     })))
 }
 

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use self::redb::{RedbStore, StoreStats};
+pub use self::redb::{COMMIT_BUCKETS_MS, RedbStore, StoreStats, StoreSummary};
 pub use weir_core::settings::{Fsync, LogConfig};
 
 /// The data directory's lock file.

@@ -650,6 +650,30 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_file_is_refused_by_name_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::time::now_ms();
+        {
+            let s = open(dir.path(), LogConfig::default());
+            let events: Vec<_> = (1..=2000).map(|i| event(i, now)).collect();
+            s.append(&events).unwrap();
+        }
+        let file = dir.path().join(STORE_FILE);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 4096] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&file, bytes).unwrap();
+        let err = RedbStore::open(DataDir::open(dir.path()).unwrap(), LogConfig::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(STORE_FILE), "{err}");
+        assert!(err.contains("damaged, or not a weir store"), "{err}");
+    }
+
+    #[test]
     fn a_foreign_file_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -662,7 +686,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains(STORE_FILE), "{err}");
-        assert!(err.contains("not a weir store"), "{err}");
+        assert!(err.contains("damaged, or not a weir store"), "{err}");
     }
 
     /// The durable bus over this store: what is accepted survives a
