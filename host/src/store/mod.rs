@@ -43,7 +43,7 @@ pub enum StoreError {
     },
     /// A file in the data directory is not a store this build can read.
     #[error(
-        "{file}: not a weir store this build can read ({reason}); move it away or use another --data-dir"
+        "{file}: damaged, or not a weir store this build can read ({reason}); restore it from a backup, move it away, or use another --data-dir"
     )]
     Foreign {
         /// The file.
