@@ -1,6 +1,11 @@
 //! `weir consume`: a consumer client for a running host. Subscribes to a
 //! key's NDJSON stream and writes one envelope per line to stdout (or one
 //! file per event into a directory); notices become status lines on stderr.
+//!
+//! With `--consumer NAME` it is a named consumer: it acknowledges what it
+//! has written (after the flush of stdout, after the rename of a file) and,
+//! when the connection drops or the host restarts, reconnects and resumes
+//! after its last acknowledgement, skipping what it already wrote.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,9 +22,14 @@ pub struct ConsumeArgs {
     #[arg(long = "param", short = 'p', value_parser = parse_param)]
     pub params: Vec<(String, String)>,
     /// Where to start: `latest` (new events only), `earliest` (everything
-    /// the host's history still holds) or a sequence number.
+    /// the host's history still holds) or a sequence number; with
+    /// `--consumer`, where a new name starts.
     #[arg(long, default_value = "latest")]
     pub from: String,
+    /// A named consumer: acknowledges each event once written, and resumes
+    /// after the last acknowledgement across reconnects and host restarts.
+    #[arg(long)]
+    pub consumer: Option<String>,
     /// Exit after this many events.
     #[arg(long)]
     pub max_events: Option<u64>,
@@ -58,11 +68,105 @@ pub fn consume(
     runtime.block_on(stream(args, out, err))
 }
 
+/// How far a run got: what it wrote and what the host was told.
+#[derive(Default)]
+struct Progress {
+    /// Events written.
+    seen: u64,
+    /// The newest sequence number written (replays up to it are skipped).
+    written: u64,
+    /// The newest sequence number acknowledged.
+    acked: u64,
+    last_ack: Option<std::time::Instant>,
+}
+
+/// How a connection ended.
+enum Outcome {
+    /// Done: exit with this code.
+    Exit(i32),
+    /// The connection failed or dropped: a named consumer reconnects.
+    Lost(String),
+}
+
+/// Acknowledgements are sent at most this often (and at the end): each one
+/// covers everything written before it.
+const ACK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 async fn stream(
     args: &ConsumeArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
+    let client = reqwest::Client::new();
+    let mut progress = Progress::default();
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        let outcome = connect(&client, args, out, err, &mut progress).await?;
+        // Whatever happened, what was written is acknowledged if it can be.
+        ack(&client, args, &mut progress, err, true).await;
+        match outcome {
+            Outcome::Exit(code) => return Ok(code),
+            Outcome::Lost(why) if args.consumer.is_some() => {
+                writeln!(err, "reconnecting in {} ms: {why}", backoff.as_millis())?;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Outcome::Lost(why) => {
+                writeln!(err, "error: {why}")?;
+                return Ok(1);
+            }
+        }
+    }
+}
+
+/// Tells the host what a named consumer has written: when `now`, or when
+/// [`ACK_EVERY`] has passed since the last acknowledgement.
+async fn ack(
+    client: &reqwest::Client,
+    args: &ConsumeArgs,
+    p: &mut Progress,
+    err: &mut dyn Write,
+    now: bool,
+) {
+    let Some(name) = &args.consumer else { return };
+    if p.written <= p.acked || !(now || p.last_ack.is_none_or(|t| t.elapsed() >= ACK_EVERY)) {
+        return;
+    }
+    let Ok(mut url) = reqwest::Url::parse(&args.url) else {
+        return;
+    };
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments
+            .pop_if_empty()
+            .extend(["v1", "consumers", name.as_str(), "ack"]);
+    }
+    let mut req = client
+        .post(url)
+        .json(&serde_json::json!({ "seq": p.written }));
+    if let Some(key) = &args.api_key {
+        req = req.header("X-API-Key", key);
+    }
+    p.last_ack = Some(std::time::Instant::now());
+    match req.send().await {
+        Ok(resp) if resp.status().is_success() => p.acked = p.written,
+        // Not acknowledged: those events may come again after a reconnect,
+        // and are skipped then (or written again by the next run).
+        Ok(resp) => {
+            let _ = writeln!(err, "acknowledgement refused: {}", resp.status());
+        }
+        Err(e) => {
+            let _ = writeln!(err, "acknowledgement not sent: {e}");
+        }
+    }
+}
+
+async fn connect(
+    client: &reqwest::Client,
+    args: &ConsumeArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    p: &mut Progress,
+) -> anyhow::Result<Outcome> {
     let mut url =
         reqwest::Url::parse(&args.url).with_context(|| format!("`{}` is not a URL", args.url))?;
     url.path_segments_mut()
@@ -72,48 +176,70 @@ async fn stream(
     url.query_pairs_mut()
         .extend_pairs(&args.params)
         .append_pair("from", &args.from);
-    let mut req = reqwest::Client::new()
-        .get(url)
-        .header("Accept", "application/x-ndjson");
+    if let Some(name) = &args.consumer {
+        url.query_pairs_mut().append_pair("consumer", name);
+    }
+    let mut req = client.get(url).header("Accept", "application/x-ndjson");
     if let Some(key) = &args.api_key {
         req = req.header("X-API-Key", key);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", args.url))?;
+    let resp = match req.send().await {
+        Ok(resp) => resp,
+        Err(e) => return Ok(Outcome::Lost(format!("cannot reach {}: {e}", args.url))),
+    };
     if !resp.status().is_success() {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         let detail = body["detail"].as_str().unwrap_or("no detail");
+        if status.is_server_error() {
+            return Ok(Outcome::Lost(format!("{status}: {detail}")));
+        }
         writeln!(err, "error: {status}: {detail}")?;
-        return Ok(1);
+        return Ok(Outcome::Exit(1));
     }
-    let mut seen = 0u64;
     let mut lines = NdjsonLines::new(resp);
-    while let Some(line) = lines.next_line().await.context("stream interrupted")? {
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                return Ok(Outcome::Lost(
+                    "the host closed the stream without ending it".into(),
+                ));
+            }
+            Err(e) => return Ok(Outcome::Lost(format!("stream interrupted: {e}"))),
+        };
         let value: Value =
             serde_json::from_slice(&line).context("the host sent a line that is not JSON")?;
         if let Some(kind) = value.get("notice").and_then(Value::as_str) {
             writeln!(err, "{}", status_line(kind, &value))?;
             if kind == "ended" {
-                return Ok(0);
+                // A host that shuts down ends its streams: a named consumer
+                // comes back when it does.
+                if args.consumer.is_some() {
+                    return Ok(Outcome::Lost("the host ended the stream".into()));
+                }
+                return Ok(Outcome::Exit(0));
             }
+            continue;
+        }
+        let seq = value["seq"].as_u64().unwrap_or(0);
+        if args.consumer.is_some() && seq <= p.written {
+            // Sent again after a reconnect: already written.
             continue;
         }
         match write_event(args, &line, &value, out) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(Outcome::Exit(0)),
             Err(e) => return Err(e.into()),
         }
-        seen += 1;
-        if args.max_events.is_some_and(|max| seen >= max) {
-            writeln!(err, "done: {seen} events")?;
-            return Ok(0);
+        p.seen += 1;
+        p.written = p.written.max(seq);
+        if args.max_events.is_some_and(|max| p.seen >= max) {
+            writeln!(err, "done: {} events", p.seen)?;
+            return Ok(Outcome::Exit(0));
         }
+        ack(client, args, p, err, false).await;
     }
-    writeln!(err, "error: the host closed the stream without ending it")?;
-    Ok(1)
 }
 
 /// The lines of an NDJSON response as they arrive (empty lines skipped).

@@ -498,3 +498,234 @@ async fn a_full_disk_answers_503_loses_nothing_accepted_and_recovers() {
     served.child.kill().unwrap();
     served.child.wait().unwrap();
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_on(dir: &std::path::Path, port: u16) -> Served {
+    let listen = format!("127.0.0.1:{port}");
+    serve_with(
+        &[
+            "--listen",
+            &listen,
+            "--log-format",
+            "json",
+            "--plugin-poll-ms",
+            "0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        &KEYS,
+    )
+}
+
+fn files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_consumer_gets_every_event_across_two_host_kills() {
+    const N: usize = 30_000;
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut host = start_on(data.path(), port);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut seqs = Vec::new();
+    for n in 0..N / 1000 {
+        let answer: Value = client
+            .post(format!("{base}/v1/events"))
+            .header("X-API-Key", "d-ingest")
+            .json(&batch(9, n, 1000))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for a in answer["accepted"].as_array().unwrap() {
+            seqs.push(a["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seqs.len(), N);
+    let mut consumer = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "consume",
+            "json.field_equals",
+            "-p",
+            "field=k",
+            "-p",
+            "equals=v",
+        ])
+        .args(["--consumer", "c1", "--from", "earliest", "--url", &base])
+        .args([
+            "--api-key",
+            "d-query",
+            "--max-events",
+            &N.to_string(),
+            "--output-dir",
+        ])
+        .arg(out.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Two kills (SIGKILL) while the consumer is delivering.
+    for at in [N / 10, N / 3] {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while files_in(out.path()) < at {
+            assert!(Instant::now() < deadline, "delivery stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        host.child.kill().unwrap();
+        host.child.wait().unwrap();
+        let written = files_in(out.path());
+        assert!(written < N, "killed during delivery ({written} of {N})");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        host = start_on(data.path(), port);
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some(status) = consumer.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut consumer.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                return (status, stderr);
+            }
+            assert!(Instant::now() < deadline, "the consumer did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{}", status.1);
+    assert!(status.1.contains("reconnecting"), "{}", status.1);
+    // Every event exactly once (one file per sequence number), no gaps.
+    let mut got: Vec<u64> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            name.strip_suffix(".json")
+                .map(|s| s.parse::<u64>().unwrap())
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, seqs, "every event once, none missing");
+    // The host knows where c1 is.
+    let listed: Value = client
+        .get(format!("{base}/v1/consumers"))
+        .header("X-API-Key", "d-query")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let c1 = &listed["consumers"][0];
+    assert_eq!(c1["name"], "c1", "{listed}");
+    assert_eq!(c1["acked_seq"], *seqs.last().unwrap(), "{listed}");
+    assert_eq!(c1["lag"], 0, "{listed}");
+    host.child.kill().unwrap();
+    host.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn named_consumers_over_http_resume_after_their_acknowledgement() {
+    let s = TestServer::start(weir_tests::host_with_examples()).await;
+    let q = [
+        ("field", "k"),
+        ("equals", "v"),
+        ("consumer", "c1"),
+        ("from", "earliest"),
+    ];
+    let (mut c, first) = s.subscribe("json.field_equals", &q).await;
+    assert_eq!(first["consumer"], "c1", "{first}");
+    let events: Vec<Value> = (0..3)
+        .map(|i| json!({"event_id": format!("n{i}"), "event_type": "x", "source": "t", "payload": {"k": "v"}}))
+        .collect();
+    s.publish(Value::Array(events)).await;
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        seqs.push(c.envelope().await["seq"].as_u64().unwrap());
+    }
+    let (status, acked) = s
+        .post(
+            "/v1/consumers/c1/ack",
+            Role::Query,
+            Some(json!({"seq": seqs[1]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{acked}");
+    assert_eq!(acked["acked_seq"], seqs[1]);
+    assert_eq!(acked["lag"], 1);
+    assert_eq!(acked["connected"], 1);
+    // Refusals name the problem.
+    let (status, body) = s
+        .post(
+            "/v1/consumers/c1/ack",
+            Role::Query,
+            Some(json!({"seq": 999_999})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = s
+        .post(
+            "/v1/consumers/nobody/ack",
+            Role::Query,
+            Some(json!({"seq": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = s
+        .post("/v1/consumers/c1/ack", Role::Query, Some(json!({"sq": 1})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let other = [("field", "k"), ("equals", "w"), ("consumer", "c1")];
+    let (status, body) = s.stream("json.field_equals", &other).await.err().unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "conflict");
+    assert!(
+        body["detail"].as_str().unwrap().contains("delete it first"),
+        "{body}"
+    );
+    let bad = [("field", "k"), ("equals", "v"), ("consumer", "no spaces")];
+    let (status, _) = s.stream("json.field_equals", &bad).await.err().unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Reconnected, it resumes after its acknowledgement (the third event
+    // comes again: it was delivered, not acknowledged).
+    drop(c);
+    let (mut c, first) = s.subscribe("json.field_equals", &q).await;
+    assert_eq!(first["from"], (seqs[1] + 1).to_string(), "{first}");
+    assert_eq!(c.envelope().await["seq"], seqs[2]);
+    drop(c);
+    let (_, listed) = s.get("/v1/consumers", Role::Query).await;
+    assert_eq!(
+        listed["consumers"][0]["key"], "json.field_equals",
+        "{listed}"
+    );
+    assert_eq!(listed["consumers"][0]["params"]["equals"], "v", "{listed}");
+    // Only an admin deletes; then the name is free.
+    let (status, _) = s.delete("/v1/consumers/c1", Role::Query).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = s
+        .delete("/v1/consumers/c1?datastore=default", Role::Admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, listed) = s.get("/v1/consumers", Role::Query).await;
+    assert_eq!(listed["consumers"], json!([]), "{listed}");
+    let (status, _) = s
+        .delete("/v1/consumers/c1?datastore=default", Role::Admin)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -149,7 +149,7 @@ async fn a_bearer_token_works_like_x_api_key() {
 }
 
 /// Paths clients count on: each must be in `/openapi.json`.
-const KNOWN_PATHS: [&str; 35] = [
+const KNOWN_PATHS: [&str; 38] = [
     "/healthz",
     "/readyz",
     "/openapi.json",
@@ -160,6 +160,9 @@ const KNOWN_PATHS: [&str; 35] = [
     "/v1/keys/{key}/resume",
     "/v1/events",
     "/v1/subscriptions",
+    "/v1/consumers",
+    "/v1/consumers/{name}/ack",
+    "/v1/consumers/{name}",
     "/v1/dlq",
     "/v1/dlq/replay",
     "/v1/plugins",
@@ -221,6 +224,7 @@ fn plausible(param: &str) -> &'static str {
         "key" => "fs.large_files",
         "sid" => "no-such-session",
         "datastore" => "default",
+        "name" => "no-such-consumer",
         other => panic!("no plausible value for path parameter `{other}`: add one"),
     }
 }

@@ -778,6 +778,7 @@ async fn shutdown_ends_streams_with_a_reason_and_runs_cleanups() {
             params: vec![],
             from: weir_host::bus::StartAt::Latest,
             scope: None,
+            consumer: None,
         })
         .await;
     assert!(

@@ -232,6 +232,10 @@ pub struct EventsSection {
     /// [default: 604800, a week].
     #[arg(long, env = "WEIR_RETENTION_AGE_SECS")]
     pub retention_age_secs: Option<u64>,
+    /// Seconds a named consumer may stay neither connected nor
+    /// acknowledging before it expires [default: 604800, a week].
+    #[arg(long, env = "WEIR_CONSUMER_TTL_SECS")]
+    pub consumer_ttl_secs: Option<u64>,
 }
 
 flags_over_file!(EventsSection {
@@ -248,6 +252,7 @@ flags_over_file!(EventsSection {
     retention_events,
     retention_bytes,
     retention_age_secs,
+    consumer_ttl_secs,
 });
 
 impl EventsSection {
@@ -308,6 +313,16 @@ impl EventsSection {
                 Some(n) => *target = n,
                 None => {}
             }
+        }
+        match self.consumer_ttl_secs {
+            Some(0) => {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    problem: "events.consumer_ttl_secs must be at least 1".into(),
+                });
+            }
+            Some(s) => pipeline.consumer_ttl = Duration::from_secs(s),
+            None => {}
         }
         if let Some(s) = self.retention_age_secs {
             bus.log.retention_age = (s > 0).then(|| Duration::from_secs(s));

@@ -113,6 +113,9 @@ pub struct PipelineConfig {
     pub max_batch: usize,
     /// Deliveries buffered between a consumer's workers and its connection.
     pub output_buffer: usize,
+    /// How long a named consumer may stay neither connected nor
+    /// acknowledging before it expires.
+    pub consumer_ttl: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -124,6 +127,7 @@ impl Default for PipelineConfig {
             max_event_types: 1_000,
             max_batch: 100,
             output_buffer: 64,
+            consumer_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::datastore::session::SessionError;
 use crate::datastore::{NotReady, PushError};
 use crate::index::view::ViewError;
 use crate::pipeline::SubscribeError;
+use crate::pipeline::named::NamedError;
 
 /// Seconds a client is asked to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "2";
@@ -84,7 +85,7 @@ pub struct ErrorBody {
     /// A stable code: `unauthorized`, `forbidden`, `not_found`,
     /// `bad_request`, `too_large`, `session_unknown`, `session_obsolete`,
     /// `session_expired`, `not_ready`, `busy`, `unavailable`,
-    /// `not_acceptable`, `rejected`, `invalid_param`, `pre_consume_failed`,
+    /// `not_acceptable`, `conflict`, `rejected`, `invalid_param`, `pre_consume_failed`,
     /// `plugin_fault`, `shutting_down` or `internal`.
     #[schema(value_type = String, example = "not_found")]
     pub error: &'static str,
@@ -140,9 +141,12 @@ pub enum AppError {
         /// Every rejected event with its reason.
         rejected: serde_json::Value,
     },
-    /// A subscription was refused (400, 404, 502 or 503 by cause).
+    /// A subscription was refused (400, 404, 409, 502 or 503 by cause).
     #[error(transparent)]
     Subscribe(#[from] SubscribeError),
+    /// A named-consumer request was refused (400, 404, 409 or 503).
+    #[error(transparent)]
+    Named(#[from] NamedError),
     /// 500; the cause is logged only.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -177,7 +181,9 @@ impl AppError {
                 }
                 SubscribeError::Fault { .. } => (StatusCode::BAD_GATEWAY, "plugin_fault"),
                 SubscribeError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                SubscribeError::Named(e) => named_status(e),
             },
+            Self::Named(e) => named_status(e),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -203,6 +209,17 @@ impl IntoResponse for AppError {
             return (status, [(RETRY_AFTER, RETRY_AFTER_SECS)], body).into_response();
         }
         (status, body).into_response()
+    }
+}
+
+fn named_status(e: &NamedError) -> (StatusCode, &'static str) {
+    match e {
+        NamedError::BadName(_) | NamedError::AckAhead { .. } => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        NamedError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        NamedError::Bound { .. } | NamedError::TooMany => (StatusCode::CONFLICT, "conflict"),
+        NamedError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     }
 }
 

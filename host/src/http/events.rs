@@ -32,7 +32,9 @@ type Pairs = Vec<(String, String)>;
 ///
 /// Needs role `ingest`. One event or an array of events, each checked on its
 /// own; answers which were accepted (with their sequence numbers), which
-/// were duplicates and which rejected (422 when none was accepted).
+/// were duplicates and which rejected (422 when none was accepted). With a
+/// data directory an accepted event is in the durable log before the answer
+/// (flushed to disk with `--fsync always`).
 #[utoipa::path(
     post,
     path = "/v1/events",
@@ -46,7 +48,7 @@ type Pairs = Vec<(String, String)>;
         (status = 413, description = "The body is larger than 16 MiB.", body = ErrorBody),
         (status = 422, description = "No event accepted; `rejected` lists every event with its reason.", body = ErrorBody),
         (status = 500, description = "Internal error (logged).", body = ErrorBody),
-        (status = 503, description = "The host is shutting down (`unavailable`): nothing was accepted.", body = ErrorBody,
+        (status = 503, description = "The host is shutting down, or the event log cannot store events now (a full disk, an I/O error; the reason says which) (`unavailable`): nothing was accepted.", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
     extensions(("x-weir-role" = json!("ingest"))),
@@ -135,15 +137,19 @@ fn format_for(headers: &HeaderMap) -> Result<Format, AppError> {
 /// Needs role `query`. A long-lived stream of the key's envelopes and
 /// notices (the first line is a `subscribed` notice): Server-Sent Events for
 /// `Accept: text/event-stream` (each envelope's `id` is its sequence
-/// number), otherwise NDJSON. Every query pair but `from` is a parameter of
-/// the key. SSE resumes after `Last-Event-ID` when no `from` is given.
+/// number), otherwise NDJSON. Every query pair but `from` and `consumer` is
+/// a parameter of the key. SSE resumes after `Last-Event-ID` when no `from`
+/// is given. With `consumer=NAME` the stream resumes a named consumer after
+/// its last acknowledgement (`POST /v1/consumers/{name}/ack`), across
+/// reconnects and restarts: at-least-once.
 #[utoipa::path(
     get,
     path = "/v1/keys/{key}/stream",
     tag = "keys",
     params(
         ("key" = String, Path, description = "The key, such as `fs.large_files`."),
-        ("from" = Option<String>, Query, description = "Where to start: `earliest`, `latest` (default) or a sequence number."),
+        ("from" = Option<String>, Query, description = "Where to start: `earliest`, `latest` (default) or a sequence number; for a named consumer, where a new name starts."),
+        ("consumer" = Option<String>, Query, description = "A named consumer (1 to 128 letters, digits, `.`, `_`, `-`): resumes after its last acknowledgement; bound to this key and these params."),
         ("params" = Option<std::collections::BTreeMap<String, String>>, Query, style = Form, explode,
             description = "The key's parameters, one query pair each (such as `min_size=1000000`)."),
         ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this sequence number (when no `from` is given)."),
@@ -155,8 +161,9 @@ fn format_for(headers: &HeaderMap) -> Result<Format, AppError> {
         AuthErrors,
         (status = 404, description = "No such key.", body = ErrorBody),
         (status = 406, description = "The client accepts neither SSE nor NDJSON.", body = ErrorBody),
+        (status = 409, description = "The named consumer is bound to another key or other params, or there are too many (`conflict`).", body = ErrorBody),
         (status = 502, description = "The key's plugin failed (`pre_consume_failed`, `plugin_fault`).", body = ErrorBody),
-        (status = 503, description = "Shutting down (`shutting_down`).", body = ErrorBody,
+        (status = 503, description = "Shutting down (`shutting_down`), or a new named consumer could not be stored (`unavailable`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
     extensions(("x-weir-role" = json!("query"))),
@@ -172,9 +179,12 @@ pub(super) async fn stream_key(
     let key = path(key)?;
     let format = format_for(&headers)?;
     let mut from = None;
+    let mut named = None;
     let mut params = Vec::new();
     for (name, value) in query(q)? {
-        if name == "from" {
+        if name == "consumer" {
+            named = Some(value);
+        } else if name == "from" {
             from = Some(
                 value
                     .parse::<StartAt>()
@@ -207,6 +217,7 @@ pub(super) async fn stream_key(
             params,
             from,
             scope: who.datastore,
+            consumer: named,
         })
         .await?;
     Ok(match format {

@@ -10,7 +10,8 @@
 //!
 //! - `/healthz`, `/readyz`, `/openapi.json` (public), `/metrics` (query);
 //! - `/v1/keys/...` (query; `resume`: admin), `POST /v1/events` (ingest),
-//!   `/v1/subscriptions`, `/v1/dlq...`, `/v1/plugins`,
+//!   `/v1/consumers` (query; delete: admin), `/v1/subscriptions`,
+//!   `/v1/dlq...`, `/v1/plugins`,
 //!   `/v1/datastores/{datastore}/alarm` (admin);
 //! - the Fustor agent routes `/api/v1/pipe/...` (ingest) and views
 //!   `/api/v1/views/{datastore}/...` (query);
@@ -19,9 +20,10 @@
 //!
 //! Files: `request.rs` (key before body, scopes, rejections), `error.rs`
 //! (`AppError`, the one place errors become status codes), `system.rs`,
-//! `keys.rs`, `events.rs`, `fustor.rs`, `fusion.rs` (route families),
+//! `keys.rs`, `events.rs`, `consumers.rs`, `fustor.rs`, `fusion.rs` (route families),
 //! `server.rs` (the connection layer).
 
+mod consumers;
 mod error;
 mod events;
 mod fusion;
@@ -86,6 +88,7 @@ const BEARER_SCHEME: &str = "bearer";
         (name = "system", description = "Health, readiness, metrics and this document."),
         (name = "keys", description = "EventKeys: definitions, streams of their output, quarantine."),
         (name = "events", description = "Publishing events, subscriptions and dead letters."),
+        (name = "consumers", description = "Named consumers: where each resumes, acknowledgements."),
         (name = "plugins", description = "The loaded plugins and the failed ones."),
         (name = "datastores", description = "Operator actions on datastores."),
         (name = "fustor", description = "The Fustor 0.8.17 agent routes: sessions, pushes, audits, sentinel."),
@@ -138,6 +141,9 @@ fn api() -> OpenApiRouter<Arc<Host>> {
         .routes(routes!(keys::resume))
         .routes(routes!(events::publish).layer(DefaultBodyLimit::max(MAX_EVENTS_BYTES)))
         .routes(routes!(events::subscriptions))
+        .routes(routes!(consumers::list))
+        .routes(routes!(consumers::ack))
+        .routes(routes!(consumers::delete))
         .routes(routes!(events::dlq_list, events::dlq_delete))
         .routes(routes!(events::dlq_replay))
         .routes(routes!(keys::list_plugins))

@@ -14,6 +14,7 @@
 mod consumer;
 pub mod dlq;
 pub mod health;
+pub mod named;
 pub mod stats;
 mod subscribe;
 pub mod subscriptions;
@@ -36,6 +37,7 @@ use consumer::Ctx;
 pub use consumer::{Verdict, trial};
 use dlq::{DeadLetter, DeadLetterSelector, DeadLetters};
 use health::{HealthBook, Quarantine};
+use named::NamedConsumers;
 pub use subscribe::{
     Consumer, ConsumerCounts, ConsumerStats, Delivery, Notice, ReplayResult, SubscribeError,
     SubscribeRequest,
@@ -49,6 +51,7 @@ pub struct Pipeline {
     subs: Arc<Subscriptions>,
     dlq: DeadLetters,
     health: HealthBook,
+    named: Arc<NamedConsumers>,
     config: PipelineConfig,
     next_consumer: AtomicU64,
     counts: Arc<EventCounts>,
@@ -68,6 +71,7 @@ impl Pipeline {
     ) -> Result<Arc<Self>, StoreError> {
         let counts = Arc::new(EventCounts::new(config.max_event_types));
         bus.add_handler(counts.clone());
+        let named = Arc::new(NamedConsumers::new(config.consumer_ttl, records.clone())?);
         let (dlq, health) = match records {
             Some(r) => (
                 DeadLetters::durable(config.dlq_capacity, config.dlq_bytes, r.clone())?,
@@ -84,6 +88,7 @@ impl Pipeline {
             subs: Arc::new(Subscriptions::default()),
             dlq,
             health,
+            named,
             config,
             next_consumer: AtomicU64::new(1),
             counts,
@@ -169,6 +174,20 @@ impl Pipeline {
         let (version, subscription_id) = prepare(&entry, &req.params, req.scope.as_deref()).await?;
         let runner = version.runner.clone();
         let normalized = version.params.clone();
+        let (start, named) = match &req.consumer {
+            Some(name) => {
+                let (start, attached) = self.named.attach(
+                    req.scope.as_deref(),
+                    name,
+                    &def.key,
+                    &req.params,
+                    req.from,
+                    self.bus.stats().last_seq,
+                )?;
+                (start, Some(attached))
+            }
+            None => (req.from, None),
+        };
 
         let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.config.output_buffer.max(1));
@@ -208,10 +227,10 @@ impl Pipeline {
                 pattern: def.event_type.clone(),
                 scope: req.scope.clone(),
             },
-            req.from,
+            start,
             def.effective_buffer_size() as usize,
         );
-        let from = match req.from {
+        let from = match start {
             StartAt::Latest => "latest".to_string(),
             StartAt::Earliest => "earliest".to_string(),
             StartAt::Seq(n) => n.to_string(),
@@ -222,6 +241,7 @@ impl Pipeline {
             subscription_id: subscription_id.clone(),
             params: params_json(&normalized),
             from,
+            consumer: req.consumer.clone(),
             buffer_size: def.effective_buffer_size(),
             workers: def.effective_workers(),
         }));
@@ -231,7 +251,13 @@ impl Pipeline {
             key: def.key.clone(),
             subscription_id,
             rx,
+            _named: named,
         })
+    }
+
+    /// The named consumers.
+    pub fn named(&self) -> &Arc<NamedConsumers> {
+        &self.named
     }
 
     /// The plugin running `key` was replaced by `entry`: each consumer's

@@ -39,6 +39,9 @@ pub enum Notice {
         params: serde_json::Map<String, serde_json::Value>,
         /// `latest`, `earliest` or a sequence number.
         from: String,
+        /// The named consumer, when the stream resumes one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        consumer: Option<String>,
         /// Buffer size (events) before the oldest are dropped.
         buffer_size: u32,
         /// Parallel workers.
@@ -146,6 +149,9 @@ pub struct SubscribeRequest {
     /// datastore's events only, and its subscriptions are that
     /// datastore's), or `None` for a host-level key (everything).
     pub scope: Option<String>,
+    /// A named consumer: resumes after its last acknowledgement (`from`
+    /// only says where a new name starts).
+    pub consumer: Option<String>,
 }
 
 /// Why a subscription was refused.
@@ -188,6 +194,9 @@ pub enum SubscribeError {
     /// The host is shutting down.
     #[error("the host is shutting down")]
     Closed,
+    /// The named consumer cannot be used as asked.
+    #[error(transparent)]
+    Named(#[from] super::named::NamedError),
 }
 
 /// A connected consumer: receive until `None`. Dropping it leaves the
@@ -200,6 +209,8 @@ pub struct Consumer {
     /// The subscription id.
     pub subscription_id: String,
     pub(super) rx: mpsc::Receiver<Delivery>,
+    /// The named consumer this stream is attached to, if any.
+    pub(super) _named: Option<super::named::Attached>,
 }
 
 impl Consumer {

@@ -9,7 +9,7 @@ use weir_core::key::{
 
 /// Parameter names a key may not declare: `GET /v1/keys/{key}/stream`
 /// takes them as its own query parameters.
-pub const RESERVED_PARAMS: [&str; 1] = ["from"];
+pub const RESERVED_PARAMS: [&str; 2] = ["from", "consumer"];
 
 /// One broken registration rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,7 +42,9 @@ pub enum Rule {
     #[error("parameter `{0}` is declared twice")]
     DuplicateParam(String),
     /// A parameter name the stream API uses itself.
-    #[error("parameter name `{0}` is reserved (the stream API uses it for its start position)")]
+    #[error(
+        "parameter name `{0}` is reserved (the stream API uses it: `from` for the start position, `consumer` for a named consumer)"
+    )]
     ReservedParam(String),
     /// An enum or multi parameter has no values.
     #[error("{ty} parameter `{param}` has no values")]
