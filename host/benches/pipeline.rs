@@ -5,6 +5,11 @@
 //! in the same run; prints events per second, the ratio, and the latency
 //! from `POST` to consumer at a steady rate.
 //!
+//! Then durability, in the same run: the same pipeline (wasm key) on a host
+//! with a data directory (`--fsync always`) against the ephemeral host, the
+//! latency of single-event `POST`s on each, the bytes on disk per event
+//! after 1,000,000 events, and the time a host takes to open that log again.
+//!
 //! Run: `cargo bench -p weir-host --bench pipeline` (optional argument:
 //! number of events for the throughput run, default 50000).
 
@@ -226,15 +231,7 @@ fn main() -> anyhow::Result<()> {
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(50_000);
-    let mut keys = Keys::new();
-    keys.insert(QUERY, Role::Query, "default");
-    keys.insert(INGEST, Role::Ingest, "default");
-    let host = Arc::new(Host::new(HostConfig {
-        plugin_dir: Some(weir_host::EXAMPLE_PLUGIN_DIR.into()),
-        engine: EngineConfig::default(),
-        keys,
-        ..HostConfig::default()
-    })?);
+    let host = Arc::new(bench_host(None)?);
     let mut def = host
         .registry()
         .lookup("fs.large_files")
@@ -248,12 +245,7 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(weir_host::run(listener, host, async move {
-            let _ = stopped.await;
-        }));
+        let (base, stop, served) = serve(host).await?;
 
         println!("pipeline: POST /v1/events -> bus -> matches+process -> NDJSON consumer, {n} events, batches of {BATCH}");
         // Warm-up: instances, connections, allocator.
@@ -283,8 +275,146 @@ fn main() -> anyhow::Result<()> {
                 max.as_secs_f64() * 1e3
             );
         }
+        durability(&base, n).await?;
         let _ = stop.send(());
         served.await??;
         anyhow::Ok(())
     })
+}
+
+/// A host with the example plugins and the bench keys; durable when given
+/// a data directory.
+fn bench_host(data_dir: Option<std::path::PathBuf>) -> anyhow::Result<Host> {
+    let mut keys = Keys::new();
+    keys.insert(QUERY, Role::Query, "default");
+    keys.insert(INGEST, Role::Ingest, "default");
+    Host::new(HostConfig {
+        plugin_dir: Some(weir_host::EXAMPLE_PLUGIN_DIR.into()),
+        engine: EngineConfig::default(),
+        keys,
+        data_dir,
+        ..HostConfig::default()
+    })
+}
+
+type Served = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Serves `host` on a loopback port: its base URL, the stop switch, the task.
+async fn serve(
+    host: Arc<Host>,
+) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>, Served)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(weir_host::run(listener, host, async move {
+        let _ = stopped.await;
+    }));
+    Ok((base, stop, served))
+}
+
+/// The durable host against the ephemeral one at `ephemeral`.
+async fn durability(ephemeral: &str, n: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Arc::new(bench_host(Some(dir.path().to_path_buf()))?);
+    let (durable, stop, served) = serve(host.clone()).await?;
+    println!(
+        "durability: the wasm pipeline with a data directory (fsync always) vs ephemeral, {n} events"
+    );
+    throughput(&durable, "fs.large_files", 5_000, 30_000_000).await?;
+    let (mut d, mut e) = (0f64, 0f64);
+    for round in 0..3 {
+        e = e.max(
+            throughput(ephemeral, "fs.large_files", n, 31_000_000 + round * 2 * n)
+                .await?
+                .0,
+        );
+        d = d.max(
+            throughput(&durable, "fs.large_files", n, 32_000_000 + round * 2 * n)
+                .await?
+                .0,
+        );
+    }
+    println!("  ephemeral (baseline):   {e:>10.0} events/s");
+    println!(
+        "  durable:                {d:>10.0} events/s   ratio {:.2} of ephemeral (goal >= 0.50)",
+        d / e
+    );
+    let client = reqwest::Client::new();
+    for (label, base) in [("ephemeral", ephemeral), ("durable", durable.as_str())] {
+        let mut took = Vec::with_capacity(1000);
+        for i in 0..1000 {
+            let t = Instant::now();
+            post(&client, base, vec![event(40_000_000 + i)]).await?;
+            took.push(t.elapsed());
+        }
+        took.sort();
+        println!(
+            "  single-event POST, {label:>9}: p50 {:.2} ms  p99 {:.2} ms",
+            took[500].as_secs_f64() * 1e3,
+            took[990].as_secs_f64() * 1e3
+        );
+    }
+    // 1,000,000 events straight into the bus (batches of 1000), then the
+    // size of the store and the time to open it again.
+    let events = 1_000_000;
+    let h = host.clone();
+    let t = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        for b in 0..events / BATCH {
+            let batch = (0..BATCH)
+                .map(|i| weir_host::bus::NewEvent {
+                    id: format!("bulk-{b}-{i}"),
+                    event_type: "fs.insert".into(),
+                    source: "bench".into(),
+                    source_time: None,
+                    correlation_id: None,
+                    payload: event(b * BATCH + i)["payload"].to_string(),
+                    scope: Some("default".into()),
+                })
+                .collect();
+            h.pipeline()
+                .publish(batch)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let wrote = t.elapsed();
+    let store = host.store().expect("durable").clone();
+    let file_bytes = std::fs::metadata(store.file())?.len();
+    let total = host.pipeline().bus().stats().last_seq;
+    println!(
+        "  bulk: {events} events into the log in {:.1} s ({:.0} events/s, batches of {BATCH})",
+        wrote.as_secs_f64(),
+        events as f64 / wrote.as_secs_f64()
+    );
+    println!(
+        "  on disk: {:.0} bytes per event (file {} MiB for {total} events; records {:.0} bytes per event)",
+        file_bytes as f64 / total as f64,
+        file_bytes >> 20,
+        store.log_bytes() as f64 / total as f64
+    );
+    // Stopping the server shuts the host down (and closes its store).
+    let _ = stop.send(());
+    served.await??;
+    drop(store);
+    drop(host);
+    let t = Instant::now();
+    let reopened = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        // No plugins: the time is the store's and the bus's alone.
+        move || {
+            Host::new(HostConfig {
+                data_dir: Some(dir),
+                ..HostConfig::default()
+            })
+        }
+    })
+    .await??;
+    println!(
+        "  restart: the host opens a log of {} events in {:.2} s (integrity check, numbering, dedup window)",
+        reopened.pipeline().bus().stats().last_seq,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
