@@ -729,3 +729,37 @@ async fn named_consumers_over_http_resume_after_their_acknowledgement() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn datastore_changes_are_in_the_log_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = TestServer::start(durable_host(dir.path())).await;
+        let sid = s.create_session().await;
+        let rows = json!([
+            {"path": "/kept/a.bin", "size": 5_000_000, "modified_time": 1_700_000_000.0},
+            {"path": "/kept/b.txt", "size": 3, "modified_time": 1_700_000_000.0}
+        ]);
+        let (status, body) = s.push(&sid, weir_tests::snapshot_end(rows)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.host.pipeline().bus().stats().last_seq < 2 {
+            assert!(Instant::now() < deadline, "changes not published");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        s.stop().await;
+    }
+    // The index is gone with the process (the agent sends a snapshot
+    // again), but its changes, as events, are in the log.
+    let s = TestServer::start(durable_host(dir.path())).await;
+    let (mut changes, _) = s.subscribe("fs.changes", &[("from", "earliest")]).await;
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let e = changes.envelope().await;
+        assert_eq!(e["event_type"], "fs.insert", "{e}");
+        assert_eq!(e["source"], "datastore/default", "{e}");
+        paths.push(e["data"]["path"].as_str().unwrap().to_string());
+    }
+    paths.sort();
+    assert_eq!(paths, ["/kept/a.bin", "/kept/b.txt"]);
+}
