@@ -190,6 +190,18 @@ fn start(dir: &std::path::Path) -> Served {
     )
 }
 
+/// `METHOD url` with `key` and an optional JSON body to a host in another
+/// process; the answer's JSON.
+async fn call(method: &str, url: &str, key: &str, body: Option<&Value>) -> Value {
+    let mut req = reqwest::Client::new()
+        .request(method.parse().unwrap(), url)
+        .header("X-API-Key", key);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 fn batch(client: usize, n: usize, size: usize) -> Value {
     Value::Array(
         (0..size)
@@ -300,16 +312,13 @@ async fn accepted_events_survive_kill_9_exactly_once() {
     let base = format!("http://{}", second.addr);
     // A retry of an accepted batch: all duplicates.
     let retry = last_batch.lock().unwrap().clone().unwrap();
-    let answer: Value = client
-        .post(format!("{base}/v1/events"))
-        .header("X-API-Key", "d-ingest")
-        .json(&retry)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = call(
+        "POST",
+        &format!("{base}/v1/events"),
+        "d-ingest",
+        Some(&retry),
+    )
+    .await;
     assert_eq!(
         answer["duplicates"].as_array().unwrap().len(),
         250,
@@ -320,16 +329,7 @@ async fn accepted_events_survive_kill_9_exactly_once() {
         "{answer}"
     );
     // Publishing goes on with the next number.
-    let answer: Value = client
-        .post(format!("{base}/v1/events"))
-        .header("X-API-Key", "d-ingest")
-        .json(&json!({"event_id": "after-restart", "event_type": "load.x", "source": "t", "payload": {"k": "v"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = call("POST", &format!("{base}/v1/events"), "d-ingest", Some(&json!({"event_id": "after-restart", "event_type": "load.x", "source": "t", "payload": {"k": "v"}}))).await;
     let next = answer["accepted"][0]["seq"].as_u64().unwrap();
     assert!(next > max_seq, "{next} after {max_seq}");
 
@@ -540,19 +540,15 @@ async fn a_named_consumer_gets_every_event_across_two_host_kills() {
     let port = free_port();
     let mut host = start_on(data.path(), port);
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
     let mut seqs = Vec::new();
     for n in 0..N / 1000 {
-        let answer: Value = client
-            .post(format!("{base}/v1/events"))
-            .header("X-API-Key", "d-ingest")
-            .json(&batch(9, n, 1000))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = call(
+            "POST",
+            &format!("{base}/v1/events"),
+            "d-ingest",
+            Some(&batch(9, n, 1000)),
+        )
+        .await;
         for a in answer["accepted"].as_array().unwrap() {
             seqs.push(a["seq"].as_u64().unwrap());
         }
@@ -623,15 +619,7 @@ async fn a_named_consumer_gets_every_event_across_two_host_kills() {
     got.sort_unstable();
     assert_eq!(got, seqs, "every event once, none missing");
     // The host knows where c1 is.
-    let listed: Value = client
-        .get(format!("{base}/v1/consumers"))
-        .header("X-API-Key", "d-query")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = call("GET", &format!("{base}/v1/consumers"), "d-query", None).await;
     let c1 = &listed["consumers"][0];
     assert_eq!(c1["name"], "c1", "{listed}");
     assert_eq!(c1["acked_seq"], *seqs.last().unwrap(), "{listed}");

@@ -261,16 +261,21 @@ impl EventsSection {
     pub fn resolve(&self, file: &str) -> Result<(BusConfig, PipelineConfig), ConfigError> {
         let mut bus = BusConfig::default();
         let mut pipeline = PipelineConfig::default();
+        let err = |problem: String| ConfigError {
+            file: file.to_string(),
+            problem,
+        };
+        // A bound of 0 would refuse everything: named, not taken.
+        let positive = |v: Option<u64>, field: &str, hint: &str| match v {
+            Some(0) => Err(err(format!("events.{field} must be at least 1{hint}"))),
+            other => Ok(other),
+        };
+        let size = |v: Option<usize>| v.map(|n| n as u64);
         if let Some(n) = self.dedup_size {
             bus.dedup_size = n;
         }
-        if let Some(s) = self.dedup_ttl_secs {
-            if s == 0 {
-                return Err(ConfigError {
-                    file: file.to_string(),
-                    problem: "events.dedup_ttl_secs must be at least 1 (use dedup_size = 0 to disable dedup)".into(),
-                });
-            }
+        let no_dedup = " (use dedup_size = 0 to disable dedup)";
+        if let Some(s) = positive(self.dedup_ttl_secs, "dedup_ttl_secs", no_dedup)? {
             bus.dedup_ttl = Duration::from_secs(s);
         }
         if let Some(n) = self.history_events {
@@ -286,57 +291,26 @@ impl EventsSection {
             pipeline.quarantine_after = n;
         }
         if let Some(f) = &self.fsync {
-            bus.log.fsync = f.parse().map_err(|e| ConfigError {
-                file: file.to_string(),
-                problem: format!("events.fsync: {e}"),
-            })?;
+            bus.log.fsync = f.parse().map_err(|e| err(format!("events.fsync: {e}")))?;
         }
-        for (field, value, target) in [
-            (
-                "retention_events",
-                self.retention_events,
-                &mut bus.log.retention_events,
-            ),
-            (
-                "retention_bytes",
-                self.retention_bytes,
-                &mut bus.log.retention_bytes,
-            ),
-        ] {
-            match value {
-                Some(0) => {
-                    return Err(ConfigError {
-                        file: file.to_string(),
-                        problem: format!("events.{field} must be at least 1"),
-                    });
-                }
-                Some(n) => *target = n,
-                None => {}
-            }
+        if let Some(n) = positive(self.retention_events, "retention_events", "")? {
+            bus.log.retention_events = n;
         }
-        match self.consumer_ttl_secs {
-            Some(0) => {
-                return Err(ConfigError {
-                    file: file.to_string(),
-                    problem: "events.consumer_ttl_secs must be at least 1".into(),
-                });
-            }
-            Some(s) => pipeline.consumer_ttl = Duration::from_secs(s),
-            None => {}
+        if let Some(n) = positive(self.retention_bytes, "retention_bytes", "")? {
+            bus.log.retention_bytes = n;
         }
         if let Some(s) = self.retention_age_secs {
             bus.log.retention_age = (s > 0).then(|| Duration::from_secs(s));
         }
-        if let Some(n) = self.dlq_capacity {
-            if n == 0 {
-                return Err(ConfigError {
-                    file: file.to_string(),
-                    problem: "events.dlq_capacity must be at least 1".into(),
-                });
-            }
-            pipeline.dlq_capacity = n;
+        if let Some(s) = positive(self.consumer_ttl_secs, "consumer_ttl_secs", "")? {
+            pipeline.consumer_ttl = Duration::from_secs(s);
         }
         for (field, value, target) in [
+            (
+                "dlq_capacity",
+                self.dlq_capacity,
+                &mut pipeline.dlq_capacity,
+            ),
             ("dlq_bytes", self.dlq_bytes, &mut pipeline.dlq_bytes),
             (
                 "max_event_types",
@@ -344,15 +318,8 @@ impl EventsSection {
                 &mut pipeline.max_event_types,
             ),
         ] {
-            match value {
-                Some(0) => {
-                    return Err(ConfigError {
-                        file: file.to_string(),
-                        problem: format!("events.{field} must be at least 1"),
-                    });
-                }
-                Some(n) => *target = n,
-                None => {}
+            if let Some(n) = positive(size(value), field, "")? {
+                *target = n as usize;
             }
         }
         Ok((bus, pipeline))

@@ -562,13 +562,8 @@ impl MemoryFeed {
                 drop(st);
                 return self.replay_from_log(&*log, cursor, first, max);
             }
-            self.phase = Phase::Replay { cursor: first };
-            return Some(FeedItem::Gap {
-                reason: GapReason::HistoryEvicted,
-                count: first - cursor,
-                first_seq: cursor,
-                last_seq: first - 1,
-            });
+            drop(st);
+            return Some(self.skip_to(GapReason::HistoryEvicted, cursor, first));
         }
         let mut next = cursor;
         let mut out = Vec::new();
@@ -596,6 +591,17 @@ impl MemoryFeed {
         (!out.is_empty()).then_some(FeedItem::Events(out))
     }
 
+    /// Moves the replay on to `to`, reporting `from..to` as a gap.
+    fn skip_to(&mut self, reason: GapReason, from: u64, to: u64) -> FeedItem {
+        self.phase = Phase::Replay { cursor: to };
+        FeedItem::Gap {
+            reason,
+            count: to - from,
+            first_seq: from,
+            last_seq: to - 1,
+        }
+    }
+
     /// One step of a replay from the log, for events before `until` (where
     /// the in-memory history starts).
     fn replay_from_log(
@@ -605,37 +611,20 @@ impl MemoryFeed {
         until: u64,
         max: usize,
     ) -> Option<FeedItem> {
-        let unreadable = |e: String| {
+        let mut unreadable = |e: String| {
             tracing::error!("replay: the event log cannot be read: {e}");
-            FeedItem::Gap {
-                reason: GapReason::LogUnreadable,
-                count: until - cursor,
-                first_seq: cursor,
-                last_seq: until - 1,
-            }
+            self.skip_to(GapReason::LogUnreadable, cursor, until)
         };
         let oldest = match log.first_seq() {
             Ok(first) => first.unwrap_or(until).min(until),
-            Err(e) => {
-                self.phase = Phase::Replay { cursor: until };
-                return Some(unreadable(e));
-            }
+            Err(e) => return Some(unreadable(e)),
         };
         if cursor < oldest {
-            self.phase = Phase::Replay { cursor: oldest };
-            return Some(FeedItem::Gap {
-                reason: GapReason::HistoryEvicted,
-                count: oldest - cursor,
-                first_seq: cursor,
-                last_seq: oldest - 1,
-            });
+            return Some(self.skip_to(GapReason::HistoryEvicted, cursor, oldest));
         }
         let events = match log.read(cursor, REPLAY_SCAN) {
             Ok(events) => events,
-            Err(e) => {
-                self.phase = Phase::Replay { cursor: until };
-                return Some(unreadable(e));
-            }
+            Err(e) => return Some(unreadable(e)),
         };
         let mut next = until;
         let mut out = Vec::new();

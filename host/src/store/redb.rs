@@ -331,14 +331,19 @@ impl RedbStore {
         Ok(())
     }
 
-    fn read_events(&self, from: u64, max: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+    /// `def` in a read transaction of its own (every table exists: they
+    /// are made when the store is).
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<redb::ReadOnlyTable<K, V>, StoreError> {
         let db = self.db()?;
         let tx = db.begin_read().map_err(|e| self.failed(e.into()))?;
-        let table = match tx.open_table(EVENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.failed(e.into())),
-        };
+        tx.open_table(def).map_err(|e| self.failed(e.into()))
+    }
+
+    fn read_events(&self, from: u64, max: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        let table = self.read_table(EVENTS)?;
         let mut out = Vec::new();
         for row in table.range(from..).map_err(|e| self.failed(e.into()))? {
             let (k, v) = row.map_err(|e| self.failed(e.into()))?;
@@ -361,25 +366,13 @@ impl RedbStore {
     }
 
     fn first(&self) -> Result<Option<u64>, StoreError> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.failed(e.into()))?;
-        let table = match tx.open_table(EVENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.failed(e.into())),
-        };
+        let table = self.read_table(EVENTS)?;
         let first = table.first().map_err(|e| self.failed(e.into()))?;
         Ok(first.map(|(k, _)| k.value()))
     }
 
     fn recent(&self, n: usize) -> Result<Vec<(u64, String)>, StoreError> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.failed(e.into()))?;
-        let table = match tx.open_table(EVENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.failed(e.into())),
-        };
+        let table = self.read_table(EVENTS)?;
         let mut out = Vec::with_capacity(n.min(1 << 16));
         for row in table.iter().map_err(|e| self.failed(e.into()))?.rev() {
             if out.len() >= n {
@@ -471,13 +464,7 @@ impl Records for RedbStore {
     }
 
     fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.failed(e.into()))?;
-        let t = match tx.open_table(records(table)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.failed(e.into())),
-        };
+        let t = self.read_table(records(table))?;
         let mut out = Vec::new();
         for row in t.iter().map_err(|e| self.failed(e.into()))? {
             let (k, v) = row.map_err(|e| self.failed(e.into()))?;
@@ -702,12 +689,7 @@ mod tests {
         };
         let new = |id: &str| NewEvent {
             id: id.into(),
-            event_type: "t".into(),
-            source: "s".into(),
-            source_time: None,
-            correlation_id: None,
-            payload: "{}".into(),
-            scope: None,
+            ..event(0, 0).new.clone()
         };
         {
             let store = open(dir.path(), LogConfig::default());
