@@ -19,6 +19,8 @@
 //! - [`store`]: the data directory and the embedded durable store (redb):
 //!   the bus's event log and the records of dead letters, plugin state,
 //!   quarantines and named consumers.
+//! - [`cluster`]: several hosts over a NATS JetStream cluster: the event
+//!   bus on a stream.
 //! - [`plugindir`]: the plugin directory, loaded at start and polled.
 //! - [`plugin_api`]: the routes plugins reach through `call-api`.
 //! - [`pipeline`]: subscriptions, key calls, envelopes, dead letters.
@@ -32,6 +34,7 @@
 
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod consume;
 pub mod datastore;

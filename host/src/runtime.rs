@@ -36,6 +36,9 @@ pub struct HostConfig {
     /// quarantines and named consumers live there and survive restarts.
     /// `None`: memory only (`--ephemeral`).
     pub data_dir: Option<PathBuf>,
+    /// A NATS JetStream cluster: the event bus is shared by every host on
+    /// it (`None`: one host).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 pub use crate::plugindir::{Change as PluginChange, FailedPlugin, PluginLoadError};
@@ -62,11 +65,15 @@ impl Host {
             Some(dir) => Some(RedbStore::open(DataDir::open(dir)?, config.bus.log)?),
             None => None,
         };
-        let bus: Arc<dyn EventBus> = match &store {
-            Some(s) => {
+        let bus: Arc<dyn EventBus> = match (&config.cluster, &store) {
+            (Some(c), _) => {
+                let cluster = crate::cluster::Cluster::connect(c.clone())?;
+                Arc::new(crate::cluster::JetStreamBus::open(cluster)?)
+            }
+            (None, Some(s)) => {
                 Arc::new(MemoryBus::durable(config.bus, s.clone()).map_err(|e| anyhow::anyhow!(e))?)
             }
-            None => Arc::new(MemoryBus::new(config.bus)),
+            (None, None) => Arc::new(MemoryBus::new(config.bus)),
         };
         let records = store.clone().map(|s| s as Arc<dyn Records>);
         let pipeline = Pipeline::new(bus, registry.clone(), config.pipeline, records.clone())?;

@@ -22,6 +22,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("plugin_api", 3),
     ("pipeline", 3),
     ("config", 3),
+    ("cluster", 3),
     ("runtime", 4),
     ("metrics", 5),
     ("http", 6),

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests: where the compiled components
 //! are, and hosts built over them.
 
+pub mod nats;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -100,6 +100,79 @@ pub struct FileConfig {
     /// routes.
     #[serde(default)]
     pub keys: Vec<KeySection>,
+    /// Several hosts over one NATS JetStream cluster.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// The `[cluster]` section; every field optional. The same settings exist as
+/// `weir serve` flags, which win over the file.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// NATS servers of a JetStream cluster, comma-separated
+    /// (`nats://10.0.0.1:4222,...`): the bus goes there and every host on the
+    /// same servers and cluster name shares it [default: none, one host].
+    #[arg(long, env = "WEIR_NATS", value_delimiter = ',')]
+    pub nats: Option<Vec<String>>,
+    /// Prefix of the streams, subjects and buckets [default: weir].
+    #[arg(long, env = "WEIR_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Replicas of the event stream, 1 to 5 [default: 3].
+    #[arg(long, env = "WEIR_NATS_REPLICAS")]
+    pub nats_replicas: Option<usize>,
+    /// The environment variable holding the NATS token, if the servers want
+    /// one [default: WEIR_NATS_TOKEN].
+    #[arg(long, env = "WEIR_NATS_TOKEN_ENV")]
+    pub nats_token_env: Option<String>,
+}
+
+flags_over_file!(ClusterSection {
+    nats,
+    cluster_name,
+    nats_replicas,
+    nats_token_env,
+});
+
+impl ClusterSection {
+    /// The cluster settings (`None`: one host), the token read through
+    /// `env`, retention and the duplicate window taken from `bus`.
+    pub fn resolve(
+        &self,
+        file: &str,
+        bus: &BusConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<crate::settings::ClusterConfig>, ConfigError> {
+        let err = |problem: String| ConfigError {
+            file: file.to_string(),
+            problem,
+        };
+        let Some(urls) = self.nats.clone().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let mut c = crate::settings::ClusterConfig::new(urls);
+        if let Some(name) = &self.cluster_name {
+            c.name = name.clone();
+        }
+        if let Some(n) = self.nats_replicas {
+            if !(1..=5).contains(&n) {
+                return Err(err(format!(
+                    "cluster.nats_replicas must be 1 to 5, not {n}"
+                )));
+            }
+            c.replicas = n;
+        }
+        let var = self.nats_token_env.as_deref().unwrap_or("WEIR_NATS_TOKEN");
+        c.token = env(var).filter(|t| !t.is_empty());
+        if self.nats_token_env.is_some() && c.token.is_none() {
+            return Err(err(format!(
+                "cluster.nats_token_env: environment variable {var} is not set"
+            )));
+        }
+        c.duplicate_window = bus.dedup_ttl;
+        c.log = bus.log;
+        Ok(Some(c))
+    }
 }
 
 /// How `weir serve` writes its logs (to stderr).

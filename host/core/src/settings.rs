@@ -239,3 +239,35 @@ impl Default for Limits {
         }
     }
 }
+
+/// How to reach the cluster and what to keep there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:port`); the client fails over.
+    pub urls: Vec<String>,
+    /// Prefixes the stream, subjects and buckets, so that several Weir
+    /// systems can share one NATS cluster.
+    pub name: String,
+    /// A token, if the servers want one.
+    pub token: Option<String>,
+    /// Replicas of the stream (1 to 5; 3 survives the loss of one node).
+    pub replicas: usize,
+    /// JetStream's duplicate window: how long an event id is remembered.
+    pub duplicate_window: Duration,
+    /// Retention of the event stream (its flush policy is NATS's own).
+    pub log: LogConfig,
+}
+
+impl ClusterConfig {
+    /// A cluster config with defaults for everything but the servers.
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            name: "weir".into(),
+            token: None,
+            replicas: 3,
+            duplicate_window: DEFAULT_DEDUP_TTL,
+            log: LogConfig::default(),
+        }
+    }
+}

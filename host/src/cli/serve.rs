@@ -38,6 +38,8 @@ pub(super) struct ServeArgs {
     queue_rows: Option<usize>,
     #[command(flatten)]
     events: crate::config::EventsSection,
+    #[command(flatten)]
+    cluster: crate::config::ClusterSection,
 }
 
 pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
@@ -87,6 +89,10 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
     }
     let (bus, pipeline) = args.events.or(&file.events).resolve(&label)?;
+    let cluster = args
+        .cluster
+        .or(&file.cluster)
+        .resolve(&label, &bus, &|var| std::env::var(var).ok())?;
     let config = HostConfig {
         plugin_dir: Some(settings.plugins.clone()),
         engine: EngineConfig {
@@ -99,6 +105,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         bus,
         pipeline,
         data_dir: settings.data_dir.clone(),
+        cluster,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

@@ -1,0 +1,125 @@
+//! Several hosts, one system: the connection to a NATS JetStream cluster
+//! and the event bus over it ([`JetStreamBus`]).
+//!
+//! Events go into one stream, `{name}-events`, on subjects
+//! `{name}.events.{scope}` (`_` for host-level events). Any host publishes
+//! with the event id as `Nats-Msg-Id`, so JetStream's duplicate window is the
+//! dedup filter, and the stream sequence is the cluster-wide `seq`: a feed
+//! opened on any host (`from=earliest|SEQ`, `Last-Event-ID`) reads the same
+//! numbers. Feeds are ordered consumers filtered by scope; the type pattern
+//! is matched by the host (event types may hold characters that subjects
+//! do not take).
+//!
+//! The NATS client runs on a runtime of its own, so that the bus's blocking
+//! `publish` can wait for JetStream's acknowledgements from any thread.
+
+mod bus;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use bus::JetStreamBus;
+pub use weir_core::settings::{ClusterConfig, LogConfig};
+
+/// Why the cluster could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The name cannot prefix subjects and streams.
+    #[error("cluster name `{0}` must be 1 to 32 letters, digits, `-` or `_`")]
+    BadName(String),
+    /// No server answered.
+    #[error("cannot reach NATS at {urls}: {reason}")]
+    Connect {
+        /// The servers tried.
+        urls: String,
+        /// Why.
+        reason: String,
+    },
+    /// JetStream refused a stream or bucket.
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+/// A connection to the cluster, with the runtime that drives it.
+pub struct Cluster {
+    rt: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+    config: ClusterConfig,
+}
+
+/// How long a JetStream request may take before the caller is told NATS is
+/// unreachable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Cluster {
+    /// Connects (waiting up to [`REQUEST_TIMEOUT`] for a first server) and
+    /// makes sure the event stream exists. Later outages are survived: the
+    /// client reconnects by itself.
+    pub fn connect(config: ClusterConfig) -> Result<Arc<Self>, ClusterError> {
+        let name_ok = !config.name.is_empty()
+            && config.name.len() <= 32
+            && config
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(ClusterError::BadName(
+                weir_core::text::echo(&config.name).into_owned(),
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("weir-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::JetStream(format!("cannot start the NATS runtime: {e}")))?;
+        let urls = config.urls.join(",");
+        let connect_err = |reason: String| ClusterError::Connect {
+            urls: urls.clone(),
+            reason,
+        };
+        let client = rt.block_on(async {
+            let mut options = async_nats::ConnectOptions::new()
+                .name("weir")
+                .connection_timeout(REQUEST_TIMEOUT)
+                .retry_on_initial_connect();
+            if let Some(token) = &config.token {
+                options = options.token(token.clone());
+            }
+            let servers: Vec<async_nats::ServerAddr> = config
+                .urls
+                .iter()
+                .map(|u| u.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e| connect_err(format!("{e}")))?;
+            let client = options
+                .connect(servers)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            // `retry_on_initial_connect` returns at once: wait (bounded)
+            // for the first connection, so a wrong URL is an error at start.
+            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT * 2;
+            while client.connection_state() != async_nats::connection::State::Connected {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(connect_err("no server answered".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(client)
+        })?;
+        let mut js = async_nats::jetstream::new(client);
+        js.set_timeout(REQUEST_TIMEOUT);
+        Ok(Arc::new(Self { rt, js, config }))
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Runs `f` on the cluster's runtime and waits for it (from a thread
+    /// that is not running async code).
+    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+}
