@@ -55,6 +55,11 @@ impl PluginApi {
     /// These routes with plugin state written through to `records`, and
     /// what they held loaded (`PLUGIN/NAME` -> JSON).
     pub fn with_records(mut self, records: Arc<dyn Records>) -> Result<Self, StoreError> {
+        if records.shared() {
+            // Read through, never loaded: other hosts write it too.
+            self.records = Some(records);
+            return Ok(self);
+        }
         let mut state: HashMap<String, HashMap<String, Value>> = HashMap::new();
         for (key, bytes) in records.load(Table::PluginState)? {
             let corrupt = |reason: String| StoreError::Corrupt {
@@ -96,8 +101,64 @@ impl PluginApi {
 
     /// A plugin's stored value, as the host sees it (for tests and admin).
     pub fn state_of(&self, plugin: &str, name: &str) -> Option<Value> {
+        if let Some(records) = self.shared() {
+            let bytes = records
+                .get(Table::PluginState, &format!("{plugin}/{name}"))
+                .ok()??;
+            return serde_json::from_slice(&bytes).ok();
+        }
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.get(plugin)?.get(name).cloned()
+    }
+
+    /// The records, when other hosts share them (a cluster): state is then
+    /// read and written there, never cached.
+    fn shared(&self) -> Option<&Arc<dyn Records>> {
+        self.records.as_ref().filter(|r| r.shared())
+    }
+
+    /// `GET|PUT|DELETE /v1/state/{name}` on shared records.
+    fn shared_state(
+        &self,
+        records: &Arc<dyn Records>,
+        plugin: &str,
+        method: &str,
+        name: &str,
+        value: Option<Value>,
+    ) -> Result<Value, CallError> {
+        let key = format!("{plugin}/{name}");
+        let unavailable = |e: StoreError| {
+            tracing::error!(plugin, name, "plugin state: {e}");
+            CallError::new(503, "the host cannot reach the shared state now")
+        };
+        let current = records.get(Table::PluginState, &key).map_err(unavailable)?;
+        match (method, value) {
+            ("GET", _) => current
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| CallError::new(404, format!("no state `{name}`"))),
+            ("PUT", Some(value)) => {
+                if current.is_none()
+                    && records
+                        .keys(Table::PluginState, &format!("{plugin}/"))
+                        .map_err(unavailable)?
+                        .len()
+                        >= MAX_STATE_ENTRIES
+                {
+                    return Err(CallError::new(
+                        413,
+                        format!("a plugin may store at most {MAX_STATE_ENTRIES} names"),
+                    ));
+                }
+                self.write(plugin, name, Some(&value))?;
+                Ok(value)
+            }
+            _ => {
+                if current.is_some() {
+                    self.write(plugin, name, None)?;
+                }
+                Ok(json!({ "deleted": current.is_some() }))
+            }
+        }
     }
 
     fn keys(&self) -> Value {
@@ -199,13 +260,13 @@ impl PluginApi {
                 "state name must be 1 to 256 characters without '/'",
             ));
         }
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let mine = state.entry(caller.plugin.to_string()).or_default();
-        match method {
-            "GET" => mine
-                .get(name)
-                .cloned()
-                .ok_or_else(|| CallError::new(404, format!("no state `{name}`"))),
+        if !matches!(method, "GET" | "PUT" | "DELETE") {
+            return Err(CallError::new(
+                405,
+                format!("{method} is not allowed on /v1/state (GET, PUT, DELETE)"),
+            ));
+        }
+        let value = match method {
             "PUT" => {
                 let body = body.ok_or_else(|| CallError::new(400, "PUT needs a JSON body"))?;
                 if body.len() > MAX_STATE_VALUE {
@@ -214,8 +275,25 @@ impl PluginApi {
                         format!("state values are limited to {MAX_STATE_VALUE} bytes"),
                     ));
                 }
-                let value: Value = serde_json::from_str(body)
-                    .map_err(|e| CallError::new(400, format!("body is not JSON: {e}")))?;
+                Some(
+                    serde_json::from_str::<Value>(body)
+                        .map_err(|e| CallError::new(400, format!("body is not JSON: {e}")))?,
+                )
+            }
+            _ => None,
+        };
+        if let Some(records) = self.shared() {
+            return self.shared_state(records, caller.plugin, method, name, value);
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = state.entry(caller.plugin.to_string()).or_default();
+        match method {
+            "GET" => mine
+                .get(name)
+                .cloned()
+                .ok_or_else(|| CallError::new(404, format!("no state `{name}`"))),
+            "PUT" => {
+                let value = value.unwrap_or(Value::Null);
                 if !mine.contains_key(name) && mine.len() >= MAX_STATE_ENTRIES {
                     return Err(CallError::new(
                         413,
@@ -226,16 +304,12 @@ impl PluginApi {
                 mine.insert(name.to_string(), value.clone());
                 Ok(value)
             }
-            "DELETE" => {
+            _ => {
                 if mine.contains_key(name) {
                     self.write(caller.plugin, name, None)?;
                 }
                 Ok(json!({ "deleted": mine.remove(name).is_some() }))
             }
-            _ => Err(CallError::new(
-                405,
-                format!("{method} is not allowed on /v1/state (GET, PUT, DELETE)"),
-            )),
         }
     }
 }

@@ -65,11 +65,12 @@ impl Host {
             Some(dir) => Some(RedbStore::open(DataDir::open(dir)?, config.bus.log)?),
             None => None,
         };
-        let bus: Arc<dyn EventBus> = match (&config.cluster, &store) {
-            (Some(c), _) => {
-                let cluster = crate::cluster::Cluster::connect(c.clone())?;
-                Arc::new(crate::cluster::JetStreamBus::open(cluster)?)
-            }
+        let cluster = match &config.cluster {
+            Some(c) => Some(crate::cluster::Cluster::connect(c.clone())?),
+            None => None,
+        };
+        let bus: Arc<dyn EventBus> = match (&cluster, &store) {
+            (Some(cluster), _) => Arc::new(crate::cluster::JetStreamBus::open(cluster.clone())?),
             (None, Some(s)) => {
                 Arc::new(MemoryBus::durable(config.bus, s.clone()).map_err(|e| anyhow::anyhow!(e))?)
             }
@@ -92,7 +93,13 @@ impl Host {
             }
         }
         let mut api = PluginApi::new(registry.clone(), datastores.clone());
-        if let Some(records) = records {
+        // Plugin state is shared by the hosts of a cluster (a PreConsume on
+        // one host writes what Process on another reads).
+        let state: Option<Arc<dyn Records>> = match &cluster {
+            Some(cluster) => Some(Arc::new(crate::cluster::KvRecords::open(cluster.clone())?)),
+            None => records,
+        };
+        if let Some(records) = state {
             api = api.with_records(records)?;
         }
         let api = Arc::new(api);

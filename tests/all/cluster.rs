@@ -13,7 +13,9 @@ use weir_host::cluster::ClusterConfig;
 use weir_host::engine::EngineConfig;
 use weir_host::runtime::{Host, HostConfig};
 use weir_tests::nats::NatsCluster;
-use weir_tests::{NdjsonStream, TestServer, compile_cache, test_keys, test_limits};
+use weir_tests::{
+    NdjsonStream, TestServer, chaos_call, chaos_ok, compile_cache, guest, test_keys, test_limits,
+};
 
 /// A host with the example plugins on the cluster at `urls` (through
 /// `node`'s server first, so that hosts reach the cluster through
@@ -39,6 +41,17 @@ async fn host_on(urls: &[String], node: usize, name: &str) -> TestServer {
     .await
     .unwrap()
     .expect("a host on the cluster starts");
+    // The hostile guest as plugin `hostile`, granted its state, on every
+    // host (plugin state is keyed by plugin name).
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("guest-hostile"), plugins.path().join("hostile.wasm")).unwrap();
+    std::fs::write(
+        plugins.path().join("hostile.toml"),
+        "[capabilities]\napi = [\"GET /v1/state/*\", \"PUT /v1/state/*\", \"DELETE /v1/state/*\"]\n",
+    )
+    .unwrap();
+    host.load_file(&plugins.path().join("hostile.wasm"))
+        .expect("the hostile guest registers");
     TestServer::start(Arc::new(host)).await
 }
 
@@ -191,4 +204,32 @@ async fn losing_a_nats_node_loses_no_accepted_event() {
         }
     }
     nats.restart(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plugin_state_written_on_one_host_is_read_on_another() {
+    let nats = NatsCluster::start().await;
+    let a = host_on(&nats.urls, 0, "t3").await;
+    let b = host_on(&nats.urls, 1, "t3").await;
+    let missing = chaos_call(&b.host, "GET", "/v1/state/shared", None).await;
+    assert_eq!(missing["status"], 404, "{missing}");
+    chaos_ok(
+        &chaos_call(
+            &a.host,
+            "PUT",
+            "/v1/state/shared",
+            Some(json!({"by": "a", "n": 1})),
+        )
+        .await,
+    );
+    let read = chaos_ok(&chaos_call(&b.host, "GET", "/v1/state/shared", None).await);
+    assert_eq!(read, json!({"by": "a", "n": 1}));
+    assert_eq!(
+        b.host.host_api().state_of("hostile", "shared"),
+        Some(json!({"by": "a", "n": 1}))
+    );
+    let deleted = chaos_ok(&chaos_call(&b.host, "DELETE", "/v1/state/shared", None).await);
+    assert_eq!(deleted["deleted"], true);
+    let gone = chaos_call(&a.host, "GET", "/v1/state/shared", None).await;
+    assert_eq!(gone["status"], 404, "{gone}");
 }

@@ -65,6 +65,7 @@ impl JetStreamBus {
                 let last = stream.info().await?.state.last_sequence;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>((stream, last))
             })
+            .ok_or_else(|| ClusterError::JetStream("the NATS task failed".into()))?
             .map_err(|e| ClusterError::JetStream(format!("the event stream: {e}")))?;
         let (stream, last) = stream;
         let last_seq = Arc::new(AtomicU64::new(last));
@@ -122,7 +123,8 @@ impl EventBus for JetStreamBus {
                 new,
             })
             .collect();
-        let sent = self.cluster.block_on(async {
+        // The task owns what it sends and gives the events back.
+        let sent = self.cluster.block_on(async move {
             let all = async {
                 // Every publish goes out before the first acknowledgement is
                 // awaited: one round trip for the batch, in order.
@@ -144,18 +146,21 @@ impl EventBus for JetStreamBus {
                 }
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(acks)
             };
-            match tokio::time::timeout(REQUEST_TIMEOUT, all).await {
+            let acks = match tokio::time::timeout(REQUEST_TIMEOUT, all).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err(format!(
                     "NATS did not acknowledge within {} s",
                     REQUEST_TIMEOUT.as_secs()
                 )),
-            }
+            };
+            acks.map(|a| (events, a))
         });
         // Nothing is answered `accepted` that JetStream did not acknowledge
         // (a batch cut short may have stored some events: a retry finds
         // them as duplicates).
-        let acks = sent.map_err(|e| PublishError::Log(format!("NATS: {e}")))?;
+        let (events, acks) = sent
+            .unwrap_or_else(|| Err("the NATS task failed".into()))
+            .map_err(|e| PublishError::Log(format!("NATS: {e}")))?;
         let mut out = Vec::with_capacity(acks.len());
         for (mut event, ack) in events.into_iter().zip(acks) {
             if ack.duplicate {

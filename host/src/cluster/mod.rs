@@ -10,15 +10,20 @@
 //! is matched by the host (event types may hold characters that subjects
 //! do not take).
 //!
+//! Records (`store::Records`) live in key-value buckets ([`KvRecords`]):
+//! today plugin state, read through by every host.
+//!
 //! The NATS client runs on a runtime of its own, so that the bus's blocking
 //! `publish` can wait for JetStream's acknowledgements from any thread.
 
 mod bus;
+mod records;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use bus::JetStreamBus;
+pub use records::KvRecords;
 pub use weir_core::settings::{ClusterConfig, LogConfig};
 
 /// Why the cluster could not be used.
@@ -117,9 +122,21 @@ impl Cluster {
         &self.config
     }
 
-    /// Runs `f` on the cluster's runtime and waits for it (from a thread
-    /// that is not running async code).
-    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        self.rt.block_on(f)
+    /// Runs `f` on the cluster's runtime and waits for it, from any thread:
+    /// a plain thread drives it; a thread of another runtime (a blocking
+    /// task, or, briefly, a worker) waits for it as a task on this one.
+    /// `None` if the task panicked.
+    fn block_on<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Some(self.rt.block_on(f));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().ok()
     }
 }

@@ -103,6 +103,16 @@ impl Table {
 
 /// Small keyed records, written through by the rooms that own them.
 pub trait Records: Send + Sync {
+    /// Whether other hosts write these records too (a cluster's buckets):
+    /// a room then reads through ([`Records::get`]) rather than trusting a
+    /// working copy loaded at start.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// One record of `table`.
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The keys of `table` that start with `prefix`, in order.
+    fn keys(&self, table: Table, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Sets `key` in `table`, durably.
     fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Removes `key` from `table`, durably; removing nothing is fine.

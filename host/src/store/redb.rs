@@ -455,6 +455,26 @@ impl EventLog for RedbStore {
 }
 
 impl Records for RedbStore {
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.read_table(records(table))?;
+        let v = t.get(key).map_err(|e| self.failed(e.into()))?;
+        Ok(v.map(|v| v.value().to_vec()))
+    }
+
+    fn keys(&self, table: Table, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let t = self.read_table(records(table))?;
+        let mut out = Vec::new();
+        for row in t.range(prefix..).map_err(|e| self.failed(e.into()))? {
+            let (k, _) = row.map_err(|e| self.failed(e.into()))?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(k.to_string());
+        }
+        Ok(out)
+    }
+
     fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.write_record(table, key, Some(value))
     }
