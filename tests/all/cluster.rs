@@ -233,3 +233,40 @@ async fn plugin_state_written_on_one_host_is_read_on_another() {
     let gone = chaos_call(&a.host, "GET", "/v1/state/shared", None).await;
     assert_eq!(gone["status"], 404, "{gone}");
 }
+
+#[test]
+fn an_unreachable_nats_or_a_bad_setting_is_a_clear_error_at_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let serve = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--ephemeral"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = serve(&["--nats", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach NATS at {url}")),
+        "{stderr}"
+    );
+    let out = serve(&["--nats", &url, "--nats-replicas", "7"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cluster.nats_replicas must be 1 to 5, not 7"),
+        "{stderr}"
+    );
+    let out = serve(&["--nats", &url, "--cluster-name", "no spaces"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cluster name `no spaces` must be"),
+        "{stderr}"
+    );
+}
