@@ -77,7 +77,18 @@ impl Host {
             (None, None) => Arc::new(MemoryBus::new(config.bus)),
         };
         let records = store.clone().map(|s| s as Arc<dyn Records>);
-        let pipeline = Pipeline::new(bus, registry.clone(), config.pipeline, records.clone())?;
+        // What the hosts of a cluster share: plugin state and quarantines.
+        let shared: Option<Arc<dyn Records>> = match &cluster {
+            Some(cluster) => Some(Arc::new(crate::cluster::KvRecords::open(cluster.clone())?)),
+            None => None,
+        };
+        let pipeline = Pipeline::new(
+            bus,
+            registry.clone(),
+            config.pipeline,
+            records.clone(),
+            shared.clone(),
+        )?;
         let mut configs = config.datastores;
         if configs.is_empty() {
             configs.push(DatastoreConfig::named("default"));
@@ -95,11 +106,7 @@ impl Host {
         let mut api = PluginApi::new(registry.clone(), datastores.clone());
         // Plugin state is shared by the hosts of a cluster (a PreConsume on
         // one host writes what Process on another reads).
-        let state: Option<Arc<dyn Records>> = match &cluster {
-            Some(cluster) => Some(Arc::new(crate::cluster::KvRecords::open(cluster.clone())?)),
-            None => records,
-        };
-        if let Some(records) = state {
+        if let Some(records) = shared.or(records) {
             api = api.with_records(records)?;
         }
         let api = Arc::new(api);

@@ -35,6 +35,10 @@ async fn host_on(urls: &[String], node: usize, name: &str) -> TestServer {
             },
             keys: test_keys(),
             cluster: Some(cluster),
+            pipeline: weir_host::pipeline::PipelineConfig {
+                quarantine_after: 3,
+                ..Default::default()
+            },
             ..HostConfig::default()
         })
     })
@@ -52,6 +56,8 @@ async fn host_on(urls: &[String], node: usize, name: &str) -> TestServer {
     .unwrap();
     host.load_file(&plugins.path().join("hostile.wasm"))
         .expect("the hostile guest registers");
+    host.load_file(&guest("guest-pipeline"))
+        .expect("the pipeline guest registers");
     TestServer::start(Arc::new(host)).await
 }
 
@@ -269,4 +275,43 @@ fn an_unreachable_nats_or_a_bad_setting_is_a_clear_error_at_start() {
         stderr.contains("cluster name `no spaces` must be"),
         "{stderr}"
     );
+}
+
+/// Waits (bounded) until `check` holds for `GET /v1/keys/test.flaky` on `s`.
+async fn wait_key(s: &TestServer, what: &str, check: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, key) = s.get("/v1/keys/test.flaky", Role::Query).await;
+        if check(&key) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {key}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quarantine_set_on_one_host_shows_and_lifts_on_another() {
+    let nats = NatsCluster::start().await;
+    let a = host_on(&nats.urls, 0, "t4").await;
+    let b = host_on(&nats.urls, 1, "t4").await;
+    let (_flaky, _) = a.subscribe("test.flaky", &[]).await;
+    let panics: Vec<Value> = (0..3)
+        .map(|n| json!({"event_id": format!("p{n}"), "event_type": "test.x", "source": "t", "payload": {"n": n, "mode": "panic"}}))
+        .collect();
+    a.publish(Value::Array(panics)).await;
+    wait_key(&a, "quarantined on A", |k| k["quarantine"]["faults"] == 3).await;
+    wait_key(&b, "the quarantine shows on B", |k| {
+        k["quarantine"]["faults"] == 3
+    })
+    .await;
+    let (status, body) = b
+        .post("/v1/keys/test.flaky/resume", Role::Admin, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["resumed"], true, "{body}");
+    wait_key(&a, "lifted on A by B's resume", |k| {
+        k["quarantine"].is_null()
+    })
+    .await;
 }

@@ -12,7 +12,7 @@ use async_nats::jetstream::kv;
 use futures_util::TryStreamExt;
 
 use super::{Cluster, ClusterError};
-use crate::store::{Records, StoreError, Table};
+use crate::store::{OnChange, Records, StoreError, Table};
 
 /// The buckets, one per table.
 pub struct KvRecords {
@@ -110,6 +110,45 @@ impl Records for KvRecords {
             .collect();
         keys.sort();
         Ok(keys)
+    }
+
+    fn watch(&self, table: Table, on_change: OnChange) {
+        let bucket = self.bucket(table);
+        self.cluster.rt.spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                // The current value of every key, then every change.
+                match bucket.watch_with_history(">").await {
+                    Ok(mut changes) => {
+                        backoff = std::time::Duration::from_millis(100);
+                        while let Some(change) = futures_util::StreamExt::next(&mut changes).await {
+                            let entry = match change {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    tracing::warn!(
+                                        table = table.name(),
+                                        "watching shared records: {e}"
+                                    );
+                                    break;
+                                }
+                            };
+                            let Some(key) = decode(&entry.key) else {
+                                continue;
+                            };
+                            match entry.operation {
+                                kv::Operation::Put => on_change(&key, Some(&entry.value)),
+                                kv::Operation::Delete | kv::Operation::Purge => {
+                                    on_change(&key, None)
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(table = table.name(), "watching shared records: {e}"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        });
     }
 
     fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

@@ -109,6 +109,21 @@ impl KeyHealth {
         lifted
     }
 
+    /// Takes a quarantine (or its lifting) another host made, without
+    /// writing it back.
+    fn apply_remote(&self, q: Option<Quarantine>) {
+        if q.is_none() {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+        self.state.send_if_modified(|s| {
+            let changed = s.is_some() != q.is_some();
+            if changed {
+                *s = q;
+            }
+            changed
+        });
+    }
+
     /// Watches the state.
     pub fn watch(&self) -> watch::Receiver<Option<Quarantine>> {
         self.state.subscribe()
@@ -118,7 +133,7 @@ impl KeyHealth {
 /// Health of every key that has been called.
 pub struct HealthBook {
     threshold: u32,
-    keys: Mutex<HashMap<String, Arc<KeyHealth>>>,
+    keys: Arc<Mutex<HashMap<String, Arc<KeyHealth>>>>,
     records: Option<Arc<dyn Records>>,
 }
 
@@ -127,7 +142,7 @@ impl HealthBook {
     pub fn new(threshold: u32) -> Self {
         Self {
             threshold,
-            keys: Mutex::default(),
+            keys: Arc::default(),
             records: None,
         }
     }
@@ -148,9 +163,31 @@ impl HealthBook {
             health.state.send_replace(Some(q));
             keys.insert(key, Arc::new(health));
         }
+        let keys = Arc::new(Mutex::new(keys));
+        if records.shared() {
+            // Other hosts quarantine and resume keys too: their changes are
+            // applied here (not written back).
+            let (book, shared) = (Arc::downgrade(&keys), records.clone());
+            records.watch(
+                Table::Quarantine,
+                Arc::new(move |key, value| {
+                    let Some(book) = book.upgrade() else { return };
+                    let health = book
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .entry(key.to_string())
+                        .or_insert_with(|| {
+                            Arc::new(KeyHealth::new(key, threshold, Some(shared.clone())))
+                        })
+                        .clone();
+                    let q = value.and_then(|v| serde_json::from_slice::<Quarantine>(v).ok());
+                    health.apply_remote(q);
+                }),
+            );
+        }
         Ok(Self {
             threshold,
-            keys: Mutex::new(keys),
+            keys,
             records: Some(records),
         })
     }

@@ -61,26 +61,26 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// A pipeline over `bus` running the keys of `registry`; with
-    /// `records`, its dead letters and quarantines are written through
-    /// and what they held is loaded.
+    /// `records`, its dead letters, quarantines and named consumers are
+    /// written through and what they held is loaded. `shared`, when given
+    /// (a cluster), holds the quarantines instead, shared by every host.
     pub fn new(
         bus: Arc<dyn EventBus>,
         registry: Arc<RwLock<Registry>>,
         config: PipelineConfig,
         records: Option<Arc<dyn Records>>,
+        shared: Option<Arc<dyn Records>>,
     ) -> Result<Arc<Self>, StoreError> {
         let counts = Arc::new(EventCounts::new(config.max_event_types));
         bus.add_handler(counts.clone());
         let named = Arc::new(NamedConsumers::new(config.consumer_ttl, records.clone())?);
-        let (dlq, health) = match records {
-            Some(r) => (
-                DeadLetters::durable(config.dlq_capacity, config.dlq_bytes, r.clone())?,
-                HealthBook::durable(config.quarantine_after, r)?,
-            ),
-            None => (
-                DeadLetters::new(config.dlq_capacity, config.dlq_bytes),
-                HealthBook::new(config.quarantine_after),
-            ),
+        let dlq = match &records {
+            Some(r) => DeadLetters::durable(config.dlq_capacity, config.dlq_bytes, r.clone())?,
+            None => DeadLetters::new(config.dlq_capacity, config.dlq_bytes),
+        };
+        let health = match shared.or(records) {
+            Some(r) => HealthBook::durable(config.quarantine_after, r)?,
+            None => HealthBook::new(config.quarantine_after),
         };
         Ok(Arc::new(Self {
             bus,

@@ -332,6 +332,7 @@ mod tests {
             Arc::default(),
             PipelineConfig::default(),
             None,
+            None,
         )
         .unwrap();
         let (tx, _rx) = mpsc::channel(1);

@@ -18,6 +18,7 @@ mod redb;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use self::redb::{COMMIT_BUCKETS_MS, RedbStore, StoreStats, StoreSummary};
 pub use weir_core::settings::{Fsync, LogConfig};
@@ -119,7 +120,18 @@ pub trait Records: Send + Sync {
     fn remove(&self, table: Table, key: &str) -> Result<(), StoreError>;
     /// Every record of `table`, in key order (read once, at start).
     fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Calls `on_change` with every record of `table` (its current value,
+    /// then each change other hosts or this one make: `None` when removed),
+    /// for as long as the records live. Records no other host writes have
+    /// nothing to report: by default, nothing is called.
+    fn watch(&self, table: Table, on_change: OnChange) {
+        let _ = (table, on_change);
+    }
 }
+
+/// What [`Records::watch`] calls: the key and its new value (`None`:
+/// removed).
+pub type OnChange = Arc<dyn Fn(&str, Option<&[u8]>) + Send + Sync>;
 
 /// A data directory, held by this process for as long as the value lives.
 #[derive(Debug)]
