@@ -304,6 +304,10 @@ fn write_log(
                 }
             }
         }
+        // This thread lets go of the bus before anyone is answered: the last
+        // owner is then a publisher, whose drop joins this thread (and so
+        // releases the log) instead of this thread dropping the bus.
+        drop(inner);
         for (job, answer) in group.into_iter().zip(answers) {
             let _ = job.done.send(answer);
         }
