@@ -10,6 +10,10 @@
 //! latency of single-event `POST`s on each, the bytes on disk per event
 //! after 1,000,000 events, and the time a host takes to open that log again.
 //!
+//! Then the cluster: the same pipeline with the bus on a real three-node
+//! NATS JetStream cluster (loopback), one host and two, beside the
+//! embedded host, in the same run.
+//!
 //! Run: `cargo bench -p weir-host --bench pipeline` (optional argument:
 //! number of events for the throughput run, default 50000).
 
@@ -276,10 +280,96 @@ fn main() -> anyhow::Result<()> {
             );
         }
         durability(&base, n).await?;
+        cluster(&base, n).await?;
         let _ = stop.send(());
         served.await??;
         anyhow::Ok(())
     })
+}
+
+/// A host with the example plugins and the bench keys on the NATS cluster
+/// at `urls`.
+fn cluster_host(urls: Vec<String>) -> anyhow::Result<Host> {
+    let mut keys = Keys::new();
+    keys.insert(QUERY, Role::Query, "default");
+    keys.insert(INGEST, Role::Ingest, "default");
+    let mut cluster = weir_host::cluster::ClusterConfig::new(urls);
+    cluster.name = "bench".into();
+    cluster.log.retention_bytes = 1 << 30;
+    Host::new(HostConfig {
+        plugin_dir: Some(weir_host::EXAMPLE_PLUGIN_DIR.into()),
+        engine: EngineConfig::default(),
+        keys,
+        cluster: Some(cluster),
+        ..HostConfig::default()
+    })
+}
+
+/// The same pipeline with the bus on a real 3-node JetStream cluster
+/// (replicas 3, loopback): one host, then two (POSTs to one, consumers on
+/// both), beside the embedded host at `embedded`.
+async fn cluster(embedded: &str, n: usize) -> anyhow::Result<()> {
+    let nats = weir_tests::nats::NatsCluster::start().await;
+    let urls = nats.urls.clone();
+    let a = tokio::task::spawn_blocking({
+        let urls = urls.clone();
+        move || cluster_host(urls)
+    })
+    .await??;
+    let b = tokio::task::spawn_blocking(move || cluster_host(urls)).await??;
+    let (on_a, stop_a, served_a) = serve(Arc::new(a)).await?;
+    let (on_b, stop_b, served_b) = serve(Arc::new(b)).await?;
+    println!("cluster: the wasm pipeline with the bus on 3 NATS nodes (replicas 3), {n} events");
+    throughput(&on_a, "fs.large_files", 5_000, 50_000_000).await?;
+    let (mut e, mut one, mut two) = (0f64, 0f64, 0f64);
+    for round in 0..3 {
+        let offset = 51_000_000 + round * 4 * n;
+        e = e.max(throughput(embedded, "fs.large_files", n, offset).await?.0);
+        one = one.max(throughput(&on_a, "fs.large_files", n, offset + n).await?.0);
+        // Two hosts: POSTs to A, one consumer on A and one on B; the time
+        // until both have every event.
+        // B's `latest` is the newest event it has seen (refreshed every
+        // second): wait a refresh, so that its feed starts after the events
+        // above.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let other = Stream::open(&on_b, "fs.large_files").await?;
+        let start = Instant::now();
+        let (r1, r2) = tokio::join!(
+            throughput(&on_a, "fs.large_files", n, offset + 2 * n),
+            drain_only(other, n)
+        );
+        r1?;
+        r2?;
+        two = two.max(n as f64 / start.elapsed().as_secs_f64());
+    }
+    println!("  embedded, 1 host (baseline): {e:>10.0} events/s");
+    println!(
+        "  JetStream, 1 host:           {one:>10.0} events/s   ratio {:.2}",
+        one / e
+    );
+    println!(
+        "  JetStream, 2 hosts:          {two:>10.0} events/s   ratio {:.2} (every event to a consumer on each host)",
+        two / e
+    );
+    let _ = stop_a.send(());
+    let _ = stop_b.send(());
+    served_a.await??;
+    served_b.await??;
+    Ok(())
+}
+
+/// Reads `n` envelopes from `stream` (events posted elsewhere).
+async fn drain_only(mut stream: Stream, n: usize) -> anyhow::Result<()> {
+    let mut got = 0;
+    while got < n {
+        let Some(v) = stream.next().await? else {
+            anyhow::bail!("the stream ended after {got} events");
+        };
+        if v.get("notice").is_none() {
+            got += 1;
+        }
+    }
+    Ok(())
 }
 
 /// A host with the example plugins and the bench keys; durable when given

@@ -2,7 +2,6 @@
 //! nodes on loopback, replicated streams): events published on any host
 //! reach consumers on every host, numbered once, deduplicated cluster-wide.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +9,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weir_host::auth::Role;
 use weir_host::cluster::ClusterConfig;
-use weir_host::engine::EngineConfig;
-use weir_host::runtime::{Host, HostConfig};
+use weir_host::runtime::Host;
 use weir_tests::nats::NatsCluster;
 use weir_tests::{
-    NdjsonStream, TestServer, chaos_call, chaos_ok, compile_cache, guest, test_keys, test_limits,
+    NdjsonStream, TestServer, accepted_seqs, chaos_call, chaos_ok, guest, test_config,
 };
 
 /// A host with the example plugins on the cluster at `urls` (through
@@ -25,22 +23,14 @@ async fn host_on(urls: &[String], node: usize, name: &str) -> TestServer {
     urls.rotate_left(node);
     let mut cluster = ClusterConfig::new(urls);
     cluster.name = name.into();
+    // JetStream reserves a stream's byte limit on every replica: a small
+    // one, so that parallel test clusters fit on one disk.
+    cluster.log.retention_bytes = 64 << 20;
     let host = tokio::task::spawn_blocking(move || {
-        Host::new(HostConfig {
-            plugin_dir: Some(PathBuf::from(weir_host::EXAMPLE_PLUGIN_DIR)),
-            engine: EngineConfig {
-                limits: test_limits(),
-                cache_dir: Some(compile_cache()),
-                ..EngineConfig::default()
-            },
-            keys: test_keys(),
-            cluster: Some(cluster),
-            pipeline: weir_host::pipeline::PipelineConfig {
-                quarantine_after: 3,
-                ..Default::default()
-            },
-            ..HostConfig::default()
-        })
+        let mut config = test_config();
+        config.cluster = Some(cluster);
+        config.pipeline.quarantine_after = 3;
+        Host::new(config)
     })
     .await
     .unwrap()
@@ -91,12 +81,7 @@ async fn events_published_on_one_host_reach_every_host_once_in_one_order() {
     let (mut on_c, _) = c.subscribe("json.field_equals", &SAME).await;
 
     let answer = a.publish(events(0, 100)).await;
-    let seqs: Vec<u64> = answer["accepted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = accepted_seqs(&answer);
     assert_eq!(seqs.len(), 100, "{answer}");
     let got_b = take(&mut on_b, 100).await;
     let got_c = take(&mut on_c, 100).await;

@@ -3,17 +3,14 @@
 //! by one host at a time.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weir_host::auth::Role;
-use weir_host::engine::EngineConfig;
-use weir_host::pipeline::PipelineConfig;
-use weir_host::runtime::{Host, HostConfig};
-use weir_tests::{TestServer, chaos_call, chaos_ok, compile_cache, guest, test_keys, test_limits};
+use weir_host::runtime::Host;
+use weir_tests::{TestServer, chaos_call, chaos_ok, guest, test_config};
 
 use crate::serve_binary::{Served, serve_with};
 
@@ -26,22 +23,10 @@ const KEYS: [(&str, &str); 3] = [
 /// A host with the example plugins, the pipeline guest, the hostile guest
 /// (granted its state) and a data directory.
 fn durable_host(dir: &std::path::Path) -> Arc<Host> {
-    let host = Host::new(HostConfig {
-        plugin_dir: Some(PathBuf::from(weir_host::EXAMPLE_PLUGIN_DIR)),
-        engine: EngineConfig {
-            limits: test_limits(),
-            cache_dir: Some(compile_cache()),
-            ..EngineConfig::default()
-        },
-        keys: test_keys(),
-        pipeline: PipelineConfig {
-            quarantine_after: 3,
-            ..PipelineConfig::default()
-        },
-        data_dir: Some(dir.to_path_buf()),
-        ..HostConfig::default()
-    })
-    .expect("host starts");
+    let mut config = test_config();
+    config.pipeline.quarantine_after = 3;
+    config.data_dir = Some(dir.to_path_buf());
+    let host = Host::new(config).expect("host starts");
     host.load_file(&guest("guest-pipeline"))
         .expect("the pipeline guest registers");
     let plugins = dir.join("plugins");

@@ -422,12 +422,7 @@ async fn replay_from_earliest_or_a_sequence_number_then_live() {
     let answer = s
         .publish(Value::Array((0..6).map(|n| flaky(n, "")).collect()))
         .await;
-    let seqs: Vec<u64> = answer["accepted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = weir_tests::accepted_seqs(&answer);
     let (mut all, note) = s.subscribe("test.flaky", &[("from", "earliest")]).await;
     assert_eq!(note["from"], "earliest");
     let (mut part, _) = s
@@ -717,12 +712,7 @@ async fn sse_frames_with_ids_and_resume_after_last_event_id() {
     let answer = s
         .publish(Value::Array((0..3).map(|n| flaky(n, "")).collect()))
         .await;
-    let seqs: Vec<u64> = answer["accepted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = weir_tests::accepted_seqs(&answer);
     let mut text = String::new();
     while text.matches("\n\n").count() < 4 {
         let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())

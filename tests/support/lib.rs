@@ -74,21 +74,34 @@ pub fn host_with_plugin_dir_env(dir: PathBuf, env: Environment) -> Arc<Host> {
 
 /// A host over the plugin directory `dir` with `keys`.
 pub fn host_with_keys(dir: PathBuf, env: Environment, keys: Keys) -> Arc<Host> {
-    Arc::new(
-        Host::new(HostConfig {
-            plugin_dir: Some(dir),
-            engine: EngineConfig {
-                limits: test_limits(),
-                cache_dir: Some(compile_cache()),
-                env,
-                ..EngineConfig::default()
-            },
-            keys,
-            datastores: Vec::new(),
-            ..HostConfig::default()
-        })
-        .expect("host starts"),
-    )
+    let mut config = test_config();
+    config.plugin_dir = Some(dir);
+    config.engine.env = env;
+    config.keys = keys;
+    Arc::new(Host::new(config).expect("host starts"))
+}
+
+/// What the tests' hosts start with: the example plugins, the test limits,
+/// the shared compile cache, one key per role, memory only.
+pub fn test_config() -> HostConfig {
+    HostConfig {
+        plugin_dir: Some(PathBuf::from(weir_host::EXAMPLE_PLUGIN_DIR)),
+        engine: EngineConfig {
+            limits: test_limits(),
+            cache_dir: Some(compile_cache()),
+            ..EngineConfig::default()
+        },
+        keys: test_keys(),
+        ..HostConfig::default()
+    }
+}
+
+/// The sequence numbers of the events a `POST /v1/events` answer accepted.
+pub fn accepted_seqs(answer: &serde_json::Value) -> Vec<u64> {
+    answer["accepted"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["seq"].as_u64()).collect())
+        .unwrap_or_default()
 }
 
 /// A compiled-component cache shared by the tests (beside the guests), so

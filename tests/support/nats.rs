@@ -146,6 +146,7 @@ impl NatsCluster {
         tokio::task::spawn_blocking(move || {
             let mut config = weir_host::cluster::ClusterConfig::new(urls);
             config.name = "weir-probe".into();
+            config.log.retention_bytes = 1 << 20;
             weir_host::cluster::Cluster::connect(config)
                 .ok()
                 .and_then(|c| weir_host::cluster::JetStreamBus::open(c).ok())
