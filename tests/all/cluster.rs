@@ -300,3 +300,49 @@ async fn a_quarantine_set_on_one_host_shows_and_lifts_on_another() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_serve_on_a_cluster_serves_and_stops_cleanly_on_sigterm() {
+    let nats = NatsCluster::start().await;
+    let urls = nats.urls.join(",");
+    let mut served = crate::serve_binary::serve_with(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--plugin-poll-ms",
+            "0",
+            "--nats",
+            &urls,
+            "--cluster-name",
+            "t6",
+            "--retention-bytes",
+            "67108864",
+        ],
+        &[("WEIR_INGEST_KEY", "c-ingest")],
+    );
+    let answer: Value = reqwest::Client::new()
+        .post(format!("http://{}/v1/events", served.addr))
+        .header("X-API-Key", "c-ingest")
+        .json(&json!({"event_id": "x", "event_type": "t", "source": "s", "payload": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(accepted_seqs(&answer).len(), 1, "{answer}");
+    let pid = served.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || served.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop");
+}

@@ -72,7 +72,7 @@ impl JetStreamBus {
         // Other hosts publish too: the newest number is refreshed, so that
         // `latest` means at most a second ago.
         let (watched, mut info) = (Arc::downgrade(&last_seq), stream.clone());
-        cluster.rt.spawn(async move {
+        cluster.rt().spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(last_seq) = watched.upgrade() else {
@@ -204,7 +204,7 @@ impl EventBus for JetStreamBus {
             last_seq: self.last_seq.clone(),
         };
         self.feeds.fetch_add(1, Ordering::Relaxed);
-        self.cluster.rt.spawn(task.run());
+        self.cluster.rt().spawn(task.run());
         Box::new(JetStreamFeed {
             rx,
             held: None,

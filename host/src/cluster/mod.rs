@@ -47,9 +47,21 @@ pub enum ClusterError {
 
 /// A connection to the cluster, with the runtime that drives it.
 pub struct Cluster {
-    rt: tokio::runtime::Runtime,
+    /// Taken only by `Drop`.
+    rt: Option<tokio::runtime::Runtime>,
     js: async_nats::jetstream::Context,
     config: ClusterConfig,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The last owner may be async code (a host dropped at the end of
+        // `weir serve`'s main task), where dropping a runtime would panic:
+        // it is told to shut down in the background instead.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// How long a JetStream request may take before the caller is told NATS is
@@ -114,7 +126,19 @@ impl Cluster {
         })?;
         let mut js = async_nats::jetstream::new(client);
         js.set_timeout(REQUEST_TIMEOUT);
-        Ok(Arc::new(Self { rt, js, config }))
+        Ok(Arc::new(Self {
+            rt: Some(rt),
+            js,
+            config,
+        }))
+    }
+
+    /// The runtime the client runs on.
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        // Present until `Drop` takes it.
+        self.rt
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the runtime lives until drop"))
     }
 
     /// The settings it was made with.
@@ -131,10 +155,10 @@ impl Cluster {
         f: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Option<T> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Some(self.rt.block_on(f));
+            return Some(self.rt().block_on(f));
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
+        self.rt().spawn(async move {
             let _ = tx.send(f.await);
         });
         rx.recv().ok()

@@ -114,7 +114,7 @@ impl Records for KvRecords {
 
     fn watch(&self, table: Table, on_change: OnChange) {
         let bucket = self.bucket(table);
-        self.cluster.rt.spawn(async move {
+        self.cluster.rt().spawn(async move {
             let mut backoff = std::time::Duration::from_millis(100);
             loop {
                 // The current value of every key, then every change.
