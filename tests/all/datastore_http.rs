@@ -20,6 +20,7 @@ async fn start_with(datastore: DatastoreConfig) -> Server {
         Host::new(HostConfig {
             keys,
             datastores: vec![datastore, DatastoreConfig::named("lab")],
+            engine: weir_tests::test_engine(),
             ..Default::default()
         })
         .unwrap(),

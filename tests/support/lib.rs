@@ -86,13 +86,23 @@ pub fn host_with_keys(dir: PathBuf, env: Environment, keys: Keys) -> Arc<Host> {
 pub fn test_config() -> HostConfig {
     HostConfig {
         plugin_dir: Some(PathBuf::from(weir_host::EXAMPLE_PLUGIN_DIR)),
-        engine: EngineConfig {
-            limits: test_limits(),
-            cache_dir: Some(compile_cache()),
-            ..EngineConfig::default()
-        },
+        engine: test_engine(),
         keys: test_keys(),
         ..HostConfig::default()
+    }
+}
+
+/// The engine of the tests' hosts: the test limits, the shared compile
+/// cache, and instances allocated on demand. Dozens of hosts live at once
+/// in the test binary; each pooling allocator reserves terabytes of
+/// address space, and together they would exhaust the process's 128 TiB
+/// (the pool itself is tested by `plugin_runtime`).
+pub fn test_engine() -> EngineConfig {
+    EngineConfig {
+        limits: test_limits(),
+        cache_dir: Some(compile_cache()),
+        pooling: false,
+        ..EngineConfig::default()
     }
 }
 

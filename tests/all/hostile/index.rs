@@ -26,6 +26,7 @@ async fn start(tune: impl FnOnce(&mut DatastoreConfig)) -> TestServer {
     let host = Host::new(HostConfig {
         keys,
         datastores: vec![default, DatastoreConfig::named("lab")],
+        engine: weir_tests::test_engine(),
         ..Default::default()
     })
     .expect("host starts");

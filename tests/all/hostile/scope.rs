@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use weir_host::auth::{Keys, Role};
 use weir_host::datastore::DatastoreConfig;
 use weir_host::runtime::{Host, HostConfig};
-use weir_tests::{SESSION, TestServer, compile_cache, test_limits};
+use weir_tests::{SESSION, TestServer};
 
 /// A key of the table: its secret, role and datastore (`None`: host).
 #[derive(Clone, Copy, Debug)]
@@ -76,11 +76,7 @@ async fn start() -> TestServer {
     }
     let host = Host::new(HostConfig {
         plugin_dir: Some(weir_host::EXAMPLE_PLUGIN_DIR.into()),
-        engine: weir_host::engine::EngineConfig {
-            limits: test_limits(),
-            cache_dir: Some(compile_cache()),
-            ..Default::default()
-        },
+        engine: weir_tests::test_engine(),
         keys,
         datastores: vec![
             DatastoreConfig::named("default"),
