@@ -322,16 +322,9 @@ async fn weir_serve_on_a_cluster_serves_and_stops_cleanly_on_sigterm() {
         ],
         &[("WEIR_INGEST_KEY", "c-ingest")],
     );
-    let answer: Value = reqwest::Client::new()
-        .post(format!("http://{}/v1/events", served.addr))
-        .header("X-API-Key", "c-ingest")
-        .json(&json!({"event_id": "x", "event_type": "t", "source": "s", "payload": {}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let event = json!({"event_id": "x", "event_type": "t", "source": "s", "payload": {}});
+    let url = format!("http://{}/v1/events", served.addr);
+    let answer = weir_tests::call("POST", &url, "c-ingest", Some(&event)).await;
     assert_eq!(accepted_seqs(&answer).len(), 1, "{answer}");
     let pid = served.child.id().to_string();
     assert!(

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weir_host::auth::Role;
 use weir_host::runtime::Host;
-use weir_tests::{TestServer, chaos_call, chaos_ok, guest, test_config};
+use weir_tests::{TestServer, call, chaos_call, chaos_ok, guest, test_config};
 
 use crate::serve_binary::{Served, serve_with};
 
@@ -173,18 +173,6 @@ fn start(dir: &std::path::Path) -> Served {
         ],
         &KEYS,
     )
-}
-
-/// `METHOD url` with `key` and an optional JSON body to a host in another
-/// process; the answer's JSON.
-async fn call(method: &str, url: &str, key: &str, body: Option<&Value>) -> Value {
-    let mut req = reqwest::Client::new()
-        .request(method.parse().unwrap(), url)
-        .header("X-API-Key", key);
-    if let Some(body) = body {
-        req = req.json(body);
-    }
-    req.send().await.unwrap().json().await.unwrap()
 }
 
 fn batch(client: usize, n: usize, size: usize) -> Value {
@@ -449,14 +437,7 @@ async fn a_full_disk_answers_503_loses_nothing_accepted_and_recovers() {
     );
     assert!(!accepted.is_empty());
     // The host says so, and goes on serving reads.
-    let ready: Value = client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = call("GET", &format!("{base}/readyz"), "d-query", None).await;
     assert_eq!(ready["store"]["state"], "failing", "{ready}");
     let metrics = client
         .get(format!("{base}/metrics"))

@@ -484,3 +484,20 @@ pub fn chaos_ok(answer: &serde_json::Value) -> serde_json::Value {
     let text = answer["ok"].as_str().unwrap_or_else(|| panic!("{answer}"));
     serde_json::from_str(text).expect("JSON answer")
 }
+
+/// `METHOD url` with `key` and an optional JSON body to a host in another
+/// process; the answer's JSON.
+pub async fn call(
+    method: &str,
+    url: &str,
+    key: &str,
+    body: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    let mut req = reqwest::Client::new()
+        .request(method.parse().unwrap(), url)
+        .header("X-API-Key", key);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    req.send().await.unwrap().json().await.unwrap()
+}
