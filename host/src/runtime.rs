@@ -103,6 +103,15 @@ impl Host {
                 anyhow::bail!("datastore `{name}` is declared twice");
             }
         }
+        // In a cluster every host serves every datastore from its own
+        // replica of the shared ingest log.
+        if let Some(cluster) = &cluster {
+            let shared = crate::cluster::SharedDatastores::open(cluster.clone())?;
+            for ds in datastores.values() {
+                ds.replicate(shared.clone());
+                shared.follow(ds.clone());
+            }
+        }
         let mut api = PluginApi::new(registry.clone(), datastores.clone());
         // Plugin state is shared by the hosts of a cluster (a PreConsume on
         // one host writes what Process on another reads).

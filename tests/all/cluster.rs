@@ -12,7 +12,7 @@ use weir_host::cluster::ClusterConfig;
 use weir_host::runtime::Host;
 use weir_tests::nats::NatsCluster;
 use weir_tests::{
-    NdjsonStream, TestServer, accepted_seqs, chaos_call, chaos_ok, guest, test_config,
+    NdjsonStream, TestServer, accepted_seqs, chaos_call, chaos_ok, guest, snapshot_end, test_config,
 };
 
 /// A host with the example plugins on the cluster at `urls` (through
@@ -338,4 +338,141 @@ async fn weir_serve_on_a_cluster_serves_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0), "a clean stop");
+}
+
+/// The `default` datastore's stats on `s` once `check` holds (bounded).
+async fn wait_stats(
+    s: &TestServer,
+    what: &str,
+    check: impl Fn(StatusCode, &Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, stats) = s.get("/api/v1/views/default/stats", Role::Query).await;
+        if check(status, &stats) {
+            return stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {status} {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn files(from: usize, n: usize) -> Value {
+    Value::Array(
+        (from..from + n)
+            .map(|i| json!({"path": format!("/d{}/f{i}.dat", i % 7), "size": i, "modified_time": 1_700_000_000.0 + i as f64, "is_directory": false}))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_datastore_pushed_through_any_host_is_served_by_every_host() {
+    let nats = NatsCluster::start().await;
+    let a = host_on(&nats.urls, 0, "ds").await;
+    let b = host_on(&nats.urls, 1, "ds").await;
+    let (mut changes_b, _) = b.subscribe("fs.changes", &[("kinds", "insert")]).await;
+
+    // A session made on A pushes through A and through B, in one order.
+    let sid = a.create_session().await;
+    let (status, body) = b.get("/api/v1/views/default/stats", Role::Query).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("snapshot"),
+        "{body}"
+    );
+    let (status, body) = a.push_rows(&sid, "snapshot", "update", files(0, 300)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = b.push(&sid, snapshot_end(files(300, 200))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for host in [&a, &b] {
+        let stats = wait_stats(host, "the snapshot on every host", |s, v| {
+            s == StatusCode::OK && v["total_files"] == 500
+        })
+        .await;
+        assert_eq!(stats["total_directories"], 8, "{stats}");
+    }
+    let (_, tree_a) = a
+        .get("/api/v1/views/default/tree?path=/", Role::Query)
+        .await;
+    let (_, tree_b) = b
+        .get("/api/v1/views/default/tree?path=/", Role::Query)
+        .await;
+    assert_eq!(tree_a, tree_b);
+
+    // Each applied change is one event on the bus, however many hosts
+    // apply it.
+    let inserts = changes_b.drain(Duration::from_secs(3)).await;
+    assert_eq!(
+        inserts
+            .iter()
+            .filter(|e| e["data"]["is_dir"] == false)
+            .count(),
+        500,
+        "one fs.insert per file"
+    );
+
+    // A host that starts late builds its replica from the log.
+    let c = host_on(&nats.urls, 2, "ds").await;
+    let stats = wait_stats(&c, "the late host's replica", |s, v| {
+        s == StatusCode::OK && v["total_files"] == 500
+    })
+    .await;
+    assert_eq!(stats["total_size"], (0..500).sum::<u64>());
+
+    // Realtime rows through C reach A.
+    let (status, body) = c
+        .push_rows(&sid, "message", "delete", json!([{"path": "/d0/f0.dat"}]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_stats(&a, "a realtime delete", |s, v| {
+        s == StatusCode::OK && v["total_files"] == 499
+    })
+    .await;
+
+    // Last agent wins cluster-wide: a session made on B makes A's session
+    // obsolete everywhere, and every view waits for the new snapshot.
+    let sid2 = b.create_session().await;
+    for host in [&a, &b, &c] {
+        let (status, body) = host.push_rows(&sid, "message", "update", files(0, 1)).await;
+        assert_eq!(status.as_u16(), 419, "{body}");
+        let (status, _) = host
+            .post(
+                &format!("{}{sid}/heartbeat", weir_tests::SESSION),
+                Role::Ingest,
+                None,
+            )
+            .await;
+        assert_eq!(status.as_u16(), 419);
+    }
+    wait_stats(&c, "the new session's snapshot pending", |s, _| {
+        s == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let (status, body) = a.push(&sid2, snapshot_end(files(0, 10))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for host in [&a, &b, &c] {
+        wait_stats(host, "the second snapshot", |s, v| {
+            s == StatusCode::OK && v["total_files"] == 10
+        })
+        .await;
+    }
+
+    // The session ended on C: no view answers anywhere.
+    let (status, _) = c
+        .delete(&format!("{}{sid2}", weir_tests::SESSION), Role::Ingest)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for host in [&a, &b, &c] {
+        let stats = wait_stats(host, "no session", |s, _| {
+            s == StatusCode::SERVICE_UNAVAILABLE
+        })
+        .await;
+        assert!(
+            stats.to_string().contains("no live agent session"),
+            "{stats}"
+        );
+    }
 }

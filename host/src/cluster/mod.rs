@@ -11,18 +11,22 @@
 //! do not take).
 //!
 //! Records (`store::Records`) live in key-value buckets ([`KvRecords`]):
-//! today plugin state, read through by every host.
+//! plugin state and quarantines, read through or watched by every host.
+//! Datastores ([`SharedDatastores`]) keep their agent sessions in a bucket
+//! and their ingest in a stream every host applies to its own replica.
 //!
 //! The NATS client runs on a runtime of its own, so that the bus's blocking
 //! `publish` can wait for JetStream's acknowledgements from any thread.
 
 mod bus;
+mod datastores;
 mod records;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use bus::JetStreamBus;
+pub use datastores::SharedDatastores;
 pub use records::KvRecords;
 pub use weir_core::settings::{ClusterConfig, LogConfig};
 

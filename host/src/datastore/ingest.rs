@@ -9,17 +9,29 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::replica::{IngestOp, TouchError};
 use super::{Datastore, FeedChange, PushError, PushReceipt};
-use crate::index::Source;
-use crate::rows::{Batch, FeedbackUpdate, Op};
+use crate::index::{Change, Source};
+use crate::rows::{Batch, FeedbackUpdate, Op, parse_batch, parse_feedback};
 use crate::time::now_secs;
 
 /// Work for the apply thread, in arrival order.
 pub(super) enum Job {
-    Batch { session: String, batch: Batch },
+    Batch {
+        session: String,
+        batch: Batch,
+    },
     AuditStart,
     AuditEnd,
     Feedback(Vec<FeedbackUpdate>),
+    /// An operation of the cluster's ingest log, its sequence number, and
+    /// whether its changes go on the bus (not while catching up on history
+    /// that was published long ago).
+    Shared {
+        op: IngestOp,
+        seq: u64,
+        publish: bool,
+    },
 }
 
 impl Job {
@@ -36,6 +48,16 @@ impl Job {
             Job::AuditStart => "audit start".into(),
             Job::AuditEnd => "audit end".into(),
             Job::Feedback(updates) => format!("sentinel feedback ({} updates)", updates.len()),
+            Job::Shared { op, seq, .. } => format!(
+                "operation {seq} of the ingest log ({})",
+                match op {
+                    IngestOp::Session { .. } => "session",
+                    IngestOp::Push { .. } => "push",
+                    IngestOp::AuditStart => "audit start",
+                    IngestOp::AuditEnd => "audit end",
+                    IngestOp::Feedback { .. } => "feedback",
+                }
+            ),
         }
     }
 }
@@ -72,6 +94,78 @@ impl Datastore {
         Ok(PushReceipt { count, rejected })
     }
 
+    /// Accepts a push of session `id`: `batch` is `body` parsed at `at`.
+    /// On one host the same as [`Self::push`]; in a cluster the body goes
+    /// to the ingest log (after the session and the local queue's room are
+    /// checked) and is applied when the log hands it back.
+    pub fn accept(
+        &self,
+        id: &str,
+        mut batch: Batch,
+        body: &[u8],
+        at: f64,
+    ) -> Result<PushReceipt, PushError> {
+        let Some(r) = self.replication.get() else {
+            return self.push(id, batch);
+        };
+        r.touch(&self.config.name, id, self.config.sessions.timeout)
+            .map_err(|e| match e {
+                TouchError::Session(s) => PushError::Session(s),
+                TouchError::Unavailable(u) => self.unavailable(u),
+            })?;
+        self.room_for(batch.ops.len())?;
+        let op = IngestOp::Push {
+            session: id.to_string(),
+            at,
+            body: body.to_vec(),
+        };
+        r.append(&self.config.name, &op)
+            .map_err(|e| self.unavailable(e))?;
+        let rejected = std::mem::take(&mut batch.rejected);
+        self.counters
+            .rows_rejected
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        Ok(PushReceipt {
+            count: batch.ops.len(),
+            rejected,
+        })
+    }
+
+    /// Whether the queue has room for `rows` now (the cluster's admission:
+    /// a replica that falls behind refuses new work rather than growing).
+    fn room_for(&self, rows: usize) -> Result<(), PushError> {
+        let q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.closed {
+            return Err(PushError::ShuttingDown(self.config.name.clone()));
+        }
+        if q.rows + rows.max(1) > self.config.queue_rows && !q.jobs.is_empty() {
+            return Err(PushError::QueueFull {
+                datastore: self.config.name.clone(),
+                queued: q.rows,
+                capacity: self.config.queue_rows,
+            });
+        }
+        Ok(())
+    }
+
+    /// An operation of the cluster's ingest log, `seq` its number there,
+    /// queued for the apply thread whatever the queue holds (the log is
+    /// already accepted; the cluster waits while [`Self::queued_rows`] is
+    /// above the capacity). `publish`: its changes go on the bus, with ids
+    /// every host gives alike, so that the bus keeps one of each.
+    pub fn apply_shared(&self, op: IngestOp, seq: u64, publish: bool) {
+        let rows = match &op {
+            IngestOp::Push { body, .. } | IngestOp::Feedback { body } => body.len() / 64,
+            _ => 1,
+        };
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.rows += rows.max(1);
+        q.jobs
+            .push_back((Job::Shared { op, seq, publish }, rows.max(1)));
+        drop(q);
+        self.wake.notify_one();
+    }
+
     /// Queues a job counted as `rows` (at least one: a signal that carries
     /// no rows counts as one) against the queue's capacity, all or nothing.
     fn enqueue(&self, job: Job, rows: usize) -> Result<(), PushError> {
@@ -97,21 +191,46 @@ impl Datastore {
         Ok(())
     }
 
+    /// In a cluster, appends `op` to the ingest log (`Some`); on one host
+    /// `None`, and the caller queues the job itself.
+    fn share(&self, rows: usize, op: impl FnOnce() -> IngestOp) -> Option<Result<(), PushError>> {
+        let r = self.replication.get()?;
+        Some(self.room_for(rows).and_then(|()| {
+            r.append(&self.config.name, &op())
+                .map_err(|e| self.unavailable(e))
+        }))
+    }
+
     /// The agent starts an audit (applied in order with the pushes).
     pub fn audit_start(&self) -> Result<(), PushError> {
+        if let Some(shared) = self.share(1, || IngestOp::AuditStart) {
+            return shared;
+        }
         self.enqueue(Job::AuditStart, 1)
     }
 
     /// The agent ends an audit.
     pub fn audit_end(&self) -> Result<(), PushError> {
+        if let Some(shared) = self.share(1, || IngestOp::AuditEnd) {
+            return shared;
+        }
         self.enqueue(Job::AuditEnd, 1)
     }
 
     /// The agent's sentinel found these suspect paths as they are now
     /// (applied in order with the pushes; feedback on paths that are not
-    /// suspect is ignored).
-    pub fn sentinel_feedback(&self, updates: Vec<FeedbackUpdate>) -> Result<(), PushError> {
+    /// suspect is ignored). `updates` is `body` parsed.
+    pub fn sentinel_feedback(
+        &self,
+        updates: Vec<FeedbackUpdate>,
+        body: &[u8],
+    ) -> Result<(), PushError> {
         let rows = updates.len();
+        if let Some(shared) = self.share(rows, || IngestOp::Feedback {
+            body: body.to_vec(),
+        }) {
+            return shared;
+        }
         self.enqueue(Job::Feedback(updates), rows)
     }
 
@@ -160,8 +279,44 @@ impl Datastore {
     }
 
     fn apply(&self, job: Job) {
-        let now = now_secs();
+        let mut now = now_secs();
         let mut changes = Vec::new();
+        // Shared operations: their changes get ids every host gives alike.
+        let mut shared: Option<(u64, bool)> = None;
+        let job = match job {
+            Job::Shared { op, seq, publish } => {
+                shared = Some((seq, publish));
+                match op {
+                    IngestOp::Session { id, task_id } => {
+                        let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
+                        ix.clear();
+                        self.sessions().adopt(&id, &task_id, Instant::now());
+                        tracing::info!(datastore = %self.config.name, session = %id, "the replica starts over for a new session");
+                        return;
+                    }
+                    IngestOp::Push { session, at, body } => {
+                        now = at;
+                        match parse_batch(&body, at, &self.config.rows) {
+                            Ok(batch) => Job::Batch { session, batch },
+                            Err(e) => {
+                                tracing::error!(datastore = %self.config.name, seq, "an ingest-log push that cannot be read is skipped: {e}");
+                                return;
+                            }
+                        }
+                    }
+                    IngestOp::AuditStart => Job::AuditStart,
+                    IngestOp::AuditEnd => Job::AuditEnd,
+                    IngestOp::Feedback { body } => match parse_feedback(&body, &self.config.rows) {
+                        Ok((updates, _)) => Job::Feedback(updates),
+                        Err(e) => {
+                            tracing::error!(datastore = %self.config.name, seq, "ingest-log feedback that cannot be read is skipped: {e}");
+                            return;
+                        }
+                    },
+                }
+            }
+            job => job,
+        };
         {
             let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
             match job {
@@ -173,70 +328,107 @@ impl Datastore {
                     }
                 }
                 Job::Batch { session, batch } => {
-                    // Only the authoritative session's rows build the index.
-                    let current = self.sessions().current().map(|s| s.id.clone());
-                    if current.as_deref() != Some(session.as_str()) {
-                        tracing::info!(datastore = %self.config.name, session, "dropping a batch of an obsolete session");
-                        return;
-                    }
-                    if batch.source == Source::Audit {
-                        ix.audit_start(now);
-                    }
-                    let mut ignored = 0u64;
-                    for op in &batch.ops {
-                        match op {
-                            Op::Upsert(source, row) => {
-                                if !ix.apply_upsert(row, *source, now, &mut changes) {
-                                    tracing::trace!(datastore = %self.config.name, path = %row.path, ?source, "upsert ignored by arbitration");
-                                    ignored += 1
-                                }
-                            }
-                            Op::Delete {
-                                source,
-                                path,
-                                observed_at,
-                            } => {
-                                let removed = ix.delete(path, *source, now, *observed_at);
-                                if removed.is_empty() {
-                                    ignored += 1;
-                                }
-                                if *source == Source::Realtime {
-                                    let latency = ((now - observed_at) * 1000.0).max(0.0) as u64;
-                                    self.counters
-                                        .last_event_latency_ms
-                                        .store(latency, Ordering::Relaxed);
-                                }
-                                changes.extend(removed);
-                            }
-                        }
-                    }
-                    self.counters
-                        .rows_ignored
-                        .fetch_add(ignored, Ordering::Relaxed);
-                    if batch.is_end && batch.source == Source::Snapshot {
-                        self.sessions().snapshot_done(&session);
-                        self.alarm.store(false, Ordering::SeqCst);
-                        tracing::info!(datastore = %self.config.name, session, files = ix.tree().file_count(), "snapshot complete");
-                    }
+                    self.apply_batch(&mut ix, &session, &batch, now, &mut changes)
                 }
+                Job::Shared { .. } => {}
             }
         }
         self.counters
             .rows_applied
             .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        if let Some((_, false)) = shared {
+            return;
+        }
         if let Some(sink) = self.sink.get()
             && !changes.is_empty()
         {
+            let name_hash = fnv1a(self.config.name.as_bytes());
             let changes: Vec<FeedChange> = changes
                 .into_iter()
-                .map(|change| FeedChange {
+                .enumerate()
+                .map(|(i, change): (usize, Change)| FeedChange {
                     datastore: self.config.name.clone(),
                     change,
+                    event_id: shared.map(|(seq, _)| change_id(name_hash, seq, i)),
                 })
                 .collect();
             sink(&changes);
         }
     }
+
+    /// Applies the rows of a push of `session` (dropped unless it is the
+    /// authoritative session).
+    fn apply_batch(
+        &self,
+        ix: &mut crate::index::FsIndex,
+        session: &str,
+        batch: &Batch,
+        now: f64,
+        changes: &mut Vec<Change>,
+    ) {
+        let current = self.sessions().current().map(|s| s.id.clone());
+        if current.as_deref() != Some(session) {
+            tracing::info!(datastore = %self.config.name, session, "dropping a batch of an obsolete session");
+            return;
+        }
+        if batch.source == Source::Audit {
+            ix.audit_start(now);
+        }
+        let mut ignored = 0u64;
+        for op in &batch.ops {
+            match op {
+                Op::Upsert(source, row) => {
+                    if !ix.apply_upsert(row, *source, now, changes) {
+                        tracing::trace!(datastore = %self.config.name, path = %row.path, ?source, "upsert ignored by arbitration");
+                        ignored += 1
+                    }
+                }
+                Op::Delete {
+                    source,
+                    path,
+                    observed_at,
+                } => {
+                    let removed = ix.delete(path, *source, now, *observed_at);
+                    if removed.is_empty() {
+                        ignored += 1;
+                    }
+                    if *source == Source::Realtime {
+                        let latency = ((now_secs() - observed_at) * 1000.0).max(0.0) as u64;
+                        self.counters
+                            .last_event_latency_ms
+                            .store(latency, Ordering::Relaxed);
+                    }
+                    changes.extend(removed);
+                }
+            }
+        }
+        self.counters
+            .rows_ignored
+            .fetch_add(ignored, Ordering::Relaxed);
+        if batch.is_end && batch.source == Source::Snapshot {
+            self.sessions().snapshot_done(session);
+            self.alarm.store(false, Ordering::SeqCst);
+            tracing::info!(datastore = %self.config.name, session, files = ix.tree().file_count(), "snapshot complete");
+        }
+    }
+}
+
+/// A stable 32-bit hash (FNV-1a): the same on every host and release.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The event id of the `i`th change of ingest-log operation `seq` of the
+/// datastore whose name hashes to `name_hash`: the same on every host, so
+/// that the bus's duplicate window keeps one of each.
+fn change_id(name_hash: u32, seq: u64, i: usize) -> String {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&seq.to_be_bytes());
+    b[8..12].copy_from_slice(&(i as u32).to_be_bytes());
+    b[12..].copy_from_slice(&name_hash.to_be_bytes());
+    uuid::Builder::from_custom_bytes(b).into_uuid().to_string()
 }
 
 pub(super) fn apply_loop(ds: std::sync::Weak<Datastore>) {

@@ -19,6 +19,7 @@ use crate::index::view::{TreeQuery, ViewError};
 use crate::index::{Change, FsIndex};
 use crate::rows::Rejected;
 mod ingest;
+pub mod replica;
 pub mod session;
 
 use crate::bus::NewEvent;
@@ -26,6 +27,7 @@ use crate::index::ChangeKind;
 use crate::time::{now_secs, rfc3339_ms};
 use crate::wire::DatastoreStats;
 use ingest::{Queue, apply_loop};
+use replica::{IngestOp, Replication, SharedSession, TouchError, Unavailable};
 use session::{Session, SessionError, Sessions};
 
 /// Most paths one sentinel task lists; the agent asks again after its
@@ -40,6 +42,10 @@ pub struct FeedChange {
     /// The change.
     #[serde(flatten)]
     pub change: Change,
+    /// Its event id when every host of a cluster must give it the same one
+    /// (`None`: a fresh UUID).
+    #[serde(skip)]
+    pub event_id: Option<String>,
 }
 
 /// An index change as a bus event: `fs.insert`, `fs.update` or `fs.delete`,
@@ -68,7 +74,10 @@ impl FeedChange {
         let source_time =
             (m.mtime.is_finite() && m.mtime > 0.0).then(|| rfc3339_ms((m.mtime * 1000.0) as u64));
         NewEvent {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: c
+                .event_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             event_type: kind.to_string(),
             source: format!("datastore/{}", c.datastore),
             source_time,
@@ -102,6 +111,15 @@ pub enum PushError {
     /// more (the agent retries against the next host).
     #[error("datastore `{0}` is shutting down")]
     ShuttingDown(String),
+    /// The cluster that shares the datastore is out of reach: nothing was
+    /// accepted.
+    #[error("datastore `{datastore}` cannot reach its cluster: {reason}")]
+    Unavailable {
+        /// Datastore name.
+        datastore: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What an accepted push reports.
@@ -190,6 +208,8 @@ pub struct Datastore {
     alarm: AtomicBool,
     counters: Counters,
     sink: OnceLock<ChangeSink>,
+    /// The cluster that shares this datastore (none: this host alone).
+    replication: OnceLock<Arc<dyn Replication>>,
 }
 
 impl Datastore {
@@ -208,6 +228,7 @@ impl Datastore {
             alarm: AtomicBool::new(false),
             counters: Counters::default(),
             sink: OnceLock::new(),
+            replication: OnceLock::new(),
             config,
         });
         let worker = Arc::downgrade(&ds);
@@ -238,33 +259,106 @@ impl Datastore {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Shares this datastore with the hosts of a cluster from now on:
+    /// sessions are decided by `replication`, and accepted work goes to its
+    /// ingest log, which the cluster feeds back through
+    /// [`Self::apply_shared`]. Only the first is kept; returns `false` if
+    /// one was set already.
+    pub fn replicate(&self, replication: Arc<dyn Replication>) -> bool {
+        self.replication.set(replication).is_ok()
+    }
+
+    fn unavailable(&self, e: Unavailable) -> PushError {
+        PushError::Unavailable {
+            datastore: self.config.name.clone(),
+            reason: e.0,
+        }
+    }
+
     /// Creates the new authoritative session. The previous one becomes
     /// obsolete at once; the index starts over from the new snapshot.
     /// Returns the new session's id; its timing is the datastore's
     /// [`SessionConfig`](session::SessionConfig).
-    pub fn create_session(&self, task_id: &str) -> String {
+    pub fn create_session(&self, task_id: &str) -> Result<String, PushError> {
+        if let Some(r) = self.replication.get() {
+            let now = crate::time::now_ms();
+            let session = SharedSession {
+                id: session::new_uuid(),
+                task_id: task_id.to_string(),
+                created_ms: now,
+                seen_ms: now,
+            };
+            r.create_session(&self.config.name, &session)
+                .map_err(|e| self.unavailable(e))?;
+            let op = IngestOp::Session {
+                id: session.id.clone(),
+                task_id: session.task_id,
+            };
+            r.append(&self.config.name, &op)
+                .map_err(|e| self.unavailable(e))?;
+            tracing::info!(datastore = %self.config.name, session = %session.id, task_id = %crate::text::echo(task_id), "agent session created in the cluster");
+            return Ok(session.id);
+        }
         let (session, previous) = self.sessions().create(task_id, Instant::now());
         {
             let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
             ix.clear();
         }
         tracing::info!(datastore = %self.config.name, session = %session.id, task_id = %crate::text::echo(task_id), obsoleted = ?previous, "agent session created");
-        session.id
+        Ok(session.id)
     }
 
     /// A heartbeat of session `id`.
-    pub fn heartbeat(&self, id: &str) -> Result<(), SessionError> {
-        self.sessions().touch(id, Instant::now()).map(|_| ())
+    pub fn heartbeat(&self, id: &str) -> Result<(), PushError> {
+        if let Some(r) = self.replication.get() {
+            return r
+                .touch(&self.config.name, id, self.config.sessions.timeout)
+                .map_err(|e| match e {
+                    TouchError::Session(s) => PushError::Session(s),
+                    TouchError::Unavailable(u) => self.unavailable(u),
+                });
+        }
+        self.sessions().touch(id, Instant::now()).map(|_| ())?;
+        Ok(())
     }
 
     /// Ends session `id`; idempotent.
-    pub fn delete_session(&self, id: &str) -> bool {
-        self.sessions().delete(id)
+    pub fn delete_session(&self, id: &str) -> Result<bool, PushError> {
+        if let Some(r) = self.replication.get() {
+            return r
+                .delete_session(&self.config.name, id)
+                .map_err(|e| self.unavailable(e));
+        }
+        Ok(self.sessions().delete(id))
     }
 
-    /// The authoritative session, if alive.
+    /// The authoritative session, if alive. In a cluster, `snapshot_done`
+    /// says whether this host's replica has applied its snapshot end.
     pub fn session(&self) -> Option<Session> {
-        self.sessions().alive(Instant::now()).cloned()
+        let Some(r) = self.replication.get() else {
+            return self.sessions().alive(Instant::now()).cloned();
+        };
+        let shared = r.session(&self.config.name)?;
+        let now_ms = crate::time::now_ms();
+        if shared.expired(now_ms, self.config.sessions.timeout) {
+            return None;
+        }
+        let now = Instant::now();
+        let ago = |ms: u64| {
+            now.checked_sub(std::time::Duration::from_millis(now_ms.saturating_sub(ms)))
+                .unwrap_or(now)
+        };
+        let snapshot_done = self
+            .sessions()
+            .current()
+            .is_some_and(|s| s.id == shared.id && s.snapshot_done);
+        Some(Session {
+            id: shared.id,
+            task_id: shared.task_id,
+            created_at: ago(shared.created_ms),
+            last_seen: ago(shared.seen_ms),
+            snapshot_done,
+        })
     }
 
     /// Paths the agent's sentinel should check: the current suspects, at
@@ -321,7 +415,7 @@ impl Datastore {
     /// Whether views may answer now.
     pub fn readiness(&self) -> Result<(), NotReady> {
         let name = || self.config.name.clone();
-        if self.sessions().alive(Instant::now()).is_none() {
+        if self.session().is_none() {
             return Err(NotReady::NoSession(name()));
         }
         // Queued work first: the snapshot end that lifts an alarm or ends
@@ -338,7 +432,7 @@ impl Datastore {
         if self.alarm.load(Ordering::SeqCst) {
             return Err(NotReady::Alarm(name()));
         }
-        match self.sessions().alive(Instant::now()) {
+        match self.session() {
             None => Err(NotReady::NoSession(name())),
             Some(s) if !s.snapshot_done => Err(NotReady::SnapshotPending(name())),
             Some(_) => Ok(()),
@@ -437,14 +531,14 @@ mod tests {
     fn ready_after_snapshot_end_of_the_authoritative_session() {
         let ds = Datastore::start(DatastoreConfig::named("t")).unwrap();
         assert_eq!(ds.readiness(), Err(NotReady::NoSession("t".into())));
-        let s = ds.create_session("agent:pipe");
+        let s = ds.create_session("agent:pipe").unwrap();
         assert_eq!(ds.readiness(), Err(NotReady::SnapshotPending("t".into())));
         ds.push(&s, snapshot(&["/a", "/b"], false)).unwrap();
         ds.push(&s, snapshot(&["/c"], true)).unwrap();
         wait_ready(&ds).unwrap();
         assert_eq!(ds.stats().total_files, 3);
         // A new agent takes over: the old one is refused, views wait again.
-        let s2 = ds.create_session("agent2:pipe");
+        let s2 = ds.create_session("agent2:pipe").unwrap();
         assert!(matches!(
             ds.push(&s, snapshot(&["/x"], true)),
             Err(PushError::Session(SessionError::Obsolete(_)))
@@ -460,7 +554,7 @@ mod tests {
         let mut config = DatastoreConfig::named("q");
         config.queue_rows = 3;
         let ds = Datastore::start(config).unwrap();
-        let s = ds.create_session("a:p");
+        let s = ds.create_session("a:p").unwrap();
         // Hold the index so that the worker cannot drain the queue.
         let guard = ds.index.write().unwrap();
         ds.push(&s, snapshot(&["/1", "/2"], false)).unwrap();
@@ -490,7 +584,7 @@ mod tests {
         assert!(ds.on_changes(Arc::new(|c: &[FeedChange]| {
             assert!(c.iter().all(|c| c.change.path != "/boom"), "boom");
         })));
-        let s = ds.create_session("a:p");
+        let s = ds.create_session("a:p").unwrap();
         ds.push(&s, snapshot(&["/a"], true)).unwrap();
         wait_ready(&ds).unwrap();
         ds.push(&s, snapshot(&["/boom"], false)).unwrap();
@@ -510,7 +604,7 @@ mod tests {
     #[test]
     fn after_the_drain_pushes_and_signals_are_refused() {
         let ds = Datastore::start(DatastoreConfig::named("d")).unwrap();
-        let s = ds.create_session("a:p");
+        let s = ds.create_session("a:p").unwrap();
         ds.push(&s, snapshot(&["/a"], true)).unwrap();
         assert!(ds.drain(Duration::from_secs(5)));
         assert!(matches!(
@@ -526,7 +620,7 @@ mod tests {
         let mut config = DatastoreConfig::named("s");
         config.queue_rows = 3;
         let ds = Datastore::start(config).unwrap();
-        let s = ds.create_session("a:p");
+        let s = ds.create_session("a:p").unwrap();
         let guard = ds.index.write().unwrap();
         let mut refused = 0;
         for _ in 0..10 {
@@ -552,7 +646,7 @@ mod tests {
         assert!(ds.on_changes(Arc::new(move |c: &[FeedChange]| {
             log.lock().unwrap().extend(c.iter().cloned())
         })));
-        let s = ds.create_session("a:p");
+        let s = ds.create_session("a:p").unwrap();
         ds.push(&s, snapshot(&["/a"], true)).unwrap();
         wait_ready(&ds).unwrap();
         let seen = seen.lock().unwrap();

@@ -95,8 +95,14 @@ impl Sessions {
     /// Creates the new authoritative session; returns it and the id of the
     /// session it made obsolete, if any.
     pub fn create(&mut self, task_id: &str, now: Instant) -> (Session, Option<String>) {
+        self.adopt(&new_uuid(), task_id, now)
+    }
+
+    /// Makes session `id`, decided elsewhere (by the cluster), the
+    /// current one.
+    pub fn adopt(&mut self, id: &str, task_id: &str, now: Instant) -> (Session, Option<String>) {
         let session = Session {
-            id: new_uuid(),
+            id: id.to_string(),
             task_id: task_id.to_string(),
             created_at: now,
             last_seen: now,

@@ -234,6 +234,7 @@ impl From<PushError> for AppError {
             PushError::Session(s) => Self::Session(s),
             full @ PushError::QueueFull { .. } => Self::Busy(full.to_string()),
             closing @ PushError::ShuttingDown(_) => Self::Unavailable(closing.to_string()),
+            gone @ PushError::Unavailable { .. } => Self::Unavailable(gone.to_string()),
         }
     }
 }

@@ -142,8 +142,8 @@ session_doc! {
                 "`task_id` is longer than {MAX_TASK_ID_BYTES} bytes"
             )));
         }
-        let session_id = ds.create_session(&req.task_id);
         let c = ds.config().sessions;
+        let session_id = blocking(move || ds.create_session(&req.task_id)).await??;
         Ok(Json(SessionGrant {
             session_id,
             role: "leader",
@@ -195,7 +195,7 @@ session_doc! {
         sid: Result<Path<String>, PathRejection>,
     ) -> Result<Json<Value>, AppError> {
         let sid = path(sid)?;
-        ds.heartbeat(&sid)?;
+        blocking(move || ds.heartbeat(&sid)).await??;
         Ok(Json(
             json!({"status": "ok", "role": "leader", "message": null, "can_realtime": null, "commands": []}),
         ))
@@ -217,7 +217,8 @@ session_doc! {
         sid: Result<Path<String>, PathRejection>,
     ) -> Result<Json<Value>, AppError> {
         let sid = path(sid)?;
-        ds.delete_session(&sid);
+        let gone = sid.clone();
+        blocking(move || ds.delete_session(&gone)).await??;
         Ok(Json(json!({"status": "terminated", "session_id": sid})))
     }
 }
@@ -265,10 +266,9 @@ pub(super) async fn push(
     let body = body_bytes(body)?;
     tracing::trace!(session = ?path_sid.as_deref().map(echo), body = %echo(&String::from_utf8_lossy(&body[..body.len().min(1024)])), "push");
     let limits = ds.config().rows;
-    let batch = tokio::task::spawn_blocking(move || parse_batch(&body, now_secs(), &limits))
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?
-        .map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let at = now_secs();
+    let (batch, body) = blocking(move || (parse_batch(&body, at, &limits), body)).await?;
+    let batch = batch.map_err(|e| AppError::BadRequest(e.to_string()))?;
     let sid = match (path_sid, &batch.session_id) {
         (Some(path), Some(body_sid)) if &path != body_sid => {
             return Err(AppError::BadRequest(format!(
@@ -281,10 +281,20 @@ pub(super) async fn push(
         (None, Some(body_sid)) => body_sid.clone(),
         (None, None) => return Err(AppError::BadRequest("the push has no `session_id`".into())),
     };
-    let receipt = ds.push(&sid, batch)?;
+    let receipt = blocking(move || ds.accept(&sid, batch, &body, at)).await??;
     Ok(Json(
         json!({"status": "ok", "count": receipt.count, "rejected": receipt.rejected}),
     ))
+}
+
+/// Runs `f` on a blocking thread: in a cluster, datastore calls wait for
+/// NATS (and a push's parse may take a while on its own).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AppError::Internal(e.into()))
 }
 
 /// Signal the start of an audit.
@@ -302,7 +312,7 @@ pub(super) async fn push(
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn audit_start(Scoped(ds): Scoped) -> Result<Json<Value>, AppError> {
-    ds.audit_start()?;
+    blocking(move || ds.audit_start()).await??;
     Ok(Json(json!({"status": "audit_started"})))
 }
 
@@ -322,7 +332,7 @@ pub(super) async fn audit_start(Scoped(ds): Scoped) -> Result<Json<Value>, AppEr
     extensions(("x-weir-role" = json!("ingest"))),
 )]
 pub(super) async fn audit_end(Scoped(ds): Scoped) -> Result<Json<Value>, AppError> {
-    ds.audit_end()?;
+    blocking(move || ds.audit_end()).await??;
     Ok(Json(json!({"status": "audit_ended"})))
 }
 
@@ -577,14 +587,15 @@ pub(super) async fn sentinel_feedback(
     Scoped(ds): Scoped,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let (updates, rejected) = parse_feedback(&body_bytes(body)?, &ds.config().rows)
+    let body = body_bytes(body)?;
+    let (updates, rejected) = parse_feedback(&body, &ds.config().rows)
         .map_err(|e| AppError::BadRequest(e.to_string()))?;
     let rejected: Vec<Value> = rejected
         .into_iter()
         .map(|r| json!({"update": r.event, "reason": r.reason}))
         .collect();
     let count = updates.len();
-    ds.sentinel_feedback(updates)?;
+    blocking(move || ds.sentinel_feedback(updates, &body)).await??;
     Ok(Json(
         json!({"status": "processed", "drivers_updated": count, "rejected": rejected}),
     ))
