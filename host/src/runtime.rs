@@ -104,8 +104,11 @@ impl Host {
             }
         }
         // In a cluster every host serves every datastore from its own
-        // replica of the shared ingest log.
+        // replica of the shared ingest log, and subscriptions start and end
+        // once across the hosts.
         if let Some(cluster) = &cluster {
+            let leases = crate::cluster::KvLeases::open(cluster.clone(), cluster.host_id())?;
+            pipeline.share_subscriptions(Arc::new(crate::cluster::SharedLeases(leases)));
             let shared = crate::cluster::SharedDatastores::open(cluster.clone())?;
             for ds in datastores.values() {
                 ds.replicate(shared.clone());

@@ -476,3 +476,79 @@ async fn a_datastore_pushed_through_any_host_is_served_by_every_host() {
         );
     }
 }
+
+/// `(pre-consumes, cleanups)` summed over `hosts`, once `check` holds.
+async fn wait_lifecycle(hosts: &[&TestServer], what: &str, want: (u64, u64)) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = hosts.iter().fold((0, 0), |(p, c), h| {
+            let (hp, hc) = h.host.pipeline().lifecycle_counts();
+            (p + hp, c + hc)
+        });
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {got:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_starts_once_and_ends_once_across_hosts() {
+    let nats = NatsCluster::start().await;
+    let a = host_on(&nats.urls, 0, "t6").await;
+    let b = host_on(&nats.urls, 1, "t6").await;
+    let c = host_on(&nats.urls, 2, "t6").await;
+    let tag = [("tag", "ops")];
+    // The first consumer anywhere runs pre-consume (on A); the second, on
+    // B, joins the running subscription.
+    let (mut on_a, first) = a.subscribe("enrich.context", &tag).await;
+    let (mut on_b, again) = b.subscribe("enrich.context", &tag).await;
+    assert_eq!(first["subscription_id"], again["subscription_id"]);
+    wait_lifecycle(&[&a, &b, &c], "one pre-consume cluster-wide", (1, 0)).await;
+    assert_eq!(a.host.pipeline().lifecycle_counts(), (1, 0));
+
+    // Published on C; processed on A and on B. B's process reads the
+    // registration A's pre-consume wrote.
+    let answer = c.publish(events(0, 3)).await;
+    assert_eq!(accepted_seqs(&answer).len(), 3, "{answer}");
+    let from_a: Vec<Value> = envelopes(&mut on_a, 3).await;
+    let from_b: Vec<Value> = envelopes(&mut on_b, 3).await;
+    for (ea, eb) in from_a.iter().zip(&from_b) {
+        assert_eq!(ea["seq"], eb["seq"], "the same order on both hosts");
+        assert_eq!(
+            eb["data"]["enrichment"]["subscription"]["subscription_id"], first["subscription_id"],
+            "{eb}"
+        );
+    }
+
+    // A leaves: B still consumes, so no cleanup and the state stays.
+    drop(on_a);
+    let _ = c.publish(events(3, 1)).await;
+    let e = on_b.envelope().await;
+    assert_eq!(e["data"]["enrichment"]["subscription"]["tag"], "ops", "{e}");
+    wait_lifecycle(&[&a, &b, &c], "no cleanup while B consumes", (1, 0)).await;
+    // B leaves too: one cleanup, on B, and the registration is gone.
+    drop(on_b);
+    let _ = c.publish(events(4, 1)).await;
+    wait_lifecycle(&[&a, &b, &c], "one cleanup after the last consumer", (1, 1)).await;
+    assert_eq!(b.host.pipeline().lifecycle_counts(), (0, 1));
+    assert_eq!(c.host.host_api().state_of("enrich", "tag-ops"), None);
+
+    // Anew: the next consumer anywhere starts it again.
+    let (_on_c, _) = c.subscribe("enrich.context", &tag).await;
+    wait_lifecycle(&[&a, &b, &c], "a new start", (2, 1)).await;
+    assert!(c.host.host_api().state_of("enrich", "tag-ops").is_some());
+}
+
+/// The next `n` envelopes of `stream`.
+async fn envelopes(stream: &mut NdjsonStream, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        out.push(stream.envelope().await);
+    }
+    out
+}

@@ -20,6 +20,7 @@
 
 mod bus;
 mod datastores;
+mod leases;
 mod records;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 pub use bus::JetStreamBus;
 pub use datastores::SharedDatastores;
+pub use leases::{HOLD_TTL, KvLeases, RENEW_EVERY, SharedLeases};
 pub use records::KvRecords;
 pub use weir_core::settings::{ClusterConfig, LogConfig};
 
@@ -55,6 +57,8 @@ pub struct Cluster {
     rt: Option<tokio::runtime::Runtime>,
     js: async_nats::jetstream::Context,
     config: ClusterConfig,
+    /// This host's id in the cluster (new at each start).
+    host_id: String,
 }
 
 impl Drop for Cluster {
@@ -134,6 +138,7 @@ impl Cluster {
             rt: Some(rt),
             js,
             config,
+            host_id: crate::datastore::session::new_uuid(),
         }))
     }
 
@@ -143,6 +148,11 @@ impl Cluster {
         self.rt
             .as_ref()
             .unwrap_or_else(|| unreachable!("the runtime lives until drop"))
+    }
+
+    /// This host's id in the cluster: new at each start.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
     }
 
     /// The settings it was made with.

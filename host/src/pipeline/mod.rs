@@ -97,6 +97,12 @@ impl Pipeline {
         }))
     }
 
+    /// Runs `pre-consume` and `cleanup` once per subscription across the
+    /// hosts that share `leases` (a cluster), from now on.
+    pub fn share_subscriptions(&self, leases: Arc<dyn crate::store::Leases>) {
+        self.subs.share(leases);
+    }
+
     /// The bus.
     pub fn bus(&self) -> &Arc<dyn EventBus> {
         &self.bus

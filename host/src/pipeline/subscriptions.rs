@@ -1,10 +1,15 @@
 //! Subscription lifecycle: `pre-consume` once per (key, subscription id)
 //! when its first consumer arrives, `cleanup` when its last one leaves, and
 //! a newcomer waits while either of them is running for its subscription.
+//! In a cluster, "first" and "last" are cluster-wide: the host whose first
+//! local consumer arrives joins the subscription's lease
+//! ([`crate::store::Leases`]) and runs `pre-consume` only if no other live
+//! host holds it; the host whose last local consumer leaves lets go and
+//! runs `cleanup` only if it was the last holder.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
@@ -13,6 +18,7 @@ use super::consumer::Ctx;
 use super::{Delivery, params_json};
 use crate::engine::{Params, PluginFault};
 use crate::registry::Runner;
+use crate::store::{Join, Leases, Leave};
 
 /// Where a subscription is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,6 +56,73 @@ pub(crate) struct Subscriptions {
     changed: Notify,
     pre_consumes: AtomicU64,
     cleanups: AtomicU64,
+    /// The cluster's leases (none: this host alone decides first and last).
+    leases: OnceLock<Arc<dyn Leases>>,
+}
+
+/// The lease name of a subscription.
+fn lease_name(key: &str, sub: &str) -> String {
+    format!("{key}\u{0}{sub}")
+}
+
+/// Runs `pre-consume` if this host is the first holder of the
+/// subscription anywhere; answers whether it ran.
+fn start(
+    leases: Option<&Arc<dyn Leases>>,
+    runner: &Arc<dyn Runner>,
+    (key, sub, params): (&str, &str, &Params),
+) -> Result<bool, PluginFault> {
+    let Some(leases) = leases else {
+        return runner.pre_consume(key, sub, params).map(|()| true);
+    };
+    let name = lease_name(key, sub);
+    let lease_fault = |e: crate::store::StoreError| {
+        PluginFault::Failed(format!("cluster subscription lease: {e}"))
+    };
+    match leases.join(&name).map_err(lease_fault)? {
+        Join::Joined => Ok(false),
+        Join::First => match runner.pre_consume(key, sub, params) {
+            Ok(()) => {
+                leases.started(&name).map_err(lease_fault)?;
+                Ok(true)
+            }
+            Err(fault) => {
+                // Nothing started: let go, so that the next one tries again.
+                if let Ok(Leave::Last) = leases.leave(&name) {
+                    let _ = leases.ended(&name);
+                }
+                Err(fault)
+            }
+        },
+    }
+}
+
+/// Runs `cleanup` if this host is the last holder anywhere; answers
+/// whether it ran.
+fn end(
+    leases: Option<&Arc<dyn Leases>>,
+    runner: &Arc<dyn Runner>,
+    (key, sub, params): (&str, &str, &Params),
+) -> Result<bool, PluginFault> {
+    let Some(leases) = leases else {
+        return runner.cleanup(key, sub, params).map(|()| true);
+    };
+    let name = lease_name(key, sub);
+    let left = leases
+        .leave(&name)
+        .map_err(|e| PluginFault::Failed(format!("cluster subscription lease: {e}")))?;
+    if left == Leave::Others {
+        return Ok(false);
+    }
+    let result = runner.cleanup(key, sub, params);
+    if let Err(e) = leases.ended(&name) {
+        tracing::warn!(
+            key,
+            subscription = sub,
+            "ending the cluster subscription lease: {e}"
+        );
+    }
+    result.map(|()| true)
 }
 
 /// A subscription as `/v1/subscriptions` shows it.
@@ -78,6 +151,11 @@ pub struct ConsumerInfo {
 }
 
 impl Subscriptions {
+    /// Decides first and last with the cluster's `leases` from now on.
+    pub fn share(&self, leases: Arc<dyn Leases>) {
+        let _ = self.leases.set(leases);
+    }
+
     fn table(&self) -> MutexGuard<'_, HashMap<Id, Entry>> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -131,17 +209,23 @@ impl Subscriptions {
         let this = self.clone();
         let (r, k, s, p) = (runner.clone(), id.0.clone(), id.1.clone(), params.clone());
         let task_id = id.clone();
+        let leases = self.leases.get().cloned();
         tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || r.pre_consume(&k, &s, &p))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(PluginFault::Trap(format!("pre-consume task failed: {e}")))
-                });
+            let result =
+                tokio::task::spawn_blocking(move || start(leases.as_ref(), &r, (&k, &s, &p)))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(PluginFault::Trap(format!("pre-consume task failed: {e}")))
+                    });
+            let result = result.map(|ran| {
+                if ran {
+                    this.pre_consumes.fetch_add(1, Ordering::Relaxed);
+                }
+            });
             {
                 let mut table = this.table();
                 match &result {
                     Ok(()) => {
-                        this.pre_consumes.fetch_add(1, Ordering::Relaxed);
                         if let Some(e) = table.get_mut(&task_id) {
                             e.phase = Phase::Active;
                             e.consumers.insert(slot_id, slot);
@@ -179,13 +263,28 @@ impl Subscriptions {
             (e.runner.clone(), e.params.clone())
         };
         let (k, s) = id.clone();
-        let result = tokio::task::spawn_blocking(move || runner.cleanup(&k, &s, &params)).await;
+        let leases = self.leases.get().cloned();
+        let result =
+            tokio::task::spawn_blocking(move || end(leases.as_ref(), &runner, (&k, &s, &params)))
+                .await;
         match result {
-            Ok(Ok(())) => tracing::debug!(key, subscription = sub, "cleanup done"),
-            Ok(Err(fault)) => tracing::warn!(key, subscription = sub, "cleanup failed: {fault}"),
+            Ok(Ok(true)) => {
+                tracing::debug!(key, subscription = sub, "cleanup done");
+                self.cleanups.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Ok(false)) => {
+                tracing::debug!(
+                    key,
+                    subscription = sub,
+                    "other hosts still consume it: no cleanup"
+                )
+            }
+            Ok(Err(fault)) => {
+                tracing::warn!(key, subscription = sub, "cleanup failed: {fault}");
+                self.cleanups.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => tracing::warn!(key, subscription = sub, "cleanup task failed: {e}"),
         }
-        self.cleanups.fetch_add(1, Ordering::Relaxed);
         self.table().remove(&id);
         self.changed.notify_waiters();
     }

@@ -129,6 +129,42 @@ pub trait Records: Send + Sync {
     }
 }
 
+/// How a host joined a lease ([`Leases::join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// No other live host holds it: this host starts it (and then calls
+    /// [`Leases::started`]).
+    First,
+    /// Other hosts hold it, started.
+    Joined,
+}
+
+/// How a host left a lease ([`Leases::leave`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// It was the last holder: it ends it (and then calls
+    /// [`Leases::ended`]).
+    Last,
+    /// Other hosts still hold it.
+    Others,
+}
+
+/// Reference-counted leases shared by the hosts of a cluster: something
+/// (a subscription) that must be started once when the first host takes it
+/// and ended once when the last one lets go. A host that dies stops renewing
+/// its hold, which expires, so it pins nothing forever. Calls block (a
+/// while, bounded, when another host is starting or ending the same lease).
+pub trait Leases: Send + Sync {
+    /// Takes a hold on `name`.
+    fn join(&self, name: &str) -> Result<Join, StoreError>;
+    /// The start (after [`Join::First`]) is done: others may join.
+    fn started(&self, name: &str) -> Result<(), StoreError>;
+    /// Lets go of `name`.
+    fn leave(&self, name: &str) -> Result<Leave, StoreError>;
+    /// The end (after [`Leave::Last`]) is done: the lease is gone.
+    fn ended(&self, name: &str) -> Result<(), StoreError>;
+}
+
 /// What [`Records::watch`] calls: the key and its new value (`None`:
 /// removed).
 pub type OnChange = Arc<dyn Fn(&str, Option<&[u8]>) + Send + Sync>;
