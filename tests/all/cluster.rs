@@ -552,3 +552,77 @@ async fn envelopes(stream: &mut NdjsonStream, n: usize) -> Vec<Value> {
     }
     out
 }
+
+/// `GET /v1/dlq` on `s` once its `total` is `want` (bounded).
+async fn wait_dlq(s: &TestServer, want: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, dlq) = s.get("/v1/dlq", Role::Admin).await;
+        assert_eq!(status, StatusCode::OK, "{dlq}");
+        if dlq["total"] == want {
+            return dlq;
+        }
+        assert!(std::time::Instant::now() < deadline, "{dlq}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_raised_on_one_host_are_replayed_from_another() {
+    let nats = NatsCluster::start().await;
+    let a = host_on(&nats.urls, 0, "t7").await;
+    let b = host_on(&nats.urls, 1, "t7").await;
+    let (_on_a, sub) = a.subscribe("test.flaky", &[]).await;
+    a.publish(json!([{"event_id": "f-once", "event_type": "test.x", "source": "t", "payload": {"n": 4, "mode": "once"}}]))
+        .await;
+    let dlq = wait_dlq(&b, 1).await;
+    let letter = &dlq["letters"][0];
+    assert_eq!(letter["subscription_id"], sub["subscription_id"]);
+    assert_eq!(letter["event"]["event_id"], "f-once");
+
+    // Replayed on B, to B's consumer of the same subscription: the second
+    // attempt succeeds (the plugin's state, shared, says it failed once).
+    let (mut on_b, _) = b.subscribe("test.flaky", &[]).await;
+    let (status, replay) = b.post("/v1/dlq/replay", Role::Admin, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{replay}");
+    assert_eq!(replay["results"][0]["outcome"], "delivered", "{replay}");
+    assert_eq!(replay["results"][0]["id"], letter["id"]);
+    let env = on_b.envelope().await;
+    assert_eq!(
+        (env["id"].as_str(), env["data"]["retried"].as_bool()),
+        (Some("f-once"), Some(true))
+    );
+    wait_dlq(&a, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_named_consumer_resumes_on_another_host_after_its_acknowledgement() {
+    let nats = NatsCluster::start().await;
+    let a = host_on(&nats.urls, 0, "t8").await;
+    let b = host_on(&nats.urls, 1, "t8").await;
+    let named = [SAME[0], SAME[1], ("consumer", "billing")];
+    let (mut on_a, _) = a.subscribe("json.field_equals", &named).await;
+    let seqs = accepted_seqs(&a.publish(events(0, 10)).await);
+    let got = take(&mut on_a, 10).await;
+    assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), seqs);
+    let (status, ack) = a
+        .post(
+            "/v1/consumers/billing/ack",
+            Role::Query,
+            Some(json!({"seq": seqs[5]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ack}");
+    drop(on_a);
+    // The same name on B resumes after the acknowledgement: events 6..10,
+    // then what comes next.
+    let (mut on_b, _) = b.subscribe("json.field_equals", &named).await;
+    b.publish(events(10, 2)).await;
+    let resumed = take(&mut on_b, 6).await;
+    assert_eq!(
+        resumed.iter().map(|(_, i)| *i).collect::<Vec<_>>(),
+        vec![6, 7, 8, 9, 10, 11]
+    );
+    let (_, list) = b.get("/v1/consumers", Role::Query).await;
+    assert_eq!(list["consumers"][0]["acked_seq"], seqs[5], "{list}");
+}

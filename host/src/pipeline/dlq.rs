@@ -222,7 +222,8 @@ impl DeadLetterSelector {
 
 /// The queue, bounded by count and by bytes.
 pub struct DeadLetters {
-    entries: Mutex<Held>,
+    /// Shared with the watch of a cluster's records.
+    entries: Arc<Mutex<Held>>,
     /// Where letters are written through (none: memory only).
     records: Option<Arc<dyn Records>>,
     capacity: usize,
@@ -261,7 +262,7 @@ impl DeadLetters {
     /// (oldest evicted first; the newest letter is always kept).
     pub fn new(capacity: usize, capacity_bytes: usize) -> Self {
         Self {
-            entries: Mutex::default(),
+            entries: Arc::default(),
             records: None,
             capacity: capacity.max(1),
             capacity_bytes,
@@ -289,13 +290,66 @@ impl DeadLetters {
             let id = key.parse::<u64>().map_err(|e| corrupt(e.to_string()))?;
             held.push(DeadLetter::from_record(id, &bytes).map_err(corrupt)?);
         }
-        let next = held.iter().map(|d| d.id + 1).max().unwrap_or(1);
+        let next = if records.shared() {
+            // Several hosts number letters at once: each numbers within a
+            // range of its own (a random 11-bit tag above a 42-bit count,
+            // so ids stay exact in JSON), checked against the bucket.
+            let tag = u64::from(rand::random::<u16>() & 0x7ff);
+            (tag << 42) | 1
+        } else {
+            held.iter().map(|d| d.id + 1).max().unwrap_or(1)
+        };
         q.next_id = AtomicU64::new(next);
         for letter in held {
             q.put_back(letter);
         }
+        if records.shared() {
+            q.follow(records.as_ref());
+        }
         q.records = Some(records);
         Ok(q)
+    }
+
+    /// Takes the letters other hosts raise, replay and delete (a cluster).
+    fn follow(&self, records: &dyn Records) {
+        let held = Arc::downgrade(&self.entries);
+        let (capacity, capacity_bytes) = (self.capacity, self.capacity_bytes);
+        records.watch(
+            Table::DeadLetters,
+            Arc::new(move |key: &str, value: Option<&[u8]>| {
+                let (Some(held), Ok(id)) = (held.upgrade(), key.parse::<u64>()) else {
+                    return;
+                };
+                let mut q = held.lock().unwrap_or_else(PoisonError::into_inner);
+                let at = q.letters.partition_point(|d| d.id < id);
+                let here = q.letters.get(at).is_some_and(|d| d.id == id);
+                match value {
+                    Some(bytes) if !here => {
+                        let Ok(letter) = DeadLetter::from_record(id, bytes) else {
+                            tracing::warn!(id, "a dead letter another host wrote cannot be read");
+                            return;
+                        };
+                        q.bytes += size_of(&letter);
+                        q.letters.insert(at, letter);
+                        // The host that raised it evicts in the bucket too.
+                        while q.letters.len() > capacity
+                            || (q.bytes > capacity_bytes && q.letters.len() > 1)
+                        {
+                            let Some(old) = q.letters.pop_front() else {
+                                break;
+                            };
+                            q.bytes -= size_of(&old);
+                        }
+                    }
+                    None if here => {
+                        if let Some(old) = q.letters.remove(at) {
+                            q.bytes -= size_of(&old);
+                        }
+                    }
+                    _ => {}
+                }
+            }),
+        );
     }
 
     /// Writes a change through; a failure is logged and counted (the queue
@@ -323,6 +377,15 @@ impl DeadLetters {
     /// Adds a letter (its `id` is assigned here); returns the id.
     pub fn push(&self, mut letter: DeadLetter) -> u64 {
         letter.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(records) = self.records.as_ref().filter(|r| r.shared()) {
+            // Another host with the same tag may have used the id.
+            while records
+                .get(Table::DeadLetters, &record_key(letter.id))
+                .is_ok_and(|v| v.is_some())
+            {
+                letter.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let id = letter.id;
         self.put_back(letter);
         id

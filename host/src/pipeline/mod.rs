@@ -63,7 +63,7 @@ impl Pipeline {
     /// A pipeline over `bus` running the keys of `registry`; with
     /// `records`, its dead letters, quarantines and named consumers are
     /// written through and what they held is loaded. `shared`, when given
-    /// (a cluster), holds the quarantines instead, shared by every host.
+    /// (a cluster), holds them instead, shared by every host.
     pub fn new(
         bus: Arc<dyn EventBus>,
         registry: Arc<RwLock<Registry>>,
@@ -73,12 +73,15 @@ impl Pipeline {
     ) -> Result<Arc<Self>, StoreError> {
         let counts = Arc::new(EventCounts::new(config.max_event_types));
         bus.add_handler(counts.clone());
+        // In a cluster, dead letters, quarantines and named consumers are
+        // shared by every host; the local store keeps nothing of them.
+        let records = shared.clone().or(records);
         let named = Arc::new(NamedConsumers::new(config.consumer_ttl, records.clone())?);
         let dlq = match &records {
             Some(r) => DeadLetters::durable(config.dlq_capacity, config.dlq_bytes, r.clone())?,
             None => DeadLetters::new(config.dlq_capacity, config.dlq_bytes),
         };
-        let health = match shared.or(records) {
+        let health = match records {
             Some(r) => HealthBook::durable(config.quarantine_after, r)?,
             None => HealthBook::new(config.quarantine_after),
         };

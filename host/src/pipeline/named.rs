@@ -7,7 +7,10 @@
 //! host) and is bound to one key and one set of params. Acknowledgements
 //! only move forward. A name that is neither connected nor acknowledged
 //! for the configured time expires. With a store the book is written
-//! through (on create, ack and delete) and loaded at start.
+//! through (on create, ack and delete) and loaded at start. In a cluster
+//! the records are shared: each host reads a name's record before it uses
+//! it, so a consumer that reconnects to another host resumes after the
+//! acknowledgement it made on the first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -181,6 +184,56 @@ impl NamedConsumers {
         }
     }
 
+    /// In a cluster, takes what the shared record of `id` says (another
+    /// host may have made, acknowledged or deleted it); acknowledgements
+    /// only move forward.
+    fn refresh(&self, entries: &mut HashMap<String, Entry>, id: &str) -> Result<(), StoreError> {
+        let Some(records) = self.records.as_ref().filter(|r| r.shared()) else {
+            return Ok(());
+        };
+        match records.get(Table::Consumers, id)? {
+            Some(bytes) => {
+                let Ok(mut shared) = serde_json::from_slice::<NamedConsumer>(&bytes) else {
+                    return Ok(());
+                };
+                match entries.get_mut(id) {
+                    Some(e) => {
+                        shared.acked_seq = shared.acked_seq.max(e.consumer.acked_seq);
+                        e.consumer = shared;
+                    }
+                    None => {
+                        entries.insert(
+                            id.to_string(),
+                            Entry {
+                                consumer: shared,
+                                connected: 0,
+                            },
+                        );
+                    }
+                }
+            }
+            None => {
+                if entries.get(id).is_some_and(|e| e.connected == 0) {
+                    entries.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// In a cluster, every name any host made.
+    fn refresh_all(&self, entries: &mut HashMap<String, Entry>) -> Result<(), StoreError> {
+        let Some(records) = self.records.as_ref().filter(|r| r.shared()) else {
+            return Ok(());
+        };
+        let keys = records.keys(Table::Consumers, "")?;
+        let known: Vec<String> = entries.keys().cloned().collect();
+        for id in keys.iter().chain(&known) {
+            self.refresh(entries, id)?;
+        }
+        Ok(())
+    }
+
     /// Removes names unused for longer than the TTL.
     fn sweep(&self, entries: &mut HashMap<String, Entry>) {
         let cutoff = now_ms().saturating_sub(self.ttl.as_millis() as u64);
@@ -214,6 +267,7 @@ impl NamedConsumers {
         params.sort();
         let id = id(scope, name);
         let mut entries = self.lock();
+        self.refresh(&mut entries, &id)?;
         self.sweep(&mut entries);
         let now = now_ms();
         match entries.get_mut(&id) {
@@ -233,6 +287,10 @@ impl NamedConsumers {
                 }
                 e.connected += 1;
                 e.consumer.active_ms = now;
+                if self.records.as_ref().is_some_and(|r| r.shared()) {
+                    // Other hosts judge expiry by the shared record.
+                    self.write(&id, Some(&e.consumer))?;
+                }
             }
             None => {
                 if entries.len() >= MAX_NAMED_CONSUMERS {
@@ -292,6 +350,7 @@ impl NamedConsumers {
         }
         let id = id(scope, name);
         let mut entries = self.lock();
+        self.refresh(&mut entries, &id)?;
         let e = entries
             .get_mut(&id)
             .ok_or_else(|| NamedError::NotFound(name.to_string()))?;
@@ -309,6 +368,9 @@ impl NamedConsumers {
     /// the streams attached to each.
     pub fn list(&self, scope: Option<Option<&str>>) -> Vec<(NamedConsumer, usize)> {
         let mut entries = self.lock();
+        if let Err(e) = self.refresh_all(&mut entries) {
+            tracing::warn!("reading the cluster's named consumers: {e}");
+        }
         self.sweep(&mut entries);
         let mut out: Vec<_> = entries
             .values()
@@ -324,6 +386,7 @@ impl NamedConsumers {
         check_name(name)?;
         let id = id(scope, name);
         let mut entries = self.lock();
+        self.refresh(&mut entries, &id)?;
         if !entries.contains_key(&id) {
             return Err(NamedError::NotFound(name.to_string()));
         }
