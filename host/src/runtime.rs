@@ -53,6 +53,8 @@ pub struct Host {
     datastores: BTreeMap<String, Arc<Datastore>>,
     pipeline: Arc<Pipeline>,
     store: Option<Arc<RedbStore>>,
+    /// The cluster this host is part of, and its announcement there.
+    cluster: Option<(Arc<crate::cluster::Cluster>, Arc<crate::cluster::Presence>)>,
 }
 
 impl Host {
@@ -123,7 +125,7 @@ impl Host {
         }
         let api = Arc::new(api);
         let engine = PluginEngine::new(config.engine, api.clone())?;
-        let host = Self {
+        let mut host = Self {
             registry,
             engine,
             api,
@@ -132,9 +134,21 @@ impl Host {
             datastores,
             pipeline,
             store,
+            cluster: None,
         };
         if let Some(dir) = &host.plugin_dir {
             dir.load_all(&host.engine, &host.registry)?;
+        }
+        if let Some(cluster) = cluster {
+            let registry = Arc::downgrade(&host.registry);
+            let versions: crate::cluster::PluginVersions = Arc::new(move || {
+                registry
+                    .upgrade()
+                    .map(|r| plugin_versions(&r.read().unwrap_or_else(PoisonError::into_inner)))
+                    .unwrap_or_default()
+            });
+            let presence = crate::cluster::Presence::open(cluster.clone(), versions)?;
+            host.cluster = Some((cluster, presence));
         }
         Ok(host)
     }
@@ -308,6 +322,35 @@ impl Host {
             .unwrap_or_default()
     }
 
+    /// The cluster as this host sees it: every live host with its plugin
+    /// versions, and the skew between them (`None`: not in a cluster).
+    /// Blocks on NATS (bounded).
+    pub fn cluster_plugins(&self) -> Option<crate::wire::ClusterPlugins> {
+        let (cluster, presence) = self.cluster.as_ref()?;
+        let (hosts, error) = match presence.hosts() {
+            Ok(hosts) => (hosts, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        Some(crate::wire::ClusterPlugins {
+            name: cluster.config().name.clone(),
+            host_id: cluster.host_id().to_string(),
+            skew: crate::wire::plugin_skew(&hosts),
+            hosts,
+            error,
+        })
+    }
+
+    /// The cluster's name, this host's id in it and whether NATS is within
+    /// reach now (`None`: not in a cluster).
+    pub fn cluster_state(&self) -> Option<(String, String, bool)> {
+        let (cluster, _) = self.cluster.as_ref()?;
+        Some((
+            cluster.config().name.clone(),
+            cluster.host_id().to_string(),
+            cluster.connected(),
+        ))
+    }
+
     /// Every loaded plugin with its keys, for `/v1/plugins`.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         use std::sync::atomic::Ordering::Relaxed;
@@ -355,4 +398,13 @@ impl PluginLimits {
             max_output_kib: l.max_output_bytes / 1024,
         }
     }
+}
+
+/// Plugin name -> version of every plugin `registry` runs.
+fn plugin_versions(registry: &Registry) -> BTreeMap<String, String> {
+    registry
+        .list()
+        .filter_map(|k| crate::engine::as_plugin(&*k.plugin))
+        .map(|p| (p.name().to_string(), p.version().to_string()))
+        .collect()
 }

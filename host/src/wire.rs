@@ -129,3 +129,110 @@ pub struct DeadLetterSelector {
     #[schema(ignore)]
     pub scope: Option<String>,
 }
+
+/// A live host of the cluster, as it announces itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostPresence {
+    /// Its id (new at each start).
+    pub host_id: String,
+    /// Its machine's host name.
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// Its last announcement, ms since the Unix epoch.
+    pub seen_ms: u64,
+    /// The plugins it runs: name -> version.
+    pub plugins: std::collections::BTreeMap<String, String>,
+}
+
+/// A plugin that the live hosts do not all run in one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PluginSkew {
+    /// The plugin.
+    pub plugin: String,
+    /// Each version run, with the hosts that run it.
+    pub versions: std::collections::BTreeMap<String, Vec<String>>,
+    /// Hosts that do not run it at all.
+    pub missing_on: Vec<String>,
+}
+
+/// The cluster as one host sees it (`GET /v1/plugins`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClusterPlugins {
+    /// The cluster's name.
+    pub name: String,
+    /// This host's id.
+    pub host_id: String,
+    /// Every live host.
+    pub hosts: Vec<HostPresence>,
+    /// Plugins whose version differs between hosts, or that some lack.
+    pub skew: Vec<PluginSkew>,
+    /// Why the hosts could not be listed (NATS unreachable), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The plugins whose versions differ across `hosts` (or that some lack).
+pub fn plugin_skew(hosts: &[HostPresence]) -> Vec<PluginSkew> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let names: BTreeSet<&String> = hosts.iter().flat_map(|h| h.plugins.keys()).collect();
+    let mut out = Vec::new();
+    for name in names {
+        let mut versions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut missing_on = Vec::new();
+        for h in hosts {
+            match h.plugins.get(name) {
+                Some(v) => versions
+                    .entry(v.clone())
+                    .or_default()
+                    .push(h.host_id.clone()),
+                None => missing_on.push(h.host_id.clone()),
+            }
+        }
+        if versions.len() > 1 || !missing_on.is_empty() {
+            out.push(PluginSkew {
+                plugin: name.clone(),
+                versions,
+                missing_on,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, plugins: &[(&str, &str)]) -> HostPresence {
+        HostPresence {
+            host_id: id.into(),
+            name: "h".into(),
+            pid: 1,
+            started_ms: 0,
+            seen_ms: 0,
+            plugins: plugins
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn skew_names_differing_versions_and_missing_plugins() {
+        let hosts = [
+            host("a", &[("enrich", "v1"), ("fs", "x")]),
+            host("b", &[("enrich", "v2"), ("fs", "x")]),
+            host("c", &[("fs", "x")]),
+        ];
+        let skew = plugin_skew(&hosts);
+        assert_eq!(skew.len(), 1, "{skew:?}");
+        assert_eq!(skew[0].plugin, "enrich");
+        assert_eq!(skew[0].versions["v1"], vec!["a"]);
+        assert_eq!(skew[0].versions["v2"], vec!["b"]);
+        assert_eq!(skew[0].missing_on, vec!["c"]);
+        assert!(plugin_skew(&hosts[..1]).is_empty());
+    }
+}

@@ -19,6 +19,11 @@ use weir_tests::{
 /// `node`'s server first, so that hosts reach the cluster through
 /// different nodes).
 async fn host_on(urls: &[String], node: usize, name: &str) -> TestServer {
+    host_with(urls, node, name, true).await
+}
+
+/// [`host_on`], with the hostile guest only if `hostile`.
+async fn host_with(urls: &[String], node: usize, name: &str, hostile: bool) -> TestServer {
     let mut urls = urls.to_vec();
     urls.rotate_left(node);
     let mut cluster = ClusterConfig::new(urls);
@@ -38,14 +43,16 @@ async fn host_on(urls: &[String], node: usize, name: &str) -> TestServer {
     // The hostile guest as plugin `hostile`, granted its state, on every
     // host (plugin state is keyed by plugin name).
     let plugins = tempfile::tempdir().unwrap();
-    std::fs::copy(guest("guest-hostile"), plugins.path().join("hostile.wasm")).unwrap();
-    std::fs::write(
-        plugins.path().join("hostile.toml"),
-        "[capabilities]\napi = [\"GET /v1/state/*\", \"PUT /v1/state/*\", \"DELETE /v1/state/*\"]\n",
-    )
-    .unwrap();
-    host.load_file(&plugins.path().join("hostile.wasm"))
-        .expect("the hostile guest registers");
+    if hostile {
+        std::fs::copy(guest("guest-hostile"), plugins.path().join("hostile.wasm")).unwrap();
+        std::fs::write(
+            plugins.path().join("hostile.toml"),
+            "[capabilities]\napi = [\"GET /v1/state/*\", \"PUT /v1/state/*\", \"DELETE /v1/state/*\"]\n",
+        )
+        .unwrap();
+        host.load_file(&plugins.path().join("hostile.wasm"))
+            .expect("the hostile guest registers");
+    }
     host.load_file(&guest("guest-pipeline"))
         .expect("the pipeline guest registers");
     TestServer::start(Arc::new(host)).await
@@ -625,4 +632,97 @@ async fn a_named_consumer_resumes_on_another_host_after_its_acknowledgement() {
     );
     let (_, list) = b.get("/v1/consumers", Role::Query).await;
     assert_eq!(list["consumers"][0]["acked_seq"], seqs[5], "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_show_each_other_and_ride_out_nats_going_away() {
+    let mut nats = NatsCluster::start().await;
+    let a = host_on(&nats.urls, 0, "t9").await;
+    let b = host_with(&nats.urls, 1, "t9", false).await;
+
+    // Every live host, its plugins, and the skew: B lacks `hostile`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let cluster = loop {
+        let (status, plugins) = b.get("/v1/plugins", Role::Admin).await;
+        assert_eq!(status, StatusCode::OK, "{plugins}");
+        // Plugins loaded after the start show at the next announcement.
+        if plugins["cluster"]["hosts"].as_array().map(Vec::len) == Some(2)
+            && plugins["cluster"]["skew"].as_array().map(Vec::len) == Some(1)
+        {
+            break plugins["cluster"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{plugins}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, ready_a) = a.get("/readyz", Role::Query).await;
+    assert_eq!(ready_a["cluster"]["state"], "connected", "{ready_a}");
+    let host_a = ready_a["cluster"]["host_id"].clone();
+    let skew = cluster["skew"].as_array().unwrap();
+    assert_eq!(skew.len(), 1, "{cluster}");
+    assert_eq!(skew[0]["plugin"], "hostile");
+    assert_eq!(skew[0]["missing_on"], json!([cluster["host_id"]]));
+    assert_eq!(
+        skew[0]["versions"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap(),
+        &json!([host_a])
+    );
+
+    // A datastore served on B, then NATS goes away entirely.
+    let sid = a.create_session().await;
+    let (status, body) = a.push(&sid, snapshot_end(files(0, 5))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_stats(&b, "the snapshot on B", |s, v| {
+        s == StatusCode::OK && v["total_files"] == 5
+    })
+    .await;
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, ready) = a.get("/readyz", Role::Query).await;
+        if ready["cluster"]["state"] == "unreachable" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Publishing says why it cannot; nothing is called accepted.
+    let (status, body) = a
+        .send("POST", "/v1/events", Some(Role::Ingest), Some(events(0, 1)))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("NATS"), "{body}");
+    let (status, body) = a.push_rows(&sid, "message", "update", files(5, 1)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // Views serve what was applied.
+    let (status, stats) = b.get("/api/v1/views/default/stats", Role::Query).await;
+    assert_eq!(
+        (status, stats["total_files"].as_u64()),
+        (StatusCode::OK, Some(5)),
+        "{stats}"
+    );
+
+    // NATS comes back: the hosts reconnect by themselves.
+    for i in 0..3 {
+        nats.restart(i);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = a
+            .send("POST", "/v1/events", Some(Role::Ingest), Some(events(1, 1)))
+            .await;
+        if status == StatusCode::OK {
+            assert_eq!(accepted_seqs(&body).len(), 1, "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_, ready) = b.get("/readyz", Role::Query).await;
+    assert_eq!(ready["cluster"]["state"], "connected", "{ready}");
 }

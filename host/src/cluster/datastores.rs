@@ -335,6 +335,10 @@ impl Replication for SharedDatastores {
         Ok(deleted)
     }
 
+    fn connected(&self) -> bool {
+        self.cluster.connected()
+    }
+
     fn session(&self, datastore: &str) -> Option<SharedSession> {
         self.mirror().current.get(datastore).map(|(s, _)| s.clone())
     }

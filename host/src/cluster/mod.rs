@@ -21,6 +21,7 @@
 mod bus;
 mod datastores;
 mod leases;
+mod presence;
 mod records;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use std::time::Duration;
 pub use bus::JetStreamBus;
 pub use datastores::SharedDatastores;
 pub use leases::{HOLD_TTL, KvLeases, RENEW_EVERY, SharedLeases};
+pub use presence::{ANNOUNCE_EVERY, PRESENCE_TTL, PluginVersions, Presence};
 pub use records::KvRecords;
 pub use weir_core::settings::{ClusterConfig, LogConfig};
 
@@ -153,6 +155,12 @@ impl Cluster {
     /// This host's id in the cluster: new at each start.
     pub fn host_id(&self) -> &str {
         &self.host_id
+    }
+
+    /// Whether the client is connected to a NATS server now (it
+    /// reconnects by itself).
+    pub fn connected(&self) -> bool {
+        self.js.client().connection_state() == async_nats::connection::State::Connected
     }
 
     /// The settings it was made with.

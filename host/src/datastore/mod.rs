@@ -340,7 +340,7 @@ impl Datastore {
         };
         let shared = r.session(&self.config.name)?;
         let now_ms = crate::time::now_ms();
-        if shared.expired(now_ms, self.config.sessions.timeout) {
+        if shared.expired(now_ms, self.config.sessions.timeout) && r.connected() {
             return None;
         }
         let now = Instant::now();

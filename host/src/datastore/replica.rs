@@ -204,6 +204,14 @@ pub trait Replication: Send + Sync {
     /// Appends `op` to the datastore's ingest log; returns once the log has
     /// it.
     fn append(&self, datastore: &str, op: &IngestOp) -> Result<(), Unavailable>;
+
+    /// Whether the cluster is within reach now. While it is not, nobody
+    /// can tell whether the agent lives: views go on serving what the
+    /// replica last applied (and `/readyz` says the cluster is out of
+    /// reach) rather than expiring the session.
+    fn connected(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

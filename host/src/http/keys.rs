@@ -72,7 +72,9 @@ pub(super) async fn get_key(
 /// The plugins.
 ///
 /// Needs role `admin`. Loaded plugins (file, SHA-256, keys, load time, call
-/// and fault counters, limits) and failed ones with every reason.
+/// and fault counters, limits) and failed ones with every reason. In a
+/// cluster, also every live host with the plugin versions it runs, and the
+/// plugins whose versions differ between hosts (`cluster.skew`).
 #[utoipa::path(
     get,
     path = "/v1/plugins",
@@ -88,9 +90,16 @@ pub(super) async fn list_plugins(
     caller: Caller,
 ) -> Result<Json<PluginList>, AppError> {
     caller.host_level()?;
+    let cluster = {
+        let host = host.clone();
+        tokio::task::spawn_blocking(move || host.cluster_plugins())
+            .await
+            .map_err(|e| AppError::Internal(e.into()))?
+    };
     Ok(Json(PluginList {
         loaded: host.plugins(),
         failed: host.failed_plugins(),
+        cluster,
     }))
 }
 
@@ -102,6 +111,10 @@ pub(super) struct PluginList {
     /// Plugin files that failed to load (a replacement that failed leaves
     /// the old version in `loaded`).
     failed: Vec<crate::runtime::FailedPlugin>,
+    /// The live hosts of the cluster and the version skew between them
+    /// (absent on a host alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::wire::ClusterPlugins>,
 }
 
 /// Lift a key's quarantine.

@@ -40,7 +40,7 @@ pub(super) async fn healthz() -> Json<Value> {
     path = "/readyz",
     tag = "system",
     responses(
-        (status = 200, description = "Ready: `status`, counts of keys, failed plugins, datastores and ready datastores, and the `store`: `state` (`ok`, `failing`: publishing answers 503 until a write succeeds, or `ephemeral`) and `size_bytes`.", body = Object),
+        (status = 200, description = "Ready: `status`, counts of keys, failed plugins, datastores and ready datastores, and the `store`: `state` (`ok`, `failing`: publishing answers 503 until a write succeeds, or `ephemeral`) and `size_bytes`, and the `cluster`: `state` (`none` on a host alone, `connected`, or `unreachable`: NATS is out of reach, publishing answers 503 and views serve what was last applied), `name`, `host_id`.", body = Object),
         (status = 503, description = "Shutting down (`unavailable`).", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
@@ -56,6 +56,19 @@ pub(super) async fn readyz(State(host): State<Arc<Host>>) -> Result<Json<Value>,
         "failed_plugins": host.failed_plugins().len(),
         "datastores_ready": host.datastores().filter(|d| d.readiness().is_ok()).count(),
         "datastores": host.datastores().count(),
+        "cluster": match host.cluster_state() {
+            Some((name, host_id, connected)) => json!({
+                "name": name,
+                "host_id": host_id,
+                "state": if connected { "connected" } else { "unreachable" },
+                "detail": if connected {
+                    "NATS is within reach"
+                } else {
+                    "NATS is out of reach: publishing and agent pushes answer 503; views serve the state last applied; reconnecting"
+                },
+            }),
+            None => json!({"state": "none"}),
+        },
         "store": match host.store() {
             Some(store) => {
                 let summary = store.summary();
