@@ -36,7 +36,8 @@ pub struct ConsumeArgs {
     /// Write each event to `DIR/SEQ.json` instead of stdout.
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
-    /// Base URL of the host.
+    /// Base URL of the host; several, comma-separated, for the hosts of a
+    /// cluster: a named consumer that loses its host goes on with the next.
     #[arg(long, env = "WEIR_URL", default_value = "http://127.0.0.1:7070")]
     pub url: String,
     /// API key with the query role.
@@ -78,6 +79,22 @@ struct Progress {
     /// The newest sequence number acknowledged.
     acked: u64,
     last_ack: Option<std::time::Instant>,
+    /// Which of the URLs is used now.
+    host: usize,
+}
+
+/// The base URL in use: the `p.host`th of `--url`'s (wrapping around).
+fn base_url<'a>(args: &'a ConsumeArgs, p: &Progress) -> &'a str {
+    let urls: Vec<&str> = args
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return &args.url;
+    }
+    urls[p.host % urls.len()]
 }
 
 /// How a connection ended.
@@ -102,6 +119,10 @@ async fn stream(
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
         let outcome = connect(&client, args, out, err, &mut progress).await?;
+        if matches!(outcome, Outcome::Lost(_)) {
+            // The next host (with one URL, the same one again).
+            progress.host += 1;
+        }
         // Whatever happened, what was written is acknowledged if it can be.
         ack(&client, args, &mut progress, err, true).await;
         match outcome {
@@ -132,30 +153,46 @@ async fn ack(
     if p.written <= p.acked || !(now || p.last_ack.is_none_or(|t| t.elapsed() >= ACK_EVERY)) {
         return;
     }
-    let Ok(mut url) = reqwest::Url::parse(&args.url) else {
-        return;
-    };
-    if let Ok(mut segments) = url.path_segments_mut() {
-        segments
-            .pop_if_empty()
-            .extend(["v1", "consumers", name.as_str(), "ack"]);
-    }
-    let mut req = client
-        .post(url)
-        .json(&serde_json::json!({ "seq": p.written }));
-    if let Some(key) = &args.api_key {
-        req = req.header("X-API-Key", key);
-    }
+    let hosts = args
+        .url
+        .split(',')
+        .filter(|u| !u.trim().is_empty())
+        .count()
+        .max(1);
     p.last_ack = Some(std::time::Instant::now());
-    match req.send().await {
-        Ok(resp) if resp.status().is_success() => p.acked = p.written,
-        // Not acknowledged: those events may come again after a reconnect,
-        // and are skipped then (or written again by the next run).
-        Ok(resp) => {
-            let _ = writeln!(err, "acknowledgement refused: {}", resp.status());
+    // A host out of reach: the next one takes the acknowledgement (they
+    // share the consumer's record), each tried once.
+    for _ in 0..hosts {
+        let Ok(mut url) = reqwest::Url::parse(base_url(args, p)) else {
+            return;
+        };
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments
+                .pop_if_empty()
+                .extend(["v1", "consumers", name.as_str(), "ack"]);
         }
-        Err(e) => {
-            let _ = writeln!(err, "acknowledgement not sent: {e}");
+        let mut req = client
+            .post(url)
+            .json(&serde_json::json!({ "seq": p.written }));
+        if let Some(key) = &args.api_key {
+            req = req.header("X-API-Key", key);
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                p.acked = p.written;
+                return;
+            }
+            // Not acknowledged: those events may come again after a
+            // reconnect, and are skipped then (or written again by the next
+            // run).
+            Ok(resp) => {
+                let _ = writeln!(err, "acknowledgement refused: {}", resp.status());
+                return;
+            }
+            Err(e) => {
+                let _ = writeln!(err, "acknowledgement not sent: {e}");
+                p.host += 1;
+            }
         }
     }
 }
@@ -167,10 +204,10 @@ async fn connect(
     err: &mut dyn Write,
     p: &mut Progress,
 ) -> anyhow::Result<Outcome> {
-    let mut url =
-        reqwest::Url::parse(&args.url).with_context(|| format!("`{}` is not a URL", args.url))?;
+    let base = base_url(args, p);
+    let mut url = reqwest::Url::parse(base).with_context(|| format!("`{base}` is not a URL"))?;
     url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("`{}` cannot be a base URL", args.url))?
+        .map_err(|()| anyhow::anyhow!("`{base}` cannot be a base URL"))?
         .pop_if_empty()
         .extend(["v1", "keys", args.key.as_str(), "stream"]);
     url.query_pairs_mut()
@@ -185,7 +222,7 @@ async fn connect(
     }
     let resp = match req.send().await {
         Ok(resp) => resp,
-        Err(e) => return Ok(Outcome::Lost(format!("cannot reach {}: {e}", args.url))),
+        Err(e) => return Ok(Outcome::Lost(format!("cannot reach {base}: {e}"))),
     };
     if !resp.status().is_success() {
         let status = resp.status();

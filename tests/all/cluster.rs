@@ -726,3 +726,129 @@ async fn hosts_show_each_other_and_ride_out_nats_going_away() {
     let (_, ready) = b.get("/readyz", Role::Query).await;
     assert_eq!(ready["cluster"]["state"], "connected", "{ready}");
 }
+
+/// `weir serve` on the cluster at `urls`, its data in memory.
+fn serve_on(urls: &[String], name: &str) -> crate::serve_binary::Served {
+    crate::serve_binary::serve_with(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--plugin-poll-ms",
+            "0",
+            "--nats",
+            &urls.join(","),
+            "--cluster-name",
+            name,
+            "--retention-bytes",
+            "67108864",
+        ],
+        &[
+            ("WEIR_INGEST_KEY", "c-ingest"),
+            ("WEIR_QUERY_KEY", "c-query"),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_consumer_whose_host_dies_resumes_on_another_with_no_gap() {
+    const N: usize = 20_000;
+    let nats = NatsCluster::start().await;
+    let mut b = serve_on(&nats.urls, "t10");
+    let c = serve_on(&nats.urls, "t10");
+    let (base_b, base_c) = (format!("http://{}", b.addr), format!("http://{}", c.addr));
+    let mut seqs = Vec::new();
+    let publish = |n: usize| {
+        let url = format!("{base_c}/v1/events");
+        async move {
+            let answer = weir_tests::call(
+                "POST",
+                &url,
+                "c-ingest",
+                Some(&crate::durability::batch(1, n, 1000)),
+            )
+            .await;
+            accepted_seqs(&answer)
+        }
+    };
+    // Half now, half after B is gone (the consumer must fetch those from C).
+    for n in 0..N / 2000 {
+        seqs.extend(publish(n).await);
+    }
+    let out = tempfile::tempdir().unwrap();
+    // The consumer knows both hosts and starts on B.
+    let mut consumer = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "consume",
+            "json.field_equals",
+            "-p",
+            "field=k",
+            "-p",
+            "equals=v",
+        ])
+        .args(["--consumer", "c1", "--from", "earliest"])
+        .args(["--url", &format!("{base_b},{base_c}")])
+        .args([
+            "--api-key",
+            "c-query",
+            "--max-events",
+            &N.to_string(),
+            "--output-dir",
+        ])
+        .arg(out.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while crate::durability::files_in(out.path()) < N / 4 {
+        assert!(std::time::Instant::now() < deadline, "delivery stalled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let written = crate::durability::files_in(out.path());
+    assert!(written < N, "B died during delivery ({written} of {N})");
+    for n in N / 2000..N / 1000 {
+        seqs.extend(publish(n).await);
+    }
+    assert_eq!(seqs.len(), N);
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some(status) = consumer.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut consumer.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                return (status, stderr);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the consumer did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    let mut got: Vec<u64> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            name.strip_suffix(".json")
+                .map(|s| s.parse::<u64>().unwrap())
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, seqs, "every event once, none missing");
+    let listed = weir_tests::call("GET", &format!("{base_c}/v1/consumers"), "c-query", None).await;
+    assert_eq!(
+        listed["consumers"][0]["acked_seq"],
+        *seqs.last().unwrap(),
+        "{listed}"
+    );
+    drop(c);
+}

@@ -175,7 +175,7 @@ fn start(dir: &std::path::Path) -> Served {
     )
 }
 
-fn batch(client: usize, n: usize, size: usize) -> Value {
+pub(crate) fn batch(client: usize, n: usize, size: usize) -> Value {
     Value::Array(
         (0..size)
             .map(|i| {
@@ -490,7 +490,7 @@ fn start_on(dir: &std::path::Path, port: u16) -> Served {
     )
 }
 
-fn files_in(dir: &std::path::Path) -> usize {
+pub(crate) fn files_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| {
         d.filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
