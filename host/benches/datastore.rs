@@ -5,7 +5,9 @@
 //! number of files for the tree, default 1000000).
 //!
 //! - ingestion: rows/s through `POST /api/v1/pipe/ingest/{sid}/events` until
-//!   applied, beside the same bodies parsed and applied in-process;
+//!   applied, beside the same bodies parsed and applied in-process; and in a
+//!   cluster (3 NATS nodes, replicas 3, loopback): pushes to host A until
+//!   host B's replica is READY, beside the embedded host;
 //! - serialization: MB/s of the streamed tree JSON, beside building a
 //!   `serde_json::Value` tree from the index and serializing that;
 //! - memory: bytes per file of the hash tree (names excluded), beside a
@@ -56,27 +58,41 @@ fn ingest_in_process(bodies: &[Vec<u8>]) -> Duration {
     start.elapsed()
 }
 
-async fn ingest_http(bodies: &[Vec<u8>], rows: usize) -> Duration {
+/// A host for the ingestion bench; on the cluster at `nats`, if given.
+fn ingest_host(nats: Option<&[String]>) -> Arc<Host> {
     let mut keys = Keys::new();
     keys.insert("bench-ingest", Role::Ingest, "default");
     keys.insert("bench-query", Role::Query, "default");
     let mut ds = DatastoreConfig::named("default");
     ds.queue_rows = 1_000_000;
-    let host = Arc::new(
+    let cluster = nats.map(|urls| {
+        let mut c = weir_host::cluster::ClusterConfig::new(urls.to_vec());
+        c.name = "bench-ingest".into();
+        c.log.retention_bytes = 1 << 30;
+        c
+    });
+    Arc::new(
         Host::new(HostConfig {
             keys,
             datastores: vec![ds],
+            cluster,
             ..Default::default()
         })
         .unwrap(),
-    );
+    )
+}
+
+/// Serves `host` on a loopback port; its base URL.
+async fn serve(host: Arc<Host>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(weir_host::run(
-        listener,
-        host.clone(),
-        std::future::pending(),
-    ));
+    tokio::spawn(weir_host::run(listener, host, std::future::pending()));
+    base
+}
+
+/// Pushes `bodies` (a snapshot of `rows` rows) to the host at `base` until
+/// the host at `views` is READY with every row.
+async fn ingest_http(bodies: &[Vec<u8>], rows: usize, base: &str, views: &str) -> Duration {
     let client = reqwest::Client::new();
     let grant: Value = client
         .post(format!("{base}/api/v1/pipe/session/"))
@@ -118,7 +134,7 @@ async fn ingest_http(bodies: &[Vec<u8>], rows: usize) -> Duration {
         .unwrap();
     loop {
         let resp = client
-            .get(format!("{base}/api/v1/views/default/stats"))
+            .get(format!("{views}/api/v1/views/default/stats"))
             .header("X-API-Key", "bench-query")
             .send()
             .await
@@ -157,7 +173,10 @@ fn main() {
     let bodies = bodies(ingest_rows);
     let core = ingest_in_process(&bodies);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let http = runtime.block_on(ingest_http(&bodies, ingest_rows));
+    let http = runtime.block_on(async {
+        let base = serve(ingest_host(None)).await;
+        ingest_http(&bodies, ingest_rows, &base, &base).await
+    });
     let rate = |d: Duration| ingest_rows as f64 / d.as_secs_f64();
     println!("snapshot ingestion, {ingest_rows} rows in pushes of {ROWS_PER_PUSH}:");
     println!("  through HTTP until applied  {:>12.0} rows/s", rate(http));
@@ -165,6 +184,34 @@ fn main() {
         "  parse + apply in process    {:>12.0} rows/s   (HTTP at {:.2}x of it)",
         rate(core),
         rate(http) / rate(core)
+    );
+    // The cluster: pushes to A, until B's replica is READY.
+    let (one, two) = runtime.block_on(async {
+        let nats = weir_tests::nats::NatsCluster::start().await;
+        let urls = nats.urls.clone();
+        let a = tokio::task::spawn_blocking({
+            let urls = urls.clone();
+            move || ingest_host(Some(&urls))
+        })
+        .await
+        .unwrap();
+        let b = tokio::task::spawn_blocking(move || ingest_host(Some(&urls)))
+            .await
+            .unwrap();
+        let (a, b) = (serve(a).await, serve(b).await);
+        let one = ingest_http(&bodies, ingest_rows, &a, &a).await;
+        let two = ingest_http(&bodies, ingest_rows, &a, &b).await;
+        (one, two)
+    });
+    println!(
+        "  JetStream, ready on A        {:>12.0} rows/s   ({:.2}x of the embedded host)",
+        rate(one),
+        rate(one) / rate(http)
+    );
+    println!(
+        "  JetStream, pushed to A, ready on B {:>6.0} rows/s   ({:.2}x of the embedded host)",
+        rate(two),
+        rate(two) / rate(http)
     );
 
     // The big tree.

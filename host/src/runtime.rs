@@ -34,7 +34,8 @@ pub struct HostConfig {
     pub pipeline: PipelineConfig,
     /// The data directory: the event log, dead letters, plugin state,
     /// quarantines and named consumers live there and survive restarts.
-    /// `None`: memory only (`--ephemeral`).
+    /// `None`: memory only (`--ephemeral`). Not used in a cluster, where
+    /// JetStream holds all of it.
     pub data_dir: Option<PathBuf>,
     /// A NATS JetStream cluster: the event bus is shared by every host on
     /// it (`None`: one host).
@@ -63,9 +64,10 @@ impl Host {
     /// it does not stop the host.
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
         let registry = Arc::new(RwLock::new(Registry::new()));
-        let store = match &config.data_dir {
-            Some(dir) => Some(RedbStore::open(DataDir::open(dir)?, config.bus.log)?),
-            None => None,
+        // In a cluster everything durable lives in JetStream: no local store.
+        let store = match (&config.data_dir, &config.cluster) {
+            (Some(dir), None) => Some(RedbStore::open(DataDir::open(dir)?, config.bus.log)?),
+            _ => None,
         };
         let cluster = match &config.cluster {
             Some(c) => Some(crate::cluster::Cluster::connect(c.clone())?),

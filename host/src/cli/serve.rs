@@ -104,8 +104,17 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         datastores,
         bus,
         pipeline,
-        data_dir: settings.data_dir.clone(),
+        // A cluster keeps what it shares in JetStream: no data directory
+        // (two hosts on one machine must not contend for the default one).
+        data_dir: settings.data_dir.clone().filter(|_| cluster.is_none()),
         cluster,
+    };
+    let data = match &config.cluster {
+        Some(c) => format!("JetStream (cluster {})", c.name),
+        None => config
+            .data_dir
+            .as_ref()
+            .map_or("ephemeral".to_string(), |d| d.display().to_string()),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -113,10 +122,6 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let data = settings
-            .data_dir
-            .as_ref()
-            .map_or("ephemeral".to_string(), |d| d.display().to_string());
         tracing::info!(addr = %listener.local_addr()?, plugins = %settings.plugins.display(), data = %data, keys = host.registry().len(), "weir serving");
         let watcher = settings.plugin_poll.map(|every| host.watch_plugins(every));
         // `run` drains the queues (nothing accepted is lost) and ends the
