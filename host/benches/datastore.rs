@@ -90,6 +90,42 @@ async fn serve(host: Arc<Host>) -> String {
     base
 }
 
+/// The NATS side alone: `bodies` published to a stream with 3 replicas,
+/// awaiting each acknowledgement before the next publish (as an agent's
+/// pushes go), then all published before any acknowledgement is awaited.
+async fn raw_jetstream(urls: &[String], bodies: &[Vec<u8>]) -> (Duration, Duration) {
+    use async_nats::jetstream;
+    let client = async_nats::connect(urls.join(",")).await.unwrap();
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "bench-raw".into(),
+        subjects: vec!["bench-raw.>".into()],
+        num_replicas: 3,
+        max_bytes: 1 << 30,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let start = Instant::now();
+    for body in bodies {
+        js.publish("bench-raw.one", body.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let one = start.elapsed();
+    let start = Instant::now();
+    let mut acks = Vec::new();
+    for body in bodies {
+        acks.push(js.publish("bench-raw.all", body.clone().into()).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    (one, start.elapsed())
+}
+
 /// Pushes `bodies` (a snapshot of `rows` rows) to the host at `base` until
 /// the host at `views` is READY with every row.
 async fn ingest_http(bodies: &[Vec<u8>], rows: usize, base: &str, views: &str) -> Duration {
@@ -186,7 +222,7 @@ fn main() {
         rate(http) / rate(core)
     );
     // The cluster: pushes to A, until B's replica is READY.
-    let (one, two) = runtime.block_on(async {
+    let (one, two, (raw_one, raw_pipelined)) = runtime.block_on(async {
         let nats = weir_tests::nats::NatsCluster::start().await;
         let urls = nats.urls.clone();
         let a = tokio::task::spawn_blocking({
@@ -201,7 +237,8 @@ fn main() {
         let (a, b) = (serve(a).await, serve(b).await);
         let one = ingest_http(&bodies, ingest_rows, &a, &a).await;
         let two = ingest_http(&bodies, ingest_rows, &a, &b).await;
-        (one, two)
+        let raw = raw_jetstream(&nats.urls, &bodies).await;
+        (one, two, raw)
     });
     println!(
         "  JetStream, ready on A        {:>12.0} rows/s   ({:.2}x of the embedded host)",
@@ -212,6 +249,11 @@ fn main() {
         "  JetStream, pushed to A, ready on B {:>6.0} rows/s   ({:.2}x of the embedded host)",
         rate(two),
         rate(two) / rate(http)
+    );
+    println!(
+        "  the same bodies straight to a replicated stream, one ack at a time {:>8.0} rows/s; all in flight {:>8.0} rows/s",
+        rate(raw_one),
+        rate(raw_pipelined)
     );
 
     // The big tree.

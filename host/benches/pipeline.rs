@@ -322,10 +322,20 @@ async fn cluster(embedded: &str, n: usize) -> anyhow::Result<()> {
     println!("cluster: the wasm pipeline with the bus on 3 NATS nodes (replicas 3), {n} events");
     throughput(&on_a, "fs.large_files", 5_000, 50_000_000).await?;
     let (mut e, mut one, mut two) = (0f64, 0f64, 0f64);
+    let mut spent = (0f64, 0f64, 0f64);
     for round in 0..3 {
         let offset = 51_000_000 + round * 4 * n;
         e = e.max(throughput(embedded, "fs.large_files", n, offset).await?.0);
+        // Where the time goes: CPU seconds of the NATS nodes and of this
+        // process (the host and the client) over the one-host run.
+        let (nats_before, me_before) = (cpu_secs(&nats.pids()), cpu_secs(&[std::process::id()]));
+        let started = Instant::now();
         one = one.max(throughput(&on_a, "fs.large_files", n, offset + n).await?.0);
+        spent = (
+            cpu_secs(&nats.pids()) - nats_before,
+            cpu_secs(&[std::process::id()]) - me_before,
+            started.elapsed().as_secs_f64(),
+        );
         // Two hosts: POSTs to A, one consumer on A and one on B; the time
         // until both have every event.
         // B's `latest` is the newest event it has seen (refreshed every
@@ -351,11 +361,35 @@ async fn cluster(embedded: &str, n: usize) -> anyhow::Result<()> {
         "  JetStream, 2 hosts:          {two:>10.0} events/s   ratio {:.2} (every event to a consumer on each host)",
         two / e
     );
+    let (nats_cpu, me_cpu, wall) = spent;
+    println!(
+        "  where the time goes (last 1-host run, {wall:.2} s wall on {} cores): NATS nodes {nats_cpu:.2} CPU-s ({:.0}%), host + client {me_cpu:.2} CPU-s ({:.0}%), {:.0}% of the machine busy",
+        std::thread::available_parallelism().map_or(1, |c| c.get()),
+        100.0 * nats_cpu / (nats_cpu + me_cpu),
+        100.0 * me_cpu / (nats_cpu + me_cpu),
+        100.0 * (nats_cpu + me_cpu)
+            / (wall * std::thread::available_parallelism().map_or(1, |c| c.get()) as f64)
+    );
     let _ = stop_a.send(());
     let _ = stop_b.send(());
     served_a.await??;
     served_b.await??;
     Ok(())
+}
+
+/// CPU seconds (user + system) the processes `pids` have used so far.
+fn cpu_secs(pids: &[u32]) -> f64 {
+    // Clock ticks per second: 100 on Linux.
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces).
+            let rest = stat.rsplit_once(") ")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / 100.0
 }
 
 /// Reads `n` envelopes from `stream` (events posted elsewhere).

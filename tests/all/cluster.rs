@@ -458,11 +458,14 @@ async fn a_datastore_pushed_through_any_host_is_served_by_every_host() {
         s == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    let (status, body) = a.push(&sid2, snapshot_end(files(0, 10))).await;
+    // One push larger than a NATS message (1 MiB) travels in parts.
+    let big = snapshot_end(files(0, 20_000));
+    assert!(big.to_string().len() > 1 << 20);
+    let (status, body) = a.push(&sid2, big).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     for host in [&a, &b, &c] {
         wait_stats(host, "the second snapshot", |s, v| {
-            s == StatusCode::OK && v["total_files"] == 10
+            s == StatusCode::OK && v["total_files"] == 20_000
         })
         .await;
     }

@@ -348,18 +348,47 @@ impl Replication for SharedDatastores {
         let subject = self.subject(datastore);
         let payload: bytes::Bytes = op.encode().into();
         let marker = matches!(op, IngestOp::Session { .. });
+        // A push may be larger than a NATS message (1 MiB by default): it
+        // goes in parts, which the followers put together again.
+        let server_max = js.client().server_info().max_payload;
+        let part_max = if server_max > 2 * PART_HEADROOM {
+            server_max - PART_HEADROOM
+        } else {
+            DEFAULT_PART_BYTES
+        };
         self.cluster
             .block_on(async move {
                 let work = async {
-                    let ack = js.publish(subject.clone(), payload).await?.await?;
+                    let parts: Vec<bytes::Bytes> = if payload.len() <= part_max {
+                        vec![payload]
+                    } else {
+                        (0..payload.len())
+                            .step_by(part_max)
+                            .map(|at| payload.slice(at..(at + part_max).min(payload.len())))
+                            .collect()
+                    };
+                    let id = crate::datastore::session::new_uuid();
+                    let n = parts.len();
+                    // Every part goes out before the first ack is awaited.
+                    let mut pending = Vec::with_capacity(n);
+                    for (i, part) in parts.into_iter().enumerate() {
+                        let mut headers = async_nats::HeaderMap::new();
+                        if n > 1 {
+                            headers.insert(PART_HEADER, format!("{id} {} {n}", i + 1).as_str());
+                        }
+                        pending.push(
+                            js.publish_with_headers(subject.clone(), headers, part)
+                                .await?,
+                        );
+                    }
+                    let mut last = 0;
+                    for p in pending {
+                        last = p.await?.sequence;
+                    }
                     if marker {
                         // The new session's history starts here: what came
                         // before on this subject is no longer needed.
-                        stream
-                            .purge()
-                            .filter(subject)
-                            .sequence(ack.sequence)
-                            .await?;
+                        stream.purge().filter(subject).sequence(last).await?;
                     }
                     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
                 };
@@ -376,6 +405,62 @@ impl Replication for SharedDatastores {
     }
 }
 
+/// The header of a part of an operation sent in several messages:
+/// `ID I N` (part I of N, from 1).
+const PART_HEADER: &str = "Weir-Part";
+/// Room left in a message for headers and protocol.
+const PART_HEADROOM: usize = 4096;
+/// Part size when the server does not say its limit.
+const DEFAULT_PART_BYTES: usize = 512 * 1024;
+/// Operations in parts held at once by a follower (each at most a push's
+/// 64 MiB); beyond it the oldest incomplete one is dropped: its host died
+/// between parts and answered the agent 503, which sends it again.
+const MAX_PARTIAL: usize = 8;
+
+/// Operations whose parts are arriving.
+#[derive(Default)]
+struct Partial {
+    /// Id -> the parts so far (in order: a subject's messages are).
+    held: std::collections::VecDeque<(String, usize, Vec<u8>)>,
+}
+
+impl Partial {
+    /// Takes part `i` of `n` of operation `id`; the whole operation once
+    /// its last part is in.
+    fn take(&mut self, header: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut fields = header.split(' ');
+        let (id, i, n) = (
+            fields.next()?,
+            fields.next()?.parse::<usize>().ok()?,
+            fields.next()?.parse::<usize>().ok()?,
+        );
+        let at = self.held.iter().position(|(h, _, _)| h == id);
+        let at = match at {
+            Some(at) => at,
+            None if i == 1 => {
+                if self.held.len() == MAX_PARTIAL {
+                    self.held.pop_front();
+                }
+                self.held.push_back((id.to_string(), 0, Vec::new()));
+                self.held.len() - 1
+            }
+            // The start of it was never seen (purged, or dropped): skip.
+            None => return None,
+        };
+        let (_, seen, buf) = &mut self.held[at];
+        if *seen + 1 != i {
+            self.held.remove(at);
+            return None;
+        }
+        *seen = i;
+        buf.extend_from_slice(bytes);
+        if i == n {
+            return self.held.remove(at).map(|(_, _, buf)| buf);
+        }
+        None
+    }
+}
+
 /// Reads one datastore's ingest log into its replica.
 struct Follower {
     stream: Stream,
@@ -385,6 +470,7 @@ struct Follower {
 
 impl Follower {
     async fn run(mut self) {
+        let mut partial = Partial::default();
         // What is in the log now is history: applied, not published again.
         let mut next = 1u64;
         let mut live_after = u64::MAX;
@@ -396,7 +482,7 @@ impl Follower {
                     Err(e) => tracing::warn!(subject = %self.subject, "the ingest stream: {e}"),
                 }
             }
-            match self.read(&mut next, live_after).await {
+            match self.read(&mut next, live_after, &mut partial).await {
                 Ok(()) => return,
                 Err(why) => {
                     tracing::warn!(subject = %self.subject, next, "the ingest feed lost its consumer ({why}); making it again")
@@ -408,7 +494,12 @@ impl Follower {
     }
 
     /// One consumer's life; `Ok` when the datastore is gone.
-    async fn read(&mut self, next: &mut u64, live_after: u64) -> Result<(), String> {
+    async fn read(
+        &mut self,
+        next: &mut u64,
+        live_after: u64,
+        partial: &mut Partial,
+    ) -> Result<(), String> {
         let consumer = self
             .stream
             .create_consumer(OrderedConfig {
@@ -440,7 +531,23 @@ impl Follower {
                 continue;
             }
             *next = seq + 1;
-            let op = match IngestOp::decode(&message.payload) {
+            let part = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(PART_HEADER))
+                .map(|v| v.as_str().to_string());
+            let whole;
+            let payload: &[u8] = match part {
+                None => &message.payload,
+                Some(header) => match partial.take(&header, &message.payload) {
+                    Some(bytes) => {
+                        whole = bytes;
+                        &whole
+                    }
+                    None => continue,
+                },
+            };
+            let op = match IngestOp::decode(payload) {
                 Ok(op) => op,
                 Err(e) => {
                     tracing::error!(subject = %self.subject, seq, "an ingest-log entry that cannot be read is skipped: {e}");
@@ -461,5 +568,29 @@ impl Follower {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_come_together_in_order_and_broken_ones_are_dropped() {
+        let mut p = Partial::default();
+        assert_eq!(p.take("a 1 3", b"he"), None);
+        assert_eq!(p.take("b 1 2", b"x"), None);
+        assert_eq!(p.take("a 2 3", b"ll"), None);
+        assert_eq!(p.take("a 3 3", b"o").as_deref(), Some(&b"hello"[..]));
+        // A part whose start was never seen, a part out of order, junk.
+        assert_eq!(p.take("c 2 2", b"?"), None);
+        assert_eq!(p.take("b 3 3", b"?"), None);
+        assert_eq!(p.take("b 2 2", b"y"), None, "b was dropped");
+        assert_eq!(p.take("nonsense", b""), None);
+        assert!(p.held.is_empty());
+        for i in 0..MAX_PARTIAL + 3 {
+            p.take(&format!("{i} 1 2"), b"");
+        }
+        assert_eq!(p.held.len(), MAX_PARTIAL);
     }
 }
