@@ -95,7 +95,7 @@ async fn serve(host: Arc<Host>) -> String {
 /// pushes go), then all published before any acknowledgement is awaited.
 async fn raw_jetstream(urls: &[String], bodies: &[Vec<u8>]) -> (Duration, Duration) {
     use async_nats::jetstream;
-    let client = async_nats::connect(urls.join(",")).await.unwrap();
+    let client = async_nats::connect(urls[0].as_str()).await.unwrap();
     let js = jetstream::new(client);
     js.create_stream(jetstream::stream::Config {
         name: "bench-raw".into(),
@@ -118,7 +118,11 @@ async fn raw_jetstream(urls: &[String], bodies: &[Vec<u8>]) -> (Duration, Durati
     let start = Instant::now();
     let mut acks = Vec::new();
     for body in bodies {
-        acks.push(js.publish("bench-raw.all", body.clone().into()).await.unwrap());
+        acks.push(
+            js.publish("bench-raw.all", body.clone().into())
+                .await
+                .unwrap(),
+        );
     }
     for ack in acks {
         ack.await.unwrap();
@@ -159,6 +163,9 @@ async fn ingest_http(bodies: &[Vec<u8>], rows: usize, base: &str, views: &str) -
             assert_eq!(resp.status(), 503, "{}", resp.text().await.unwrap());
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+    if std::env::var_os("WEIR_BENCH_VERBOSE").is_some() {
+        eprintln!("  (pushes answered after {:?})", start.elapsed());
     }
     let end = json!({"session_id": sid, "source_type": "snapshot", "is_end": true, "events": []});
     client

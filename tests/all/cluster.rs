@@ -269,17 +269,32 @@ fn an_unreachable_nats_or_a_bad_setting_is_a_clear_error_at_start() {
     );
 }
 
-/// Waits (bounded) until `check` holds for `GET /v1/keys/test.flaky` on `s`.
-async fn wait_key(s: &TestServer, what: &str, check: impl Fn(&Value) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+/// `GET path` on `s` as `role` until `check` holds (30 s at most); the
+/// last answer.
+async fn wait_get(
+    s: &TestServer,
+    path: &str,
+    role: Role,
+    what: &str,
+    check: impl Fn(StatusCode, &Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, key) = s.get("/v1/keys/test.flaky", Role::Query).await;
-        if check(&key) {
-            return;
+        let (status, body) = s.get(path, role).await;
+        if check(status, &body) {
+            return body;
         }
-        assert!(std::time::Instant::now() < deadline, "{what}: {key}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {status} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Key `test.flaky` on `s` once `check` holds.
+async fn wait_key(s: &TestServer, what: &str, check: impl Fn(&Value) -> bool) {
+    wait_get(s, "/v1/keys/test.flaky", Role::Query, what, |_, v| check(v)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -347,24 +362,13 @@ async fn weir_serve_on_a_cluster_serves_and_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "a clean stop");
 }
 
-/// The `default` datastore's stats on `s` once `check` holds (bounded).
+/// The `default` datastore's stats on `s` once `check` holds.
 async fn wait_stats(
     s: &TestServer,
     what: &str,
     check: impl Fn(StatusCode, &Value) -> bool,
 ) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, stats) = s.get("/api/v1/views/default/stats", Role::Query).await;
-        if check(status, &stats) {
-            return stats;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: {status} {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_get(s, "/api/v1/views/default/stats", Role::Query, what, check).await
 }
 
 fn files(from: usize, n: usize) -> Value {
@@ -563,18 +567,12 @@ async fn envelopes(stream: &mut NdjsonStream, n: usize) -> Vec<Value> {
     out
 }
 
-/// `GET /v1/dlq` on `s` once its `total` is `want` (bounded).
+/// `GET /v1/dlq` on `s` once its `total` is `want`.
 async fn wait_dlq(s: &TestServer, want: u64) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, dlq) = s.get("/v1/dlq", Role::Admin).await;
-        assert_eq!(status, StatusCode::OK, "{dlq}");
-        if dlq["total"] == want {
-            return dlq;
-        }
-        assert!(std::time::Instant::now() < deadline, "{dlq}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_get(s, "/v1/dlq", Role::Admin, "dead letters", |status, dlq| {
+        status == StatusCode::OK && dlq["total"] == want
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -644,19 +642,14 @@ async fn hosts_show_each_other_and_ride_out_nats_going_away() {
     let b = host_with(&nats.urls, 1, "t9", false).await;
 
     // Every live host, its plugins, and the skew: B lacks `hostile`.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let cluster = loop {
-        let (status, plugins) = b.get("/v1/plugins", Role::Admin).await;
-        assert_eq!(status, StatusCode::OK, "{plugins}");
-        // Plugins loaded after the start show at the next announcement.
-        if plugins["cluster"]["hosts"].as_array().map(Vec::len) == Some(2)
-            && plugins["cluster"]["skew"].as_array().map(Vec::len) == Some(1)
-        {
-            break plugins["cluster"].clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "{plugins}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // Plugins loaded after the start show at the next announcement.
+    let plugins = wait_get(&b, "/v1/plugins", Role::Admin, "two hosts", |status, p| {
+        status == StatusCode::OK
+            && p["cluster"]["hosts"].as_array().map(Vec::len) == Some(2)
+            && p["cluster"]["skew"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    let cluster = plugins["cluster"].clone();
     let (_, ready_a) = a.get("/readyz", Role::Query).await;
     assert_eq!(ready_a["cluster"]["state"], "connected", "{ready_a}");
     let host_a = ready_a["cluster"]["host_id"].clone();
@@ -685,15 +678,14 @@ async fn hosts_show_each_other_and_ride_out_nats_going_away() {
     for i in 0..3 {
         nats.kill(i);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, ready) = a.get("/readyz", Role::Query).await;
-        if ready["cluster"]["state"] == "unreachable" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{ready}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_get(
+        &a,
+        "/readyz",
+        Role::Query,
+        "NATS out of reach",
+        |_, ready| ready["cluster"]["state"] == "unreachable",
+    )
+    .await;
     // Publishing says why it cannot; nothing is called accepted.
     let (status, body) = a
         .send("POST", "/v1/events", Some(Role::Ingest), Some(events(0, 1)))
@@ -781,29 +773,8 @@ async fn a_named_consumer_whose_host_dies_resumes_on_another_with_no_gap() {
     }
     let out = tempfile::tempdir().unwrap();
     // The consumer knows both hosts and starts on B.
-    let mut consumer = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "consume",
-            "json.field_equals",
-            "-p",
-            "field=k",
-            "-p",
-            "equals=v",
-        ])
-        .args(["--consumer", "c1", "--from", "earliest"])
-        .args(["--url", &format!("{base_b},{base_c}")])
-        .args([
-            "--api-key",
-            "c-query",
-            "--max-events",
-            &N.to_string(),
-            "--output-dir",
-        ])
-        .arg(out.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let consumer =
+        crate::durability::weir_consume(&format!("{base_b},{base_c}"), "c-query", N, out.path());
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while crate::durability::files_in(out.path()) < N / 4 {
         assert!(std::time::Instant::now() < deadline, "delivery stalled");
@@ -817,35 +788,10 @@ async fn a_named_consumer_whose_host_dies_resumes_on_another_with_no_gap() {
         seqs.extend(publish(n).await);
     }
     assert_eq!(seqs.len(), N);
-    let (status, stderr) = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(180);
-        loop {
-            if let Some(status) = consumer.try_wait().unwrap() {
-                let mut stderr = String::new();
-                std::io::Read::read_to_string(&mut consumer.stderr.take().unwrap(), &mut stderr)
-                    .unwrap();
-                return (status, stderr);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the consumer did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .unwrap();
+    let (status, stderr) = crate::durability::finished(consumer).await;
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("reconnecting"), "{stderr}");
-    let mut got: Vec<u64> = std::fs::read_dir(out.path())
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().to_string_lossy().to_string();
-            name.strip_suffix(".json")
-                .map(|s| s.parse::<u64>().unwrap())
-        })
-        .collect();
-    got.sort_unstable();
+    let got = crate::durability::seqs_in(out.path());
     assert_eq!(got, seqs, "every event once, none missing");
     let listed = weir_tests::call("GET", &format!("{base_c}/v1/consumers"), "c-query", None).await;
     assert_eq!(

@@ -490,6 +490,74 @@ fn start_on(dir: &std::path::Path, port: u16) -> Served {
     )
 }
 
+/// `weir consume` of `json.field_equals` (k = v) as named consumer `c1`
+/// from the earliest event, at `urls`, until `n` events are in `out` (one
+/// file per sequence number).
+pub(crate) fn weir_consume(
+    urls: &str,
+    api_key: &str,
+    n: usize,
+    out: &std::path::Path,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "consume",
+            "json.field_equals",
+            "-p",
+            "field=k",
+            "-p",
+            "equals=v",
+        ])
+        .args(["--consumer", "c1", "--from", "earliest", "--url", urls])
+        .args([
+            "--api-key",
+            api_key,
+            "--max-events",
+            &n.to_string(),
+            "--output-dir",
+        ])
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (3 minutes at most) for `consumer` to end: its status and stderr.
+pub(crate) async fn finished(
+    mut consumer: std::process::Child,
+) -> (std::process::ExitStatus, String) {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some(status) = consumer.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut consumer.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                return (status, stderr);
+            }
+            assert!(Instant::now() < deadline, "the consumer did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The sequence numbers of the events `weir consume --output-dir` wrote.
+pub(crate) fn seqs_in(dir: &std::path::Path) -> Vec<u64> {
+    let mut got: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            name.strip_suffix(".json")
+                .map(|s| s.parse::<u64>().unwrap())
+        })
+        .collect();
+    got.sort_unstable();
+    got
+}
+
 pub(crate) fn files_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| {
         d.filter_map(Result::ok)
@@ -520,28 +588,7 @@ async fn a_named_consumer_gets_every_event_across_two_host_kills() {
         }
     }
     assert_eq!(seqs.len(), N);
-    let mut consumer = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "consume",
-            "json.field_equals",
-            "-p",
-            "field=k",
-            "-p",
-            "equals=v",
-        ])
-        .args(["--consumer", "c1", "--from", "earliest", "--url", &base])
-        .args([
-            "--api-key",
-            "d-query",
-            "--max-events",
-            &N.to_string(),
-            "--output-dir",
-        ])
-        .arg(out.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let consumer = weir_consume(&base, "d-query", N, out.path());
     // Two kills (SIGKILL) while the consumer is delivering.
     for at in [N / 10, N / 3] {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -556,33 +603,11 @@ async fn a_named_consumer_gets_every_event_across_two_host_kills() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         host = start_on(data.path(), port);
     }
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            if let Some(status) = consumer.try_wait().unwrap() {
-                let mut stderr = String::new();
-                std::io::Read::read_to_string(&mut consumer.stderr.take().unwrap(), &mut stderr)
-                    .unwrap();
-                return (status, stderr);
-            }
-            assert!(Instant::now() < deadline, "the consumer did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .unwrap();
+    let status = finished(consumer).await;
     assert!(status.0.success(), "{}", status.1);
     assert!(status.1.contains("reconnecting"), "{}", status.1);
     // Every event exactly once (one file per sequence number), no gaps.
-    let mut got: Vec<u64> = std::fs::read_dir(out.path())
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().to_string_lossy().to_string();
-            name.strip_suffix(".json")
-                .map(|s| s.parse::<u64>().unwrap())
-        })
-        .collect();
-    got.sort_unstable();
+    let got = seqs_in(out.path());
     assert_eq!(got, seqs, "every event once, none missing");
     // The host knows where c1 is.
     let listed = call("GET", &format!("{base}/v1/consumers"), "d-query", None).await;

@@ -124,19 +124,9 @@ impl SharedDatastores {
             max_bytes: i64::try_from(c.log.retention_bytes).unwrap_or(i64::MAX),
             ..StreamConfig::default()
         };
-        let (sessions, stream) = cluster
-            .block_on(async move {
-                let sessions = js
-                    .create_key_value(kv::Config {
-                        bucket: format!("{}-sessions", c.name),
-                        history: 1,
-                        num_replicas: c.replicas,
-                        ..kv::Config::default()
-                    })
-                    .await?;
-                let stream = js.get_or_create_stream(stream_config).await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((sessions, stream))
-            })
+        let sessions = cluster.bucket("sessions", Duration::ZERO)?;
+        let stream = cluster
+            .block_on(async move { js.get_or_create_stream(stream_config).await })
             .ok_or_else(|| ClusterError::JetStream("the NATS task failed".into()))?
             .map_err(|e| ClusterError::JetStream(format!("the datastore stream: {e}")))?;
         let this = Arc::new(Self {

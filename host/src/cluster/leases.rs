@@ -71,20 +71,7 @@ enum Step<T> {
 impl KvLeases {
     /// Makes (or finds) the bucket and starts renewing this host's holds.
     pub fn open(cluster: Arc<Cluster>, host_id: &str) -> Result<Arc<Self>, ClusterError> {
-        let c = cluster.config().clone();
-        let js = cluster.js.clone();
-        let bucket = cluster
-            .block_on(async move {
-                js.create_key_value(kv::Config {
-                    bucket: format!("{}-leases", c.name),
-                    history: 1,
-                    num_replicas: c.replicas,
-                    ..kv::Config::default()
-                })
-                .await
-            })
-            .ok_or_else(|| ClusterError::JetStream("the NATS task failed".into()))?
-            .map_err(|e| ClusterError::JetStream(format!("the lease bucket: {e}")))?;
+        let bucket = cluster.bucket("leases", Duration::ZERO)?;
         let this = Arc::new(Self {
             cluster,
             bucket,

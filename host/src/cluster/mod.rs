@@ -168,6 +168,29 @@ impl Cluster {
         &self.config
     }
 
+    /// Makes (or finds) the KV bucket `{name}-{suffix}`, replicated like the
+    /// streams; entries older than `max_age` leave it (zero: none do).
+    fn bucket(
+        &self,
+        suffix: &str,
+        max_age: Duration,
+    ) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
+        let (js, replicas) = (self.js.clone(), self.config.replicas);
+        let bucket = format!("{}-{suffix}", self.config.name);
+        self.block_on(async move {
+            js.create_key_value(async_nats::jetstream::kv::Config {
+                bucket,
+                history: 1,
+                max_age,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+        })
+        .ok_or_else(|| ClusterError::JetStream("the NATS task failed".into()))?
+        .map_err(|e| ClusterError::JetStream(format!("the {suffix} bucket: {e}")))
+    }
+
     /// Runs `f` on the cluster's runtime and waits for it, from any thread:
     /// a plain thread drives it; a thread of another runtime (a blocking
     /// task, or, briefly, a worker) waits for it as a task on this one.

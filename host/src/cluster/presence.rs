@@ -41,21 +41,7 @@ impl Presence {
     /// Makes (or finds) the bucket, announces this host at once and then
     /// every [`ANNOUNCE_EVERY`], with what `plugins` answers at the time.
     pub fn open(cluster: Arc<Cluster>, plugins: PluginVersions) -> Result<Arc<Self>, ClusterError> {
-        let c = cluster.config().clone();
-        let js = cluster.js.clone();
-        let bucket = cluster
-            .block_on(async move {
-                js.create_key_value(kv::Config {
-                    bucket: format!("{}-hosts", c.name),
-                    history: 1,
-                    max_age: PRESENCE_TTL,
-                    num_replicas: c.replicas,
-                    ..kv::Config::default()
-                })
-                .await
-            })
-            .ok_or_else(|| ClusterError::JetStream("the NATS task failed".into()))?
-            .map_err(|e| ClusterError::JetStream(format!("the host bucket: {e}")))?;
+        let bucket = cluster.bucket("hosts", PRESENCE_TTL)?;
         let this = Arc::new(Self {
             cluster: cluster.clone(),
             bucket: bucket.clone(),

@@ -37,27 +37,11 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 impl KvRecords {
     /// Makes (or finds) the buckets.
     pub fn open(cluster: Arc<Cluster>) -> Result<Self, ClusterError> {
-        let c = cluster.config().clone();
-        let js = cluster.js.clone();
-        let buckets = cluster
-            .block_on(async move {
-                let mut buckets = HashMap::new();
-                for table in Table::ALL {
-                    let bucket = format!("{}-{}", c.name, table.name().replace('_', "-"));
-                    let store = js
-                        .create_key_value(kv::Config {
-                            bucket,
-                            history: 1,
-                            num_replicas: c.replicas,
-                            ..kv::Config::default()
-                        })
-                        .await?;
-                    buckets.insert(table, store);
-                }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(buckets)
-            })
-            .ok_or_else(|| ClusterError::JetStream("the NATS task failed".into()))?
-            .map_err(|e| ClusterError::JetStream(format!("the record buckets: {e}")))?;
+        let mut buckets = HashMap::new();
+        for table in Table::ALL {
+            let suffix = table.name().replace('_', "-");
+            buckets.insert(table, cluster.bucket(&suffix, std::time::Duration::ZERO)?);
+        }
         Ok(Self { cluster, buckets })
     }
 
