@@ -74,6 +74,10 @@ impl Drop for Cluster {
     }
 }
 
+/// How long a starting host waits for JetStream to answer (a cluster whose
+/// nodes start together elects its leader in seconds).
+pub const JETSTREAM_WAIT: Duration = Duration::from_secs(60);
+
 /// How long a JetStream request may take before the caller is told NATS is
 /// unreachable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,6 +140,32 @@ impl Cluster {
         })?;
         let mut js = async_nats::jetstream::new(client);
         js.set_timeout(REQUEST_TIMEOUT);
+        // A cluster that is still forming (its nodes electing a JetStream
+        // leader) answers a moment later: wait for it, bounded, so that
+        // hosts started together with their NATS nodes come up.
+        let probe = js.clone();
+        rt.block_on(async move {
+            let deadline = tokio::time::Instant::now() + JETSTREAM_WAIT;
+            let mut told = false;
+            loop {
+                match probe.query_account().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if tokio::time::Instant::now() > deadline => {
+                        return Err(ClusterError::JetStream(format!(
+                            "JetStream did not answer within {} s: {e}; is it enabled (-js) on the servers, and has the cluster formed?",
+                            JETSTREAM_WAIT.as_secs()
+                        )));
+                    }
+                    Err(e) => {
+                        if !told {
+                            tracing::info!("waiting for JetStream: {e}");
+                            told = true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+        })?;
         Ok(Arc::new(Self {
             rt: Some(rt),
             js,
