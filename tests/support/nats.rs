@@ -17,6 +17,38 @@ pub struct NatsCluster {
     /// Each node's command line, to restart it.
     commands: Vec<Vec<String>>,
     _dir: tempfile::TempDir,
+    /// Dropped with the cluster: disarms the watchdog.
+    _armed: std::sync::Arc<()>,
+}
+
+/// How long a test may hold a cluster before the watchdog ends the test
+/// process (`WEIR_NATS_WATCHDOG_SECS`, default 300): a test that hangs
+/// fails CI in minutes, naming itself, instead of holding it for an hour.
+fn watchdog(armed: &std::sync::Arc<()>) {
+    let limit = std::env::var("WEIR_NATS_WATCHDOG_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300u64);
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let weak = std::sync::Arc::downgrade(armed);
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(limit);
+        while Instant::now() < deadline {
+            if weak.strong_count() == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if weak.strong_count() > 0 {
+            eprintln!(
+                "{test} held its NATS cluster for more than {limit} s: it hangs; ending the test process"
+            );
+            std::process::exit(101);
+        }
+    });
 }
 
 fn free_port() -> u16 {
@@ -108,7 +140,9 @@ impl NatsCluster {
                 .collect(),
             commands,
             _dir: dir,
+            _armed: std::sync::Arc::new(()),
         };
+        watchdog(&cluster._armed);
         for i in 0..3 {
             let child = cluster.spawn(i);
             cluster.nodes.push(Some(child));
