@@ -340,8 +340,13 @@ mod tests {
         assert_eq!(keys(&sent["limits"]), names("PluginLimits"));
         assert_eq!(
             names("PluginList"),
-            BTreeSet::from(["failed".to_string(), "loaded".to_string()])
+            BTreeSet::from(["cluster", "failed", "loaded"].map(String::from))
         );
+        assert!(names("ClusterPlugins").is_superset(&BTreeSet::from(
+            ["hosts", "skew", "host_id", "name"].map(String::from)
+        )));
+        assert!(names("HostPresence").contains("plugins"));
+        assert!(names("PluginSkew").contains("missing_on"));
         assert!(names("FailedPlugin").contains("errors"));
     }
 
