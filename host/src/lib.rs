@@ -32,6 +32,7 @@
 //! - [`config`]: what `weir serve` runs with (flags over `weir.toml`).
 //! - [`cli`]: the `weir` command line; [`consume`]: its consumer client.
 
+pub mod agent;
 pub mod bus;
 pub mod cli;
 pub mod cluster;

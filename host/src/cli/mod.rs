@@ -33,6 +33,9 @@ enum Command {
     Plugins(PluginsCommand),
     /// Subscribe to a key of a running host and print its events.
     Consume(crate::consume::ConsumeArgs),
+    /// Sync a directory into a host (or fustor-fusion) over the Fustor wire
+    /// protocol: snapshot, then realtime changes.
+    Agent(crate::agent::AgentArgs),
     /// Check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -47,6 +50,21 @@ enum ConfigCommand {
         #[arg(long, env = "WEIR_CONFIG")]
         config: PathBuf,
     },
+}
+
+/// Runs `weir agent` until SIGINT or SIGTERM.
+fn agent(args: &crate::agent::AgentArgs, err: &mut dyn Write) -> anyhow::Result<i32> {
+    let config = crate::agent::AgentConfig::resolve(args, &|k| std::env::var(k).ok())?;
+    writeln!(
+        err,
+        "weir agent: {} -> {} as {}",
+        config.root.display(),
+        config.url,
+        config.task_id
+    )?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(crate::agent::run(config, shutdown_signal()))?;
+    Ok(0)
 }
 
 /// Runs the command line `args` (including the program name), writing to
@@ -73,6 +91,7 @@ pub fn run(
         Command::Plugins(PluginsCommand::Validate { file }) => validate(&file, out),
         Command::Plugins(PluginsCommand::Test(args)) => test(&args, out),
         Command::Consume(args) => crate::consume::consume(&args, out, err),
+        Command::Agent(args) => agent(&args, err),
         Command::Config(ConfigCommand::Check { config }) => config_check(&config, out),
     };
     match result {

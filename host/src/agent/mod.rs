@@ -1,0 +1,450 @@
+//! `weir agent`: a file-system agent that speaks the Fustor 0.8.17 wire
+//! protocol (to `weir serve` and to fustor-fusion alike).
+//!
+//! One session at a time: it creates one (task id `<agent id>:<pipe>`, the
+//! agent id kept in the state directory), heartbeats at the interval the
+//! server answers, walks the root and streams the snapshot in batches
+//! (memory bounded by a few batches whatever the tree), ends it, and then
+//! sends what the file system reports (inotify through `notify`), coalesced.
+//! A 419 (session unknown, obsolete or expired) or a lost watch makes it
+//! start over with a new session and a new snapshot: nothing is lost
+//! silently. Network errors back off with jitter. Rows the server rejects
+//! are logged once per reason and dropped, never retried.
+
+mod realtime;
+mod walk;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+pub use walk::Filter;
+
+/// `weir agent` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Base URL of the server (`weir serve` or fustor-fusion).
+    #[arg(long, env = "WEIR_URL", default_value = "http://127.0.0.1:7070")]
+    pub url: String,
+    /// The environment variable that holds the ingest key.
+    #[arg(long, default_value = "WEIR_INGEST_KEY")]
+    pub key_env: String,
+    /// The directory to sync.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// The pipe's name: the task id is `<agent id>:<pipe>`.
+    #[arg(long, default_value = "default")]
+    pub pipe: String,
+    /// Where the agent keeps its id (`agent.id`); default: the user's
+    /// state directory (`$XDG_STATE_HOME/weir-agent` or
+    /// `~/.local/state/weir-agent`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Rows per request.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_rows: usize,
+    /// Glob of paths (relative to the root, such as `**/*.tmp` or `.git`)
+    /// to leave out, with what is below them; repeat for more.
+    #[arg(long = "ignore")]
+    pub ignore: Vec<String>,
+    /// Deepest level below the root to sync (the root is 0).
+    #[arg(long)]
+    pub max_depth: Option<usize>,
+    /// Follow symbolic links (they are synced as links otherwise).
+    #[arg(long)]
+    pub follow_symlinks: bool,
+}
+
+/// What a run needs, resolved from the flags.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Server base URL, without a trailing slash.
+    pub url: String,
+    /// The ingest key.
+    pub key: String,
+    /// The directory synced.
+    pub root: PathBuf,
+    /// `<agent id>:<pipe>`.
+    pub task_id: String,
+    /// Rows per request (1 to 10,000).
+    pub batch_rows: usize,
+    /// What is left out.
+    pub filter: Filter,
+}
+
+impl AgentConfig {
+    /// Resolves `args` (reading the key from the environment through `env`,
+    /// and the agent id from the state directory, made on first use).
+    pub fn resolve(args: &AgentArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let key = env(&args.key_env)
+            .filter(|k| !k.is_empty())
+            .with_context(|| format!("no ingest key: set {}", args.key_env))?;
+        let root = args
+            .root
+            .canonicalize()
+            .with_context(|| format!("cannot open the root {}", args.root.display()))?;
+        anyhow::ensure!(
+            root.is_dir(),
+            "the root {} is not a directory",
+            root.display()
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&args.batch_rows),
+            "--batch-rows must be 1 to 10000"
+        );
+        let state = match &args.state_dir {
+            Some(d) => d.clone(),
+            None => default_state_dir().context("no state directory: set --state-dir (or HOME)")?,
+        };
+        let id = agent_id(&state)?;
+        Ok(Self {
+            url: args.url.trim_end_matches('/').to_string(),
+            key,
+            root,
+            task_id: format!("{id}:{}", args.pipe),
+            batch_rows: args.batch_rows,
+            filter: Filter::new(&args.ignore, args.max_depth, args.follow_symlinks)?,
+        })
+    }
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .map(|d| d.join("weir-agent"))
+}
+
+/// The agent's id: read from `state/agent.id`, or made and written there.
+fn agent_id(state: &Path) -> anyhow::Result<String> {
+    let file = state.join("agent.id");
+    if let Ok(id) = std::fs::read_to_string(&file) {
+        let id = id.trim();
+        if !id.is_empty() && id.len() <= 64 && !id.contains(':') {
+            return Ok(id.to_string());
+        }
+    }
+    std::fs::create_dir_all(state)
+        .with_context(|| format!("cannot create the state directory {}", state.display()))?;
+    let id = uuid::Uuid::new_v4().to_string();
+    std::fs::write(&file, format!("{id}\n"))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(id)
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    /// Shut down: the session was deleted.
+    Shutdown,
+    /// Start over with a new session (and snapshot).
+    Again(String),
+}
+
+/// Counters, for the log lines.
+#[derive(Debug, Default)]
+struct Sent {
+    rows: u64,
+    requests: u64,
+}
+
+/// The session client.
+struct Client {
+    http: reqwest::Client,
+    config: AgentConfig,
+    /// Rejection reasons already logged.
+    rejections: std::collections::HashSet<String>,
+    sent: Sent,
+}
+
+/// How a request went.
+enum Answer {
+    Ok(Value),
+    /// 419: the session may not act.
+    Gone(String),
+    /// Network error or 5xx: try again later.
+    Retry(String),
+}
+
+impl Client {
+    async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.config.url))
+            .header("X-API-Key", &self.config.key)
+            .timeout(Duration::from_secs(60));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        match req.send().await {
+            Err(e) => Answer::Retry(format!("cannot reach {}: {e}", self.config.url)),
+            Ok(resp) => {
+                let status = resp.status();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                if status.is_success() {
+                    Answer::Ok(body)
+                } else if status.as_u16() == 419 || status.as_u16() == 404 {
+                    Answer::Gone(format!("{status}: {}", detail(&body)))
+                } else if status.is_server_error() || status.as_u16() == 429 {
+                    Answer::Retry(format!("{status}: {}", detail(&body)))
+                } else {
+                    // 4xx: the server refuses this request for good; the
+                    // session starts over rather than looping on it.
+                    Answer::Gone(format!("refused, {status}: {}", detail(&body)))
+                }
+            }
+        }
+    }
+
+    /// Pushes `rows` (`(event_type, row)`) of `source` in session `sid`;
+    /// waits out 503s and network errors (bounded backoff), so rows are
+    /// never dropped for a busy server.
+    async fn push(
+        &mut self,
+        sid: &str,
+        source: &str,
+        rows: Vec<(&'static str, Value)>,
+        is_end: bool,
+    ) -> Result<(), End> {
+        let now_ms = crate::time::now_ms();
+        // Consecutive rows of one kind form one event.
+        let mut events: Vec<Value> = Vec::new();
+        let message_source = if source == "message" {
+            "realtime"
+        } else {
+            source
+        };
+        let count = rows.len();
+        for (kind, row) in rows {
+            let same = events
+                .last()
+                .is_some_and(|e: &Value| e["event_type"] == kind);
+            if !same {
+                events.push(
+                    json!({"event_type": kind, "event_schema": "fs", "table": "files",
+                    "index": now_ms, "message_source": message_source, "rows": []}),
+                );
+            }
+            if let Some(Value::Array(list)) = events.last_mut().map(|e| &mut e["rows"]) {
+                list.push(row);
+            }
+        }
+        let body =
+            json!({"session_id": sid, "source_type": source, "is_end": is_end, "events": events});
+        let path = format!("/api/v1/pipe/ingest/{sid}/events");
+        let mut backoff = Backoff::new();
+        loop {
+            match self
+                .request(reqwest::Method::POST, &path, Some(&body))
+                .await
+            {
+                Answer::Ok(answer) => {
+                    self.sent.rows += count as u64;
+                    self.sent.requests += 1;
+                    self.log_rejections(&answer);
+                    return Ok(());
+                }
+                Answer::Gone(why) => return Err(End::Again(why)),
+                Answer::Retry(why) => backoff.wait(&why).await,
+            }
+        }
+    }
+
+    /// Logs each new rejection reason once; the rows are dropped.
+    fn log_rejections(&mut self, answer: &Value) {
+        let Some(list) = answer["rejected"].as_array() else {
+            return;
+        };
+        for r in list {
+            let reason = r["reason"].as_str().unwrap_or("no reason").to_string();
+            if self.rejections.len() < 1000 && self.rejections.insert(reason.clone()) {
+                tracing::warn!(rejected = %r, "the server rejected a row (dropped; this reason is logged once): {reason}");
+            }
+        }
+    }
+}
+
+fn detail(body: &Value) -> String {
+    body["detail"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::text::clip(&body.to_string(), 200).into_owned())
+}
+
+/// Exponential backoff with jitter, 0.2 s to 30 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_millis(200))
+    }
+
+    async fn wait(&mut self, why: &str) {
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        let d = self.0.mul_f64(jitter);
+        tracing::warn!("{why}; retrying in {} ms", d.as_millis());
+        tokio::time::sleep(d).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut client = Client {
+        http: reqwest::Client::new(),
+        config,
+        rejections: Default::default(),
+        sent: Sent::default(),
+    };
+    tokio::pin!(shutdown);
+    let mut backoff = Backoff::new();
+    loop {
+        let session = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            s = create_session(&client) => s,
+        };
+        let (sid, heartbeat_every) = match session {
+            Ok(s) => s,
+            Err(why) => {
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = backoff.wait(&why) => continue,
+                }
+            }
+        };
+        backoff = Backoff::new();
+        tracing::info!(session = %sid, "session created");
+        let ended = tokio::select! {
+            () = &mut shutdown => End::Shutdown,
+            end = serve_session(&mut client, &sid, heartbeat_every) => end,
+        };
+        match ended {
+            End::Shutdown => {
+                let path = format!("/api/v1/pipe/session/{sid}");
+                let _ = client.request(reqwest::Method::DELETE, &path, None).await;
+                tracing::info!(
+                    rows = client.sent.rows,
+                    requests = client.sent.requests,
+                    "agent stopped; session deleted"
+                );
+                return Ok(());
+            }
+            End::Again(why) => {
+                tracing::warn!(session = %sid, "starting over with a new session: {why}");
+            }
+        }
+    }
+}
+
+/// Creates a session; its id and the heartbeat interval.
+async fn create_session(client: &Client) -> Result<(String, Duration), String> {
+    let body = json!({"task_id": client.config.task_id, "source_type": "fs",
+        "client_info": {"source_uri": client.config.root.display().to_string(), "agent": "weir-agent"}});
+    match client
+        .request(reqwest::Method::POST, "/api/v1/pipe/session/", Some(&body))
+        .await
+    {
+        Answer::Ok(grant) => {
+            let sid = grant["session_id"]
+                .as_str()
+                .ok_or("the session answer has no session_id")?
+                .to_string();
+            let timeout = grant["session_timeout_seconds"].as_f64().unwrap_or(30.0);
+            let every = Duration::from_secs_f64((timeout / 3.0).clamp(0.5, 60.0));
+            Ok((sid, every))
+        }
+        Answer::Gone(why) | Answer::Retry(why) => Err(format!("cannot create a session: {why}")),
+    }
+}
+
+/// One session's life: heartbeats beside the snapshot and then realtime.
+async fn serve_session(client: &mut Client, sid: &str, heartbeat_every: Duration) -> End {
+    // The watch starts before the walk, so that nothing changed during the
+    // snapshot is missed (the server's arbitration orders the two).
+    let (watcher, mut changes) =
+        match realtime::watch(&client.config.root, client.config.filter.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                return End::Again(format!(
+                    "cannot watch {}: {e}",
+                    client.config.root.display()
+                ));
+            }
+        };
+    let heartbeat = heartbeats(
+        client.http.clone(),
+        client.config.clone(),
+        sid.to_string(),
+        heartbeat_every,
+    );
+    tokio::pin!(heartbeat);
+    let work = async {
+        let started = std::time::Instant::now();
+        let mut walk = walk::snapshot(
+            client.config.root.clone(),
+            client.config.filter.clone(),
+            client.config.batch_rows,
+        );
+        let mut files = 0u64;
+        while let Some(batch) = walk.recv().await {
+            files += batch.len() as u64;
+            let rows = batch.into_iter().map(|r| ("update", r)).collect();
+            client.push(sid, "snapshot", rows, false).await?;
+        }
+        client.push(sid, "snapshot", Vec::new(), true).await?;
+        tracing::info!(
+            entries = files,
+            secs = started.elapsed().as_secs_f64(),
+            "snapshot sent"
+        );
+        loop {
+            let batch = match changes.next(client.config.batch_rows).await {
+                realtime::Next::Rows(rows) => rows,
+                realtime::Next::Lost(why) => return Err::<(), End>(End::Again(why)),
+            };
+            client.push(sid, "message", batch, false).await?;
+        }
+    };
+    let end = tokio::select! {
+        end = work => end.err().unwrap_or(End::Again("the session ended".into())),
+        end = &mut heartbeat => end,
+    };
+    drop(watcher);
+    end
+}
+
+/// Heartbeats every `every` until the server refuses the session.
+async fn heartbeats(
+    http: reqwest::Client,
+    config: AgentConfig,
+    sid: String,
+    every: Duration,
+) -> End {
+    let client = Client {
+        http,
+        config,
+        rejections: Default::default(),
+        sent: Sent::default(),
+    };
+    let path = format!("/api/v1/pipe/session/{sid}/heartbeat");
+    loop {
+        match client
+            .request(
+                reqwest::Method::POST,
+                &path,
+                Some(&json!({"can_realtime": true})),
+            )
+            .await
+        {
+            Answer::Gone(why) => return End::Again(why),
+            Answer::Retry(why) => tracing::warn!("heartbeat: {why}"),
+            Answer::Ok(_) => {}
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,133 @@
+//! Realtime: what inotify (through `notify`, recursive, so directories
+//! made later are watched too) reports, as rows. Paths that changed are
+//! gathered for a short while and deduplicated, then looked at: a path
+//! that exists is an `update` row, one that does not a `delete` row. So a
+//! burst of writes to one file is one row, and an event's details never
+//! matter, only what the file system says when the rows are made.
+//!
+//! The queue between the watcher and the sender is bounded: when it
+//! overflows, or inotify itself reports lost events, the watch is `Lost`
+//! and the agent starts over with a full snapshot (nothing is lost
+//! silently).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::Watcher;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::walk::{Filter, row, wire_path};
+
+/// Paths waiting at most; beyond, the watch is lost.
+const QUEUE: usize = 100_000;
+/// How long changes are gathered before they are sent.
+const COALESCE: Duration = Duration::from_millis(100);
+
+/// What the watcher hands over.
+enum Signal {
+    Paths(Vec<PathBuf>),
+    Lost(String),
+}
+
+/// The receiving side.
+pub struct Changes {
+    rx: mpsc::Receiver<Signal>,
+    root: PathBuf,
+    filter: Filter,
+}
+
+/// The next rows, or why the watch cannot go on.
+pub enum Next {
+    /// `(event_type, row)` pairs, in path order.
+    Rows(Vec<(&'static str, Value)>),
+    /// Start over.
+    Lost(String),
+}
+
+/// Starts watching `root`; keep the watcher alive as long as the changes
+/// are read.
+pub fn watch(root: &Path, filter: Filter) -> notify::Result<(notify::RecommendedWatcher, Changes)> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let signal = match event {
+            Ok(e) if e.need_rescan() => {
+                Signal::Lost("the kernel dropped file events (queue overflow)".into())
+            }
+            Ok(e) => Signal::Paths(e.paths),
+            Err(e) => Signal::Lost(format!("watching failed: {e}")),
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(signal) {
+            // The sender is far behind: the next read finds the queue
+            // closed and starts over.
+            let _ = tx.try_send(Signal::Lost("the change queue overflowed".into()));
+        }
+    })?;
+    watcher.watch(root, notify::RecursiveMode::Recursive)?;
+    Ok((
+        watcher,
+        Changes {
+            rx,
+            root: root.to_path_buf(),
+            filter,
+        },
+    ))
+}
+
+impl Changes {
+    /// Waits for changes, gathers more for a moment, and answers their rows
+    /// (at most `max`; the rest come next time).
+    pub async fn next(&mut self, max: usize) -> Next {
+        let mut paths = BTreeSet::new();
+        match self.rx.recv().await {
+            None => return Next::Lost("the watcher stopped".into()),
+            Some(Signal::Lost(why)) => return Next::Lost(why),
+            Some(Signal::Paths(p)) => paths.extend(p),
+        }
+        let deadline = tokio::time::Instant::now() + COALESCE;
+        while paths.len() < max {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Err(_) => break,
+                Ok(None) => return Next::Lost("the watcher stopped".into()),
+                Ok(Some(Signal::Lost(why))) => return Next::Lost(why),
+                Ok(Some(Signal::Paths(p))) => paths.extend(p),
+            }
+        }
+        let mut rows = Vec::with_capacity(paths.len());
+        for path in paths {
+            let Some(wire) = wire_path(&self.root, &path) else {
+                continue;
+            };
+            let rel = wire.trim_start_matches('/');
+            // Left out, or below something left out.
+            let parts: Vec<&str> = if rel.is_empty() {
+                Vec::new()
+            } else {
+                rel.split('/').collect()
+            };
+            if (1..=parts.len()).any(|i| self.filter.skips(&parts[..i].join("/"), i)) {
+                continue;
+            }
+            let meta = if self.filter.follows() {
+                std::fs::metadata(&path)
+            } else {
+                std::fs::symlink_metadata(&path)
+            };
+            match meta {
+                Ok(m) => {
+                    let mut r = row(&wire, &m);
+                    r["is_atomic_write"] = json!(true);
+                    rows.push(("update", r));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    rows.push(("delete", json!({ "path": wire })));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "cannot read a changed entry: {e}")
+                }
+            }
+        }
+        Next::Rows(rows)
+    }
+}

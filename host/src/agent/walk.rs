@@ -1,0 +1,188 @@
+//! The snapshot walk and the rows it makes: what is left out ([`Filter`]),
+//! one row per entry in the Fustor shape, and a walk on a thread of its own
+//! that hands batches over a small bounded channel (so memory holds a few
+//! batches, whatever the size of the tree).
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// What the agent leaves out.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    ignore: globset::GlobSet,
+    max_depth: Option<usize>,
+    follow_symlinks: bool,
+}
+
+impl Filter {
+    /// Globs (relative to the root), a deepest level and whether links are
+    /// followed; says which glob is bad.
+    pub fn new(
+        globs: &[String],
+        max_depth: Option<usize>,
+        follow_symlinks: bool,
+    ) -> anyhow::Result<Self> {
+        let mut set = globset::GlobSetBuilder::new();
+        for g in globs {
+            let glob = globset::GlobBuilder::new(g.trim_start_matches('/'))
+                .literal_separator(false)
+                .build()
+                .map_err(|e| anyhow::anyhow!("--ignore `{g}`: {e}"))?;
+            set.add(glob);
+        }
+        Ok(Self {
+            ignore: set.build()?,
+            max_depth,
+            follow_symlinks,
+        })
+    }
+
+    /// Whether `rel` (relative, no leading `/`) at `depth` is left out.
+    pub fn skips(&self, rel: &str, depth: usize) -> bool {
+        self.max_depth.is_some_and(|m| depth > m) || (!rel.is_empty() && self.ignore.is_match(rel))
+    }
+
+    /// Whether symbolic links are followed.
+    pub fn follows(&self) -> bool {
+        self.follow_symlinks
+    }
+}
+
+/// `path` relative to `root` in the wire's form (`/`, `/a/b`), if it is
+/// below the root and valid UTF-8.
+pub fn wire_path(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut out = String::new();
+    for part in rel.components() {
+        out.push('/');
+        out.push_str(part.as_os_str().to_str()?);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+fn secs(t: std::io::Result<std::time::SystemTime>) -> f64 {
+    t.ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The upsert row of `path` (wire path `wire`) with metadata `meta`.
+pub fn row(wire: &str, meta: &std::fs::Metadata) -> Value {
+    let name = wire.rsplit('/').next().unwrap_or("");
+    let mtime = secs(meta.modified());
+    json!({
+        "path": wire,
+        "file_name": name,
+        "size": meta.len(),
+        "modified_time": mtime,
+        "created_time": secs(meta.created()).max(0.0),
+        "is_directory": meta.is_dir(),
+    })
+}
+
+/// Walks `root` on a thread of its own; batches of at most `batch` rows
+/// come out of the receiver, which ends when the walk does. Unreadable
+/// entries are logged (at most 100 lines per walk) and skipped.
+pub fn snapshot(root: PathBuf, filter: Filter, batch: usize) -> mpsc::Receiver<Vec<Value>> {
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::Builder::new()
+        .name("weir-agent-walk".into())
+        .spawn(move || {
+            let mut rows = Vec::with_capacity(batch);
+            let mut logged = 0;
+            let walk = walkdir::WalkDir::new(&root)
+                .follow_links(filter.follows())
+                .into_iter()
+                .filter_entry(|e| {
+                    let rel = wire_path(&root, e.path()).unwrap_or_default();
+                    !filter.skips(rel.trim_start_matches('/'), e.depth())
+                });
+            for entry in walk {
+                let (wire, meta) = match entry.map_err(|e| e.to_string()).and_then(|e| {
+                    let wire = wire_path(&root, e.path())
+                        .ok_or_else(|| format!("{}: not UTF-8", e.path().display()))?;
+                    let meta = e.metadata().map_err(|err| err.to_string())?;
+                    Ok((wire, meta))
+                }) {
+                    Ok(x) => x,
+                    Err(why) => {
+                        if logged < 100 {
+                            tracing::warn!("skipped during the walk: {why}");
+                            logged += 1;
+                        }
+                        continue;
+                    }
+                };
+                rows.push(row(&wire, &meta));
+                if rows.len() == batch {
+                    let full = std::mem::replace(&mut rows, Vec::with_capacity(batch));
+                    if tx.blocking_send(full).is_err() {
+                        return;
+                    }
+                }
+            }
+            if !rows.is_empty() {
+                let _ = tx.blocking_send(rows);
+            }
+        })
+        .ok();
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_filters_and_rows() {
+        let root = Path::new("/data");
+        assert_eq!(wire_path(root, Path::new("/data")).as_deref(), Some("/"));
+        assert_eq!(
+            wire_path(root, Path::new("/data/a/b.txt")).as_deref(),
+            Some("/a/b.txt")
+        );
+        assert_eq!(wire_path(root, Path::new("/elsewhere")), None);
+        let f = Filter::new(&["**/*.tmp".into(), ".git".into()], Some(2), false).unwrap();
+        assert!(f.skips("x/y.tmp", 2));
+        assert!(f.skips(".git", 1));
+        assert!(f.skips("a/b/c", 3), "deeper than max_depth");
+        assert!(!f.skips("a/b", 2));
+        assert!(!f.skips("", 0), "the root is never left out");
+        let bad = Filter::new(&["a[".into()], None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("--ignore `a[`"), "{bad}");
+    }
+
+    #[tokio::test]
+    async fn the_walk_streams_every_entry_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in 0..3 {
+            std::fs::create_dir(dir.path().join(format!("d{d}"))).unwrap();
+            for f in 0..10 {
+                std::fs::write(dir.path().join(format!("d{d}/f{f}")), b"x").unwrap();
+            }
+        }
+        std::fs::write(dir.path().join("skip.tmp"), b"x").unwrap();
+        let filter = Filter::new(&["*.tmp".into()], None, false).unwrap();
+        let mut rx = snapshot(dir.path().canonicalize().unwrap(), filter, 7);
+        let mut rows = Vec::new();
+        while let Some(b) = rx.recv().await {
+            assert!(b.len() <= 7);
+            rows.extend(b);
+        }
+        assert_eq!(rows.len(), 1 + 3 + 30, "root, dirs, files; not the .tmp");
+        let f = rows.iter().find(|r| r["path"] == "/d1/f3").unwrap();
+        assert_eq!(
+            (f["size"].as_u64(), f["is_directory"].as_bool()),
+            (Some(1), Some(false))
+        );
+        assert_eq!(f["file_name"], "f3");
+    }
+}
