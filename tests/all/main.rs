@@ -6,6 +6,7 @@
 //!
 //! Run one topic with `cargo test -p weir-host --test integration TOPIC::`.
 
+mod agent;
 mod cluster;
 mod config_cli;
 mod consume_cli;

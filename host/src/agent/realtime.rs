@@ -31,6 +31,10 @@ enum Signal {
     Lost(String),
 }
 
+/// Most entries read inside a changed directory at once; a larger one is
+/// synced by starting over.
+const MAX_INSIDE: usize = 10_000;
+
 /// The receiving side.
 pub struct Changes {
     rx: mpsc::Receiver<Signal>,
@@ -76,6 +80,40 @@ pub fn watch(root: &Path, filter: Filter) -> notify::Result<(notify::Recommended
 }
 
 impl Changes {
+    /// Rows for what is below directory `dir` (at `depth`).
+    fn inside(
+        &self,
+        dir: &Path,
+        depth: usize,
+        rows: &mut Vec<(&'static str, Value)>,
+    ) -> Result<(), String> {
+        let walk = walkdir::WalkDir::new(dir)
+            .min_depth(1)
+            .follow_links(self.filter.follows())
+            .into_iter()
+            .filter_entry(|e| {
+                let rel = wire_path(&self.root, e.path()).unwrap_or_default();
+                !self
+                    .filter
+                    .skips(rel.trim_start_matches('/'), depth + e.depth())
+            });
+        for (n, entry) in walk.enumerate() {
+            if n == MAX_INSIDE {
+                return Err(format!(
+                    "more than {MAX_INSIDE} entries appeared in {}",
+                    dir.display()
+                ));
+            }
+            let Ok(entry) = entry else { continue };
+            let (Some(wire), Ok(meta)) = (wire_path(&self.root, entry.path()), entry.metadata())
+            else {
+                continue;
+            };
+            rows.push(("update", row(&wire, &meta)));
+        }
+        Ok(())
+    }
+
     /// Waits for changes, gathers more for a moment, and answers their rows
     /// (at most `max`; the rest come next time).
     pub async fn next(&mut self, max: usize) -> Next {
@@ -119,6 +157,13 @@ impl Changes {
                     let mut r = row(&wire, &m);
                     r["is_atomic_write"] = json!(true);
                     rows.push(("update", r));
+                    if m.is_dir() {
+                        // Entries made in a new directory before its watch
+                        // was added send no events: look inside.
+                        if let Err(why) = self.inside(&path, parts.len(), &mut rows) {
+                            return Next::Lost(why);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     rows.push(("delete", json!({ "path": wire })));

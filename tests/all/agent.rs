@@ -1,0 +1,244 @@
+//! `weir agent` against a real host: its snapshot equals the directory,
+//! realtime changes follow, and a session taken over by another agent makes
+//! it start over.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use weir_host::agent::{AgentConfig, Filter};
+use weir_host::auth::Role;
+use weir_tests::{SESSION, TestServer, host_with_examples, secret};
+
+/// `path -> (is_dir, size, mtime)` of everything below `root` (`/` rooted).
+fn disk(root: &Path) -> BTreeMap<String, (bool, u64, i64)> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root) {
+        let e = e.unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let m = e.metadata().unwrap();
+        let mtime = m
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // Directories' sizes and mtimes move with their entries: compared
+        // by presence only.
+        let (size, mtime) = if m.is_dir() { (0, 0) } else { (m.len(), mtime) };
+        out.insert(format!("/{rel}"), (m.is_dir(), size, mtime));
+    }
+    out.insert("/".into(), (true, 0, 0));
+    out.remove("");
+    out
+}
+
+/// The same from the host's tree view, when it answers.
+async fn tree(s: &TestServer) -> Option<BTreeMap<String, (bool, u64, i64)>> {
+    let (status, root) = s
+        .get("/api/v1/views/default/tree?path=/", Role::Query)
+        .await;
+    if status != StatusCode::OK {
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root];
+    while let Some(node) = stack.pop() {
+        let is_dir = node["content_type"] == "directory";
+        let (size, mtime) = if is_dir {
+            (0, 0)
+        } else {
+            (
+                node["size"].as_u64().unwrap_or(0),
+                (node["modified_time"].as_f64().unwrap_or(0.0) * 1000.0) as i64,
+            )
+        };
+        out.insert(
+            node["path"].as_str().unwrap_or("?").to_string(),
+            (is_dir, size, mtime),
+        );
+        if let Some(children) = node["children"].as_array() {
+            stack.extend(children.iter().cloned());
+        }
+    }
+    Some(out)
+}
+
+/// Waits (bounded) until the host's tree equals the directory.
+async fn converges(s: &TestServer, root: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let want = disk(root);
+        let got = tree(s).await;
+        if got.as_ref() == Some(&want) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let got = got.unwrap_or_default();
+            let missing: Vec<_> = want
+                .keys()
+                .filter(|k| !got.contains_key(*k))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = got
+                .keys()
+                .filter(|k| !want.contains_key(*k))
+                .take(5)
+                .collect();
+            let differ: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+                .take(5)
+                .collect();
+            panic!("{what}: missing {missing:?}, extra {extra:?}, differ {differ:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agent_syncs_a_directory_follows_it_and_starts_over_when_taken_over() {
+    let s = TestServer::start(host_with_examples()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    for d in 0..20 {
+        let sub = root.join(format!("proj_{}/run_{}", d / 5, d % 5));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..100 {
+            std::fs::write(
+                sub.join(format!("file_{f:03}.dat")),
+                vec![b'x'; (d * 100 + f) % 997],
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(root.join("skip.tmp"), b"left out").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let args = weir_host::agent::AgentArgs {
+        url: s.base.clone(),
+        key_env: "KEY".into(),
+        root: root.clone(),
+        pipe: "test".into(),
+        state_dir: Some(state.path().to_path_buf()),
+        batch_rows: 250,
+        ignore: vec!["*.tmp".into()],
+        max_depth: None,
+        follow_symlinks: false,
+    };
+    let key = secret(Role::Ingest);
+    let config = AgentConfig::resolve(&args, &|_| Some(key.clone())).unwrap();
+    // The agent id is kept: a second resolve gives the same task id.
+    assert_eq!(
+        AgentConfig::resolve(&args, &|_| Some(key.clone()))
+            .unwrap()
+            .task_id,
+        config.task_id
+    );
+    assert!(config.task_id.ends_with(":test"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(weir_host::agent::run(config, async move {
+        let _ = stopped.await;
+    }));
+
+    std::fs::remove_file(root.join("skip.tmp")).unwrap();
+    converges(&s, &root, "the snapshot").await;
+
+    // Realtime: create, modify, delete, mkdir with a file, rename, rmtree.
+    std::fs::write(root.join("proj_0/run_0/created.txt"), b"new").unwrap();
+    std::fs::write(
+        root.join("proj_1/run_1/file_001.dat"),
+        b"changed, longer than before",
+    )
+    .unwrap();
+    std::fs::remove_file(root.join("proj_0/run_3/file_003.dat")).unwrap();
+    std::fs::create_dir(root.join("fresh")).unwrap();
+    std::fs::write(root.join("fresh/inner.txt"), b"inside").unwrap();
+    std::fs::rename(
+        root.join("proj_2/run_2/file_002.dat"),
+        root.join("proj_2/run_2/renamed.dat"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(root.join("proj_3/run_4")).unwrap();
+    std::fs::write(root.join("ignored.tmp"), b"left out").unwrap();
+    std::fs::remove_file(root.join("ignored.tmp")).unwrap();
+    converges(&s, &root, "realtime changes").await;
+
+    // Another agent takes the datastore over: this one is refused (419),
+    // starts over with a new session and a new snapshot, and wins it back.
+    let (status, grant) = s
+        .post(
+            SESSION,
+            Role::Ingest,
+            Some(json!({"task_id": "other:pipe"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{grant}");
+    let other = grant["session_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = s
+            .post(
+                &format!("{SESSION}{other}/heartbeat"),
+                Role::Ingest,
+                Some(json!({})),
+            )
+            .await;
+        if status.as_u16() == 419 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not take its datastore back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::write(root.join("after.txt"), b"after the takeover").unwrap();
+    converges(&s, &root, "after the takeover").await;
+
+    // Stopping deletes the session: the views wait for an agent.
+    let _ = stop.send(());
+    agent.await.unwrap().unwrap();
+    let (status, body) = s.get("/api/v1/views/default/stats", Role::Query).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let _: Value = body;
+}
+
+#[test]
+fn a_bad_setting_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = weir_host::agent::AgentArgs {
+        url: "http://127.0.0.1:1".into(),
+        key_env: "NO_SUCH_KEY".into(),
+        root: dir.path().to_path_buf(),
+        pipe: "p".into(),
+        state_dir: Some(dir.path().join("state")),
+        batch_rows: 100,
+        ignore: vec![],
+        max_depth: None,
+        follow_symlinks: false,
+    };
+    let err = AgentConfig::resolve(&args, &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("set NO_SUCH_KEY"), "{err}");
+    args.root = dir.path().join("missing");
+    let err = AgentConfig::resolve(&args, &|_| Some("k".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot open the root"), "{err}");
+    args.root = dir.path().to_path_buf();
+    args.ignore = vec!["[".into()];
+    let err = format!(
+        "{:#}",
+        AgentConfig::resolve(&args, &|_| Some("k".into())).unwrap_err()
+    );
+    assert!(err.contains("--ignore `[`"), "{err}");
+    let _ = Filter::new(&[], None, false).unwrap();
+}
