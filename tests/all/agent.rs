@@ -131,6 +131,8 @@ async fn the_agent_syncs_a_directory_follows_it_and_starts_over_when_taken_over(
         ignore: vec!["*.tmp".into()],
         max_depth: None,
         follow_symlinks: false,
+        audit_interval_secs: Some(0.5),
+        sentinel_interval_secs: Some(0.5),
     };
     let key = secret(Role::Ingest);
     let config = AgentConfig::resolve(&args, &|_| Some(key.clone())).unwrap();
@@ -169,6 +171,18 @@ async fn the_agent_syncs_a_directory_follows_it_and_starts_over_when_taken_over(
     std::fs::write(root.join("ignored.tmp"), b"left out").unwrap();
     std::fs::remove_file(root.join("ignored.tmp")).unwrap();
     converges(&s, &root, "realtime changes").await;
+
+    // Audits run (every half second here) and keep the tree right.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, stats) = s.get("/api/v1/views/default/stats", Role::Query).await;
+        if stats["audit_cycle_count"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no audit cycles: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    converges(&s, &root, "after audits").await;
 
     // Another agent takes the datastore over: this one is refused (419),
     // starts over with a new session and a new snapshot, and wins it back.
@@ -223,7 +237,17 @@ fn a_bad_setting_is_named() {
         ignore: vec![],
         max_depth: None,
         follow_symlinks: false,
+        audit_interval_secs: None,
+        sentinel_interval_secs: Some(0.0),
     };
+    let err = AgentConfig::resolve(&args, &|_| Some("k".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--sentinel-interval-secs must be 0.1 to 86400, not 0"),
+        "{err}"
+    );
+    args.sentinel_interval_secs = None;
     let err = AgentConfig::resolve(&args, &|_| None)
         .unwrap_err()
         .to_string();

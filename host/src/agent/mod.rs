@@ -55,6 +55,12 @@ pub struct AgentArgs {
     /// Follow symbolic links (they are synced as links otherwise).
     #[arg(long)]
     pub follow_symlinks: bool,
+    /// Seconds between audits (default: what the server answers).
+    #[arg(long)]
+    pub audit_interval_secs: Option<f64>,
+    /// Seconds between sentinel checks (default: what the server answers).
+    #[arg(long)]
+    pub sentinel_interval_secs: Option<f64>,
 }
 
 /// What a run needs, resolved from the flags.
@@ -72,6 +78,10 @@ pub struct AgentConfig {
     pub batch_rows: usize,
     /// What is left out.
     pub filter: Filter,
+    /// Audit and sentinel intervals that override the server's.
+    pub audit_every: Option<Duration>,
+    /// See `audit_every`.
+    pub sentinel_every: Option<Duration>,
 }
 
 impl AgentConfig {
@@ -106,7 +116,18 @@ impl AgentConfig {
             task_id: format!("{id}:{}", args.pipe),
             batch_rows: args.batch_rows,
             filter: Filter::new(&args.ignore, args.max_depth, args.follow_symlinks)?,
+            audit_every: interval(args.audit_interval_secs, "--audit-interval-secs")?,
+            sentinel_every: interval(args.sentinel_interval_secs, "--sentinel-interval-secs")?,
         })
+    }
+}
+
+/// An interval flag: 0.1 s to a day.
+fn interval(secs: Option<f64>, flag: &str) -> anyhow::Result<Option<Duration>> {
+    match secs {
+        None => Ok(None),
+        Some(s) if (0.1..=86_400.0).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => anyhow::bail!("{flag} must be 0.1 to 86400, not {s}"),
     }
 }
 
@@ -252,6 +273,91 @@ impl Client {
         }
     }
 
+    /// One audit cycle: `audit/start`, the audit walk (directories whose
+    /// mtime did not move since the last audit are skipped), an empty
+    /// `is_end` batch, `audit/end`. Answers the updated mtime cache.
+    async fn audit(&mut self, sid: &str, cache: walk::MtimeCache) -> Result<walk::MtimeCache, End> {
+        self.signal("/api/v1/pipe/consistency/audit/start").await?;
+        let (mut rows, done) = walk::audit(
+            self.config.root.clone(),
+            self.config.filter.clone(),
+            self.config.batch_rows,
+            cache,
+        );
+        let mut n = 0usize;
+        while let Some(batch) = rows.recv().await {
+            n += batch.len();
+            let batch = batch.into_iter().map(|r| ("update", r)).collect();
+            self.push(sid, "audit", batch, false).await?;
+        }
+        self.push(sid, "audit", Vec::new(), true).await?;
+        self.signal("/api/v1/pipe/consistency/audit/end").await?;
+        tracing::debug!(rows = n, "audit sent");
+        Ok(done.await.unwrap_or_default())
+    }
+
+    /// Asks for the sentinel's tasks and answers what the file system says
+    /// of each path.
+    async fn sentinel(&mut self) -> Result<(), End> {
+        let tasks = self
+            .signal_get("/api/v1/pipe/consistency/sentinel/tasks")
+            .await?;
+        let Some(paths) = tasks["paths"].as_array() else {
+            return Ok(());
+        };
+        let mut updates = Vec::new();
+        for p in paths.iter().filter_map(Value::as_str).take(10_000) {
+            let local = self.config.root.join(p.trim_start_matches('/'));
+            // Only paths below the root (no `..` from a hostile server).
+            if p.split('/').any(|c| c == "..") {
+                continue;
+            }
+            updates.push(match std::fs::symlink_metadata(&local) {
+                Ok(m) => {
+                    let r = walk::row(p, &m);
+                    json!({"path": p, "mtime": r["modified_time"], "size": r["size"], "status": "exists"})
+                }
+                Err(_) => json!({"path": p, "status": "missing"}),
+            });
+        }
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let body = json!({"type": "suspect_update", "updates": updates});
+        self.signal_with(
+            "/api/v1/pipe/consistency/sentinel/feedback",
+            reqwest::Method::POST,
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn signal(&self, path: &str) -> Result<Value, End> {
+        self.signal_with(path, reqwest::Method::POST, None).await
+    }
+
+    async fn signal_get(&self, path: &str) -> Result<Value, End> {
+        self.signal_with(path, reqwest::Method::GET, None).await
+    }
+
+    /// A request that waits out a busy server (bounded backoff).
+    async fn signal_with(
+        &self,
+        path: &str,
+        method: reqwest::Method,
+        body: Option<&Value>,
+    ) -> Result<Value, End> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.request(method.clone(), path, body).await {
+                Answer::Ok(v) => return Ok(v),
+                Answer::Gone(why) => return Err(End::Again(why)),
+                Answer::Retry(why) => backoff.wait(&why).await,
+            }
+        }
+    }
+
     /// Logs each new rejection reason once; the rows are dropped.
     fn log_rejections(&mut self, answer: &Value) {
         let Some(list) = answer["rejected"].as_array() else {
@@ -308,7 +414,7 @@ pub async fn run(
             () = &mut shutdown => return Ok(()),
             s = create_session(&client) => s,
         };
-        let (sid, heartbeat_every) = match session {
+        let (sid, timing) = match session {
             Ok(s) => s,
             Err(why) => {
                 tokio::select! {
@@ -321,7 +427,7 @@ pub async fn run(
         tracing::info!(session = %sid, "session created");
         let ended = tokio::select! {
             () = &mut shutdown => End::Shutdown,
-            end = serve_session(&mut client, &sid, heartbeat_every) => end,
+            end = serve_session(&mut client, &sid, timing) => end,
         };
         match ended {
             End::Shutdown => {
@@ -341,8 +447,16 @@ pub async fn run(
     }
 }
 
-/// Creates a session; its id and the heartbeat interval.
-async fn create_session(client: &Client) -> Result<(String, Duration), String> {
+/// The intervals of a session.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    heartbeat: Duration,
+    audit: Duration,
+    sentinel: Duration,
+}
+
+/// Creates a session; its id and intervals.
+async fn create_session(client: &Client) -> Result<(String, Timing), String> {
     let body = json!({"task_id": client.config.task_id, "source_type": "fs",
         "client_info": {"source_uri": client.config.root.display().to_string(), "agent": "weir-agent"}});
     match client
@@ -354,16 +468,35 @@ async fn create_session(client: &Client) -> Result<(String, Duration), String> {
                 .as_str()
                 .ok_or("the session answer has no session_id")?
                 .to_string();
+            let secs = |field: &str, default: f64| {
+                Duration::from_secs_f64(
+                    grant[field]
+                        .as_f64()
+                        .unwrap_or(default)
+                        .clamp(0.5, 86_400.0),
+                )
+            };
             let timeout = grant["session_timeout_seconds"].as_f64().unwrap_or(30.0);
-            let every = Duration::from_secs_f64((timeout / 3.0).clamp(0.5, 60.0));
-            Ok((sid, every))
+            let c = &client.config;
+            Ok((
+                sid,
+                Timing {
+                    heartbeat: Duration::from_secs_f64((timeout / 3.0).clamp(0.5, 60.0)),
+                    audit: c
+                        .audit_every
+                        .unwrap_or_else(|| secs("audit_interval_sec", 600.0)),
+                    sentinel: c
+                        .sentinel_every
+                        .unwrap_or_else(|| secs("sentinel_interval_sec", 120.0)),
+                },
+            ))
         }
         Answer::Gone(why) | Answer::Retry(why) => Err(format!("cannot create a session: {why}")),
     }
 }
 
 /// One session's life: heartbeats beside the snapshot and then realtime.
-async fn serve_session(client: &mut Client, sid: &str, heartbeat_every: Duration) -> End {
+async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
     // The watch starts before the walk, so that nothing changed during the
     // snapshot is missed (the server's arbitration orders the two).
     let (watcher, mut changes) =
@@ -380,7 +513,7 @@ async fn serve_session(client: &mut Client, sid: &str, heartbeat_every: Duration
         client.http.clone(),
         client.config.clone(),
         sid.to_string(),
-        heartbeat_every,
+        timing.heartbeat,
     );
     tokio::pin!(heartbeat);
     let work = async {
@@ -402,12 +535,26 @@ async fn serve_session(client: &mut Client, sid: &str, heartbeat_every: Duration
             secs = started.elapsed().as_secs_f64(),
             "snapshot sent"
         );
+        let mut cache = walk::MtimeCache::new();
+        let mut audit =
+            tokio::time::interval_at(tokio::time::Instant::now() + timing.audit, timing.audit);
+        let mut sentinel = tokio::time::interval_at(
+            tokio::time::Instant::now() + timing.sentinel,
+            timing.sentinel,
+        );
+        for tick in [&mut audit, &mut sentinel] {
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         loop {
-            let batch = match changes.next(client.config.batch_rows).await {
-                realtime::Next::Rows(rows) => rows,
-                realtime::Next::Lost(why) => return Err::<(), End>(End::Again(why)),
-            };
-            client.push(sid, "message", batch, false).await?;
+            // Reading changes is cancel-safe: what it gathered waits in it.
+            tokio::select! {
+                next = changes.next(client.config.batch_rows) => match next {
+                    realtime::Next::Rows(rows) => client.push(sid, "message", rows, false).await?,
+                    realtime::Next::Lost(why) => return Err::<(), End>(End::Again(why)),
+                },
+                _ = audit.tick() => cache = client.audit(sid, std::mem::take(&mut cache)).await?,
+                _ = sentinel.tick() => client.sentinel().await?,
+            }
         }
     };
     let end = tokio::select! {

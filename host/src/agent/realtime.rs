@@ -40,6 +40,9 @@ pub struct Changes {
     rx: mpsc::Receiver<Signal>,
     root: PathBuf,
     filter: Filter,
+    /// Paths received and not yet sent: kept here, so that a read
+    /// cancelled while it gathers loses nothing.
+    pending: BTreeSet<PathBuf>,
 }
 
 /// The next rows, or why the watch cannot go on.
@@ -75,6 +78,7 @@ pub fn watch(root: &Path, filter: Filter) -> notify::Result<(notify::Recommended
             rx,
             root: root.to_path_buf(),
             filter,
+            pending: BTreeSet::new(),
         },
     ))
 }
@@ -117,21 +121,23 @@ impl Changes {
     /// Waits for changes, gathers more for a moment, and answers their rows
     /// (at most `max`; the rest come next time).
     pub async fn next(&mut self, max: usize) -> Next {
-        let mut paths = BTreeSet::new();
-        match self.rx.recv().await {
-            None => return Next::Lost("the watcher stopped".into()),
-            Some(Signal::Lost(why)) => return Next::Lost(why),
-            Some(Signal::Paths(p)) => paths.extend(p),
+        if self.pending.is_empty() {
+            match self.rx.recv().await {
+                None => return Next::Lost("the watcher stopped".into()),
+                Some(Signal::Lost(why)) => return Next::Lost(why),
+                Some(Signal::Paths(p)) => self.pending.extend(p),
+            }
         }
         let deadline = tokio::time::Instant::now() + COALESCE;
-        while paths.len() < max {
+        while self.pending.len() < max {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Err(_) => break,
                 Ok(None) => return Next::Lost("the watcher stopped".into()),
                 Ok(Some(Signal::Lost(why))) => return Next::Lost(why),
-                Ok(Some(Signal::Paths(p))) => paths.extend(p),
+                Ok(Some(Signal::Paths(p))) => self.pending.extend(p),
             }
         }
+        let paths = std::mem::take(&mut self.pending);
         let mut rows = Vec::with_capacity(paths.len());
         for path in paths {
             let Some(wire) = wire_path(&self.root, &path) else {

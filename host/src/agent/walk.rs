@@ -86,16 +86,59 @@ pub fn row(wire: &str, meta: &std::fs::Metadata) -> Value {
     })
 }
 
+/// Directory mtimes seen by the last audit: an audit lists the files of a
+/// directory only when its mtime moved.
+pub type MtimeCache = std::collections::HashMap<String, f64>;
+
 /// Walks `root` on a thread of its own; batches of at most `batch` rows
 /// come out of the receiver, which ends when the walk does. Unreadable
 /// entries are logged (at most 100 lines per walk) and skipped.
 pub fn snapshot(root: PathBuf, filter: Filter, batch: usize) -> mpsc::Receiver<Vec<Value>> {
+    walk(root, filter, batch, None).0
+}
+
+/// An audit walk: like [`snapshot`], but a directory whose mtime is the
+/// one in `cache` is sent with `audit_skipped` and its files are not
+/// listed (its subdirectories are still walked); file rows carry their
+/// `parent_path` and `parent_mtime`. The cache comes back, updated, when
+/// the walk ends.
+pub fn audit(
+    root: PathBuf,
+    filter: Filter,
+    batch: usize,
+    cache: MtimeCache,
+) -> (
+    mpsc::Receiver<Vec<Value>>,
+    tokio::sync::oneshot::Receiver<MtimeCache>,
+) {
+    let (rows, cache) = walk(root, filter, batch, Some(cache));
+    (rows, cache.expect("an audit walk returns its cache"))
+}
+
+type Walk = (
+    mpsc::Receiver<Vec<Value>>,
+    Option<tokio::sync::oneshot::Receiver<MtimeCache>>,
+);
+
+fn walk(root: PathBuf, filter: Filter, batch: usize, cache: Option<MtimeCache>) -> Walk {
+    let (done_tx, done_rx) = match cache.is_some() {
+        true => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
+    let mut cache = cache;
     let (tx, rx) = mpsc::channel(4);
     std::thread::Builder::new()
         .name("weir-agent-walk".into())
         .spawn(move || {
             let mut rows = Vec::with_capacity(batch);
             let mut logged = 0;
+            let mut next_cache = MtimeCache::new();
+            // Directories whose files are not listed (unchanged since the
+            // last audit).
+            let mut skipped = std::collections::HashSet::new();
             let walk = walkdir::WalkDir::new(&root)
                 .follow_links(filter.follows())
                 .into_iter()
@@ -119,7 +162,28 @@ pub fn snapshot(root: PathBuf, filter: Filter, batch: usize) -> mpsc::Receiver<V
                         continue;
                     }
                 };
-                rows.push(row(&wire, &meta));
+                let mut r = row(&wire, &meta);
+                if let Some(old) = cache.as_mut() {
+                    let mtime = r["modified_time"].as_f64().unwrap_or(0.0);
+                    let parent = match wire.rsplit_once('/') {
+                        Some(("", _)) => "/".to_string(),
+                        Some((p, _)) => p.to_string(),
+                        None => String::new(),
+                    };
+                    if meta.is_dir() {
+                        next_cache.insert(wire.clone(), mtime);
+                        if old.get(&wire) == Some(&mtime) {
+                            r["audit_skipped"] = json!(true);
+                            skipped.insert(wire.clone());
+                        }
+                    } else if skipped.contains(&parent) {
+                        continue;
+                    } else if wire != "/" {
+                        r["parent_mtime"] = json!(next_cache.get(&parent).copied().unwrap_or(0.0));
+                        r["parent_path"] = json!(parent);
+                    }
+                }
+                rows.push(r);
                 if rows.len() == batch {
                     let full = std::mem::replace(&mut rows, Vec::with_capacity(batch));
                     if tx.blocking_send(full).is_err() {
@@ -127,12 +191,15 @@ pub fn snapshot(root: PathBuf, filter: Filter, batch: usize) -> mpsc::Receiver<V
                     }
                 }
             }
-            if !rows.is_empty() {
-                let _ = tx.blocking_send(rows);
+            if !rows.is_empty() && tx.blocking_send(rows).is_err() {
+                return;
+            }
+            if let Some(done) = done_tx {
+                let _ = done.send(next_cache);
             }
         })
         .ok();
-    rx
+    (rx, done_rx)
 }
 
 #[cfg(test)]
@@ -184,5 +251,49 @@ mod tests {
             (Some(1), Some(false))
         );
         assert_eq!(f["file_name"], "f3");
+    }
+
+    async fn collect(rx: &mut mpsc::Receiver<Vec<Value>>) -> Vec<Value> {
+        let mut rows = Vec::new();
+        while let Some(b) = rx.recv().await {
+            rows.extend(b);
+        }
+        rows
+    }
+
+    #[tokio::test]
+    async fn an_audit_lists_only_the_files_of_directories_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for d in ["a", "b"] {
+            std::fs::create_dir(root.join(d)).unwrap();
+            std::fs::write(root.join(d).join("f"), b"x").unwrap();
+        }
+        let filter = Filter::new(&[], None, false).unwrap();
+        let (mut rx, done) = audit(root.clone(), filter.clone(), 100, MtimeCache::new());
+        let first = collect(&mut rx).await;
+        let cache = done.await.unwrap();
+        assert_eq!(first.len(), 5, "root, two directories, two files");
+        let f = first.iter().find(|r| r["path"] == "/a/f").unwrap();
+        assert_eq!(f["parent_path"], "/a");
+        assert!(f["parent_mtime"].as_f64().unwrap() > 0.0);
+        // Nothing moved: every directory is skipped and no file listed.
+        let (mut rx, done) = audit(root.clone(), filter.clone(), 100, cache);
+        let second = collect(&mut rx).await;
+        assert_eq!(second.len(), 3, "{second:?}");
+        assert!(second.iter().all(|r| r["audit_skipped"] == true));
+        // A new file in b: b is listed again, a is not.
+        let cache = done.await.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(root.join("b/g"), b"y").unwrap();
+        let (mut rx, _) = audit(root, filter, 100, cache);
+        let mut third: Vec<String> = collect(&mut rx)
+            .await
+            .iter()
+            .filter(|r| r["audit_skipped"] != true)
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .collect();
+        third.sort();
+        assert_eq!(third, ["/b", "/b/f", "/b/g"].map(String::from), "{third:?}");
     }
 }
