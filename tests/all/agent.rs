@@ -122,6 +122,7 @@ async fn the_agent_syncs_a_directory_follows_it_and_starts_over_when_taken_over(
     std::fs::write(root.join("skip.tmp"), b"left out").unwrap();
     let state = tempfile::tempdir().unwrap();
     let args = weir_host::agent::AgentArgs {
+        command: None,
         url: s.base.clone(),
         key_env: "KEY".into(),
         root: root.clone(),
@@ -184,6 +185,41 @@ async fn the_agent_syncs_a_directory_follows_it_and_starts_over_when_taken_over(
     }
     converges(&s, &root, "after audits").await;
 
+    // `weir agent status` reads what the running agent reports.
+    let status = |state: &Path| {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let args = [
+            "weir",
+            "agent",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--pipe",
+            "test",
+            "status",
+        ];
+        let code = weir_host::cli::run(args.map(String::from), &mut out, &mut err);
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let (code, out, err) = status(state.path());
+        if code == 0 && out.contains("\"realtime\"") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "{code} {out} {err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert!(shown["rows_sent"].as_u64().unwrap() > 2000, "{shown}");
+    assert_eq!(shown["sessions"], 1, "{shown}");
+    let (code, _, err) = status(&state.path().join("nowhere"));
+    assert_eq!(code, 1);
+    assert!(err.contains("is the agent running"), "{err}");
+
     // Another agent takes the datastore over: this one is refused (419),
     // starts over with a new session and a new snapshot, and wins it back.
     let (status, grant) = s
@@ -228,6 +264,7 @@ async fn the_agent_syncs_a_directory_follows_it_and_starts_over_when_taken_over(
 fn a_bad_setting_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = weir_host::agent::AgentArgs {
+        command: None,
         url: "http://127.0.0.1:1".into(),
         key_env: "NO_SUCH_KEY".into(),
         root: dir.path().to_path_buf(),

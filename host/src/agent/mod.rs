@@ -31,8 +31,12 @@ pub struct AgentArgs {
     /// The environment variable that holds the ingest key.
     #[arg(long, default_value = "WEIR_INGEST_KEY")]
     pub key_env: String,
+    /// `status`: print what the running agent of this state directory and
+    /// pipe last reported, and exit.
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
     /// The directory to sync.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     pub root: PathBuf,
     /// The pipe's name: the task id is `<agent id>:<pipe>`.
     #[arg(long, default_value = "default")]
@@ -63,6 +67,56 @@ pub struct AgentArgs {
     pub sentinel_interval_secs: Option<f64>,
 }
 
+/// `weir agent` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Print the running agent's status (session, rows sent, lag, last
+    /// error) from its state directory.
+    Status,
+}
+
+/// What the agent reports about itself, in `status-PIPE.json` of its state
+/// directory (rewritten every few seconds), for `weir agent status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// `<agent id>:<pipe>`.
+    pub task_id: String,
+    /// The server.
+    pub url: String,
+    /// The directory synced.
+    pub root: String,
+    /// `connecting`, `snapshot`, `realtime` or `stopped`.
+    pub state: String,
+    /// The current session, if any.
+    pub session_id: Option<String>,
+    /// Sessions made since the start.
+    pub sessions: u64,
+    /// Rows the server accepted since the start.
+    pub rows_sent: u64,
+    /// Requests that carried them.
+    pub requests: u64,
+    /// Milliseconds between the oldest change waiting and now (0: none
+    /// waits).
+    pub lag_ms: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// When this was written, ms since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+/// The status file of `pipe` in `state`.
+pub fn status_file(state: &Path, pipe: &str) -> PathBuf {
+    state.join(format!("status-{pipe}.json"))
+}
+
+/// The state directory `args` name, or the default one.
+pub fn state_dir(args: &AgentArgs) -> anyhow::Result<PathBuf> {
+    match &args.state_dir {
+        Some(d) => Ok(d.clone()),
+        None => default_state_dir().context("no state directory: set --state-dir (or HOME)"),
+    }
+}
+
 /// What a run needs, resolved from the flags.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -82,6 +136,8 @@ pub struct AgentConfig {
     pub audit_every: Option<Duration>,
     /// See `audit_every`.
     pub sentinel_every: Option<Duration>,
+    /// Where the status is written.
+    pub status_file: PathBuf,
 }
 
 impl AgentConfig {
@@ -104,10 +160,20 @@ impl AgentConfig {
             (1..=10_000).contains(&args.batch_rows),
             "--batch-rows must be 1 to 10000"
         );
-        let state = match &args.state_dir {
-            Some(d) => d.clone(),
-            None => default_state_dir().context("no state directory: set --state-dir (or HOME)")?,
-        };
+        anyhow::ensure!(
+            !args.root.as_os_str().is_empty(),
+            "--root is needed: the directory to sync"
+        );
+        anyhow::ensure!(
+            !args.pipe.is_empty()
+                && args.pipe.len() <= 64
+                && args
+                    .pipe
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+            "--pipe must be 1 to 64 letters, digits, `-`, `_` or `.`"
+        );
+        let state = state_dir(args)?;
         let id = agent_id(&state)?;
         Ok(Self {
             url: args.url.trim_end_matches('/').to_string(),
@@ -118,6 +184,7 @@ impl AgentConfig {
             filter: Filter::new(&args.ignore, args.max_depth, args.follow_symlinks)?,
             audit_every: interval(args.audit_interval_secs, "--audit-interval-secs")?,
             sentinel_every: interval(args.sentinel_interval_secs, "--sentinel-interval-secs")?,
+            status_file: status_file(&state, &args.pipe),
         })
     }
 }
@@ -175,6 +242,8 @@ struct Sent {
 struct Client {
     http: reqwest::Client,
     config: AgentConfig,
+    /// What `weir agent status` shows (shared with the writer task).
+    status: std::sync::Arc<std::sync::Mutex<Status>>,
     /// Rejection reasons already logged.
     rejections: std::collections::HashSet<String>,
     sent: Sent,
@@ -264,6 +333,11 @@ impl Client {
                 Answer::Ok(answer) => {
                     self.sent.rows += count as u64;
                     self.sent.requests += 1;
+                    self.report(|s| {
+                        s.rows_sent += count as u64;
+                        s.requests += 1;
+                        s.lag_ms = crate::time::now_ms().saturating_sub(now_ms);
+                    });
                     self.log_rejections(&answer);
                     return Ok(());
                 }
@@ -353,9 +427,20 @@ impl Client {
             match self.request(method.clone(), path, body).await {
                 Answer::Ok(v) => return Ok(v),
                 Answer::Gone(why) => return Err(End::Again(why)),
-                Answer::Retry(why) => backoff.wait(&why).await,
+                Answer::Retry(why) => {
+                    self.report(|s| s.last_error = Some(why.clone()));
+                    backoff.wait(&why).await
+                }
             }
         }
+    }
+
+    /// Updates the status.
+    fn report(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
     /// Logs each new rejection reason once; the rows are dropped.
@@ -401,22 +486,75 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let status = std::sync::Arc::new(std::sync::Mutex::new(Status {
+        task_id: config.task_id.clone(),
+        url: config.url.clone(),
+        root: config.root.display().to_string(),
+        state: "connecting".into(),
+        ..Status::default()
+    }));
+    let writer = tokio::spawn(write_status(status.clone(), config.status_file.clone()));
     let mut client = Client {
         http: reqwest::Client::new(),
         config,
+        status,
         rejections: Default::default(),
         sent: Sent::default(),
     };
+    let result = run_sessions(&mut client, shutdown).await;
+    writer.abort();
+    client.report(|s| s.state = "stopped".into());
+    let text = serde_json::to_vec_pretty(
+        &*client
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )?;
+    let _ = std::fs::write(&client.config.status_file, text);
+    result
+}
+
+/// Writes the status file every 2 s.
+async fn write_status(status: std::sync::Arc<std::sync::Mutex<Status>>, file: PathBuf) {
+    loop {
+        let text = {
+            let mut s = status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.updated_ms = crate::time::now_ms();
+            serde_json::to_vec_pretty(&*s).unwrap_or_default()
+        };
+        // Written whole, then renamed: a reader never sees half a file.
+        let tmp = file.with_extension("json.tmp");
+        if std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .is_err()
+        {
+            tracing::warn!(file = %file.display(), "cannot write the status file");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Sessions, one after the other, until `shutdown`.
+async fn run_sessions(
+    client: &mut Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new();
     loop {
         let session = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            s = create_session(&client) => s,
+            s = create_session(client) => s,
         };
         let (sid, timing) = match session {
             Ok(s) => s,
             Err(why) => {
+                client.report(|s| {
+                    s.state = "connecting".into();
+                    s.last_error = Some(why.clone());
+                });
                 tokio::select! {
                     () = &mut shutdown => return Ok(()),
                     () = backoff.wait(&why) => continue,
@@ -425,9 +563,14 @@ pub async fn run(
         };
         backoff = Backoff::new();
         tracing::info!(session = %sid, "session created");
+        client.report(|s| {
+            s.session_id = Some(sid.clone());
+            s.sessions += 1;
+            s.state = "snapshot".into();
+        });
         let ended = tokio::select! {
             () = &mut shutdown => End::Shutdown,
-            end = serve_session(&mut client, &sid, timing) => end,
+            end = serve_session(client, &sid, timing) => end,
         };
         match ended {
             End::Shutdown => {
@@ -442,6 +585,11 @@ pub async fn run(
             }
             End::Again(why) => {
                 tracing::warn!(session = %sid, "starting over with a new session: {why}");
+                client.report(|s| {
+                    s.state = "connecting".into();
+                    s.session_id = None;
+                    s.last_error = Some(why.clone());
+                });
             }
         }
     }
@@ -575,6 +723,7 @@ async fn heartbeats(
     let client = Client {
         http,
         config,
+        status: Default::default(),
         rejections: Default::default(),
         sent: Sent::default(),
     };

@@ -53,7 +53,32 @@ enum ConfigCommand {
 }
 
 /// Runs `weir agent` until SIGINT or SIGTERM.
-fn agent(args: &crate::agent::AgentArgs, err: &mut dyn Write) -> anyhow::Result<i32> {
+fn agent(
+    args: &crate::agent::AgentArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    if let Some(crate::agent::AgentCommand::Status) = args.command {
+        let file = crate::agent::status_file(&crate::agent::state_dir(args)?, &args.pipe);
+        let text = std::fs::read(&file).map_err(|e| {
+            anyhow::anyhow!(
+                "no status at {} ({e}): is the agent running with this --state-dir and --pipe?",
+                file.display()
+            )
+        })?;
+        let status: crate::agent::Status = serde_json::from_slice(&text)?;
+        let age = crate::time::now_ms().saturating_sub(status.updated_ms);
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+        if status.state != "stopped" && age > 10_000 {
+            writeln!(
+                err,
+                "the status is {} s old: the agent may have died",
+                age / 1000
+            )?;
+            return Ok(1);
+        }
+        return Ok(0);
+    }
     let config = crate::agent::AgentConfig::resolve(args, &|k| std::env::var(k).ok())?;
     writeln!(
         err,
@@ -91,7 +116,7 @@ pub fn run(
         Command::Plugins(PluginsCommand::Validate { file }) => validate(&file, out),
         Command::Plugins(PluginsCommand::Test(args)) => test(&args, out),
         Command::Consume(args) => crate::consume::consume(&args, out, err),
-        Command::Agent(args) => agent(&args, err),
+        Command::Agent(args) => agent(&args, out, err),
         Command::Config(ConfigCommand::Check { config }) => config_check(&config, out),
     };
     match result {
