@@ -125,7 +125,7 @@ async fn the_agent_syncs_a_directory_follows_it_and_starts_over_when_taken_over(
         command: None,
         url: s.base.clone(),
         key_env: "KEY".into(),
-        root: root.clone(),
+        root: Some(root.clone()),
         pipe: "test".into(),
         state_dir: Some(state.path().to_path_buf()),
         batch_rows: 250,
@@ -267,7 +267,7 @@ fn a_bad_setting_is_named() {
         command: None,
         url: "http://127.0.0.1:1".into(),
         key_env: "NO_SUCH_KEY".into(),
-        root: dir.path().to_path_buf(),
+        root: Some(dir.path().to_path_buf()),
         pipe: "p".into(),
         state_dir: Some(dir.path().join("state")),
         batch_rows: 100,
@@ -289,12 +289,12 @@ fn a_bad_setting_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("set NO_SUCH_KEY"), "{err}");
-    args.root = dir.path().join("missing");
+    args.root = Some(dir.path().join("missing"));
     let err = AgentConfig::resolve(&args, &|_| Some("k".into()))
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot open the root"), "{err}");
-    args.root = dir.path().to_path_buf();
+    args.root = Some(dir.path().to_path_buf());
     args.ignore = vec!["[".into()];
     let err = format!(
         "{:#}",

@@ -36,8 +36,8 @@ pub struct AgentArgs {
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
     /// The directory to sync.
-    #[arg(long, default_value = "")]
-    pub root: PathBuf,
+    #[arg(long)]
+    pub root: Option<PathBuf>,
     /// The pipe's name: the task id is `<agent id>:<pipe>`.
     #[arg(long, default_value = "default")]
     pub pipe: String,
@@ -149,8 +149,11 @@ impl AgentConfig {
             .with_context(|| format!("no ingest key: set {}", args.key_env))?;
         let root = args
             .root
+            .as_ref()
+            .context("--root is needed: the directory to sync")?;
+        let root = root
             .canonicalize()
-            .with_context(|| format!("cannot open the root {}", args.root.display()))?;
+            .with_context(|| format!("cannot open the root {}", root.display()))?;
         anyhow::ensure!(
             root.is_dir(),
             "the root {} is not a directory",
@@ -159,10 +162,6 @@ impl AgentConfig {
         anyhow::ensure!(
             (1..=10_000).contains(&args.batch_rows),
             "--batch-rows must be 1 to 10000"
-        );
-        anyhow::ensure!(
-            !args.root.as_os_str().is_empty(),
-            "--root is needed: the directory to sync"
         );
         anyhow::ensure!(
             !args.pipe.is_empty()
@@ -683,6 +682,7 @@ async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
             secs = started.elapsed().as_secs_f64(),
             "snapshot sent"
         );
+        client.report(|s| s.state = "realtime".into());
         let mut cache = walk::MtimeCache::new();
         let mut audit =
             tokio::time::interval_at(tokio::time::Instant::now() + timing.audit, timing.audit);
