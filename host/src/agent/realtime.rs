@@ -10,7 +10,7 @@
 //! and the agent starts over with a full snapshot (nothing is lost
 //! silently).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,7 +27,8 @@ const COALESCE: Duration = Duration::from_millis(100);
 
 /// What the watcher hands over.
 enum Signal {
-    Paths(Vec<PathBuf>),
+    /// Paths that changed; `true`: made (a new directory is looked into).
+    Paths(Vec<PathBuf>, bool),
     Lost(String),
 }
 
@@ -42,7 +43,7 @@ pub struct Changes {
     filter: Filter,
     /// Paths received and not yet sent: kept here, so that a read
     /// cancelled while it gathers loses nothing.
-    pending: BTreeSet<PathBuf>,
+    pending: BTreeMap<PathBuf, bool>,
 }
 
 /// The next rows, or why the watch cannot go on.
@@ -58,11 +59,27 @@ pub enum Next {
 pub fn watch(root: &Path, filter: Filter) -> notify::Result<(notify::RecommendedWatcher, Changes)> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode};
         let signal = match event {
             Ok(e) if e.need_rescan() => {
                 Signal::Lost("the kernel dropped file events (queue overflow)".into())
             }
-            Ok(e) => Signal::Paths(e.paths),
+            // Reads (the agent's own walks among them) change nothing; a
+            // write closed does.
+            Ok(e)
+                if matches!(
+                    e.kind,
+                    EventKind::Access(AccessKind::Close(AccessMode::Write))
+                ) =>
+            {
+                Signal::Paths(e.paths, false)
+            }
+            Ok(e) if matches!(e.kind, EventKind::Access(_)) => return,
+            Ok(e) => {
+                let made = matches!(e.kind, EventKind::Create(_));
+                Signal::Paths(e.paths, made)
+            }
             Err(e) => Signal::Lost(format!("watching failed: {e}")),
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(signal) {
@@ -78,12 +95,18 @@ pub fn watch(root: &Path, filter: Filter) -> notify::Result<(notify::Recommended
             rx,
             root: root.to_path_buf(),
             filter,
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
         },
     ))
 }
 
 impl Changes {
+    fn take(&mut self, paths: Vec<PathBuf>, made: bool) {
+        for p in paths {
+            *self.pending.entry(p).or_default() |= made;
+        }
+    }
+
     /// Rows for what is below directory `dir` (at `depth`).
     fn inside(
         &self,
@@ -125,7 +148,7 @@ impl Changes {
             match self.rx.recv().await {
                 None => return Next::Lost("the watcher stopped".into()),
                 Some(Signal::Lost(why)) => return Next::Lost(why),
-                Some(Signal::Paths(p)) => self.pending.extend(p),
+                Some(Signal::Paths(p, made)) => self.take(p, made),
             }
         }
         let deadline = tokio::time::Instant::now() + COALESCE;
@@ -134,12 +157,12 @@ impl Changes {
                 Err(_) => break,
                 Ok(None) => return Next::Lost("the watcher stopped".into()),
                 Ok(Some(Signal::Lost(why))) => return Next::Lost(why),
-                Ok(Some(Signal::Paths(p))) => self.pending.extend(p),
+                Ok(Some(Signal::Paths(p, made))) => self.take(p, made),
             }
         }
         let paths = std::mem::take(&mut self.pending);
         let mut rows = Vec::with_capacity(paths.len());
-        for path in paths {
+        for (path, made) in paths {
             let Some(wire) = wire_path(&self.root, &path) else {
                 continue;
             };
@@ -163,7 +186,7 @@ impl Changes {
                     let mut r = row(&wire, &m);
                     r["is_atomic_write"] = json!(true);
                     rows.push(("update", r));
-                    if m.is_dir() {
+                    if made && m.is_dir() {
                         // Entries made in a new directory before its watch
                         // was added send no events: look inside.
                         if let Err(why) = self.inside(&path, parts.len(), &mut rows) {

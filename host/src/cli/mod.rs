@@ -80,6 +80,10 @@ fn agent(
         return Ok(0);
     }
     let config = crate::agent::AgentConfig::resolve(args, &|k| std::env::var(k).ok())?;
+    serve::init_tracing(
+        Default::default(),
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
     writeln!(
         err,
         "weir agent: {} -> {} as {}",

@@ -245,7 +245,7 @@ pub async fn shutdown_signal() {
 }
 
 /// Logs to stderr in `format`, filtered by `filter` (checked already).
-fn init_tracing(format: LogFormat, filter: &str) {
+pub(super) fn init_tracing(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Interoperability test of `weir agent` against `weir serve`, both the built
+binaries, over a 20,000-file directory.
+
+1. Starts `weir serve` and `weir agent --root DIR`.
+2. Asserts the tree equals the directory (paths, sizes, mtimes).
+3. Creates, modifies, renames and deletes files, makes a directory with a
+   file and removes a directory tree: the tree follows within seconds.
+4. Kills `weir serve` (SIGKILL) and starts it again on the same port: the
+   agent finds its session gone, makes a new one, and the tree is right
+   again; a change made while the server was down is there too.
+5. `weir agent status` shows the agent in realtime; SIGTERM stops the agent
+   (its session deleted: the views answer 503) and the server.
+
+Usage: weir_agent.py --weir target/debug/weir
+Prints `weir agent interop: N passed, N failed`; exits non-zero on failure.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fustor_agent import (  # noqa: E402  (the Python agent test's helpers)
+    INGEST, QUERY, ADMIN, RESULTS, check, compare, disk_state, free_port, get, make_tree,
+    tree_state, wait_for)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weir", required=True)
+    args = ap.parse_args()
+    weir_bin = os.path.abspath(args.weir)
+    if not os.access(weir_bin, os.X_OK):
+        check(f"{weir_bin} is executable", False, "not found")
+        print(f"weir agent interop: {RESULTS['passed']} passed, {RESULTS['failed']} failed")
+        sys.exit(1)
+
+    work = tempfile.mkdtemp(prefix="weir-agent-interop-")
+    data = os.path.join(work, "data")
+    state = os.path.join(work, "agent-state")
+    files = make_tree(data, dirs=100, files_per_dir=200)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, WEIR_INGEST_KEY=INGEST, WEIR_QUERY_KEY=QUERY, WEIR_ADMIN_KEY=ADMIN,
+               RUST_LOG="info")
+    weir_log = open(os.path.join(work, "weir.log"), "a")
+    agent_log = open(os.path.join(work, "agent.log"), "w")
+
+    def start_weir():
+        return subprocess.Popen(
+            [weir_bin, "serve", "--listen", f"127.0.0.1:{port}", "--ephemeral"],
+            env=env, stdout=weir_log, stderr=subprocess.STDOUT)
+
+    def follows(what, timeout):
+        def probe():
+            diffs = compare(disk_state(data), tree_state(base) or {})
+            return True if not diffs else "; ".join(diffs[:5])
+        return wait_for(what, probe, timeout)
+
+    weir = start_weir()
+    agent = None
+    try:
+        ok, _ = wait_for("weir", lambda: get(base, "/healthz")[0] == 200 if weir.poll() is None else "exited", 120)
+        if not check("weir serve starts", ok):
+            return
+        started = time.time()
+        agent = subprocess.Popen(
+            [weir_bin, "agent", "--url", base, "--root", data, "--state-dir", state, "--pipe", "interop"],
+            env=env, stdout=agent_log, stderr=subprocess.STDOUT)
+        ok, last = follows("snapshot", 120)
+        check(f"weir agent's snapshot of {files} files equals the directory "
+              f"({time.time() - started:.1f}s to READY)", ok, str(last))
+
+        with open(os.path.join(data, "proj_0", "run_0", "created.txt"), "w") as fh:
+            fh.write("new file\n")
+        with open(os.path.join(data, "proj_1", "run_1", "file_001.dat"), "ab") as fh:
+            fh.write(b"appended bytes")
+        os.rename(os.path.join(data, "proj_2", "run_2", "file_002.dat"),
+                  os.path.join(data, "proj_2", "run_2", "renamed.dat"))
+        os.remove(os.path.join(data, "proj_0", "run_3", "file_003.dat"))
+        os.makedirs(os.path.join(data, "fresh", "deeper"))
+        with open(os.path.join(data, "fresh", "deeper", "inner.txt"), "w") as fh:
+            fh.write("inside\n")
+        shutil.rmtree(os.path.join(data, "proj_4", "run_4"))
+        ok, last = follows("realtime", 20)
+        check("the tree follows create, modify, rename, delete, mkdir and rmtree within seconds", ok, str(last))
+
+        weir.kill()
+        weir.wait()
+        with open(os.path.join(data, "while_down.txt"), "w") as fh:
+            fh.write("made while the server was down\n")
+        weir = start_weir()
+        ok, last = follows("after the restart", 120)
+        check("after weir serve is killed and started again, the agent re-syncs and the tree is right",
+              ok, str(last))
+
+        def status_shows():
+            out = subprocess.run([weir_bin, "agent", "--state-dir", state, "--pipe", "interop", "status"],
+                                 capture_output=True, text=True, timeout=30)
+            try:
+                status = json.loads(out.stdout)
+            except ValueError:
+                status = {}
+            if out.returncode == 0 and status.get("state") == "realtime" and status.get("sessions", 0) >= 2:
+                return True
+            return f"{out.returncode} {out.stdout} {out.stderr}"
+        ok, last = wait_for("status", status_shows, 10)  # it is written every 2 s
+        check("weir agent status shows it in realtime after two sessions", ok, str(last))
+
+        agent.send_signal(signal.SIGTERM)
+        try:
+            code = agent.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            code = "timed out"
+        agent = None
+        check("weir agent exits 0 on SIGTERM", code == 0, str(code))
+        status, body = get(base, "/api/v1/views/default/stats")
+        check("its session is deleted: the views answer 503", status == 503, f"{status} {body}")
+    except Exception as e:  # a crash of the test itself is a failure, reported as one
+        check("weir agent interop test ran to the end", False, repr(e))
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+        weir.send_signal(signal.SIGTERM)
+        try:
+            check("weir serve exits 0 on SIGTERM", weir.wait(timeout=15) == 0)
+        except subprocess.TimeoutExpired:
+            weir.kill()
+            check("weir serve exits 0 on SIGTERM", False, "timed out")
+        weir_log.close()
+        agent_log.close()
+        if RESULTS["failed"]:
+            for name in ("weir.log", "agent.log"):
+                print(f"--- last lines of {name}")
+                with open(os.path.join(work, name), errors="replace") as fh:
+                    print("".join(fh.readlines()[-30:]))
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"weir agent interop: {RESULTS['passed']} passed, {RESULTS['failed']} failed")
+    sys.exit(1 if RESULTS["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
