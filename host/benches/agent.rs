@@ -105,6 +105,21 @@ fn stop(agent: &mut Child) {
     let _ = agent.wait();
 }
 
+/// `weir agent` syncing `root` into the host at `base`.
+fn weir_agent(base: &str, root: &Path, state: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["agent", "--url", base, "--root"])
+        .arg(root)
+        .arg("--state-dir")
+        .arg(state)
+        .env("WEIR_INGEST_KEY", INGEST)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn fustor_agent() -> Option<PathBuf> {
     std::env::var_os("WEIR_FUSTOR_AGENT")
         .map(PathBuf::from)
@@ -144,17 +159,7 @@ fn main() {
         tokio::spawn(weir_host::run(listener, host, std::future::pending()));
 
         println!("agents: {files} files to READY against weir serve (one run each)");
-        let weir = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["agent", "--url", &base, "--root"])
-            .arg(&root)
-            .arg("--state-dir")
-            .arg(work.path().join("weir-state"))
-            .env("WEIR_INGEST_KEY", INGEST)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let weir = weir_agent(&base, &root, &work.path().join("weir-state"));
         let (w_secs, w_cpu, w_rss) = until_ready(weir, &base, files).await;
         println!(
             "  weir agent:             {w_secs:>8.2} s to READY   {w_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
@@ -196,17 +201,7 @@ fn main() {
         }
 
         // Realtime latency: a file written until it is visible.
-        let mut weir = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["agent", "--url", &base, "--root"])
-            .arg(&root)
-            .arg("--state-dir")
-            .arg(work.path().join("weir-state"))
-            .env("WEIR_INGEST_KEY", INGEST)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut weir = weir_agent(&base, &root, &work.path().join("weir-state"));
         let client = reqwest::Client::new();
         while stats(&client, &base)
             .await

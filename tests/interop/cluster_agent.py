@@ -32,8 +32,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fustor_agent import (  # noqa: E402  (the single-host test's helpers)
-    INGEST, QUERY, ADMIN, SESSION_TIMEOUT, RESULTS, check, compare, disk_state, free_port,
-    get, make_tree, tree_state, wait_for)
+    INGEST, QUERY, ADMIN, SESSION_TIMEOUT, RESULTS, check, compare, disk_state, finish,
+    free_port, get, make_tree, tree_state, wait_for)
 
 
 def start_nats(binary, work):
@@ -203,27 +203,14 @@ def main():
     finally:
         if agent is not None and agent.poll() is None:
             os.killpg(agent.pid, signal.SIGKILL)
-        for name, (proc, _) in hosts.items():
-            proc.send_signal(signal.SIGTERM)
-            try:
-                check(f"weir {name} exits 0 on SIGTERM", proc.wait(timeout=20) == 0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                check(f"weir {name} exits 0 on SIGTERM", False, "timed out")
+        agent_log.close()
+        servers = [(f"weir {name}", proc) for name, (proc, _) in hosts.items()]
+        code = finish(work, servers, ["weir-A.log", "weir-B.log", "agent.log"], "cluster interop")
         for n in nats:
             n.kill()
             n.wait()
-        agent_log.close()
-        if RESULTS["failed"]:
-            for name in ("weir-A.log", "weir-B.log", "agent.log"):
-                print(f"--- last lines of {name}")
-                with open(os.path.join(work, name), errors="replace") as fh:
-                    print("".join(fh.readlines()[-30:]))
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        print(f"cluster interop: {RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    sys.exit(1 if RESULTS["failed"] else 0)
-
+        # Also after an early return from the checks above.
+        sys.exit(code)
 
 if __name__ == "__main__":
     main()

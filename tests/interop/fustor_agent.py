@@ -278,23 +278,33 @@ def main():
     finally:
         if agent is not None and agent.poll() is None:
             os.killpg(agent.pid, signal.SIGKILL)
-        weir.send_signal(signal.SIGTERM)
-        try:
-            check("weir exits 0 on SIGTERM", weir.wait(timeout=15) == 0)
-        except subprocess.TimeoutExpired:
-            weir.kill()
-            check("weir exits 0 on SIGTERM", False, "timed out")
         weir_log.close()
         agent_log.close()
-        if RESULTS["failed"]:
-            for name in ("weir.log", "agent.log"):
-                print(f"--- last lines of {name}")
-                with open(os.path.join(work, name), errors="replace") as fh:
-                    print("".join(fh.readlines()[-30:]))
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        print(f"interop: {RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    sys.exit(1 if RESULTS["failed"] else 0)
+        code = finish(work, [("weir", weir)], ["weir.log", "agent.log"], "interop")
+        # Also after an early return from the checks above.
+        sys.exit(code)
+
+def finish(work, servers, logs, label):
+    """Ends a run: SIGTERM each `(name, process)` of `servers` and checks it
+    exits 0; on failure prints the last lines of each log file in `logs`
+    (names in `work`), else removes `work`; prints the closing line and
+    returns the exit code."""
+    for name, proc in servers:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            check(f"{name} exits 0 on SIGTERM", proc.wait(timeout=20) == 0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            check(f"{name} exits 0 on SIGTERM", False, "timed out")
+    if RESULTS["failed"]:
+        for name in logs:
+            print(f"--- last lines of {name}")
+            with open(os.path.join(work, name), errors="replace") as fh:
+                print("".join(fh.readlines()[-30:]))
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{label}: {RESULTS['passed']} passed, {RESULTS['failed']} failed")
+    return 1 if RESULTS["failed"] else 0
 
 
 def _alive(proc):

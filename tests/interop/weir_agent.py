@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fustor_agent import (  # noqa: E402  (the Python agent test's helpers)
-    INGEST, QUERY, ADMIN, RESULTS, check, compare, disk_state, free_port, get, make_tree,
+    INGEST, QUERY, ADMIN, RESULTS, check, compare, disk_state, finish, free_port, get, make_tree,
     tree_state, wait_for)
 
 
@@ -129,24 +129,11 @@ def main():
     finally:
         if agent is not None and agent.poll() is None:
             agent.kill()
-        weir.send_signal(signal.SIGTERM)
-        try:
-            check("weir serve exits 0 on SIGTERM", weir.wait(timeout=15) == 0)
-        except subprocess.TimeoutExpired:
-            weir.kill()
-            check("weir serve exits 0 on SIGTERM", False, "timed out")
         weir_log.close()
         agent_log.close()
-        if RESULTS["failed"]:
-            for name in ("weir.log", "agent.log"):
-                print(f"--- last lines of {name}")
-                with open(os.path.join(work, name), errors="replace") as fh:
-                    print("".join(fh.readlines()[-30:]))
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        print(f"weir agent interop: {RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    sys.exit(1 if RESULTS["failed"] else 0)
-
+        code = finish(work, [("weir serve", weir)], ["weir.log", "agent.log"], "weir agent interop")
+        # Also after an early return from the checks above.
+        sys.exit(code)
 
 if __name__ == "__main__":
     main()

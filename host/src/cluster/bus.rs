@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::stream::{Config as StreamConfig, Stream};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -312,22 +310,7 @@ impl FeedTask {
             }
             *next = first;
         }
-        let consumer = self
-            .stream
-            .create_consumer(OrderedConfig {
-                filter_subject: self.filter.clone(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: *next,
-                },
-                // Pulls expire every 4 s with a 2 s idle heartbeat, so that a
-                // consumer whose server died is noticed (and made again) in
-                // seconds, not the default half minute.
-                max_expires: Duration::from_secs(4),
-                ..OrderedConfig::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut messages = super::ordered_messages(&self.stream, &self.filter, *next).await?;
         loop {
             let message = tokio::select! {
                 _ = self.closing.wait_for(|c| *c) => return Ok(Flow::Done),

@@ -20,8 +20,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::{Config as StreamConfig, Stream};
 use futures_util::StreamExt;
@@ -490,19 +488,7 @@ impl Follower {
         live_after: u64,
         partial: &mut Partial,
     ) -> Result<(), String> {
-        let consumer = self
-            .stream
-            .create_consumer(OrderedConfig {
-                filter_subject: self.subject.clone(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: *next,
-                },
-                max_expires: Duration::from_secs(4),
-                ..OrderedConfig::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut messages = super::ordered_messages(&self.stream, &self.subject, *next).await?;
         loop {
             let message = match tokio::time::timeout(Duration::from_secs(1), messages.next()).await
             {

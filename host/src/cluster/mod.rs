@@ -34,6 +34,32 @@ pub use presence::{ANNOUNCE_EVERY, PRESENCE_TTL, PluginVersions, Presence};
 pub use records::KvRecords;
 pub use weir_core::settings::{ClusterConfig, LogConfig};
 
+/// The messages of `stream` on `filter` from sequence `start` on, through
+/// an ordered consumer whose pulls expire every 4 s (with a 2 s idle
+/// heartbeat), so that a consumer whose server died is noticed, and made
+/// again by the caller, in seconds rather than the default half minute.
+async fn ordered_messages(
+    stream: &async_nats::jetstream::stream::Stream,
+    filter: &str,
+    start: u64,
+) -> Result<async_nats::jetstream::consumer::pull::Ordered, String> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            max_expires: Duration::from_secs(4),
+            ..OrderedConfig::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Why the cluster could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
