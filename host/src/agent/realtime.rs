@@ -1,9 +1,10 @@
 //! Realtime: what inotify (through `notify`, recursive, so directories
 //! made later are watched too) reports, as rows. Paths that changed are
-//! gathered for a short while and deduplicated, then looked at: a path
-//! that exists is an `update` row, one that does not a `delete` row. So a
-//! burst of writes to one file is one row, and an event's details never
-//! matter, only what the file system says when the rows are made.
+//! gathered until a 10 ms pause (100 ms at most) and deduplicated, then
+//! looked at: a path that exists is an `update` row, one that does not a
+//! `delete` row. So a burst of writes to one file is one row, and an
+//! event's details never matter, only what the file system says when the
+//! rows are made.
 //!
 //! The queue between the watcher and the sender is bounded: when it
 //! overflows, or inotify itself reports lost events, the watch is `Lost`
@@ -22,8 +23,11 @@ use super::walk::{Filter, row, wire_path};
 
 /// Paths waiting at most; beyond, the watch is lost.
 const QUEUE: usize = 100_000;
-/// How long changes are gathered before they are sent.
+/// Longest changes are gathered before they are sent (a burst).
 const COALESCE: Duration = Duration::from_millis(100);
+/// A pause this long ends the gathering early: a lone change goes out at
+/// once, a burst is still coalesced.
+const QUIET: Duration = Duration::from_millis(10);
 
 /// What the watcher hands over.
 enum Signal {
@@ -153,7 +157,8 @@ impl Changes {
         }
         let deadline = tokio::time::Instant::now() + COALESCE;
         while self.pending.len() < max {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            let until = deadline.min(tokio::time::Instant::now() + QUIET);
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
                 Err(_) => break,
                 Ok(None) => return Next::Lost("the watcher stopped".into()),
                 Ok(Some(Signal::Lost(why))) => return Next::Lost(why),
