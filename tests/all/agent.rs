@@ -121,20 +121,7 @@ async fn the_agent_syncs_a_directory_follows_it_and_starts_over_when_taken_over(
     }
     std::fs::write(root.join("skip.tmp"), b"left out").unwrap();
     let state = tempfile::tempdir().unwrap();
-    let args = weir_host::agent::AgentArgs {
-        command: None,
-        url: s.base.clone(),
-        key_env: "KEY".into(),
-        root: Some(root.clone()),
-        pipe: "test".into(),
-        state_dir: Some(state.path().to_path_buf()),
-        batch_rows: 250,
-        ignore: vec!["*.tmp".into()],
-        max_depth: None,
-        follow_symlinks: false,
-        audit_interval_secs: Some(0.5),
-        sentinel_interval_secs: Some(0.5),
-    };
+    let args = agent_args(&s, &root, state.path(), 0.5);
     let key = secret(Role::Ingest);
     let config = AgentConfig::resolve(&args, &|_| Some(key.clone())).unwrap();
     // The agent id is kept: a second resolve gives the same task id.
@@ -258,6 +245,141 @@ async fn the_agent_syncs_a_directory_follows_it_and_starts_over_when_taken_over(
     let (status, body) = s.get("/api/v1/views/default/stats", Role::Query).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let _: Value = body;
+}
+
+/// The arguments of a test agent over `root` against `s`, keeping its id in
+/// `state`; audits and sentinel checks every `every` seconds.
+fn agent_args(
+    s: &TestServer,
+    root: &Path,
+    state: &Path,
+    every: f64,
+) -> weir_host::agent::AgentArgs {
+    weir_host::agent::AgentArgs {
+        command: None,
+        url: s.base.clone(),
+        key_env: "KEY".into(),
+        root: Some(root.to_path_buf()),
+        pipe: "test".into(),
+        state_dir: Some(state.to_path_buf()),
+        batch_rows: 250,
+        ignore: vec!["*.tmp".into()],
+        max_depth: None,
+        follow_symlinks: false,
+        audit_interval_secs: Some(every),
+        sentinel_interval_secs: Some(every),
+    }
+}
+
+/// The tree view at `path`.
+async fn at(s: &TestServer, path: &str) -> (StatusCode, Value) {
+    s.get(
+        &format!("/api/v1/views/default/tree?path={path}"),
+        Role::Query,
+    )
+    .await
+}
+
+/// Asks for an on-demand scan of `path` and waits (bounded) until the
+/// agent completes it; answers the job.
+async fn scan_job(s: &TestServer, path: &str) -> Value {
+    let (status, tree) = s
+        .get(
+            &format!("/api/v1/views/default/tree?path={path}&on_demand_scan=true"),
+            Role::Query,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tree}");
+    assert_eq!(tree["job_pending"], true, "{tree}");
+    let id = tree["job_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, job) = s
+            .get(&format!("/api/v1/views/default/jobs/{id}"), Role::Query)
+            .await;
+        if job["status"] == "COMPLETED" {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not complete {path}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Pushes realtime rows into the agent's session that the file system
+/// does not back (so that only a scan can set them right), then asks for
+/// on-demand scans: a recursive one of a directory, and one of a path that
+/// is gone, which the agent answers with a delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agent_answers_on_demand_scans() {
+    let mut config = weir_tests::test_config();
+    let mut ds = weir_host::datastore::DatastoreConfig::named("default");
+    // Heartbeats every second, so that commands go out quickly.
+    ds.sessions.timeout = Duration::from_secs(3);
+    config.datastores = vec![ds];
+    let s = TestServer::start(std::sync::Arc::new(
+        weir_host::runtime::Host::new(config).unwrap(),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    std::fs::create_dir_all(root.join("d/sub")).unwrap();
+    std::fs::write(root.join("d/f"), b"ten bytes!").unwrap();
+    std::fs::write(root.join("d/sub/g"), b"g").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let key = secret(Role::Ingest);
+    let config = AgentConfig::resolve(&agent_args(&s, &root, state.path(), 3600.0), &|_| {
+        Some(key.clone())
+    })
+    .unwrap();
+    let status_file = config.status_file.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(weir_host::agent::run(config, async move {
+        let _ = stopped.await;
+    }));
+    converges(&s, &root, "the snapshot").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sid = loop {
+        let shown: Value = std::fs::read(&status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if let Some(sid) = shown["session_id"].as_str() {
+            break sid.to_string();
+        }
+        assert!(Instant::now() < deadline, "no session in the status file");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let old = |path: &str, size: u64| json!({"path": path, "size": size, "modified_time": 1.0, "is_directory": false});
+    let (status, body) = s
+        .push_rows(
+            &sid,
+            "message",
+            "update",
+            json!([old("/d/f", 999), old("/d/sub/ghost", 5)]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let size = |t: &Value| t["size"].as_u64();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while size(&at(&s, "/d/f").await.1) != Some(999) {
+        assert!(Instant::now() < deadline, "the stale row did not land");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A recursive scan of /d sets /d/f right; the ghost is not on disk, so
+    // no row of the walk names it.
+    scan_job(&s, "/d").await;
+    assert_eq!(size(&at(&s, "/d/f").await.1), Some(10));
+    assert_eq!(at(&s, "/d/sub/ghost").await.0, StatusCode::OK);
+    // A scan of the ghost itself: the agent finds it gone and deletes it.
+    scan_job(&s, "/d/sub/ghost").await;
+    assert_eq!(at(&s, "/d/sub/ghost").await.0, StatusCode::NOT_FOUND);
+    converges(&s, &root, "after the scans").await;
+    let _ = stop.send(());
+    agent.await.unwrap().unwrap();
 }
 
 #[test]

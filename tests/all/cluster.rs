@@ -443,6 +443,52 @@ async fn a_datastore_pushed_through_any_host_is_served_by_every_host() {
     })
     .await;
 
+    // An on-demand scan asked for on A goes out in a heartbeat answer of
+    // B (once), and its job_complete through C completes it on every host.
+    let (status, tree) = a
+        .get(
+            "/api/v1/views/default/tree?path=/d1&max_depth=0&on_demand_scan=true",
+            Role::Query,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tree}");
+    let job = tree["job_id"].as_str().unwrap().to_string();
+    let heartbeat = format!("{}{sid}/heartbeat", weir_tests::SESSION);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, hb) = b.post(&heartbeat, Role::Ingest, None).await;
+        assert_eq!(status, StatusCode::OK, "{hb}");
+        if let Some(cmd) = hb["commands"].as_array().and_then(|c| c.first()) {
+            assert_eq!(
+                (cmd["job_id"].as_str(), cmd["path"].as_str()),
+                (Some(job.as_str()), Some("/d1"))
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never handed the scan out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        b.post(&heartbeat, Role::Ingest, None).await.1["commands"],
+        json!([])
+    );
+    let done = json!({"events": [], "source_type": "job_complete", "metadata": {"job_id": job, "scan_path": "/d1"}});
+    let (status, body) = c.push(&sid, done).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for host in [&a, &b, &c] {
+        wait_get(
+            host,
+            &format!("/api/v1/views/default/jobs/{job}"),
+            Role::Query,
+            "the job completed",
+            |_, v| v["status"] == "COMPLETED",
+        )
+        .await;
+    }
+
     // Last agent wins cluster-wide: a session made on B makes A's session
     // obsolete everywhere, and every view waits for the new snapshot.
     let sid2 = b.create_session().await;

@@ -196,6 +196,167 @@ async fn agent_session_snapshot_and_views() {
     assert_eq!(status.as_u16(), 419);
 }
 
+/// The recorded on-demand scan exchange of fustor-fusion (`ex_12` to
+/// `ex_14`, `ondemand_tree_response.txt`, `ondemand_jobs.txt`), played
+/// against Weir: a view client asks, the heartbeat hands the command out
+/// once, the agent's rows and `job_complete` end the job.
+#[tokio::test]
+async fn on_demand_scans_are_asked_handed_out_once_and_completed() {
+    let s = start().await;
+    let (_, grant) = s
+        .post(SESSION, Role::Ingest, Some(json!({"task_id": "a:p"})))
+        .await;
+    let sid = grant["session_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        s.push(&sid, capture("ex_03_snapshot_batch.json")).await.0,
+        StatusCode::OK
+    );
+    let (status, jobs) = s.view("jobs").await;
+    assert_eq!((status, jobs), (StatusCode::OK, json!({"jobs": []})));
+    let (status, tree) = s.view("tree?path=/proj_2/run_0&max_depth=0").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (tree["job_id"].clone(), tree["job_pending"].clone()),
+        (Value::Null, json!(false))
+    );
+
+    // Asked: the tree as it is now, with the job.
+    let (status, tree) = s
+        .view("tree?path=/proj_2/run_0&max_depth=0&on_demand_scan=true")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tree}");
+    assert_eq!(tree["path"], "/proj_2/run_0");
+    assert_eq!(tree["job_pending"], true);
+    let job = tree["job_id"].as_str().unwrap().to_string();
+    assert_eq!(job.len(), 8);
+    // Asked again while pending: the same job. A file under it: covered.
+    let (_, again) = s
+        .view("tree?path=/proj_2/run_0&max_depth=0&on_demand_scan=true")
+        .await;
+    assert_eq!(again["job_id"], job.as_str());
+    let (_, file) = s.view("tree?path=/proj_2/run_0/file_006.txt").await;
+    assert_eq!(
+        (file["job_id"].as_str(), file["job_pending"].as_bool()),
+        (Some(job.as_str()), Some(true))
+    );
+    let (_, listed) = s.view(&format!("jobs/{job}")).await;
+    assert_eq!(listed["status"], "PENDING");
+    assert_eq!(listed["view_id"], "default");
+    assert_eq!(
+        listed["progress"],
+        json!({"completed_pipes": 0, "total_pipes": 1, "percentage": 0.0})
+    );
+
+    // The next heartbeat carries the command (ex_12's shape), once.
+    let (status, hb) = s.heartbeat(&sid).await;
+    assert_eq!(status, StatusCode::OK);
+    let cmds = hb["commands"].as_array().unwrap();
+    assert_eq!(cmds.len(), 1, "{hb}");
+    assert_eq!(
+        (
+            cmds[0]["type"].as_str(),
+            cmds[0]["path"].as_str(),
+            cmds[0]["recursive"].as_bool(),
+            cmds[0]["job_id"].as_str()
+        ),
+        (
+            Some("scan"),
+            Some("/proj_2/run_0"),
+            Some(true),
+            Some(job.as_str())
+        )
+    );
+    assert!(cmds[0]["created_at"].as_f64().unwrap() > 1.7e9);
+    assert_eq!(s.heartbeat(&sid).await.1["commands"], json!([]));
+
+    // The agent's rows (ex_13, one of them changed) and its job_complete (ex_14).
+    let mut rows = capture("ex_13_on_demand_job_batch.json");
+    rows["events"][0]["rows"][1]["size"] = json!(12345);
+    // Newer than the snapshot's row: scan rows are arbitrated like snapshot rows.
+    rows["events"][0]["rows"][1]["modified_time"] = json!(1_795_414_300.5);
+    let (status, receipt) = s.push(&sid, rows).await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    let mut done = capture("ex_14_job_complete.json");
+    done["metadata"]["job_id"] = json!(job);
+    let (status, answer) = s.push(&sid, done).await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::OK,
+            json!({"status": "ok", "phase": "job_complete"})
+        )
+    );
+    let (_, listed) = s.view(&format!("jobs/{job}")).await;
+    assert_eq!(listed["status"], "COMPLETED", "{listed}");
+    assert_eq!(listed["progress"]["percentage"], 100.0);
+    assert!(listed["completed_at"].as_f64().unwrap() >= listed["created_at"].as_f64().unwrap());
+    let (_, file) = s.view("tree?path=/proj_2/run_0/file_006.txt").await;
+    assert_eq!(file["size"], 12345, "the scan's row is applied");
+    assert_eq!(
+        (file["job_id"].clone(), file["job_pending"].clone()),
+        (Value::Null, json!(false))
+    );
+
+    // A path not in the index: the job is made and said pending.
+    let (status, missing) = s.view("tree?path=/not/yet&on_demand_scan=true").await;
+    assert_eq!(status, StatusCode::OK, "{missing}");
+    assert_eq!(missing["job_pending"], true);
+    let pending = missing["job_id"].as_str().unwrap().to_string();
+    // Bad job_complete metadata is named; unknown jobs are 404.
+    let bad = json!({"events": [], "source_type": "job_complete", "metadata": {"job_id": 5}});
+    let (status, body) = s.push(&sid, bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["detail"].as_str().unwrap().contains("metadata.job_id"),
+        "{body}"
+    );
+    let (status, body) = s.view("jobs/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["detail"].as_str().unwrap().contains("`nope`"),
+        "{body}"
+    );
+    let resp = s
+        .client
+        .get(format!("{}/api/v1/views/default/jobs", s.base))
+        .header("X-API-Key", "other-query")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "scoped by datastore");
+    let (status, _) = s.get("/api/v1/views/default/jobs", Role::Ingest).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "scoped by role");
+
+    // A new session: the old session's pending job fails, and says why.
+    let (_, grant) = s
+        .post(SESSION, Role::Ingest, Some(json!({"task_id": "a:p"})))
+        .await;
+    assert_ne!(grant["session_id"].as_str().unwrap(), sid);
+    let (status, failed) = s
+        .get(
+            &format!("/api/v1/views/default/jobs/{pending}"),
+            Role::Query,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "jobs answer while the views are not READY"
+    );
+    assert_eq!(failed["status"], "FAILED");
+    assert!(
+        failed["error"].as_str().unwrap().contains("session ended"),
+        "{failed}"
+    );
+    assert_eq!(
+        s.get("/api/v1/views/default/jobs", Role::Query).await.1["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
 #[tokio::test]
 async fn last_agent_wins() {
     let s = start().await;
@@ -413,7 +574,11 @@ async fn sentinel_suspects_blind_spots_and_search() {
     let (_, spots) = s.view("blind-spots").await;
     assert_eq!(
         spots,
-        json!({"additions_count": 1, "additions": ["/logs/new.log"], "additions_truncated": false, "deletion_count": 1, "deletions": ["/logs/old.log"], "deletions_truncated": false})
+        // Additions as nodes, as fustor-fusion lists them; deletions as paths.
+        json!({"additions_count": 1, "additions": [{"name": "new.log", "content_type": "file",
+            "path": "/logs/new.log", "size": 1, "modified_time": 2.0, "created_time": 2.0,
+            "integrity_suspect": false}], "additions_truncated": false,
+            "deletion_count": 1, "deletions": ["/logs/old.log"], "deletions_truncated": false})
     );
     let (_, stats) = s.view("stats").await;
     assert_eq!(

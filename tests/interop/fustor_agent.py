@@ -230,6 +230,19 @@ def main():
         ok, last = wait_for("realtime", follows, 20)
         check("tree follows create, modify, rename, delete and mkdir within seconds", ok, str(last))
 
+        # On-demand scan: the agent obeys the heartbeat's `scan` command and
+        # reports the job complete.
+        status, tree = get(base, "/api/v1/views/default/tree?path=/proj_0&max_depth=0&on_demand_scan=true")
+        job = tree.get("job_id") if status == 200 and isinstance(tree, dict) else None
+        check("on_demand_scan=true makes a pending job", bool(job) and tree.get("job_pending") is True,
+              f"{status} {tree}")
+
+        def job_done():
+            s, j = get(base, f"/api/v1/views/default/jobs/{job}")
+            return True if s == 200 and j.get("status") == "COMPLETED" else f"{s} {j}"
+        ok, last = wait_for("on-demand job", job_done, 40)
+        check("the fustor-agent runs the scan and the job is COMPLETED", ok, str(last))
+
         # Crash: a larger tree, a fresh agent (new session, new snapshot),
         # and weir killed with SIGKILL while that snapshot is applied, then
         # started again on the same port: the agent gets 419, creates a new

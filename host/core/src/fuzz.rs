@@ -286,6 +286,15 @@ pub fn codec(data: &[u8]) {
     }
 }
 
+/// An operation of a cluster's ingest log, any bytes: decoding never
+/// panics, and what decodes encodes and decodes back to itself.
+pub fn ingest_op(data: &[u8]) {
+    use crate::ingest_log::IngestOp;
+    if let Ok(op) = IngestOp::decode(data) {
+        assert_eq!(IngestOp::decode(&op.encode()).as_ref(), Ok(&op));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every input committed under `fuzz/regressions/TARGET/` (crashes the
@@ -294,7 +303,7 @@ mod tests {
     fn regressions_stay_fixed() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 7] = [
+        let targets: [(&str, Target); 8] = [
             ("push", super::push),
             ("feedback", super::feedback),
             ("paths", super::paths),
@@ -302,6 +311,7 @@ mod tests {
             ("manifest", super::manifest),
             ("config", super::config),
             ("codec", super::codec),
+            ("ingest_op", super::ingest_op),
         ];
         let mut replayed = 0;
         for (name, target) in targets {

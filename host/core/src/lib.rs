@@ -27,6 +27,7 @@ pub mod config;
 pub mod event;
 pub mod fuzz;
 pub mod index;
+pub mod ingest_log;
 pub mod key;
 pub mod manifest;
 pub mod producer;

@@ -82,6 +82,56 @@ pub struct Batch {
     pub ops: Vec<Op>,
     /// Rejected rows.
     pub rejected: Vec<Rejected>,
+    /// Set on a `job_complete` push: the agent finished an on-demand scan.
+    pub job_complete: Option<JobComplete>,
+}
+
+/// Longest on-demand scan job id an agent may name (Fusion's and Weir's
+/// are 8 characters).
+pub const MAX_JOB_ID_BYTES: usize = 64;
+
+/// What a `job_complete` push (`source_type` `job_complete`, or Fusion's
+/// `scan_complete` and `find_complete`) says in its `metadata`: which job
+/// ended, by id or by the path it scanned (at least one of the two).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobComplete {
+    /// `metadata.job_id`.
+    pub job_id: Option<String>,
+    /// `metadata.scan_path`, normalized.
+    pub scan_path: Option<String>,
+}
+
+/// Reads the `metadata` of a `job_complete` push.
+fn job_complete(obj: &Map<String, Value>, limits: &RowLimits) -> Result<JobComplete, BatchError> {
+    let shape = |m: String| BatchError::Shape(m);
+    let meta = obj
+        .get("metadata")
+        .and_then(Value::as_object)
+        .ok_or_else(|| shape("a `job_complete` push needs a `metadata` object".into()))?;
+    let job_id = match meta.get("job_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_JOB_ID_BYTES => {
+            Some(id.clone())
+        }
+        Some(_) => {
+            return Err(shape(format!(
+                "`metadata.job_id` is not a string of 1 to {MAX_JOB_ID_BYTES} bytes"
+            )));
+        }
+    };
+    let scan_path = match meta.get("scan_path") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => {
+            Some(clean_path(raw, limits).map_err(|e| shape(format!("`metadata.scan_path`: {e}")))?)
+        }
+        Some(_) => return Err(shape("`metadata.scan_path` is not a string".into())),
+    };
+    if job_id.is_none() && scan_path.is_none() {
+        return Err(shape(
+            "a `job_complete` push needs `metadata.job_id` or `metadata.scan_path`".into(),
+        ));
+    }
+    Ok(JobComplete { job_id, scan_path })
 }
 
 /// Why a body cannot be read as a push at all.
@@ -139,6 +189,11 @@ fn row_path(row: &Map<String, Value>, limits: &RowLimits) -> Result<String, Stri
         .ok_or("missing `path`")?
         .as_str()
         .ok_or("`path` is not a string")?;
+    clean_path(raw, limits)
+}
+
+/// `raw` normalized, within `limits`.
+fn clean_path(raw: &str, limits: &RowLimits) -> Result<String, String> {
     // Checked before normalizing, so that a hostile path costs no copy.
     if raw.len() > limits.max_path_bytes.saturating_mul(2) {
         return Err(format!(
@@ -231,14 +286,25 @@ pub fn parse_batch(body: &[u8], now: f64, limits: &RowLimits) -> Result<Batch, B
         .get("events")
         .and_then(Value::as_array)
         .ok_or_else(|| BatchError::Shape("`events` must be a list".into()))?;
-    let source = match obj.get("source_type").and_then(Value::as_str) {
+    let source_type = obj.get("source_type").and_then(Value::as_str);
+    let completes = matches!(
+        source_type,
+        Some("job_complete" | "scan_complete" | "find_complete")
+    );
+    let source = match source_type {
         None => Source::Realtime,
+        Some(_) if completes => Source::OnDemandJob,
         Some(s) => source_of(s).ok_or_else(|| {
             BatchError::Shape(format!(
-                "`source_type` `{}` is not snapshot, message, audit or on_demand_job",
+                "`source_type` `{}` is not snapshot, message, audit, on_demand_job or job_complete",
                 echo(s)
             ))
         })?,
+    };
+    let job_complete = if completes {
+        Some(job_complete(obj, limits)?)
+    } else {
+        None
     };
     let is_end = ["is_end", "is_snapshot_end"]
         .iter()
@@ -252,6 +318,7 @@ pub fn parse_batch(body: &[u8], now: f64, limits: &RowLimits) -> Result<Batch, B
         is_end,
         ops: Vec::new(),
         rejected: Vec::new(),
+        job_complete,
     };
     for (e, event) in events.iter().enumerate() {
         if let Err(reason) = parse_event(event, e, source, now, limits, &mut batch) {
@@ -437,6 +504,55 @@ mod tests {
                 ctime: 2.5
             }
         );
+    }
+
+    #[test]
+    fn job_complete_names_its_job_and_bad_metadata_is_named() {
+        // ex_14 of the recorded Fustor traffic.
+        let b = parse(json!({
+            "session_id": "s1", "events": [], "source_type": "job_complete", "is_end": false,
+            "metadata": {"scan_path": "/proj_2/run_0", "job_id": "5525facd"}
+        }));
+        assert_eq!(b.source, Source::OnDemandJob);
+        assert_eq!(
+            b.job_complete,
+            Some(JobComplete {
+                job_id: Some("5525facd".into()),
+                scan_path: Some("/proj_2/run_0".into())
+            })
+        );
+        let b = parse(
+            json!({"events": [], "source_type": "scan_complete", "metadata": {"scan_path": "a/"}}),
+        );
+        assert_eq!(b.job_complete.unwrap().scan_path.as_deref(), Some("/a"));
+        let on_demand = parse(json!({"events": [], "source_type": "on_demand_job"}));
+        assert_eq!(on_demand.job_complete, None);
+        for (body, says) in [
+            (
+                json!({"events": [], "source_type": "job_complete"}),
+                "needs a `metadata` object",
+            ),
+            (
+                json!({"events": [], "source_type": "job_complete", "metadata": {}}),
+                "needs `metadata.job_id` or",
+            ),
+            (
+                json!({"events": [], "source_type": "job_complete", "metadata": {"job_id": 7}}),
+                "`metadata.job_id` is not",
+            ),
+            (
+                json!({"events": [], "source_type": "job_complete", "metadata": {"job_id": "x".repeat(65)}}),
+                "1 to 64 bytes",
+            ),
+            (
+                json!({"events": [], "source_type": "job_complete", "metadata": {"scan_path": "/a/../b"}}),
+                "`metadata.scan_path`",
+            ),
+        ] {
+            let e =
+                parse_batch(body.to_string().as_bytes(), 1.0, &RowLimits::default()).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -230,22 +230,45 @@ enum End {
     Again(String),
 }
 
-/// Counters, for the log lines.
-#[derive(Debug, Default)]
-struct Sent {
-    rows: u64,
-    requests: u64,
+/// The largest server answer the agent reads (a sentinel task lists at
+/// most 1,000 paths; anything larger is refused, not buffered).
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+/// Most on-demand scan commands waiting for the session's work loop (the
+/// server keeps at most 100 pending).
+const MAX_WAITING_SCANS: usize = 256;
+
+/// The connection to the server: what every request needs.
+#[derive(Clone)]
+struct Conn {
+    http: reqwest::Client,
+    /// Base URL, without a trailing slash.
+    url: String,
+    key: String,
 }
 
 /// The session client.
 struct Client {
-    http: reqwest::Client,
+    conn: Conn,
     config: AgentConfig,
     /// What `weir agent status` shows (shared with the writer task).
     status: std::sync::Arc<std::sync::Mutex<Status>>,
     /// Rejection reasons already logged.
     rejections: std::collections::HashSet<String>,
-    sent: Sent,
+}
+
+/// A `scan` command of a heartbeat answer.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct ScanCommand {
+    path: String,
+    #[serde(default = "yes")]
+    recursive: bool,
+    #[serde(default)]
+    job_id: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How a request went.
@@ -257,21 +280,36 @@ enum Answer {
     Retry(String),
 }
 
-impl Client {
+/// The body of `resp`, at most `cap` bytes.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if out.len() + chunk.len() > cap {
+            return Err(format!("the answer is larger than {cap} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+impl Conn {
     async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
         let mut req = self
             .http
-            .request(method, format!("{}{path}", self.config.url))
-            .header("X-API-Key", &self.config.key)
+            .request(method, format!("{}{path}", self.url))
+            .header("X-API-Key", &self.key)
             .timeout(Duration::from_secs(60));
         if let Some(b) = body {
             req = req.json(b);
         }
         match req.send().await {
-            Err(e) => Answer::Retry(format!("cannot reach {}: {e}", self.config.url)),
+            Err(e) => Answer::Retry(format!("cannot reach {}: {e}", self.url)),
             Ok(resp) => {
                 let status = resp.status();
-                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                let body: Value = match read_capped(resp, MAX_ANSWER_BYTES).await {
+                    Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    Err(why) => return Answer::Retry(format!("{status}: {why}")),
+                };
                 if status.is_success() {
                     Answer::Ok(body)
                 } else if status.as_u16() == 419 || status.as_u16() == 404 {
@@ -285,6 +323,12 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+impl Client {
+    async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
+        self.conn.request(method, path, body).await
     }
 
     /// Pushes `rows` (`(event_type, row)`) of `source` in session `sid`;
@@ -322,16 +366,23 @@ impl Client {
         }
         let body =
             json!({"session_id": sid, "source_type": source, "is_end": is_end, "events": events});
+        self.send_push(sid, &body, count, now_ms).await
+    }
+
+    /// Sends push `body` of `count` rows (made at `now_ms`); waits out 503s
+    /// and network errors.
+    async fn send_push(
+        &mut self,
+        sid: &str,
+        body: &Value,
+        count: usize,
+        now_ms: u64,
+    ) -> Result<(), End> {
         let path = format!("/api/v1/pipe/ingest/{sid}/events");
         let mut backoff = Backoff::new();
         loop {
-            match self
-                .request(reqwest::Method::POST, &path, Some(&body))
-                .await
-            {
+            match self.request(reqwest::Method::POST, &path, Some(body)).await {
                 Answer::Ok(answer) => {
-                    self.sent.rows += count as u64;
-                    self.sent.requests += 1;
                     self.report(|s| {
                         s.rows_sent += count as u64;
                         s.requests += 1;
@@ -367,6 +418,62 @@ impl Client {
         self.signal("/api/v1/pipe/consistency/audit/end").await?;
         tracing::debug!(rows = n, "audit sent");
         Ok(done.await.unwrap_or_default())
+    }
+
+    /// An on-demand scan the server asked for: the rows of `cmd.path` (a
+    /// delete row when it is gone), then `job_complete`. A path that is not
+    /// a clean path below the root, or that the filter leaves out, is
+    /// reported complete with no rows.
+    async fn scan_job(&mut self, sid: &str, cmd: &ScanCommand) -> Result<(), End> {
+        let rel = cmd.path.strip_prefix('/').unwrap_or("\0");
+        let clean = cmd.path == "/"
+            || (!rel.contains('\0')
+                && !rel
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == ".."));
+        let local = self.config.root.join(rel);
+        let started = std::time::Instant::now();
+        let mut n = 0usize;
+        if !clean {
+            tracing::warn!(path = %crate::text::echo(&cmd.path), "an on-demand scan of a path that is not clean is answered without rows");
+        } else if self.config.filter.skips(rel, walk::depth(&cmd.path)) {
+            tracing::info!(path = %cmd.path, "an on-demand scan of an ignored path is answered without rows");
+        } else {
+            match std::fs::symlink_metadata(&local) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    n = 1;
+                    let gone = vec![(
+                        "delete",
+                        json!({"path": cmd.path, "file_name": rel.rsplit('/').next()}),
+                    )];
+                    self.push(sid, "on_demand_job", gone, false).await?;
+                }
+                Err(e) => tracing::warn!(path = %cmd.path, "on-demand scan: {e}"),
+                Ok(_) => {
+                    let mut rows = walk::scan(
+                        self.config.root.clone(),
+                        local,
+                        cmd.recursive,
+                        self.config.filter.clone(),
+                        self.config.batch_rows,
+                    );
+                    while let Some(batch) = rows.recv().await {
+                        n += batch.len();
+                        let batch = batch.into_iter().map(|r| ("update", r)).collect();
+                        self.push(sid, "on_demand_job", batch, false).await?;
+                    }
+                }
+            }
+        }
+        let mut metadata = json!({"scan_path": cmd.path});
+        if let Some(id) = &cmd.job_id {
+            metadata["job_id"] = json!(id);
+        }
+        let body = json!({"session_id": sid, "events": [], "source_type": "job_complete",
+            "is_end": false, "metadata": metadata});
+        self.send_push(sid, &body, 0, crate::time::now_ms()).await?;
+        tracing::info!(job = ?cmd.job_id, path = %crate::text::echo(&cmd.path), rows = n, secs = started.elapsed().as_secs_f64(), "on-demand scan done");
+        Ok(())
     }
 
     /// Asks for the sentinel's tasks and answers what the file system says
@@ -494,11 +601,14 @@ pub async fn run(
     }));
     let writer = tokio::spawn(write_status(status.clone(), config.status_file.clone()));
     let mut client = Client {
-        http: reqwest::Client::new(),
+        conn: Conn {
+            http: reqwest::Client::new(),
+            url: config.url.clone(),
+            key: config.key.clone(),
+        },
         config,
         status,
         rejections: Default::default(),
-        sent: Sent::default(),
     };
     let result = run_sessions(&mut client, shutdown).await;
     writer.abort();
@@ -575,11 +685,14 @@ async fn run_sessions(
             End::Shutdown => {
                 let path = format!("/api/v1/pipe/session/{sid}");
                 let _ = client.request(reqwest::Method::DELETE, &path, None).await;
-                tracing::info!(
-                    rows = client.sent.rows,
-                    requests = client.sent.requests,
-                    "agent stopped; session deleted"
-                );
+                let (rows, requests) = {
+                    let s = client
+                        .status
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    (s.rows_sent, s.requests)
+                };
+                tracing::info!(rows, requests, "agent stopped; session deleted");
                 return Ok(());
             }
             End::Again(why) => {
@@ -656,11 +769,12 @@ async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
                 ));
             }
         };
+    let (scan_tx, mut scans) = tokio::sync::mpsc::channel(MAX_WAITING_SCANS);
     let heartbeat = heartbeats(
-        client.http.clone(),
-        client.config.clone(),
+        client.conn.clone(),
         sid.to_string(),
         timing.heartbeat,
+        scan_tx,
     );
     tokio::pin!(heartbeat);
     let work = async {
@@ -702,6 +816,7 @@ async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
                 },
                 _ = audit.tick() => cache = client.audit(sid, std::mem::take(&mut cache)).await?,
                 _ = sentinel.tick() => client.sentinel().await?,
+                Some(cmd) = scans.recv() => client.scan_job(sid, &cmd).await?,
             }
         }
     };
@@ -713,23 +828,19 @@ async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
     end
 }
 
-/// Heartbeats every `every` until the server refuses the session.
+/// Heartbeats every `every` until the server refuses the session; the
+/// `scan` commands of the answers go to `scans` (each job once, even when
+/// several hosts of a cluster hand it out).
 async fn heartbeats(
-    http: reqwest::Client,
-    config: AgentConfig,
+    conn: Conn,
     sid: String,
     every: Duration,
+    scans: tokio::sync::mpsc::Sender<ScanCommand>,
 ) -> End {
-    let client = Client {
-        http,
-        config,
-        status: Default::default(),
-        rejections: Default::default(),
-        sent: Sent::default(),
-    };
     let path = format!("/api/v1/pipe/session/{sid}/heartbeat");
+    let mut seen = std::collections::HashSet::new();
     loop {
-        match client
+        match conn
             .request(
                 reqwest::Method::POST,
                 &path,
@@ -739,8 +850,44 @@ async fn heartbeats(
         {
             Answer::Gone(why) => return End::Again(why),
             Answer::Retry(why) => tracing::warn!("heartbeat: {why}"),
-            Answer::Ok(_) => {}
+            Answer::Ok(answer) => {
+                for cmd in scan_commands(&answer) {
+                    if seen.len() >= 10_000 {
+                        seen.clear();
+                    }
+                    if cmd
+                        .job_id
+                        .as_ref()
+                        .is_some_and(|id| !seen.insert(id.clone()))
+                    {
+                        continue;
+                    }
+                    if scans.try_send(cmd.clone()).is_err() {
+                        tracing::warn!(job = ?cmd.job_id, path = %crate::text::echo(&cmd.path), "too many on-demand scans waiting; this one is dropped (the server fails it in time)");
+                    }
+                }
+            }
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// The `scan` commands of a heartbeat answer (others are logged and
+/// left).
+fn scan_commands(answer: &Value) -> Vec<ScanCommand> {
+    let Some(list) = answer["commands"].as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .take(MAX_WAITING_SCANS)
+        .filter_map(|c| {
+            if c["type"] != "scan" {
+                tracing::warn!(command = %crate::text::clip(&c.to_string(), 200), "unknown server command ignored");
+                return None;
+            }
+            serde_json::from_value(c.clone())
+                .map_err(|e| tracing::warn!("a scan command that cannot be read is ignored: {e}"))
+                .ok()
+        })
+        .collect()
 }

@@ -94,7 +94,29 @@ pub type MtimeCache = std::collections::HashMap<String, f64>;
 /// come out of the receiver, which ends when the walk does. Unreadable
 /// entries are logged (at most 100 lines per walk) and skipped.
 pub fn snapshot(root: PathBuf, filter: Filter, batch: usize) -> mpsc::Receiver<Vec<Value>> {
-    walk(root, filter, batch, None).0
+    walk(root.clone(), root, true, filter, batch, None).0
+}
+
+/// An on-demand scan: like [`snapshot`], from `start` (a directory or a
+/// file below `root`), with its subdirectories when `recursive` and its
+/// direct entries only otherwise.
+pub fn scan(
+    root: PathBuf,
+    start: PathBuf,
+    recursive: bool,
+    filter: Filter,
+    batch: usize,
+) -> mpsc::Receiver<Vec<Value>> {
+    walk(root, start, recursive, filter, batch, None).0
+}
+
+/// The depth of a wire path below the root (the root is 0).
+pub fn depth(wire: &str) -> usize {
+    if wire == "/" {
+        0
+    } else {
+        wire.matches('/').count()
+    }
 }
 
 /// An audit walk: like [`snapshot`], but a directory whose mtime is the
@@ -111,7 +133,7 @@ pub fn audit(
     mpsc::Receiver<Vec<Value>>,
     tokio::sync::oneshot::Receiver<MtimeCache>,
 ) {
-    let (rows, cache) = walk(root, filter, batch, Some(cache));
+    let (rows, cache) = walk(root.clone(), root, true, filter, batch, Some(cache));
     (rows, cache.expect("an audit walk returns its cache"))
 }
 
@@ -120,7 +142,15 @@ type Walk = (
     Option<tokio::sync::oneshot::Receiver<MtimeCache>>,
 );
 
-fn walk(root: PathBuf, filter: Filter, batch: usize, cache: Option<MtimeCache>) -> Walk {
+/// Walks `start` (below `root`; rows carry paths relative to `root`).
+fn walk(
+    root: PathBuf,
+    start: PathBuf,
+    recursive: bool,
+    filter: Filter,
+    batch: usize,
+    cache: Option<MtimeCache>,
+) -> Walk {
     let (done_tx, done_rx) = match cache.is_some() {
         true => {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -139,12 +169,13 @@ fn walk(root: PathBuf, filter: Filter, batch: usize, cache: Option<MtimeCache>) 
             // Directories whose files are not listed (unchanged since the
             // last audit).
             let mut skipped = std::collections::HashSet::new();
-            let walk = walkdir::WalkDir::new(&root)
+            let walk = walkdir::WalkDir::new(&start)
                 .follow_links(filter.follows())
+                .max_depth(if recursive { usize::MAX } else { 1 })
                 .into_iter()
                 .filter_entry(|e| {
                     let rel = wire_path(&root, e.path()).unwrap_or_default();
-                    !filter.skips(rel.trim_start_matches('/'), e.depth())
+                    !filter.skips(rel.trim_start_matches('/'), depth(&rel))
                 });
             for entry in walk {
                 let (wire, meta) = match entry.map_err(|e| e.to_string()).and_then(|e| {
@@ -251,6 +282,46 @@ mod tests {
             (Some(1), Some(false))
         );
         assert_eq!(f["file_name"], "f3");
+    }
+
+    #[tokio::test]
+    async fn a_scan_walks_one_subtree_or_one_level_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        std::fs::write(root.join("a/f"), b"x").unwrap();
+        std::fs::write(root.join("a/b/c/g"), b"xy").unwrap();
+        std::fs::write(root.join("h"), b"x").unwrap();
+        let filter = Filter::new(&[], Some(3), false).unwrap();
+        let paths = |rows: Vec<Value>| {
+            let mut p: Vec<String> = rows
+                .iter()
+                .map(|r| r["path"].as_str().unwrap().to_string())
+                .collect();
+            p.sort();
+            p
+        };
+        let all = collect(&mut scan(
+            root.clone(),
+            root.join("a"),
+            true,
+            filter.clone(),
+            2,
+        ))
+        .await;
+        // max_depth 3 counts from the root, not from the scan's start.
+        assert_eq!(paths(all), ["/a", "/a/b", "/a/b/c", "/a/f"]);
+        let one = collect(&mut scan(
+            root.clone(),
+            root.join("a"),
+            false,
+            filter.clone(),
+            2,
+        ))
+        .await;
+        assert_eq!(paths(one), ["/a", "/a/b", "/a/f"]);
+        let file = collect(&mut scan(root.clone(), root.join("h"), true, filter, 2)).await;
+        assert_eq!(paths(file), ["/h"]);
     }
 
     async fn collect(rx: &mut mpsc::Receiver<Vec<Value>>) -> Vec<Value> {

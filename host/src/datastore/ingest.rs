@@ -56,6 +56,7 @@ impl Job {
                     IngestOp::AuditStart => "audit start",
                     IngestOp::AuditEnd => "audit end",
                     IngestOp::Feedback { .. } => "feedback",
+                    IngestOp::Job { .. } => "on-demand job",
                 }
             ),
         }
@@ -291,6 +292,7 @@ impl Datastore {
                         let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
                         ix.clear();
                         self.sessions().adopt(&id, &task_id, Instant::now());
+                        self.jobs().session_replaced(&id, now);
                         tracing::info!(datastore = %self.config.name, session = %id, "the replica starts over for a new session");
                         return;
                     }
@@ -303,6 +305,17 @@ impl Datastore {
                                 return;
                             }
                         }
+                    }
+                    IngestOp::Job {
+                        id,
+                        session,
+                        path,
+                        recursive,
+                        at,
+                    } => {
+                        let name = &self.config.name;
+                        self.jobs().add(name, &id, &session, &path, recursive, at);
+                        return;
                     }
                     IngestOp::AuditStart => Job::AuditStart,
                     IngestOp::AuditEnd => Job::AuditEnd,
@@ -405,6 +418,15 @@ impl Datastore {
         self.counters
             .rows_ignored
             .fetch_add(ignored, Ordering::Relaxed);
+        if let Some(done) = &batch.job_complete {
+            let ended = self.jobs().complete(
+                session,
+                done.job_id.as_deref(),
+                done.scan_path.as_deref(),
+                now_secs(),
+            );
+            tracing::info!(datastore = %self.config.name, session, job = ?done.job_id, path = ?done.scan_path, ended, "on-demand scan complete");
+        }
         if batch.is_end && batch.source == Source::Snapshot {
             self.sessions().snapshot_done(session);
             self.alarm.store(false, Ordering::SeqCst);

@@ -19,6 +19,7 @@ use crate::index::view::{TreeQuery, ViewError};
 use crate::index::{Change, FsIndex};
 use crate::rows::Rejected;
 mod ingest;
+pub mod jobs;
 pub mod replica;
 pub mod session;
 
@@ -27,6 +28,7 @@ use crate::index::ChangeKind;
 use crate::time::{now_secs, rfc3339_ms};
 use crate::wire::DatastoreStats;
 use ingest::{Queue, apply_loop};
+use jobs::{JobError, Jobs, ScanCommand, ScanJob};
 use replica::{IngestOp, Replication, SharedSession, TouchError, Unavailable};
 use session::{Session, SessionError, Sessions};
 
@@ -111,6 +113,9 @@ pub enum PushError {
     /// more (the agent retries against the next host).
     #[error("datastore `{0}` is shutting down")]
     ShuttingDown(String),
+    /// Too many on-demand scans are pending.
+    #[error(transparent)]
+    TooManyJobs(#[from] JobError),
     /// The cluster that shares the datastore is out of reach: nothing was
     /// accepted.
     #[error("datastore `{datastore}` cannot reach its cluster: {reason}")]
@@ -208,6 +213,8 @@ pub struct Datastore {
     alarm: AtomicBool,
     counters: Counters,
     sink: OnceLock<ChangeSink>,
+    /// On-demand scan jobs.
+    jobs: Mutex<Jobs>,
     /// The cluster that shares this datastore (none: this host alone).
     replication: OnceLock<Arc<dyn Replication>>,
 }
@@ -228,6 +235,7 @@ impl Datastore {
             alarm: AtomicBool::new(false),
             counters: Counters::default(),
             sink: OnceLock::new(),
+            jobs: Mutex::new(Jobs::default()),
             replication: OnceLock::new(),
             config,
         });
@@ -257,6 +265,10 @@ impl Datastore {
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Shares this datastore with the hosts of a cluster from now on:
@@ -300,6 +312,7 @@ impl Datastore {
             return Ok(session.id);
         }
         let (session, previous) = self.sessions().create(task_id, Instant::now());
+        self.jobs().session_replaced(&session.id, now_secs());
         {
             let mut ix = self.index.write().unwrap_or_else(PoisonError::into_inner);
             ix.clear();
@@ -308,18 +321,77 @@ impl Datastore {
         Ok(session.id)
     }
 
-    /// A heartbeat of session `id`.
-    pub fn heartbeat(&self, id: &str) -> Result<(), PushError> {
+    /// A heartbeat of session `id`; answers the `scan` commands of its
+    /// on-demand jobs that no heartbeat answer carried yet.
+    pub fn heartbeat(&self, id: &str) -> Result<Vec<ScanCommand>, PushError> {
         if let Some(r) = self.replication.get() {
-            return r
-                .touch(&self.config.name, id, self.config.sessions.timeout)
+            r.touch(&self.config.name, id, self.config.sessions.timeout)
                 .map_err(|e| match e {
                     TouchError::Session(s) => PushError::Session(s),
                     TouchError::Unavailable(u) => self.unavailable(u),
-                });
+                })?;
+        } else {
+            self.sessions().touch(id, Instant::now())?;
         }
-        self.sessions().touch(id, Instant::now()).map(|_| ())?;
-        Ok(())
+        Ok(self.jobs().take_commands(id, now_secs()))
+    }
+
+    /// Asks the agent for a fresh scan of `path` (an on-demand job; see
+    /// [`jobs`]). Returns the job id, that of a pending job for the same
+    /// scan if there is one, or `None` when no agent session is alive to
+    /// ask. In a cluster the job goes through the ingest log, so that the
+    /// host carrying the agent's next heartbeat hands it out.
+    pub fn request_scan(&self, path: &str, recursive: bool) -> Result<Option<String>, PushError> {
+        let Some(session) = self.session() else {
+            return Ok(None);
+        };
+        let now = now_secs();
+        let mut jobs = self.jobs();
+        jobs.expire(now);
+        if let Some(j) = jobs.pending(&session.id, path, recursive) {
+            return Ok(Some(j.job_id.clone()));
+        }
+        jobs.check_room(&self.config.name)?;
+        let id = jobs::new_job_id();
+        match self.replication.get() {
+            Some(r) => {
+                drop(jobs);
+                let op = IngestOp::Job {
+                    id: id.clone(),
+                    session: session.id,
+                    path: path.to_string(),
+                    recursive,
+                    at: now,
+                };
+                r.append(&self.config.name, &op)
+                    .map_err(|e| self.unavailable(e))?;
+            }
+            None => jobs.add(&self.config.name, &id, &session.id, path, recursive, now),
+        }
+        tracing::info!(datastore = %self.config.name, job = %id, path = %crate::text::echo(path), recursive, "on-demand scan requested");
+        Ok(Some(id))
+    }
+
+    /// The on-demand scan jobs, oldest first.
+    pub fn jobs_list(&self) -> Vec<ScanJob> {
+        let mut jobs = self.jobs();
+        jobs.expire(now_secs());
+        jobs.list()
+    }
+
+    /// On-demand scan job `id`.
+    pub fn job(&self, id: &str) -> Option<ScanJob> {
+        let mut jobs = self.jobs();
+        jobs.expire(now_secs());
+        jobs.get(id)
+    }
+
+    /// The id of a pending job that rescans `path` (for it or a directory
+    /// above it), if any.
+    pub fn pending_job(&self, path: &str) -> Option<String> {
+        let mut jobs = self.jobs();
+        jobs.expire(now_secs());
+        jobs.covering(path).map(|j| j.job_id.clone())
     }
 
     /// Ends session `id`; idempotent.
@@ -384,26 +456,12 @@ impl Datastore {
         )
     }
 
-    /// The blind-spot additions and deletions, each within
-    /// `max_tree_items` and half of `max_tree_bytes`.
-    pub fn blind_spots(&self) -> (Listing<String>, Listing<String>) {
-        let (items, bytes) = (self.config.max_tree_items, self.config.max_tree_bytes / 2);
-        self.read_index(|ix| {
-            (
-                window(
-                    ix.blind_additions().iter().cloned(),
-                    items,
-                    bytes,
-                    String::len,
-                ),
-                window(
-                    ix.blind_deletions().iter().cloned(),
-                    items,
-                    bytes,
-                    String::len,
-                ),
-            )
-        })
+    /// The blind spots as JSON (see
+    /// [`blind_spots_json`](crate::index::view::blind_spots_json)), each
+    /// list within `max_tree_items` and half of `max_tree_bytes`.
+    pub fn blind_spots_json(&self) -> Vec<u8> {
+        let (items, bytes) = (self.config.max_tree_items, self.config.max_tree_bytes);
+        self.read_index(|ix| crate::index::view::blind_spots_json(ix, items, bytes, now_secs()))
     }
 
     /// Raises a consistency alarm: views answer 503 until the next

@@ -232,7 +232,9 @@ impl From<PushError> for AppError {
     fn from(e: PushError) -> Self {
         match e {
             PushError::Session(s) => Self::Session(s),
-            full @ PushError::QueueFull { .. } => Self::Busy(full.to_string()),
+            full @ (PushError::QueueFull { .. } | PushError::TooManyJobs(_)) => {
+                Self::Busy(full.to_string())
+            }
             closing @ PushError::ShuttingDown(_) => Self::Unavailable(closing.to_string()),
             gone @ PushError::Unavailable { .. } => Self::Unavailable(gone.to_string()),
         }

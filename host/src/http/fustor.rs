@@ -58,7 +58,7 @@ macro_rules! session_doc {
         $crate::http::fustor::session_doc!(@emit [
             params(("sid" = String, Path, description = "The session id.")),
             responses(
-                (status = 200, description = "`status` `ok`, `role` `leader`, no `commands`.", body = Object),
+                (status = 200, description = "`status` `ok`, `role` `leader`, and `commands`: a `{type: scan, path, recursive, job_id, created_at}` for each on-demand scan job not handed out yet.", body = Object),
                 (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
                 KeyDatastoreErrors,
                 (status = 419, description = "The session is unknown, obsolete or expired (`session_unknown`, `session_obsolete`, `session_expired`).", body = ErrorBody),
@@ -195,9 +195,9 @@ session_doc! {
         sid: Result<Path<String>, PathRejection>,
     ) -> Result<Json<Value>, AppError> {
         let sid = path(sid)?;
-        blocking(move || ds.heartbeat(&sid)).await??;
+        let commands = blocking(move || ds.heartbeat(&sid)).await??;
         Ok(Json(
-            json!({"status": "ok", "role": "leader", "message": null, "can_realtime": null, "commands": []}),
+            json!({"status": "ok", "role": "leader", "message": null, "can_realtime": null, "commands": commands}),
         ))
     }
 }
@@ -226,7 +226,9 @@ session_doc! {
 /// Push rows of a session.
 ///
 /// Needs role `ingest`. A batch of events of rows (`source_type`
-/// `snapshot`, `message` or `audit`; `is_end` ends a snapshot); bad rows are
+/// `snapshot`, `message`, `audit` or `on_demand_job`; `is_end` ends a
+/// snapshot), or `job_complete` with `metadata: {job_id, scan_path}` after an
+/// on-demand scan's rows; bad rows are
 /// rejected one by one and listed in the answer. Nothing of the push is
 /// accepted on 419 or 503.
 #[utoipa::path(
@@ -281,7 +283,12 @@ pub(super) async fn push(
         (None, Some(body_sid)) => body_sid.clone(),
         (None, None) => return Err(AppError::BadRequest("the push has no `session_id`".into())),
     };
+    let completes = batch.job_complete.is_some();
     let receipt = blocking(move || ds.accept(&sid, batch, &body, at)).await??;
+    if completes {
+        // Fusion's answer to a `job_complete` push.
+        return Ok(Json(json!({"status": "ok", "phase": "job_complete"})));
+    }
     Ok(Json(
         json!({"status": "ok", "count": receipt.count, "rejected": receipt.rejected}),
     ))
@@ -348,6 +355,10 @@ pub(super) struct TreeParams {
     max_depth: Option<u32>,
     /// Paths only, without metadata; default false.
     only_path: Option<bool>,
+    /// Ask the agent for a fresh scan of `path` (an on-demand job; see
+    /// `.../jobs`); default false. The answer is the tree as it is now,
+    /// with the job's `job_id` and `job_pending`.
+    on_demand_scan: Option<bool>,
 }
 
 /// The parts of a Fustor view's annotation every view shares (tag, the
@@ -365,6 +376,19 @@ macro_rules! view_doc {
         )]
         $item
     };
+}
+
+/// A tree answer with Fusion's `job_id` and `job_pending` added to its
+/// root object.
+fn with_job(mut body: Vec<u8>, job: Option<&str>) -> Response {
+    if body.last() == Some(&b'}') {
+        body.pop();
+        let fields = json!({"job_id": job, "job_pending": job.is_some()}).to_string();
+        // `{"job_id":..,"job_pending":..}` without its braces.
+        body.push(b',');
+        body.extend_from_slice(&fields.as_bytes()[1..]);
+    }
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// A view rendered on a blocking thread (it walks the index under its read
@@ -389,12 +413,17 @@ view_doc! {
     ],
     /// The tree view of a datastore.
     ///
-    /// Needs role `query` on the datastore. Streamed from the index.
+    /// Needs role `query` on the datastore. Written from the index. The root
+    /// node also carries `job_id` and `job_pending`: the on-demand scan
+    /// pending for it (or a directory above it), the one `on_demand_scan`
+    /// just asked for, or `null` and `false`. A path not in the index with
+    /// a scan pending answers `{job_id, job_pending, message}`.
     pub(super) async fn tree(
         View(ds): View,
         params: Result<Query<TreeParams>, QueryRejection>,
     ) -> Result<Response, AppError> {
         let params = query(params)?;
+        let on_demand = params.on_demand_scan.unwrap_or(false);
         let query = TreeQuery::from_params(
             params.path,
             params.recursive,
@@ -402,7 +431,25 @@ view_doc! {
             params.only_path,
         )
         .map_err(AppError::BadRequest)?;
-        json_off_runtime(move || ds.tree_json(&query)).await
+        blocking(move || {
+            let asked = if on_demand {
+                ds.request_scan(&query.path, query.recursive)?
+            } else {
+                None
+            };
+            let job = asked.or_else(|| ds.pending_job(&query.path));
+            match ds.tree_json(&query) {
+                Ok(body) => Ok(with_job(body, job.as_deref())),
+                Err(ViewError::NotFound(_)) if job.is_some() => Ok(Json(json!({
+                    "job_id": job,
+                    "job_pending": true,
+                    "message": "the path is not in the index; an on-demand scan of it is pending",
+                }))
+                .into_response()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?
     }
 }
 
@@ -468,20 +515,71 @@ view_doc! {
     /// The blind spots of a datastore.
     ///
     /// Needs role `query` on the datastore. Files first seen by an audit
-    /// (additions) and files deleted because an audit missed them (deletions).
+    /// (additions, as tree nodes without children, like Fusion's) and files
+    /// deleted because an audit missed them (deletions, as paths).
     pub(super) async fn blind_spots(
         View(ds): View,
-    ) -> Result<Json<Value>, AppError> {
-        let (additions, deletions) = ds.blind_spots();
-        Ok(Json(json!({
-            "additions_count": additions.total,
-            "additions": additions.items,
-            "additions_truncated": additions.truncated(),
-            "deletion_count": deletions.total,
-            "deletions": deletions.items,
-            "deletions_truncated": deletions.truncated(),
-        })))
+    ) -> Result<Response, AppError> {
+        json_off_runtime(move || Ok(ds.blind_spots_json())).await
     }
+}
+
+/// The on-demand scan jobs of a datastore.
+///
+/// Needs role `query` on the datastore. Fusion's agent jobs, oldest first:
+/// `{jobs: [{job_id, view_id, path, recursive, status, progress, created_at,
+/// completed_at, error?}]}`; `status` is `PENDING`, `COMPLETED` or `FAILED`.
+/// Answered whether or not the views are READY.
+#[utoipa::path(
+    get,
+    path = "/api/v1/views/{datastore}/jobs",
+    tag = "fustor-views",
+    params(("datastore" = String, Path, description = "The datastore.")),
+    responses(
+        (status = 200, description = "`{jobs: [...]}`, at most 1,000, finished ones for an hour.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        DatastoreAuthErrors,
+        (status = 404, description = "No such datastore.", body = ErrorBody),
+    ),
+    extensions(("x-weir-role" = json!("query"))),
+)]
+pub(super) async fn jobs(Scoped(ds): Scoped) -> Json<Value> {
+    Json(json!({ "jobs": ds.jobs_list() }))
+}
+
+/// One on-demand scan job.
+///
+/// Needs role `query` on the datastore. Answered whether or not the views
+/// are READY.
+#[utoipa::path(
+    get,
+    path = "/api/v1/views/{datastore}/jobs/{job_id}",
+    tag = "fustor-views",
+    params(
+        ("datastore" = String, Path, description = "The datastore."),
+        ("job_id" = String, Path, description = "The job's id."),
+    ),
+    responses(
+        (status = 200, description = "`{job_id, view_id, path, recursive, status, progress, created_at, completed_at, error?}`.", body = Object),
+        (status = 400, description = "A path that is not UTF-8.", body = ErrorBody),
+        DatastoreAuthErrors,
+        (status = 404, description = "No such datastore, or no such job in it.", body = ErrorBody),
+    ),
+    extensions(("x-weir-role" = json!("query"))),
+)]
+pub(super) async fn job(
+    Scoped(ds): Scoped,
+    ids: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, AppError> {
+    let (_, id) = path(ids)?;
+    let job = ds.job(&id).ok_or_else(|| {
+        AppError::NotFound(format!(
+            "no on-demand scan job `{}` in datastore `{}`",
+            echo(&id),
+            ds.name()
+        ))
+    })?;
+    Ok(Json(json!(job)))
 }
 
 /// Query of `GET .../search`.

@@ -162,6 +162,8 @@ fn api() -> OpenApiRouter<Arc<Host>> {
         .routes(routes!(fustor::search))
         .routes(routes!(fustor::suspect_list))
         .routes(routes!(fustor::blind_spots))
+        .routes(routes!(fustor::jobs))
+        .routes(routes!(fustor::job))
         .routes(routes!(fusion::create_session))
         .routes(routes!(fusion::heartbeat))
         .routes(routes!(fusion::delete_session))

@@ -429,6 +429,84 @@ pub fn write_search(
     Ok(())
 }
 
+/// The blind spots as Fusion answers them: `{additions_count, additions,
+/// additions_truncated, deletion_count, deletions, deletions_truncated}`,
+/// the additions as nodes without children (`{name, content_type, path,
+/// size, modified_time, created_time, integrity_suspect}`), the deletions
+/// as paths. Each list holds at most `limit_items` entries and half of
+/// `limit_bytes`; the counts are of all.
+pub fn blind_spots_json(ix: &FsIndex, limit_items: usize, limit_bytes: usize, now: f64) -> Vec<u8> {
+    let half = limit_bytes / 2;
+    let q = TreeQuery {
+        path: String::new(),
+        recursive: true,
+        max_depth: Some(0),
+        only_path: false,
+    };
+    // Items are written into the list until one would pass the budget.
+    fn list<T>(
+        items: impl Iterator<Item = T>,
+        limit_items: usize,
+        budget: usize,
+        mut write: impl FnMut(T, &mut Vec<u8>) -> bool,
+    ) -> (Vec<u8>, usize) {
+        let (mut out, mut item, mut n) = (vec![b'['], Vec::new(), 0);
+        for it in items.take(limit_items) {
+            item.clear();
+            if !write(it, &mut item) {
+                continue;
+            }
+            if out.len() + item.len() + 2 > budget {
+                break;
+            }
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&item);
+            n += 1;
+        }
+        out.push(b']');
+        (out, n)
+    }
+    let additions = ix.blind_additions();
+    let (adds, added) = list(additions.iter(), limit_items, half, |path, out| {
+        let Some(id) = ix.tree().get(path) else {
+            return false;
+        };
+        let mut w = NodeWriter {
+            ix,
+            q: &q,
+            now,
+            path: path.clone(),
+        };
+        w.node(id, 0, out).is_ok()
+    });
+    let deletions = ix.blind_deletions();
+    let (dels, deleted) = list(deletions.iter(), limit_items, half, |path, out| {
+        json_str(out, path).is_ok()
+    });
+    let mut out = Vec::with_capacity(adds.len() + dels.len() + 128);
+    let _ = write!(
+        out,
+        "{{\"additions_count\":{},\"additions\":",
+        additions.len()
+    );
+    out.extend_from_slice(&adds);
+    let _ = write!(
+        out,
+        ",\"additions_truncated\":{},\"deletion_count\":{},\"deletions\":",
+        added < additions.len(),
+        deletions.len()
+    );
+    out.extend_from_slice(&dels);
+    let _ = write!(
+        out,
+        ",\"deletions_truncated\":{}}}",
+        deleted < deletions.len()
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
