@@ -149,7 +149,7 @@ async fn a_bearer_token_works_like_x_api_key() {
 }
 
 /// Paths clients count on: each must be in `/openapi.json`.
-const KNOWN_PATHS: [&str; 38] = [
+const KNOWN_PATHS: [&str; 40] = [
     "/healthz",
     "/readyz",
     "/openapi.json",
@@ -181,6 +181,8 @@ const KNOWN_PATHS: [&str; 38] = [
     "/api/v1/views/{datastore}/search",
     "/api/v1/views/{datastore}/suspect-list",
     "/api/v1/views/{datastore}/blind-spots",
+    "/api/v1/views/{datastore}/jobs",
+    "/api/v1/views/{datastore}/jobs/{job_id}",
     "/ingestor-api/v1/sessions/",
     "/ingestor-api/v1/sessions/{sid}/heartbeat",
     "/ingestor-api/v1/sessions/{sid}",
@@ -225,6 +227,7 @@ fn plausible(param: &str) -> &'static str {
         "sid" => "no-such-session",
         "datastore" => "default",
         "name" => "no-such-consumer",
+        "job_id" => "no-such-job",
         other => panic!("no plausible value for path parameter `{other}`: add one"),
     }
 }
