@@ -268,6 +268,7 @@ fn agent_args(
         follow_symlinks: false,
         audit_interval_secs: Some(every),
         sentinel_interval_secs: Some(every),
+        queue_paths: 100_000,
     }
 }
 
@@ -382,6 +383,86 @@ async fn the_agent_answers_on_demand_scans() {
     agent.await.unwrap().unwrap();
 }
 
+/// The status the agent of `state` last wrote.
+fn agent_status(state: &Path) -> Value {
+    std::fs::read(state.join("status-test.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Faults: the queue between the watcher and the sender overflows (16
+/// signals at most, then a burst of thousands) and the agent rescans
+/// within its session; files deleted while the snapshot walks. (An
+/// unreadable subtree needs an agent that is not root: see
+/// `tests/interop/weir_agent.py`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agent_rescans_when_events_are_lost_and_survives_a_changing_tree() {
+    let s = TestServer::start(host_with_examples()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    for d in 0..10 {
+        std::fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
+        for f in 0..500 {
+            std::fs::write(root.join(format!("d{d}/f{f}")), b"x").unwrap();
+        }
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mut args = agent_args(&s, &root, state.path(), 3600.0);
+    args.queue_paths = 16;
+    let key = secret(Role::Ingest);
+    let config = AgentConfig::resolve(&args, &|_| Some(key.clone())).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(weir_host::agent::run(config, async move {
+        let _ = stopped.await;
+    }));
+    // Deleted while the snapshot may be walking: whatever the timing, the
+    // tree ends up without them.
+    for d in 0..10 {
+        for f in (0..500).step_by(3) {
+            std::fs::remove_file(root.join(format!("d{d}/f{f}"))).unwrap();
+        }
+    }
+    converges(&s, &root, "deleted during the snapshot").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent_status(state.path())["state"] != "realtime" {
+        assert!(Instant::now() < deadline, "{}", agent_status(state.path()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sessions = agent_status(state.path())["sessions"].clone();
+
+    // A burst far larger than the queue: new directories with files,
+    // rewrites and deletions. Events are lost; the rescan finds them.
+    for d in 0..20 {
+        let sub = root.join(format!("burst{d}/inner"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..200 {
+            std::fs::write(sub.join(format!("n{f}")), vec![b'y'; f]).unwrap();
+        }
+    }
+    for f in (1..500).step_by(3) {
+        std::fs::write(root.join(format!("d0/f{f}")), b"rewritten").unwrap();
+    }
+    std::fs::remove_dir_all(root.join("d9")).unwrap();
+    converges(&s, &root, "after the burst").await;
+    // The status file is rewritten every 2 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let shown = agent_status(state.path());
+        if shown["rescans"].as_u64().unwrap_or(0) >= 1 {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "no rescan: {shown}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(shown["sessions"], sessions, "the session went on: {shown}");
+    // The new directories are watched: a later change in one is followed.
+    std::fs::write(root.join("burst7/inner/later"), b"later").unwrap();
+    converges(&s, &root, "a change in a directory made during the burst").await;
+    let _ = stop.send(());
+    agent.await.unwrap().unwrap();
+}
+
 #[test]
 fn a_bad_setting_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -398,6 +479,7 @@ fn a_bad_setting_is_named() {
         follow_symlinks: false,
         audit_interval_secs: None,
         sentinel_interval_secs: Some(0.0),
+        queue_paths: 100_000,
     };
     let err = AgentConfig::resolve(&args, &|_| Some("k".into()))
         .unwrap_err()
@@ -423,5 +505,11 @@ fn a_bad_setting_is_named() {
         AgentConfig::resolve(&args, &|_| Some("k".into())).unwrap_err()
     );
     assert!(err.contains("--ignore `[`"), "{err}");
+    args.ignore = vec![];
+    args.queue_paths = 3;
+    let err = AgentConfig::resolve(&args, &|_| Some("k".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--queue-paths must be 16 to"), "{err}");
     let _ = Filter::new(&[], None, false).unwrap();
 }

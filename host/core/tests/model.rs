@@ -294,8 +294,14 @@ impl Model {
         for dir in &audit.listed {
             for (p, n) in &self.nodes {
                 let child = is_below(p, dir) && split_parent(p).0 == dir.as_str();
-                if child && n.seen != self.cycle && n.stamp <= audit.started_stamp && !n.meta.is_dir
-                {
+                // Untouched: nothing at or below it changed by realtime
+                // since the audit began.
+                let untouched = self
+                    .nodes
+                    .iter()
+                    .filter(|(q, _)| *q == p || is_below(q, p))
+                    .all(|(_, m)| m.stamp <= audit.started_stamp);
+                if child && n.seen != self.cycle && untouched {
                     missing.insert(p.clone());
                 }
             }
@@ -304,8 +310,10 @@ impl Model {
             if self.tombstone(&p, now).is_some() {
                 continue;
             }
-            for (gone, _) in self.remove(&p) {
-                self.deletions.insert(gone);
+            for (gone, meta) in self.remove(&p) {
+                if !meta.is_dir {
+                    self.deletions.insert(gone);
+                }
             }
         }
     }

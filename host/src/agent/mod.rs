@@ -65,6 +65,10 @@ pub struct AgentArgs {
     /// Seconds between sentinel checks (default: what the server answers).
     #[arg(long)]
     pub sentinel_interval_secs: Option<f64>,
+    /// File-system signals waiting to be sent, at most (16 to 10,000,000);
+    /// beyond, the agent rescans the tree.
+    #[arg(long, default_value_t = realtime::QUEUE)]
+    pub queue_paths: usize,
 }
 
 /// `weir agent` subcommands.
@@ -100,6 +104,13 @@ pub struct Status {
     pub lag_ms: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// Rescans since the start (file-system events were lost).
+    #[serde(default)]
+    pub rescans: u64,
+    /// Directories that cannot be watched now (no permission, the inotify
+    /// watch limit); audits list them in full.
+    #[serde(default)]
+    pub unwatched_dirs: u64,
     /// When this was written, ms since the Unix epoch.
     pub updated_ms: u64,
 }
@@ -138,6 +149,8 @@ pub struct AgentConfig {
     pub sentinel_every: Option<Duration>,
     /// Where the status is written.
     pub status_file: PathBuf,
+    /// Signals waiting between the watcher and the sender, at most.
+    pub queue_paths: usize,
 }
 
 impl AgentConfig {
@@ -183,6 +196,13 @@ impl AgentConfig {
             filter: Filter::new(&args.ignore, args.max_depth, args.follow_symlinks)?,
             audit_every: interval(args.audit_interval_secs, "--audit-interval-secs")?,
             sentinel_every: interval(args.sentinel_interval_secs, "--sentinel-interval-secs")?,
+            queue_paths: {
+                anyhow::ensure!(
+                    (16..=10_000_000).contains(&args.queue_paths),
+                    "--queue-paths must be 16 to 10000000"
+                );
+                args.queue_paths
+            },
             status_file: status_file(&state, &args.pipe),
         })
     }
@@ -759,16 +779,25 @@ async fn create_session(client: &Client) -> Result<(String, Timing), String> {
 async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
     // The watch starts before the walk, so that nothing changed during the
     // snapshot is missed (the server's arbitration orders the two).
-    let (watcher, mut changes) =
-        match realtime::watch(&client.config.root, client.config.filter.clone()) {
-            Ok(w) => w,
-            Err(e) => {
-                return End::Again(format!(
-                    "cannot watch {}: {e}",
-                    client.config.root.display()
-                ));
-            }
-        };
+    // Watching walks the tree's directories: off the runtime's workers.
+    let (root, filter, queue) = (
+        client.config.root.clone(),
+        client.config.filter.clone(),
+        client.config.queue_paths,
+    );
+    let watched = tokio::task::spawn_blocking(move || realtime::watch(&root, filter, queue)).await;
+    let mut changes = match watched {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            return End::Again(format!(
+                "cannot watch {}: {e}",
+                client.config.root.display()
+            ));
+        }
+        Err(e) => return End::Again(format!("the watch setup failed: {e}")),
+    };
+    let unwatched = changes.unwatched_count() as u64;
+    client.report(|s| s.unwatched_dirs = unwatched);
     let (scan_tx, mut scans) = tokio::sync::mpsc::channel(MAX_WAITING_SCANS);
     let heartbeat = heartbeats(
         client.conn.clone(),
@@ -812,20 +841,34 @@ async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
             tokio::select! {
                 next = changes.next(client.config.batch_rows) => match next {
                     realtime::Next::Rows(rows) => client.push(sid, "message", rows, false).await?,
+                    realtime::Next::Rescan(why) => {
+                        // A full audit: every directory listed, so what
+                        // was missed (deletions too) is set right.
+                        tracing::warn!("file-system events were lost ({why}); rescanning");
+                        client.report(|s| s.rescans += 1);
+                        cache = client.audit(sid, walk::MtimeCache::new()).await?;
+                    }
                     realtime::Next::Lost(why) => return Err::<(), End>(End::Again(why)),
                 },
-                _ = audit.tick() => cache = client.audit(sid, std::mem::take(&mut cache)).await?,
+                _ = audit.tick() => {
+                    // Directories that are not watched are listed in full.
+                    match changes.unwatched() {
+                        Some(dirs) => dirs.iter().for_each(|d| { cache.remove(d); }),
+                        None => cache.clear(),
+                    }
+                    let unwatched = changes.unwatched_count() as u64;
+                    client.report(|s| s.unwatched_dirs = unwatched);
+                    cache = client.audit(sid, std::mem::take(&mut cache)).await?;
+                }
                 _ = sentinel.tick() => client.sentinel().await?,
                 Some(cmd) = scans.recv() => client.scan_job(sid, &cmd).await?,
             }
         }
     };
-    let end = tokio::select! {
+    tokio::select! {
         end = work => end.err().unwrap_or(End::Again("the session ended".into())),
         end = &mut heartbeat => end,
-    };
-    drop(watcher);
-    end
+    }
 }
 
 /// Heartbeats every `every` until the server refuses the session; the

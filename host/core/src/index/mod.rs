@@ -18,9 +18,11 @@
 //!   otherwise applied. A file younger than the hot-file window becomes
 //!   suspect; a new file first seen by audit is a blind-spot addition.
 //! - audit end: tombstones older than the audit start are purged; in every
-//!   directory the audit listed in full, a file it did not see, that is not
-//!   tombstoned and was not changed by realtime since the audit began is
-//!   deleted as a blind-spot deletion.
+//!   directory the audit listed in full, an entry it did not see, that is
+//!   not tombstoned and in whose subtree nothing was changed by realtime
+//!   since the audit began, is deleted (a directory with its subtree; its
+//!   files are blind-spot deletions). Fusion deletes unseen files only, so
+//!   a directory removed while no watch saw it stayed there forever.
 //!
 //! Every applied change is returned as a [`Change`] for the change feed;
 //! ignored rows return nothing.
@@ -612,8 +614,7 @@ impl FsIndex {
         for &dir in &audit.listed_dirs {
             for &child in self.tree.children(dir) {
                 let unseen = self.tree.audit_seen(child) != self.audit_cycle;
-                let untouched = self.tree.realtime_stamp(child) <= audit.started_stamp;
-                if unseen && untouched && !self.tree.is_dir(child) {
+                if unseen && self.untouched_since(child, audit.started_stamp) {
                     missing.push(self.tree.path(child));
                 }
             }
@@ -625,13 +626,29 @@ impl FsIndex {
                 continue;
             }
             for c in self.delete_subtree(&path, Source::Audit, now, false) {
-                self.add_blind_spot(true, c.path.clone());
+                if !c.meta.is_dir {
+                    self.add_blind_spot(true, c.path.clone());
+                }
                 changes.push(c);
             }
         }
         self.audit_cycles_done += 1;
         self.last_audit_finished_at = now;
         changes
+    }
+
+    /// Whether nothing in the subtree of `id` was changed by realtime after
+    /// `stamp` (a directory an audit did not see is gone with its subtree,
+    /// unless realtime put something in it since the audit began).
+    fn untouched_since(&self, id: NodeId, stamp: u64) -> bool {
+        let mut stack = vec![id];
+        while let Some(n) = stack.pop() {
+            if self.tree.realtime_stamp(n) > stamp {
+                return false;
+            }
+            stack.extend_from_slice(self.tree.children(n));
+        }
+        true
     }
 
     /// Sentinel feedback on a suspect path: a stable old file stops being

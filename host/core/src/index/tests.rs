@@ -377,3 +377,38 @@ fn blind_spot_lists_are_bounded() {
     assert_eq!(ix.blind_additions().len(), 5);
     assert_eq!(ix.evictions().blind_spots, 15);
 }
+
+#[test]
+fn an_audit_that_misses_a_directory_deletes_its_subtree_unless_realtime_touched_it() {
+    let mut ix = index();
+    for (p, is_dir) in [
+        ("/gone", true),
+        ("/gone/sub", true),
+        ("/gone/sub/f", false),
+        ("/kept", true),
+        ("/busy", true),
+    ] {
+        let r = if is_dir {
+            dir_row(p, OLD)
+        } else {
+            row(p, 1, OLD)
+        };
+        ix.upsert(&r, Source::Snapshot, NOW);
+    }
+    ix.audit_start(NOW);
+    // Realtime put a file in /busy after the audit began: /busy stays.
+    ix.upsert(&row("/busy/new", 1, NOW), Source::Realtime, NOW);
+    ix.upsert(&dir_row("/", OLD), Source::Audit, NOW);
+    ix.upsert(&dir_row("/kept", OLD), Source::Audit, NOW);
+    let changes = ix.audit_end(NOW + 1.0);
+    let mut gone: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+    gone.sort();
+    assert_eq!(gone, ["/gone", "/gone/sub", "/gone/sub/f"]);
+    assert!(ix.tree().get("/busy/new").is_some());
+    assert!(ix.tree().get("/kept").is_some());
+    // Files count as blind-spot deletions, directories do not.
+    assert_eq!(
+        ix.blind_deletions().iter().collect::<Vec<_>>(),
+        ["/gone/sub/f"]
+    );
+}
