@@ -10,7 +10,11 @@ binaries, over a 20,000-file directory.
    agent finds its session gone, makes a new one, and the tree is right
    again; a change made while the server was down is there too.
 5. `weir agent status` shows the agent in realtime; SIGTERM stops the agent
-   (its session deleted: the views answer 503) and the server.
+   (its session deleted: the views answer 503).
+6. A permission-denied subtree: an agent that may not read one directory
+   (as `nobody` when the test runs as root) syncs everything else, lists
+   the directory without its contents, reports it unwatched, and follows
+   changes elsewhere.
 
 Usage: weir_agent.py --weir target/debug/weir
 Prints `weir agent interop: N passed, N failed`; exits non-zero on failure.
@@ -124,6 +128,60 @@ def main():
         check("weir agent exits 0 on SIGTERM", code == 0, str(code))
         status, body = get(base, "/api/v1/views/default/stats")
         check("its session is deleted: the views answer 503", status == 503, f"{status} {body}")
+
+        # A subtree the agent may not read.
+        secret = os.path.join(data, "secret")
+        os.makedirs(os.path.join(secret, "inner"))
+        for name in ("a.txt", os.path.join("inner", "b.txt")):
+            with open(os.path.join(secret, name), "w") as fh:
+                fh.write("not for the agent\n")
+        os.chmod(secret, 0o700)
+        state2 = os.path.join(work, "agent-state-2")
+        os.makedirs(state2)
+        prefix = []
+        if os.geteuid() == 0:
+            # Root reads everything: the agent runs as nobody instead.
+            for d, _, names in os.walk(work):
+                if not d.startswith(secret):
+                    os.chmod(d, 0o755)
+            os.chmod(state2, 0o777)
+            prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        agent = subprocess.Popen(
+            prefix + [weir_bin, "agent", "--url", base, "--root", data, "--state-dir", state2,
+                      "--pipe", "interop"],
+            env=env, stdout=agent_log, stderr=subprocess.STDOUT)
+
+        def without_secret():
+            want = {p: v for p, v in disk_state(data).items() if not p.startswith("/secret/")}
+            diffs = compare(want, tree_state(base) or {})
+            return True if not diffs else "; ".join(diffs[:5])
+        ok, last = wait_for("unreadable subtree", without_secret, 120)
+        check("with a directory it may not read, the agent syncs the rest (the directory listed, "
+              "its contents not)", ok, str(last))
+        with open(os.path.join(data, "proj_3", "after_secret.txt"), "w") as fh:
+            fh.write("followed\n")
+        ok, last = wait_for("realtime beside the unreadable subtree", without_secret, 20)
+        check("and follows changes elsewhere", ok, str(last))
+
+        def unwatched():
+            try:
+                status = json.load(open(os.path.join(state2, "status-interop.json")))
+            except (OSError, ValueError) as e:
+                return repr(e)
+            return True if status.get("unwatched_dirs", 0) >= 1 else json.dumps(status)
+        ok, last = wait_for("unwatched count", unwatched, 10)
+        check("its status counts the directory it cannot watch", ok, str(last))
+        log = open(os.path.join(work, "agent.log")).read()
+        check("the agent log names the unreadable directory", "secret" in log and "ermission denied" in log,
+              log[-2000:])
+        agent.send_signal(signal.SIGTERM)
+        try:
+            code = agent.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            code = "timed out"
+        agent = None
+        check("that agent exits 0 on SIGTERM", code == 0, str(code))
     except Exception as e:  # a crash of the test itself is a failure, reported as one
         check("weir agent interop test ran to the end", False, repr(e))
     finally:
