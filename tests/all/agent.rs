@@ -40,14 +40,24 @@ fn disk(root: &Path) -> BTreeMap<String, (bool, u64, i64)> {
     out
 }
 
-/// The same from the host's tree view, when it answers.
-async fn tree(s: &TestServer) -> Option<BTreeMap<String, (bool, u64, i64)>> {
-    let (status, root) = s
-        .get("/api/v1/views/default/tree?path=/", Role::Query)
-        .await;
-    if status != StatusCode::OK {
+/// The same from the host's tree view of datastore `ds`, when it answers.
+async fn tree(s: &TestServer, ds: &str) -> Option<BTreeMap<String, (bool, u64, i64)>> {
+    let key = if ds == "default" {
+        secret(Role::Query)
+    } else {
+        secret(Role::Admin)
+    };
+    let resp = s
+        .client
+        .get(format!("{}/api/v1/views/{ds}/tree?path=/", s.base))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .ok()?;
+    if resp.status() != StatusCode::OK {
         return None;
     }
+    let root: Value = resp.json().await.ok()?;
     let mut out = BTreeMap::new();
     let mut stack = vec![root];
     while let Some(node) = stack.pop() {
@@ -73,10 +83,15 @@ async fn tree(s: &TestServer) -> Option<BTreeMap<String, (bool, u64, i64)>> {
 
 /// Waits (bounded) until the host's tree equals the directory.
 async fn converges(s: &TestServer, root: &Path, what: &str) {
+    converges_in(s, "default", root, what).await
+}
+
+/// Waits (bounded) until the tree of datastore `ds` equals the directory.
+async fn converges_in(s: &TestServer, ds: &str, root: &Path, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let want = disk(root);
-        let got = tree(s).await;
+        let got = tree(s, ds).await;
         if got.as_ref() == Some(&want) {
             return;
         }
@@ -260,6 +275,8 @@ fn agent_args(
         url: s.base.clone(),
         key_env: "KEY".into(),
         root: Some(root.to_path_buf()),
+        config: None,
+        datastore: None,
         pipe: "test".into(),
         state_dir: Some(state.to_path_buf()),
         batch_rows: 250,
@@ -463,6 +480,95 @@ async fn the_agent_rescans_when_events_are_lost_and_survives_a_changing_tree() {
     agent.await.unwrap().unwrap();
 }
 
+/// `weir agent --config FILE` with two roots: one into the key's own
+/// datastore, one into `lab` named with `datastore` (a host-level key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_config_file_syncs_several_roots_into_their_datastores() {
+    let mut config = weir_tests::test_config();
+    config.datastores = vec![
+        weir_host::datastore::DatastoreConfig::named("default"),
+        weir_host::datastore::DatastoreConfig::named("lab"),
+    ];
+    let s = TestServer::start(std::sync::Arc::new(
+        weir_host::runtime::Host::new(config).unwrap(),
+    ))
+    .await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let roots: Vec<_> = dirs
+        .iter()
+        .map(|d| d.path().canonicalize().unwrap())
+        .collect();
+    for (i, root) in roots.iter().enumerate() {
+        for f in 0..50 {
+            std::fs::write(root.join(format!("r{i}-{f}")), vec![b'z'; f]).unwrap();
+        }
+    }
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "url = {url:?}\nkey_env = \"INGEST\"\nbatch_rows = 20\n\n\
+             [[roots]]\npath = {a:?}\npipe = \"one\"\n\n\
+             [[roots]]\npath = {b:?}\npipe = \"two\"\ndatastore = \"lab\"\nkey_env = \"ADMIN\"\n",
+            url = s.base,
+            a = roots[0].display().to_string(),
+            b = roots[1].display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut args = agent_args(&s, &roots[0], state.path(), 3600.0);
+    args.root = None;
+    args.config = Some(file.clone());
+    let env = |k: &str| match k {
+        "INGEST" | "KEY" => Some(secret(Role::Ingest)),
+        "ADMIN" => Some(secret(Role::Admin)),
+        _ => None,
+    };
+    let configs = weir_host::agent::resolve_all(&args, &env).unwrap();
+    assert_eq!(configs.len(), 2);
+    assert_eq!(configs[1].datastore.as_deref(), Some("lab"));
+    assert!(configs[0].task_id.ends_with(":one") && configs[1].task_id.ends_with(":two"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(weir_host::agent::run_all(configs, async move {
+        let _ = stopped.await;
+    }));
+    converges_in(&s, "default", &roots[0], "the first root").await;
+    converges_in(&s, "lab", &roots[1], "the second root, in lab").await;
+    std::fs::write(roots[1].join("later"), b"later").unwrap();
+    converges_in(&s, "lab", &roots[1], "a change in the second root").await;
+    let _ = stop.send(());
+    agent.await.unwrap().unwrap();
+
+    // Mistakes are named with their root.
+    for (text, says) in [
+        (
+            "[[roots]]\npath = \"/\"\npipe = \"a\"\n[[roots]]\npath = \"/\"\npipe = \"a\"\n",
+            "pipe `a` is given twice",
+        ),
+        ("roots = []\n", "lists no [[roots]]"),
+        (
+            "[[roots]]\npath = \"/\"\npipe = \"a\"\nbogus = 1\n",
+            "unknown field `bogus`",
+        ),
+        (
+            "[[roots]]\npath = \"/nowhere/at/all\"\npipe = \"a\"\n",
+            "the root of pipe `a`",
+        ),
+        (
+            "[[roots]]\npath = \"/\"\npipe = \"a\"\ndatastore = \"no way\"\n",
+            "--datastore must be",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let err = format!(
+            "{:#}",
+            weir_host::agent::resolve_all(&args, &env).unwrap_err()
+        );
+        assert!(err.contains(says), "{text}: {err}");
+    }
+}
+
 #[test]
 fn a_bad_setting_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -471,6 +577,8 @@ fn a_bad_setting_is_named() {
         url: "http://127.0.0.1:1".into(),
         key_env: "NO_SUCH_KEY".into(),
         root: Some(dir.path().to_path_buf()),
+        config: None,
+        datastore: None,
         pipe: "p".into(),
         state_dir: Some(dir.path().join("state")),
         batch_rows: 100,

@@ -431,6 +431,30 @@ async fn bad_rows_are_reported_and_bad_bodies_refused() {
 #[tokio::test]
 async fn keys_are_checked_for_role_and_datastore() {
     let s = start().await;
+    // X-Weir-Datastore names the datastore of the agent routes: any for a
+    // host-level key, only its own for a datastore's key.
+    let named = |key: String, ds: &'static str| {
+        s.client
+            .post(format!("{}{SESSION}", s.base))
+            .header("X-API-Key", key)
+            .header("X-Weir-Datastore", ds)
+            .json(&json!({"task_id": "a:p"}))
+            .send()
+    };
+    let resp = named(secret(Role::Admin), "lab").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let lab_sid = resp.json::<Value>().await.unwrap()["session_id"].clone();
+    let resp = named(secret(Role::Ingest), "lab").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = named(secret(Role::Ingest), "default").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "its own datastore, named");
+    let resp = named(secret(Role::Admin), "nope").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let (_, sessions) = s.get("/api/v1/views/lab/stats", Role::Admin).await;
+    assert!(
+        sessions.to_string().contains("snapshot"),
+        "lab has a session: {sessions} {lab_sid}"
+    );
     let (status, _) = s
         .send("POST", SESSION, None, Some(json!({"task_id": "a:p"})))
         .await;

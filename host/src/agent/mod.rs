@@ -11,6 +11,7 @@
 //! silently. Network errors back off with jitter. Rows the server rejects
 //! are logged once per reason and dropped, never retried.
 
+mod file;
 mod realtime;
 mod walk;
 
@@ -38,6 +39,15 @@ pub struct AgentArgs {
     /// The directory to sync.
     #[arg(long)]
     pub root: Option<PathBuf>,
+    /// A TOML file of several roots, each a pipe of its own (see the
+    /// README's "Deploying the agent"); instead of `--root`.
+    #[arg(long, conflicts_with = "root")]
+    pub config: Option<PathBuf>,
+    /// The datastore to sync into, named to `weir serve` in the
+    /// `X-Weir-Datastore` header (a host-level ingest key may name any; a
+    /// datastore's key only its own). Default: the key's own datastore.
+    #[arg(long)]
+    pub datastore: Option<String>,
     /// The pipe's name: the task id is `<agent id>:<pipe>`.
     #[arg(long, default_value = "default")]
     pub pipe: String,
@@ -151,6 +161,8 @@ pub struct AgentConfig {
     pub status_file: PathBuf,
     /// Signals waiting between the watcher and the sender, at most.
     pub queue_paths: usize,
+    /// The datastore named in every request, if any.
+    pub datastore: Option<String>,
 }
 
 impl AgentConfig {
@@ -196,6 +208,20 @@ impl AgentConfig {
             filter: Filter::new(&args.ignore, args.max_depth, args.follow_symlinks)?,
             audit_every: interval(args.audit_interval_secs, "--audit-interval-secs")?,
             sentinel_every: interval(args.sentinel_interval_secs, "--sentinel-interval-secs")?,
+            datastore: match &args.datastore {
+                Some(d) => {
+                    anyhow::ensure!(
+                        !d.is_empty()
+                            && d.len() <= 64
+                            && d.bytes()
+                                .all(|b| b.is_ascii_alphanumeric()
+                                    || matches!(b, b'-' | b'_' | b'.')),
+                        "--datastore must be 1 to 64 letters, digits, `-`, `_` or `.`"
+                    );
+                    Some(d.clone())
+                }
+                None => None,
+            },
             queue_paths: {
                 anyhow::ensure!(
                     (16..=10_000_000).contains(&args.queue_paths),
@@ -206,6 +232,62 @@ impl AgentConfig {
             status_file: status_file(&state, &args.pipe),
         })
     }
+}
+
+/// The runs `args` ask for: one per root of `--config`, or the one of
+/// `--root`. Says which root is wrong.
+pub fn resolve_all(
+    args: &AgentArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Vec<AgentConfig>> {
+    let Some(path) = &args.config else {
+        return Ok(vec![AgentConfig::resolve(args, env)?]);
+    };
+    file::roots(args, path)?
+        .iter()
+        .map(|a| {
+            AgentConfig::resolve(a, env)
+                .with_context(|| format!("{}: the root of pipe `{}`", path.display(), a.pipe))
+        })
+        .collect()
+}
+
+/// The pipes `args` run (those of `--config`, or `--pipe`), with the state
+/// directory of each.
+pub fn pipes(args: &AgentArgs) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    match &args.config {
+        Some(path) => file::roots(args, path)?
+            .iter()
+            .map(|a| Ok((state_dir(a)?, a.pipe.clone())))
+            .collect(),
+        None => Ok(vec![(state_dir(args)?, args.pipe.clone())]),
+    }
+}
+
+/// Runs every config at once until `shutdown` resolves; the first error
+/// is the answer (the others go on until shutdown).
+pub async fn run_all(
+    configs: Vec<AgentConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runs = configs.into_iter().map(|c| {
+        let mut stopped = stopped.clone();
+        run(c, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+    });
+    let all = futures_util::future::join_all(runs);
+    tokio::pin!(all, shutdown);
+    let results = tokio::select! {
+        results = &mut all => results,
+        () = &mut shutdown => {
+            let _ = stop.send(true);
+            all.await
+        }
+    };
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    Ok(())
 }
 
 /// An interval flag: 0.1 s to a day.
@@ -265,6 +347,8 @@ struct Conn {
     /// Base URL, without a trailing slash.
     url: String,
     key: String,
+    /// Sent as `X-Weir-Datastore`.
+    datastore: Option<String>,
 }
 
 /// The session client.
@@ -319,6 +403,9 @@ impl Conn {
             .request(method, format!("{}{path}", self.url))
             .header("X-API-Key", &self.key)
             .timeout(Duration::from_secs(60));
+        if let Some(d) = &self.datastore {
+            req = req.header("X-Weir-Datastore", d);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -625,6 +712,7 @@ pub async fn run(
             http: reqwest::Client::new(),
             url: config.url.clone(),
             key: config.key.clone(),
+            datastore: config.datastore.clone(),
         },
         config,
         status,

@@ -59,40 +59,50 @@ fn agent(
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     if let Some(crate::agent::AgentCommand::Status) = args.command {
-        let file = crate::agent::status_file(&crate::agent::state_dir(args)?, &args.pipe);
-        let text = std::fs::read(&file).map_err(|e| {
-            anyhow::anyhow!(
-                "no status at {} ({e}): is the agent running with this --state-dir and --pipe?",
-                file.display()
-            )
-        })?;
-        let status: crate::agent::Status = serde_json::from_slice(&text)?;
-        let age = crate::time::now_ms().saturating_sub(status.updated_ms);
-        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
-        if status.state != "stopped" && age > 10_000 {
-            writeln!(
-                err,
-                "the status is {} s old: the agent may have died",
-                age / 1000
-            )?;
-            return Ok(1);
+        let mut code = 0;
+        for (state, pipe) in crate::agent::pipes(args)? {
+            let file = crate::agent::status_file(&state, &pipe);
+            let text = std::fs::read(&file).map_err(|e| {
+                anyhow::anyhow!(
+                    "no status at {} ({e}): is the agent running with this --state-dir and --pipe?",
+                    file.display()
+                )
+            })?;
+            let status: crate::agent::Status = serde_json::from_slice(&text)?;
+            let age = crate::time::now_ms().saturating_sub(status.updated_ms);
+            writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+            if status.state != "stopped" && age > 10_000 {
+                writeln!(
+                    err,
+                    "the status of pipe `{pipe}` is {} s old: the agent may have died",
+                    age / 1000
+                )?;
+                code = 1;
+            }
         }
-        return Ok(0);
+        return Ok(code);
     }
-    let config = crate::agent::AgentConfig::resolve(args, &|k| std::env::var(k).ok())?;
+    let configs = crate::agent::resolve_all(args, &|k| std::env::var(k).ok())?;
     serve::init_tracing(
         Default::default(),
         &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
     );
-    writeln!(
-        err,
-        "weir agent: {} -> {} as {}",
-        config.root.display(),
-        config.url,
-        config.task_id
-    )?;
+    for config in &configs {
+        writeln!(
+            err,
+            "weir agent: {} -> {}{} as {}",
+            config.root.display(),
+            config.url,
+            config
+                .datastore
+                .as_deref()
+                .map(|d| format!(" (datastore {d})"))
+                .unwrap_or_default(),
+            config.task_id
+        )?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(crate::agent::run(config, shutdown_signal()))?;
+    runtime.block_on(crate::agent::run_all(configs, shutdown_signal()))?;
     Ok(0)
 }
 

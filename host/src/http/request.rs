@@ -162,9 +162,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The header that names the datastore of a route without a `{datastore}`
+/// parameter (the agent routes, the seed's views).
+pub const DATASTORE_HEADER: &str = "x-weir-datastore";
+
 /// The datastore a route acts on: the one its `{datastore}` parameter
 /// names, or, on a route without one (the agent routes, Fusion's
-/// `/views/fs/...`), the key's own. Checked in the order the documents
+/// `/views/fs/...`), the one the `X-Weir-Datastore` header names, else the
+/// key's own. Checked in the order the documents
 /// promise: a path that is not UTF-8 (400), the key's scope (403), then the
 /// datastore (404).
 pub(super) struct Scoped(pub Arc<crate::datastore::Datastore>);
@@ -188,9 +193,25 @@ impl FromRequestParts<Arc<Host>> for Scoped {
                     .ok_or_else(|| AppError::NotFound(format!("no datastore `{name}`")))?
             }
             None => {
-                let name = caller.own_datastore()?;
+                let name = match parts.headers.get(DATASTORE_HEADER) {
+                    // Named by the agent (`weir agent --datastore`): a
+                    // host-level key may name any, a datastore key its own.
+                    Some(named) => {
+                        let name = named.to_str().map_err(|_| {
+                            AppError::BadRequest(format!(
+                                "the {DATASTORE_HEADER} header is not visible ASCII"
+                            ))
+                        })?;
+                        caller.datastore(name)?;
+                        name
+                    }
+                    None => caller.own_datastore()?,
+                };
                 host.datastore(name).ok_or_else(|| {
-                    AppError::NotFound(format!("datastore `{name}` is not configured"))
+                    AppError::NotFound(format!(
+                        "datastore `{}` is not configured",
+                        crate::text::echo(name)
+                    ))
                 })?
             }
         };
