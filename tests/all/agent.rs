@@ -569,6 +569,79 @@ async fn a_config_file_syncs_several_roots_into_their_datastores() {
     }
 }
 
+/// A server that takes sessions but refuses every push (as fustor-fusion
+/// refuses an event without `fields`): the agent backs off between
+/// sessions and deletes each one it leaves, rather than making ten a
+/// second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_every_push_is_not_flooded() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let made = std::sync::Arc::new(AtomicUsize::new(0));
+    let deleted = std::sync::Arc::new(AtomicUsize::new(0));
+    let (m, d) = (made.clone(), deleted.clone());
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/pipe/session/",
+            axum::routing::post(move || {
+                let n = m.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    axum::Json(json!({"session_id": format!("s{n}"), "role": "leader",
+                        "session_timeout_seconds": 30, "audit_interval_sec": 600.0,
+                        "sentinel_interval_sec": 600.0, "message": "ok"}))
+                }
+            }),
+        )
+        .route(
+            "/api/v1/pipe/session/{sid}/heartbeat",
+            axum::routing::post(|| async { axum::Json(json!({"status": "ok", "commands": []})) }),
+        )
+        .route(
+            "/api/v1/pipe/session/{sid}",
+            axum::routing::delete(move || {
+                d.fetch_add(1, Ordering::SeqCst);
+                async { axum::Json(json!({"status": "terminated"})) }
+            }),
+        )
+        .route(
+            "/api/v1/pipe/ingest/{sid}/events",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    axum::Json(json!({"detail": "events.0.fields: Field required"})),
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let s = TestServer::start(host_with_examples()).await;
+    let mut args = agent_args(&s, dir.path(), state.path(), 3600.0);
+    args.url = base;
+    let config = AgentConfig::resolve(&args, &|_| Some("k".into())).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(weir_host::agent::run(config, async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop.send(());
+    agent.await.unwrap().unwrap();
+    let (made, deleted) = (made.load(Ordering::SeqCst), deleted.load(Ordering::SeqCst));
+    // Backoff from 0.2 s, doubling: about five sessions in 3 s.
+    assert!((2..=8).contains(&made), "{made} sessions in 3 s");
+    assert!(deleted + 1 >= made, "{deleted} of {made} sessions deleted");
+    let shown = agent_status(state.path());
+    assert!(
+        shown["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Field required"),
+        "{shown}"
+    );
+}
+
 #[test]
 fn a_bad_setting_is_named() {
     let dir = tempfile::tempdir().unwrap();

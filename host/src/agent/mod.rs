@@ -330,6 +330,10 @@ enum End {
     Shutdown,
     /// Start over with a new session (and snapshot).
     Again(String),
+    /// The server refused a request for good (a 4xx other than 419): the
+    /// session is deleted and the next one waits, with growing backoff,
+    /// so that a server that refuses everything is not flooded.
+    Refused(String),
 }
 
 /// The largest server answer the agent reads (a sentinel task lists at
@@ -375,6 +379,20 @@ fn yes() -> bool {
     true
 }
 
+/// A request body: a value, or JSON already written (a push of walk rows).
+enum Body {
+    Json(Value),
+    Raw(bytes::Bytes),
+}
+
+/// The fields of the rows a walk writes (Fusion requires an event's
+/// `fields`; the published agent lists its rows' keys).
+const WALK_FIELDS: &str =
+    r#"["path","file_name","size","modified_time","created_time","is_directory"]"#;
+
+/// The same for an audit walk's rows, which may carry three more.
+const AUDIT_FIELDS: &str = r#"["path","file_name","size","modified_time","created_time","is_directory","audit_skipped","parent_mtime","parent_path"]"#;
+
 /// How a request went.
 enum Answer {
     Ok(Value),
@@ -382,6 +400,8 @@ enum Answer {
     Gone(String),
     /// Network error or 5xx: try again later.
     Retry(String),
+    /// Another 4xx: this request will not be taken.
+    Refused(String),
 }
 
 /// The body of `resp`, at most `cap` bytes.
@@ -397,7 +417,7 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>,
 }
 
 impl Conn {
-    async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
+    async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Body>) -> Answer {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -406,8 +426,14 @@ impl Conn {
         if let Some(d) = &self.datastore {
             req = req.header("X-Weir-Datastore", d);
         }
-        if let Some(b) = body {
-            req = req.json(b);
+        match body {
+            Some(Body::Json(v)) => req = req.json(v),
+            Some(Body::Raw(b)) => {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone())
+            }
+            None => {}
         }
         match req.send().await {
             Err(e) => Answer::Retry(format!("cannot reach {}: {e}", self.url)),
@@ -426,7 +452,7 @@ impl Conn {
                 } else {
                     // 4xx: the server refuses this request for good; the
                     // session starts over rather than looping on it.
-                    Answer::Gone(format!("refused, {status}: {}", detail(&body)))
+                    Answer::Refused(format!("refused, {status}: {}", detail(&body)))
                 }
             }
         }
@@ -434,7 +460,7 @@ impl Conn {
 }
 
 impl Client {
-    async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
+    async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Body>) -> Answer {
         self.conn.request(method, path, body).await
     }
 
@@ -464,16 +490,69 @@ impl Client {
             if !same {
                 events.push(
                     json!({"event_type": kind, "event_schema": "fs", "table": "files",
-                    "index": now_ms, "message_source": message_source, "rows": []}),
+                    "index": now_ms, "message_source": message_source, "fields": [], "rows": []}),
                 );
             }
-            if let Some(Value::Array(list)) = events.last_mut().map(|e| &mut e["rows"]) {
+            let Some(event) = events.last_mut() else {
+                continue;
+            };
+            // `fields`: the keys of the event's rows, in first-seen order.
+            if let (Some(keys), Value::Array(fields)) = (row.as_object(), &mut event["fields"]) {
+                for k in keys.keys() {
+                    if !fields.iter().any(|f| f == k) {
+                        fields.push(json!(k));
+                    }
+                }
+            }
+            if let Value::Array(list) = &mut event["rows"] {
                 list.push(row);
             }
         }
         let body =
             json!({"session_id": sid, "source_type": source, "is_end": is_end, "events": events});
-        self.send_push(sid, &body, count, now_ms).await
+        self.send_push(sid, Body::Json(body), count, now_ms).await
+    }
+
+    /// Pushes the walk rows `rows` of `source` (`snapshot`, `audit`,
+    /// `on_demand_job`) in session `sid`, as one `update` event written
+    /// around the rows' JSON.
+    async fn push_rows(
+        &mut self,
+        sid: &str,
+        source: &str,
+        rows: walk::Rows,
+        is_end: bool,
+    ) -> Result<(), End> {
+        let now_ms = crate::time::now_ms();
+        let mut body = Vec::with_capacity(rows.json.len() + 512);
+        body.extend_from_slice(b"{\"session_id\":");
+        walk::json_str(&mut body, sid);
+        body.extend_from_slice(b",\"source_type\":");
+        walk::json_str(&mut body, source);
+        body.extend_from_slice(if is_end {
+            b",\"is_end\":true,\"events\":["
+        } else {
+            b",\"is_end\":false,\"events\":["
+        });
+        if rows.n > 0 {
+            let fields = if source == "audit" {
+                AUDIT_FIELDS
+            } else {
+                WALK_FIELDS
+            };
+            body.extend_from_slice(b"{\"event_type\":\"update\",\"event_schema\":\"fs\",\"table\":\"files\",\"index\":");
+            body.extend_from_slice(now_ms.to_string().as_bytes());
+            body.extend_from_slice(b",\"message_source\":");
+            walk::json_str(&mut body, source);
+            body.extend_from_slice(b",\"fields\":");
+            body.extend_from_slice(fields.as_bytes());
+            body.extend_from_slice(b",\"rows\":[");
+            body.extend_from_slice(&rows.json);
+            body.extend_from_slice(b"]}");
+        }
+        body.extend_from_slice(b"]}");
+        self.send_push(sid, Body::Raw(body.into()), rows.n, now_ms)
+            .await
     }
 
     /// Sends push `body` of `count` rows (made at `now_ms`); waits out 503s
@@ -481,14 +560,17 @@ impl Client {
     async fn send_push(
         &mut self,
         sid: &str,
-        body: &Value,
+        body: Body,
         count: usize,
         now_ms: u64,
     ) -> Result<(), End> {
         let path = format!("/api/v1/pipe/ingest/{sid}/events");
         let mut backoff = Backoff::new();
         loop {
-            match self.request(reqwest::Method::POST, &path, Some(body)).await {
+            match self
+                .request(reqwest::Method::POST, &path, Some(&body))
+                .await
+            {
                 Answer::Ok(answer) => {
                     self.report(|s| {
                         s.rows_sent += count as u64;
@@ -499,6 +581,7 @@ impl Client {
                     return Ok(());
                 }
                 Answer::Gone(why) => return Err(End::Again(why)),
+                Answer::Refused(why) => return Err(End::Refused(why)),
                 Answer::Retry(why) => backoff.wait(&why).await,
             }
         }
@@ -517,11 +600,11 @@ impl Client {
         );
         let mut n = 0usize;
         while let Some(batch) = rows.recv().await {
-            n += batch.len();
-            let batch = batch.into_iter().map(|r| ("update", r)).collect();
-            self.push(sid, "audit", batch, false).await?;
+            n += batch.n;
+            self.push_rows(sid, "audit", batch, false).await?;
         }
-        self.push(sid, "audit", Vec::new(), true).await?;
+        self.push_rows(sid, "audit", walk::Rows::default(), true)
+            .await?;
         self.signal("/api/v1/pipe/consistency/audit/end").await?;
         tracing::debug!(rows = n, "audit sent");
         Ok(done.await.unwrap_or_default())
@@ -565,9 +648,8 @@ impl Client {
                         self.config.batch_rows,
                     );
                     while let Some(batch) = rows.recv().await {
-                        n += batch.len();
-                        let batch = batch.into_iter().map(|r| ("update", r)).collect();
-                        self.push(sid, "on_demand_job", batch, false).await?;
+                        n += batch.n;
+                        self.push_rows(sid, "on_demand_job", batch, false).await?;
                     }
                 }
             }
@@ -578,7 +660,8 @@ impl Client {
         }
         let body = json!({"session_id": sid, "events": [], "source_type": "job_complete",
             "is_end": false, "metadata": metadata});
-        self.send_push(sid, &body, 0, crate::time::now_ms()).await?;
+        self.send_push(sid, Body::Json(body), 0, crate::time::now_ms())
+            .await?;
         tracing::info!(job = ?cmd.job_id, path = %crate::text::echo(&cmd.path), rows = n, secs = started.elapsed().as_secs_f64(), "on-demand scan done");
         Ok(())
     }
@@ -614,7 +697,7 @@ impl Client {
         self.signal_with(
             "/api/v1/pipe/consistency/sentinel/feedback",
             reqwest::Method::POST,
-            Some(&body),
+            Some(&Body::Json(body)),
         )
         .await
         .map(|_| ())
@@ -633,13 +716,14 @@ impl Client {
         &self,
         path: &str,
         method: reqwest::Method,
-        body: Option<&Value>,
+        body: Option<&Body>,
     ) -> Result<Value, End> {
         let mut backoff = Backoff::new();
         loop {
             match self.request(method.clone(), path, body).await {
                 Answer::Ok(v) => return Ok(v),
                 Answer::Gone(why) => return Err(End::Again(why)),
+                Answer::Refused(why) => return Err(End::Refused(why)),
                 Answer::Retry(why) => {
                     self.report(|s| s.last_error = Some(why.clone()));
                     backoff.wait(&why).await
@@ -760,6 +844,8 @@ async fn run_sessions(
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new();
+    // Grows while sessions end in refusals; reset by a session that lasts.
+    let mut refusals = Backoff::new();
     loop {
         let session = tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -785,10 +871,14 @@ async fn run_sessions(
             s.sessions += 1;
             s.state = "snapshot".into();
         });
+        let began = std::time::Instant::now();
         let ended = tokio::select! {
             () = &mut shutdown => End::Shutdown,
             end = serve_session(client, &sid, timing) => end,
         };
+        if began.elapsed() > Duration::from_secs(60) {
+            refusals = Backoff::new();
+        }
         match ended {
             End::Shutdown => {
                 let path = format!("/api/v1/pipe/session/{sid}");
@@ -811,6 +901,24 @@ async fn run_sessions(
                     s.last_error = Some(why.clone());
                 });
             }
+            End::Refused(why) => {
+                // The session is left behind: end it rather than let it
+                // expire, then wait before the next.
+                let path = format!("/api/v1/pipe/session/{sid}");
+                let _ = client.request(reqwest::Method::DELETE, &path, None).await;
+                client.report(|s| {
+                    s.state = "connecting".into();
+                    s.session_id = None;
+                    s.last_error = Some(why.clone());
+                });
+                let why = format!(
+                    "the server refused a request of session {sid}: {why}; starting over with a new session"
+                );
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = refusals.wait(&why) => {}
+                }
+            }
         }
     }
 }
@@ -828,7 +936,11 @@ async fn create_session(client: &Client) -> Result<(String, Timing), String> {
     let body = json!({"task_id": client.config.task_id, "source_type": "fs",
         "client_info": {"source_uri": client.config.root.display().to_string(), "agent": "weir-agent"}});
     match client
-        .request(reqwest::Method::POST, "/api/v1/pipe/session/", Some(&body))
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/pipe/session/",
+            Some(&Body::Json(body)),
+        )
         .await
     {
         Answer::Ok(grant) => {
@@ -859,7 +971,9 @@ async fn create_session(client: &Client) -> Result<(String, Timing), String> {
                 },
             ))
         }
-        Answer::Gone(why) | Answer::Retry(why) => Err(format!("cannot create a session: {why}")),
+        Answer::Gone(why) | Answer::Retry(why) | Answer::Refused(why) => {
+            Err(format!("cannot create a session: {why}"))
+        }
     }
 }
 
@@ -903,11 +1017,12 @@ async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
         );
         let mut files = 0u64;
         while let Some(batch) = walk.recv().await {
-            files += batch.len() as u64;
-            let rows = batch.into_iter().map(|r| ("update", r)).collect();
-            client.push(sid, "snapshot", rows, false).await?;
+            files += batch.n as u64;
+            client.push_rows(sid, "snapshot", batch, false).await?;
         }
-        client.push(sid, "snapshot", Vec::new(), true).await?;
+        client
+            .push_rows(sid, "snapshot", walk::Rows::default(), true)
+            .await?;
         tracing::info!(
             entries = files,
             secs = started.elapsed().as_secs_f64(),
@@ -975,11 +1090,12 @@ async fn heartbeats(
             .request(
                 reqwest::Method::POST,
                 &path,
-                Some(&json!({"can_realtime": true})),
+                Some(&Body::Json(json!({"can_realtime": true}))),
             )
             .await
         {
             Answer::Gone(why) => return End::Again(why),
+            Answer::Refused(why) => return End::Refused(why),
             Answer::Retry(why) => tracing::warn!("heartbeat: {why}"),
             Answer::Ok(answer) => {
                 for cmd in scan_commands(&answer) {

@@ -86,6 +86,78 @@ pub fn row(wire: &str, meta: &std::fs::Metadata) -> Value {
     })
 }
 
+/// Rows of a walk, already written as JSON (the objects, comma-separated,
+/// without brackets): a walk of millions of entries builds no JSON values.
+#[derive(Debug, Default)]
+pub struct Rows {
+    /// The rows' JSON.
+    pub json: Vec<u8>,
+    /// How many.
+    pub n: usize,
+}
+
+impl Rows {
+    /// Empty, with room for about `n` rows.
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            json: Vec::with_capacity(n * 160),
+            n: 0,
+        }
+    }
+
+    /// Appends the row of `wire` with `meta`; `extra` writes more fields
+    /// (each starting with a comma) before the object closes.
+    fn push(&mut self, wire: &str, meta: &std::fs::Metadata, extra: impl FnOnce(&mut Vec<u8>)) {
+        use std::io::Write;
+        let out = &mut self.json;
+        if self.n > 0 {
+            out.push(b',');
+        }
+        self.n += 1;
+        let name = wire.rsplit('/').next().unwrap_or("");
+        out.extend_from_slice(b"{\"path\":");
+        json_str(out, wire);
+        out.extend_from_slice(b",\"file_name\":");
+        json_str(out, name);
+        let _ = write!(out, ",\"size\":{},\"modified_time\":", meta.len());
+        json_f64(out, secs(meta.modified()));
+        out.extend_from_slice(b",\"created_time\":");
+        json_f64(out, secs(meta.created()).max(0.0));
+        out.extend_from_slice(if meta.is_dir() {
+            b",\"is_directory\":true"
+        } else {
+            b",\"is_directory\":false"
+        });
+        extra(out);
+        out.push(b'}');
+    }
+
+    /// The rows as values.
+    #[cfg(test)]
+    pub fn values(&self) -> Vec<Value> {
+        let mut list = Vec::with_capacity(self.n + 2);
+        list.push(b'[');
+        list.extend_from_slice(&self.json);
+        list.push(b']');
+        serde_json::from_slice(&list).unwrap_or_default()
+    }
+}
+
+/// A JSON string, escaped.
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A JSON number (`0` for what JSON cannot hold).
+pub fn json_f64(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        let _ = serde_json::to_writer(&mut *out, &v);
+    } else {
+        out.push(b'0');
+    }
+}
+
 /// Directory mtimes seen by the last audit: an audit lists the files of a
 /// directory only when its mtime moved.
 pub type MtimeCache = std::collections::HashMap<String, f64>;
@@ -93,7 +165,7 @@ pub type MtimeCache = std::collections::HashMap<String, f64>;
 /// Walks `root` on a thread of its own; batches of at most `batch` rows
 /// come out of the receiver, which ends when the walk does. Unreadable
 /// entries are logged (at most 100 lines per walk) and skipped.
-pub fn snapshot(root: PathBuf, filter: Filter, batch: usize) -> mpsc::Receiver<Vec<Value>> {
+pub fn snapshot(root: PathBuf, filter: Filter, batch: usize) -> mpsc::Receiver<Rows> {
     walk(root.clone(), root, true, filter, batch, None).0
 }
 
@@ -106,7 +178,7 @@ pub fn scan(
     recursive: bool,
     filter: Filter,
     batch: usize,
-) -> mpsc::Receiver<Vec<Value>> {
+) -> mpsc::Receiver<Rows> {
     walk(root, start, recursive, filter, batch, None).0
 }
 
@@ -130,7 +202,7 @@ pub fn audit(
     batch: usize,
     cache: MtimeCache,
 ) -> (
-    mpsc::Receiver<Vec<Value>>,
+    mpsc::Receiver<Rows>,
     tokio::sync::oneshot::Receiver<MtimeCache>,
 ) {
     let (rows, cache) = walk(root.clone(), root, true, filter, batch, Some(cache));
@@ -138,7 +210,7 @@ pub fn audit(
 }
 
 type Walk = (
-    mpsc::Receiver<Vec<Value>>,
+    mpsc::Receiver<Rows>,
     Option<tokio::sync::oneshot::Receiver<MtimeCache>>,
 );
 
@@ -163,7 +235,7 @@ fn walk(
     std::thread::Builder::new()
         .name("weir-agent-walk".into())
         .spawn(move || {
-            let mut rows = Vec::with_capacity(batch);
+            let mut rows = Rows::with_capacity(batch);
             let mut logged = 0;
             let mut next_cache = MtimeCache::new();
             // Directories whose files are not listed (unchanged since the
@@ -193,36 +265,49 @@ fn walk(
                         continue;
                     }
                 };
-                let mut r = row(&wire, &meta);
-                if let Some(old) = cache.as_mut() {
-                    let mtime = r["modified_time"].as_f64().unwrap_or(0.0);
-                    let parent = match wire.rsplit_once('/') {
-                        Some(("", _)) => "/".to_string(),
-                        Some((p, _)) => p.to_string(),
-                        None => String::new(),
-                    };
-                    if meta.is_dir() {
-                        next_cache.insert(wire.clone(), mtime);
-                        if old.get(&wire) == Some(&mtime) {
-                            r["audit_skipped"] = json!(true);
-                            skipped.insert(wire.clone());
+                match cache.as_mut() {
+                    None => rows.push(&wire, &meta, |_| {}),
+                    Some(old) => {
+                        let mtime = secs(meta.modified());
+                        let parent = match wire.rsplit_once('/') {
+                            Some(("", _)) => "/",
+                            Some((p, _)) => p,
+                            None => "",
+                        };
+                        if meta.is_dir() {
+                            next_cache.insert(wire.clone(), mtime);
+                            let unchanged = old.get(&wire) == Some(&mtime);
+                            if unchanged {
+                                skipped.insert(wire.clone());
+                            }
+                            rows.push(&wire, &meta, |out| {
+                                if unchanged {
+                                    out.extend_from_slice(b",\"audit_skipped\":true");
+                                }
+                            });
+                        } else if skipped.contains(parent) {
+                            continue;
+                        } else {
+                            let parent_mtime = next_cache.get(parent).copied().unwrap_or(0.0);
+                            rows.push(&wire, &meta, |out| {
+                                if wire != "/" {
+                                    out.extend_from_slice(b",\"parent_mtime\":");
+                                    json_f64(out, parent_mtime);
+                                    out.extend_from_slice(b",\"parent_path\":");
+                                    json_str(out, parent);
+                                }
+                            });
                         }
-                    } else if skipped.contains(&parent) {
-                        continue;
-                    } else if wire != "/" {
-                        r["parent_mtime"] = json!(next_cache.get(&parent).copied().unwrap_or(0.0));
-                        r["parent_path"] = json!(parent);
                     }
                 }
-                rows.push(r);
-                if rows.len() == batch {
-                    let full = std::mem::replace(&mut rows, Vec::with_capacity(batch));
+                if rows.n == batch {
+                    let full = std::mem::replace(&mut rows, Rows::with_capacity(batch));
                     if tx.blocking_send(full).is_err() {
                         return;
                     }
                 }
             }
-            if !rows.is_empty() && tx.blocking_send(rows).is_err() {
+            if rows.n > 0 && tx.blocking_send(rows).is_err() {
                 return;
             }
             if let Some(done) = done_tx {
@@ -272,8 +357,10 @@ mod tests {
         let mut rx = snapshot(dir.path().canonicalize().unwrap(), filter, 7);
         let mut rows = Vec::new();
         while let Some(b) = rx.recv().await {
-            assert!(b.len() <= 7);
-            rows.extend(b);
+            assert!(b.n <= 7);
+            let values = b.values();
+            assert_eq!(values.len(), b.n, "the JSON holds n rows");
+            rows.extend(values);
         }
         assert_eq!(rows.len(), 1 + 3 + 30, "root, dirs, files; not the .tmp");
         let f = rows.iter().find(|r| r["path"] == "/d1/f3").unwrap();
@@ -324,10 +411,10 @@ mod tests {
         assert_eq!(paths(file), ["/h"]);
     }
 
-    async fn collect(rx: &mut mpsc::Receiver<Vec<Value>>) -> Vec<Value> {
+    async fn collect(rx: &mut mpsc::Receiver<Rows>) -> Vec<Value> {
         let mut rows = Vec::new();
         while let Some(b) = rx.recv().await {
-            rows.extend(b);
+            rows.extend(b.values());
         }
         rows
     }
