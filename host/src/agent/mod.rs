@@ -923,6 +923,67 @@ async fn run_sessions(
     }
 }
 
+/// A walk's progress: a spinner with the count and the rate on a
+/// terminal, a log line every 5 s otherwise.
+struct Progress {
+    what: &'static str,
+    bar: Option<indicatif::ProgressBar>,
+    entries: u64,
+    started: std::time::Instant,
+    logged: std::time::Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} {msg}: {human_pos} entries ({per_sec}, {elapsed})",
+            ) {
+                bar.set_style(style);
+            }
+            bar.set_message(what);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        let now = std::time::Instant::now();
+        Self {
+            what,
+            bar,
+            entries: 0,
+            started: now,
+            logged: now,
+        }
+    }
+
+    fn add(&mut self, n: usize) {
+        self.entries += n as u64;
+        match &self.bar {
+            Some(bar) => bar.set_position(self.entries),
+            None if self.logged.elapsed() >= Duration::from_secs(5) => {
+                self.logged = std::time::Instant::now();
+                let secs = self.started.elapsed().as_secs_f64();
+                tracing::info!(
+                    entries = self.entries,
+                    per_sec = (self.entries as f64 / secs.max(1e-3)) as u64,
+                    "{} in progress",
+                    self.what
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// Clears the spinner; the seconds taken.
+    fn finish(self) -> f64 {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
 /// The intervals of a session.
 #[derive(Debug, Clone, Copy)]
 struct Timing {
@@ -1009,7 +1070,7 @@ async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
     );
     tokio::pin!(heartbeat);
     let work = async {
-        let started = std::time::Instant::now();
+        let mut progress = Progress::new("snapshot");
         let mut walk = walk::snapshot(
             client.config.root.clone(),
             client.config.filter.clone(),
@@ -1018,16 +1079,13 @@ async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
         let mut files = 0u64;
         while let Some(batch) = walk.recv().await {
             files += batch.n as u64;
+            progress.add(batch.n);
             client.push_rows(sid, "snapshot", batch, false).await?;
         }
         client
             .push_rows(sid, "snapshot", walk::Rows::default(), true)
             .await?;
-        tracing::info!(
-            entries = files,
-            secs = started.elapsed().as_secs_f64(),
-            "snapshot sent"
-        );
+        tracing::info!(entries = files, secs = progress.finish(), "snapshot sent");
         client.report(|s| s.state = "realtime".into());
         let mut cache = walk::MtimeCache::new();
         let mut audit =
