@@ -32,7 +32,6 @@
 //! - [`config`]: what `weir serve` runs with (flags over `weir.toml`).
 //! - [`cli`]: the `weir` command line; [`consume`]: its consumer client.
 
-pub mod agent;
 pub mod bus;
 pub mod cli;
 pub mod cluster;
@@ -54,6 +53,9 @@ pub mod wire;
 
 pub use http::run;
 pub use runtime::{Host, HostConfig};
+/// `weir agent`: the file-system agent (the `weir-agent` crate, also a
+/// small binary of its own).
+pub use weir_agent as agent;
 pub use weir_core::{auth, index, key, producer, rows, text, time};
 
 /// Where the host's build script put the example plugins (`plugins/`),

@@ -52,60 +52,6 @@ enum ConfigCommand {
     },
 }
 
-/// Runs `weir agent` until SIGINT or SIGTERM.
-fn agent(
-    args: &crate::agent::AgentArgs,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> anyhow::Result<i32> {
-    if let Some(crate::agent::AgentCommand::Status) = args.command {
-        let mut code = 0;
-        for (state, pipe) in crate::agent::pipes(args)? {
-            let file = crate::agent::status_file(&state, &pipe);
-            let text = std::fs::read(&file).map_err(|e| {
-                anyhow::anyhow!(
-                    "no status at {} ({e}): is the agent running with this --state-dir and --pipe?",
-                    file.display()
-                )
-            })?;
-            let status: crate::agent::Status = serde_json::from_slice(&text)?;
-            let age = crate::time::now_ms().saturating_sub(status.updated_ms);
-            writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
-            if status.state != "stopped" && age > 10_000 {
-                writeln!(
-                    err,
-                    "the status of pipe `{pipe}` is {} s old: the agent may have died",
-                    age / 1000
-                )?;
-                code = 1;
-            }
-        }
-        return Ok(code);
-    }
-    let configs = crate::agent::resolve_all(args, &|k| std::env::var(k).ok())?;
-    serve::init_tracing(
-        Default::default(),
-        &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-    );
-    for config in &configs {
-        writeln!(
-            err,
-            "weir agent: {} -> {}{} as {}",
-            config.root.display(),
-            config.url,
-            config
-                .datastore
-                .as_deref()
-                .map(|d| format!(" (datastore {d})"))
-                .unwrap_or_default(),
-            config.task_id
-        )?;
-    }
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(crate::agent::run_all(configs, shutdown_signal()))?;
-    Ok(0)
-}
-
 /// Runs the command line `args` (including the program name), writing to
 /// `out` and `err`; returns the exit code.
 pub fn run(
@@ -130,7 +76,7 @@ pub fn run(
         Command::Plugins(PluginsCommand::Validate { file }) => validate(&file, out),
         Command::Plugins(PluginsCommand::Test(args)) => test(&args, out),
         Command::Consume(args) => crate::consume::consume(&args, out, err),
-        Command::Agent(args) => agent(&args, out, err),
+        Command::Agent(args) => crate::agent::cli::command(&args, out, err),
         Command::Config(ConfigCommand::Check { config }) => config_check(&config, out),
     };
     match result {

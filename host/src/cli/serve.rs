@@ -222,27 +222,8 @@ pub(super) fn config_check(path: &Path, out: &mut dyn Write) -> anyhow::Result<i
     Ok(0)
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
+/// Completes on Ctrl-C or SIGTERM (the agent's, shared).
+pub use weir_agent::cli::shutdown_signal;
 
 /// Logs to stderr in `format`, filtered by `filter` (checked already).
 pub(super) fn init_tracing(format: LogFormat, filter: &str) {

@@ -63,6 +63,24 @@ impl Records for KvRecords {
             .unwrap_or_else(|| Err(io("the NATS task failed")))
     }
 
+    fn create(&self, table: Table, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let (b, k, v) = (self.bucket(table), encode(key), value.to_vec());
+        self.cluster
+            .block_on(async move {
+                match b.create(k, v.into()).await {
+                    Ok(_) => Ok(true),
+                    Err(e)
+                        if e.kind()
+                            == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(io(e)),
+                }
+            })
+            .unwrap_or_else(|| Err(io("the NATS task failed")))
+    }
+
     fn remove(&self, table: Table, key: &str) -> Result<(), StoreError> {
         let (b, k) = (self.bucket(table), encode(key));
         self.cluster

@@ -378,12 +378,22 @@ impl DeadLetters {
     pub fn push(&self, mut letter: DeadLetter) -> u64 {
         letter.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Some(records) = self.records.as_ref().filter(|r| r.shared()) {
-            // Another host with the same tag may have used the id.
-            while records
-                .get(Table::DeadLetters, &record_key(letter.id))
-                .is_ok_and(|v| v.is_some())
-            {
-                letter.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            // Another host with the same tag may have used the id: the
+            // record is made only where none is (one round trip each).
+            loop {
+                let key = record_key(letter.id);
+                match records.create(Table::DeadLetters, &key, &letter.to_record()) {
+                    Ok(true) => {
+                        let id = letter.id;
+                        self.insert(letter, false);
+                        return id;
+                    }
+                    Ok(false) => letter.id = self.next_id.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::error!("dead letter {} not stored: {e}", letter.id);
+                        break;
+                    }
+                }
             }
         }
         let id = letter.id;
@@ -393,11 +403,19 @@ impl DeadLetters {
 
     /// Puts a letter back after a failed replay, keeping its id, in id order.
     pub fn put_back(&self, letter: DeadLetter) {
+        self.insert(letter, true)
+    }
+
+    /// Holds `letter` in id order (writing its record first when `write`),
+    /// evicting the oldest beyond the bounds.
+    fn insert(&self, letter: DeadLetter, write: bool) {
         let mut q = self.lock();
         let at = q.letters.partition_point(|d| d.id < letter.id);
         q.bytes += size_of(&letter);
         let mut evicted = Vec::new();
-        self.write(Some(&letter), &[]);
+        if write {
+            self.write(Some(&letter), &[]);
+        }
         q.letters.insert(at, letter);
         while q.letters.len() > self.capacity
             || (q.bytes > self.capacity_bytes && q.letters.len() > 1)

@@ -86,6 +86,18 @@ pub enum NamedError {
     Store(#[from] StoreError),
 }
 
+/// What the cluster holds for a name.
+enum Fetched {
+    /// Not in a cluster: this host's book is the truth.
+    NotShared,
+    /// No record (deleted on another host, or never made).
+    Gone,
+    /// A record that cannot be read: left as this host knows it.
+    Unreadable,
+    /// The record.
+    Found(NamedConsumer),
+}
+
 struct Entry {
     consumer: NamedConsumer,
     /// Streams attached now.
@@ -184,54 +196,63 @@ impl NamedConsumers {
         }
     }
 
-    /// In a cluster, takes what the shared record of `id` says (another
-    /// host may have made, acknowledged or deleted it); acknowledgements
-    /// only move forward.
-    fn refresh(&self, entries: &mut HashMap<String, Entry>, id: &str) -> Result<(), StoreError> {
+    /// What the cluster's record of `id` says, read before the book's
+    /// lock is taken (a NATS round trip must not hold every other name's
+    /// operations).
+    fn fetch(&self, id: &str) -> Result<Fetched, StoreError> {
         let Some(records) = self.records.as_ref().filter(|r| r.shared()) else {
-            return Ok(());
+            return Ok(Fetched::NotShared);
         };
-        match records.get(Table::Consumers, id)? {
-            Some(bytes) => {
-                let Ok(mut shared) = serde_json::from_slice::<NamedConsumer>(&bytes) else {
-                    return Ok(());
-                };
-                match entries.get_mut(id) {
-                    Some(e) => {
-                        shared.acked_seq = shared.acked_seq.max(e.consumer.acked_seq);
-                        e.consumer = shared;
-                    }
-                    None => {
-                        entries.insert(
-                            id.to_string(),
-                            Entry {
-                                consumer: shared,
-                                connected: 0,
-                            },
-                        );
-                    }
+        Ok(match records.get(Table::Consumers, id)? {
+            None => Fetched::Gone,
+            Some(bytes) => match serde_json::from_slice::<NamedConsumer>(&bytes) {
+                Ok(c) => Fetched::Found(c),
+                Err(_) => Fetched::Unreadable,
+            },
+        })
+    }
+
+    /// The records of every name the cluster or this host knows, read
+    /// before the lock is taken.
+    fn fetch_all(&self) -> Result<Vec<(String, Fetched)>, StoreError> {
+        let Some(records) = self.records.as_ref().filter(|r| r.shared()) else {
+            return Ok(Vec::new());
+        };
+        let mut ids = records.keys(Table::Consumers, "")?;
+        ids.extend(self.lock().keys().cloned());
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| self.fetch(&id).map(|f| (id, f)))
+            .collect()
+    }
+
+    /// Brings this host's entry of `id` in line with what was fetched:
+    /// the cluster's record wins, but an acknowledgement never moves back.
+    fn apply(entries: &mut HashMap<String, Entry>, id: &str, fetched: Fetched) {
+        match fetched {
+            Fetched::NotShared | Fetched::Unreadable => {}
+            Fetched::Found(mut shared) => match entries.get_mut(id) {
+                Some(e) => {
+                    shared.acked_seq = shared.acked_seq.max(e.consumer.acked_seq);
+                    e.consumer = shared;
                 }
-            }
-            None => {
+                None => {
+                    entries.insert(
+                        id.to_string(),
+                        Entry {
+                            consumer: shared,
+                            connected: 0,
+                        },
+                    );
+                }
+            },
+            Fetched::Gone => {
                 if entries.get(id).is_some_and(|e| e.connected == 0) {
                     entries.remove(id);
                 }
             }
         }
-        Ok(())
-    }
-
-    /// In a cluster, every name any host made.
-    fn refresh_all(&self, entries: &mut HashMap<String, Entry>) -> Result<(), StoreError> {
-        let Some(records) = self.records.as_ref().filter(|r| r.shared()) else {
-            return Ok(());
-        };
-        let keys = records.keys(Table::Consumers, "")?;
-        let known: Vec<String> = entries.keys().cloned().collect();
-        for id in keys.iter().chain(&known) {
-            self.refresh(entries, id)?;
-        }
-        Ok(())
     }
 
     /// Removes names unused for longer than the TTL.
@@ -266,8 +287,9 @@ impl NamedConsumers {
         let mut params = params.clone();
         params.sort();
         let id = id(scope, name);
+        let fetched = self.fetch(&id)?;
         let mut entries = self.lock();
-        self.refresh(&mut entries, &id)?;
+        Self::apply(&mut entries, &id, fetched);
         self.sweep(&mut entries);
         let now = now_ms();
         match entries.get_mut(&id) {
@@ -349,8 +371,9 @@ impl NamedConsumers {
             });
         }
         let id = id(scope, name);
+        let fetched = self.fetch(&id)?;
         let mut entries = self.lock();
-        self.refresh(&mut entries, &id)?;
+        Self::apply(&mut entries, &id, fetched);
         let e = entries
             .get_mut(&id)
             .ok_or_else(|| NamedError::NotFound(name.to_string()))?;
@@ -367,9 +390,13 @@ impl NamedConsumers {
     /// The named consumers of `scope` (`None`: every scope), by name, with
     /// the streams attached to each.
     pub fn list(&self, scope: Option<Option<&str>>) -> Vec<(NamedConsumer, usize)> {
-        let mut entries = self.lock();
-        if let Err(e) = self.refresh_all(&mut entries) {
+        let fetched = self.fetch_all().unwrap_or_else(|e| {
             tracing::warn!("reading the cluster's named consumers: {e}");
+            Vec::new()
+        });
+        let mut entries = self.lock();
+        for (id, f) in fetched {
+            Self::apply(&mut entries, &id, f);
         }
         self.sweep(&mut entries);
         let mut out: Vec<_> = entries
@@ -385,8 +412,9 @@ impl NamedConsumers {
     pub fn delete(&self, scope: Option<&str>, name: &str) -> Result<(), NamedError> {
         check_name(name)?;
         let id = id(scope, name);
+        let fetched = self.fetch(&id)?;
         let mut entries = self.lock();
-        self.refresh(&mut entries, &id)?;
+        Self::apply(&mut entries, &id, fetched);
         if !entries.contains_key(&id) {
             return Err(NamedError::NotFound(name.to_string()));
         }

@@ -116,6 +116,14 @@ pub trait Records: Send + Sync {
     fn keys(&self, table: Table, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Sets `key` in `table`, durably.
     fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Sets `key` in `table` only if it is not there (in a cluster, in one
+    /// step, so that two hosts cannot both take it); `false` when it was.
+    fn create(&self, table: Table, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        if self.get(table, key)?.is_some() {
+            return Ok(false);
+        }
+        self.put(table, key, value).map(|()| true)
+    }
     /// Removes `key` from `table`, durably; removing nothing is fine.
     fn remove(&self, table: Table, key: &str) -> Result<(), StoreError>;
     /// Every record of `table`, in key order (read once, at start).

@@ -1,14 +1,15 @@
-//! Agent benchmark: `weir agent` beside the published `fustor-agent` 0.8.17,
-//! both against the same in-process `weir serve`, over the same directory.
+//! Agent benchmark: the `weir-agent` binary (what `weir agent` runs, without
+//! the host's runtime) beside the published `fustor-agent` 0.8.17, both
+//! against the same in-process `weir serve`, over the same directory.
 //!
-//! Run: `cargo bench -p weir-host --bench agent` (optional argument: number
+//! Run: `cargo bench -p weir-agent --bench agent` (optional argument: number
 //! of files, default 200000). The Python agent is found through
 //! `WEIR_FUSTOR_AGENT`, or `target/fustor-venv/bin/fustor-agent` (what
 //! `.ci/run` installs); without it that half is skipped, said so.
 //!
 //! For each agent: seconds from its start until the views are READY with
 //! every file, its CPU seconds and its peak resident memory (the process
-//! alone); then, for `weir agent`, realtime latency: a file written until it
+//! alone); then, for `weir-agent`, realtime latency: a file written until it
 //! is visible in a view, p50 and p99 over 100 changes.
 
 use std::path::{Path, PathBuf};
@@ -105,10 +106,39 @@ fn stop(agent: &mut Child) {
     let _ = agent.wait();
 }
 
-/// `weir agent` syncing `root` into the host at `base`.
-fn weir_agent(base: &str, root: &Path, state: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["agent", "--url", base, "--root"])
+/// The `weir-agent` binary as a file server installs it: built alone
+/// (`cargo build --release -p weir-agent`, into `agent-alone` of the target
+/// directory), so that the features this bench's dev-dependencies turn on
+/// (the whole host) are not linked into it. Falls back to the binary cargo
+/// built for this bench, said so.
+fn agent_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("agent-alone");
+    let built = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "weir-agent",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .status()
+        .is_ok_and(|s| s.success());
+    if built {
+        return target.join("release/weir-agent");
+    }
+    println!("  (could not build weir-agent alone; measuring the bench's build of it)");
+    PathBuf::from(env!("CARGO_BIN_EXE_weir-agent"))
+}
+
+/// `weir-agent` (`bin`) syncing `root` into the host at `base`.
+fn weir_agent(bin: &Path, base: &str, root: &Path, state: &Path) -> Child {
+    Command::new(bin)
+        .args(["--url", base, "--root"])
         .arg(root)
         .arg("--state-dir")
         .arg(state)
@@ -125,7 +155,7 @@ fn fustor_agent() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| {
             let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/fustor-venv/bin/fustor-agent");
+                .join("../../target/fustor-venv/bin/fustor-agent");
             p.exists().then_some(p)
         })
 }
@@ -158,11 +188,15 @@ fn main() {
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(weir_host::run(listener, host, std::future::pending()));
 
-        println!("agents: {files} files to READY against weir serve (one run each)");
-        let weir = weir_agent(&base, &root, &work.path().join("weir-state"));
+        let bin = agent_binary();
+        println!(
+            "agents: {files} files to READY against weir serve (one run each); weir-agent: {:.1} MB",
+            std::fs::metadata(&bin).map_or(0.0, |m| m.len() as f64 / 1e6)
+        );
+        let weir = weir_agent(&bin, &base, &root, &work.path().join("weir-state"));
         let (w_secs, w_cpu, w_rss) = until_ready(weir, &base, files).await;
         println!(
-            "  weir agent:             {w_secs:>8.2} s to READY   {w_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
+            "  weir-agent:             {w_secs:>8.2} s to READY   {w_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
             w_rss as f64 / 1048576.0
         );
         match fustor_agent() {
@@ -192,7 +226,7 @@ fn main() {
                     f_rss as f64 / 1048576.0
                 );
                 println!(
-                    "  weir agent: {:.1}x faster to READY, {:.1}x less CPU, {:.1}x less memory",
+                    "  weir-agent: {:.1}x faster to READY, {:.1}x less CPU, {:.1}x less memory",
                     f_secs / w_secs,
                     f_cpu / w_cpu.max(0.01),
                     f_rss as f64 / w_rss.max(1) as f64
@@ -201,7 +235,7 @@ fn main() {
         }
 
         // Realtime latency: a file written until it is visible.
-        let mut weir = weir_agent(&base, &root, &work.path().join("weir-state"));
+        let mut weir = weir_agent(&bin, &base, &root, &work.path().join("weir-state"));
         let client = reqwest::Client::new();
         while stats(&client, &base)
             .await
@@ -233,7 +267,7 @@ fn main() {
         stop(&mut weir);
         lat.sort();
         println!(
-            "  realtime, weir agent: a file written until visible in a view, 100 changes: p50 {:.0} ms  p99 {:.0} ms",
+            "  realtime, weir-agent: a file written until visible in a view, 100 changes: p50 {:.0} ms  p99 {:.0} ms",
             lat[49].as_secs_f64() * 1e3,
             lat[98].as_secs_f64() * 1e3
         );

@@ -1,5 +1,6 @@
-//! `weir agent`: a file-system agent that speaks the Fustor 0.8.17 wire
-//! protocol (to `weir serve` and to fustor-fusion alike).
+//! `weir agent` (and the `weir-agent` binary): a file-system agent that
+//! speaks the Fustor 0.8.17 wire protocol (to `weir serve` and to
+//! fustor-fusion alike).
 //!
 //! One session at a time: it creates one (task id `<agent id>:<pipe>`, the
 //! agent id kept in the state directory), heartbeats at the interval the
@@ -11,6 +12,7 @@
 //! silently. Network errors back off with jitter. Rows the server rejects
 //! are logged once per reason and dropped, never retried.
 
+pub mod cli;
 mod file;
 mod realtime;
 mod walk;
@@ -427,7 +429,11 @@ impl Conn {
             req = req.header("X-Weir-Datastore", d);
         }
         match body {
-            Some(Body::Json(v)) => req = req.json(v),
+            Some(Body::Json(v)) => {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(serde_json::to_vec(v).unwrap_or_default())
+            }
             Some(Body::Raw(b)) => {
                 req = req
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -474,7 +480,7 @@ impl Client {
         rows: Vec<(&'static str, Value)>,
         is_end: bool,
     ) -> Result<(), End> {
-        let now_ms = crate::time::now_ms();
+        let now_ms = weir_core::time::now_ms();
         // Consecutive rows of one kind form one event.
         let mut events: Vec<Value> = Vec::new();
         let message_source = if source == "message" {
@@ -523,7 +529,7 @@ impl Client {
         rows: walk::Rows,
         is_end: bool,
     ) -> Result<(), End> {
-        let now_ms = crate::time::now_ms();
+        let now_ms = weir_core::time::now_ms();
         let mut body = Vec::with_capacity(rows.json.len() + 512);
         body.extend_from_slice(b"{\"session_id\":");
         walk::json_str(&mut body, sid);
@@ -575,7 +581,7 @@ impl Client {
                     self.report(|s| {
                         s.rows_sent += count as u64;
                         s.requests += 1;
-                        s.lag_ms = crate::time::now_ms().saturating_sub(now_ms);
+                        s.lag_ms = weir_core::time::now_ms().saturating_sub(now_ms);
                     });
                     self.log_rejections(&answer);
                     return Ok(());
@@ -625,7 +631,7 @@ impl Client {
         let started = std::time::Instant::now();
         let mut n = 0usize;
         if !clean {
-            tracing::warn!(path = %crate::text::echo(&cmd.path), "an on-demand scan of a path that is not clean is answered without rows");
+            tracing::warn!(path = %weir_core::text::echo(&cmd.path), "an on-demand scan of a path that is not clean is answered without rows");
         } else if self.config.filter.skips(rel, walk::depth(&cmd.path)) {
             tracing::info!(path = %cmd.path, "an on-demand scan of an ignored path is answered without rows");
         } else {
@@ -660,9 +666,9 @@ impl Client {
         }
         let body = json!({"session_id": sid, "events": [], "source_type": "job_complete",
             "is_end": false, "metadata": metadata});
-        self.send_push(sid, Body::Json(body), 0, crate::time::now_ms())
+        self.send_push(sid, Body::Json(body), 0, weir_core::time::now_ms())
             .await?;
-        tracing::info!(job = ?cmd.job_id, path = %crate::text::echo(&cmd.path), rows = n, secs = started.elapsed().as_secs_f64(), "on-demand scan done");
+        tracing::info!(job = ?cmd.job_id, path = %weir_core::text::echo(&cmd.path), rows = n, secs = started.elapsed().as_secs_f64(), "on-demand scan done");
         Ok(())
     }
 
@@ -758,7 +764,7 @@ fn detail(body: &Value) -> String {
     body["detail"]
         .as_str()
         .map(str::to_string)
-        .unwrap_or_else(|| crate::text::clip(&body.to_string(), 200).into_owned())
+        .unwrap_or_else(|| weir_core::text::clip(&body.to_string(), 200).into_owned())
 }
 
 /// Exponential backoff with jitter, 0.2 s to 30 s.
@@ -822,7 +828,7 @@ async fn write_status(status: std::sync::Arc<std::sync::Mutex<Status>>, file: Pa
             let mut s = status
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            s.updated_ms = crate::time::now_ms();
+            s.updated_ms = weir_core::time::now_ms();
             serde_json::to_vec_pretty(&*s).unwrap_or_default()
         };
         // Written whole, then renamed: a reader never sees half a file.
@@ -1168,7 +1174,7 @@ async fn heartbeats(
                         continue;
                     }
                     if scans.try_send(cmd.clone()).is_err() {
-                        tracing::warn!(job = ?cmd.job_id, path = %crate::text::echo(&cmd.path), "too many on-demand scans waiting; this one is dropped (the server fails it in time)");
+                        tracing::warn!(job = ?cmd.job_id, path = %weir_core::text::echo(&cmd.path), "too many on-demand scans waiting; this one is dropped (the server fails it in time)");
                     }
                 }
             }
@@ -1187,7 +1193,7 @@ fn scan_commands(answer: &Value) -> Vec<ScanCommand> {
         .take(MAX_WAITING_SCANS)
         .filter_map(|c| {
             if c["type"] != "scan" {
-                tracing::warn!(command = %crate::text::clip(&c.to_string(), 200), "unknown server command ignored");
+                tracing::warn!(command = %weir_core::text::clip(&c.to_string(), 200), "unknown server command ignored");
                 return None;
             }
             serde_json::from_value(c.clone())

@@ -214,7 +214,189 @@ type Walk = (
     Option<tokio::sync::oneshot::Receiver<MtimeCache>>,
 );
 
-/// Walks `start` (below `root`; rows carry paths relative to `root`).
+/// A directory waiting to be listed.
+struct Pending {
+    path: PathBuf,
+    /// Its wire path.
+    wire: String,
+    /// Its depth below the root.
+    depth: usize,
+    /// Its mtime (seconds).
+    mtime: f64,
+}
+
+/// What one walk does with what it finds: rows into batches, the audit's
+/// mtime cache, the log of what it skipped.
+struct Walker {
+    filter: Filter,
+    batch: usize,
+    rows: Rows,
+    tx: mpsc::Sender<Rows>,
+    /// The previous audit's directory mtimes (audits only).
+    old: Option<MtimeCache>,
+    next_cache: MtimeCache,
+    logged: usize,
+    /// Directories already listed, by device and inode, when links are
+    /// followed (a link loop is listed once).
+    seen: std::collections::HashSet<(u64, u64)>,
+}
+
+impl Walker {
+    fn skip(&mut self, why: std::fmt::Arguments) {
+        if self.logged < 100 {
+            tracing::warn!("skipped during the walk: {why}");
+            self.logged += 1;
+        }
+    }
+
+    /// Adds a row; `false` when the receiver is gone (stop walking).
+    fn row(
+        &mut self,
+        wire: &str,
+        meta: &std::fs::Metadata,
+        parent: Option<&Pending>,
+        parent_skipped: bool,
+    ) -> bool {
+        match self.old.as_ref() {
+            None => self.rows.push(wire, meta, |_| {}),
+            Some(old) => {
+                let mtime = secs(meta.modified());
+                if meta.is_dir() {
+                    self.next_cache.insert(wire.to_string(), mtime);
+                    let unchanged = old.get(wire) == Some(&mtime);
+                    self.rows.push(wire, meta, |out| {
+                        if unchanged {
+                            out.extend_from_slice(b",\"audit_skipped\":true");
+                        }
+                    });
+                } else if parent_skipped {
+                    return true;
+                } else {
+                    self.rows.push(wire, meta, |out| {
+                        if let Some(p) = parent {
+                            out.extend_from_slice(b",\"parent_mtime\":");
+                            json_f64(out, p.mtime);
+                            out.extend_from_slice(b",\"parent_path\":");
+                            json_str(out, &p.wire);
+                        }
+                    });
+                }
+            }
+        }
+        if self.rows.n >= self.batch {
+            let full = std::mem::replace(&mut self.rows, Rows::with_capacity(self.batch));
+            return self.tx.blocking_send(full).is_ok();
+        }
+        true
+    }
+
+    /// Whether directory `meta` was listed already (links followed only).
+    fn listed_before(&mut self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.filter.follows() && !self.seen.insert((meta.dev(), meta.ino()))
+    }
+
+    /// Walks from `start`: its row, then each directory's entries before
+    /// what is below them (parents always before children), with an
+    /// explicit stack. Entries are looked at relative to their directory's
+    /// open handle (no path lookup per file) and wire paths are built as it
+    /// descends. `deepest`: the last depth listed.
+    fn walk(&mut self, root: &Path, start: PathBuf, deepest: Option<usize>) {
+        let Some(wire) = wire_path(root, &start) else {
+            self.skip(format_args!("{}: not UTF-8", start.display()));
+            return;
+        };
+        let meta = if self.filter.follows() {
+            std::fs::metadata(&start)
+        } else {
+            std::fs::symlink_metadata(&start)
+        };
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) => return self.skip(format_args!("{}: {e}", start.display())),
+        };
+        let depth = depth(&wire);
+        if !self.row(&wire, &meta, None, false) || !meta.is_dir() {
+            return;
+        }
+        self.listed_before(&meta);
+        let mut stack = vec![Pending {
+            path: start,
+            wire,
+            depth,
+            mtime: secs(meta.modified()),
+        }];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir.path) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.skip(format_args!("{}: {e}", dir.path.display()));
+                    continue;
+                }
+            };
+            let files_skipped = self
+                .old
+                .as_ref()
+                .is_some_and(|old| old.get(&dir.wire) == Some(&dir.mtime));
+            // Subdirectories are listed only above the deepest level.
+            let descend = deepest.is_none_or(|d| dir.depth + 1 < d);
+            let below = stack.len();
+            for entry in entries {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.skip(format_args!("{}: {e}", dir.path.display()));
+                        continue;
+                    }
+                };
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    self.skip(format_args!("{}: not UTF-8", entry.path().display()));
+                    continue;
+                };
+                let mut wire = String::with_capacity(dir.wire.len() + name.len() + 1);
+                wire.push_str(&dir.wire);
+                if dir.wire != "/" {
+                    wire.push('/');
+                }
+                wire.push_str(name);
+                if self.filter.skips(&wire[1..], dir.depth + 1) {
+                    continue;
+                }
+                // `DirEntry::metadata` looks at the entry relative to its
+                // directory's handle, without following a link.
+                let meta = if self.filter.follows() {
+                    std::fs::metadata(entry.path())
+                } else {
+                    entry.metadata()
+                };
+                let meta = match meta {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.skip(format_args!("{}: {e}", entry.path().display()));
+                        continue;
+                    }
+                };
+                if !self.row(&wire, &meta, Some(&dir), files_skipped) {
+                    return;
+                }
+                if meta.is_dir() && descend && !self.listed_before(&meta) {
+                    stack.push(Pending {
+                        path: entry.path(),
+                        wire,
+                        depth: dir.depth + 1,
+                        mtime: secs(meta.modified()),
+                    });
+                }
+            }
+            // Depth first, in the order the directory listed them.
+            stack[below..].reverse();
+        }
+    }
+}
+
+/// Walks `start` (below `root`; rows carry paths relative to `root`) on a
+/// thread of its own: all of it when `recursive`, else its direct entries.
 fn walk(
     root: PathBuf,
     start: PathBuf,
@@ -230,88 +412,32 @@ fn walk(
         }
         false => (None, None),
     };
-    let mut cache = cache;
     let (tx, rx) = mpsc::channel(4);
     std::thread::Builder::new()
         .name("weir-agent-walk".into())
         .spawn(move || {
-            let mut rows = Rows::with_capacity(batch);
-            let mut logged = 0;
-            let mut next_cache = MtimeCache::new();
-            // Directories whose files are not listed (unchanged since the
-            // last audit).
-            let mut skipped = std::collections::HashSet::new();
-            let walk = walkdir::WalkDir::new(&start)
-                .follow_links(filter.follows())
-                .max_depth(if recursive { usize::MAX } else { 1 })
-                .into_iter()
-                .filter_entry(|e| {
-                    let rel = wire_path(&root, e.path()).unwrap_or_default();
-                    !filter.skips(rel.trim_start_matches('/'), depth(&rel))
-                });
-            for entry in walk {
-                let (wire, meta) = match entry.map_err(|e| e.to_string()).and_then(|e| {
-                    let wire = wire_path(&root, e.path())
-                        .ok_or_else(|| format!("{}: not UTF-8", e.path().display()))?;
-                    let meta = e.metadata().map_err(|err| err.to_string())?;
-                    Ok((wire, meta))
-                }) {
-                    Ok(x) => x,
-                    Err(why) => {
-                        if logged < 100 {
-                            tracing::warn!("skipped during the walk: {why}");
-                            logged += 1;
-                        }
-                        continue;
-                    }
-                };
-                match cache.as_mut() {
-                    None => rows.push(&wire, &meta, |_| {}),
-                    Some(old) => {
-                        let mtime = secs(meta.modified());
-                        let parent = match wire.rsplit_once('/') {
-                            Some(("", _)) => "/",
-                            Some((p, _)) => p,
-                            None => "",
-                        };
-                        if meta.is_dir() {
-                            next_cache.insert(wire.clone(), mtime);
-                            let unchanged = old.get(&wire) == Some(&mtime);
-                            if unchanged {
-                                skipped.insert(wire.clone());
-                            }
-                            rows.push(&wire, &meta, |out| {
-                                if unchanged {
-                                    out.extend_from_slice(b",\"audit_skipped\":true");
-                                }
-                            });
-                        } else if skipped.contains(parent) {
-                            continue;
-                        } else {
-                            let parent_mtime = next_cache.get(parent).copied().unwrap_or(0.0);
-                            rows.push(&wire, &meta, |out| {
-                                if wire != "/" {
-                                    out.extend_from_slice(b",\"parent_mtime\":");
-                                    json_f64(out, parent_mtime);
-                                    out.extend_from_slice(b",\"parent_path\":");
-                                    json_str(out, parent);
-                                }
-                            });
-                        }
-                    }
-                }
-                if rows.n == batch {
-                    let full = std::mem::replace(&mut rows, Rows::with_capacity(batch));
-                    if tx.blocking_send(full).is_err() {
-                        return;
-                    }
-                }
-            }
-            if rows.n > 0 && tx.blocking_send(rows).is_err() {
+            let deepest = if recursive {
+                None
+            } else {
+                wire_path(&root, &start).map(|w| depth(&w) + 1)
+            };
+            let mut w = Walker {
+                filter,
+                batch,
+                rows: Rows::with_capacity(batch),
+                tx,
+                old: cache,
+                next_cache: MtimeCache::new(),
+                logged: 0,
+                seen: Default::default(),
+            };
+            w.walk(&root, start, deepest);
+            let rows = std::mem::take(&mut w.rows);
+            if rows.n > 0 && w.tx.blocking_send(rows).is_err() {
                 return;
             }
             if let Some(done) = done_tx {
-                let _ = done.send(next_cache);
+                let _ = done.send(w.next_cache);
             }
         })
         .ok();
@@ -409,6 +535,30 @@ mod tests {
         assert_eq!(paths(one), ["/a", "/a/b", "/a/f"]);
         let file = collect(&mut scan(root.clone(), root.join("h"), true, filter, 2)).await;
         assert_eq!(paths(file), ["/h"]);
+    }
+
+    #[tokio::test]
+    async fn links_are_rows_unless_followed_and_a_loop_is_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("a/b/up")).unwrap();
+        let paths = |rows: Vec<Value>| {
+            let mut p: Vec<String> = rows
+                .iter()
+                .map(|r| r["path"].as_str().unwrap().to_string())
+                .collect();
+            p.sort();
+            p
+        };
+        let plain = Filter::new(&[], None, false).unwrap();
+        let rows = collect(&mut snapshot(root.clone(), plain, 10)).await;
+        assert_eq!(paths(rows), ["/", "/a", "/a/b", "/a/b/f", "/a/b/up"]);
+        let follow = Filter::new(&[], None, true).unwrap();
+        let rows = collect(&mut snapshot(root.clone(), follow, 10)).await;
+        // The link is a directory row; what it leads to was listed already.
+        assert_eq!(paths(rows), ["/", "/a", "/a/b", "/a/b/f", "/a/b/up"]);
     }
 
     async fn collect(rx: &mut mpsc::Receiver<Rows>) -> Vec<Value> {

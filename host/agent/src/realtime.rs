@@ -202,11 +202,16 @@ impl Changes {
         mut rows: Option<&mut Vec<(&'static str, Value)>>,
     ) -> notify::Result<()> {
         let (root, filter) = (self.root.clone(), self.filter.clone());
+        let listing = rows.is_some();
         let walk = walkdir::WalkDir::new(dir)
             .min_depth(1)
             .follow_links(filter.follows())
             .into_iter()
             .filter_entry(|e| {
+                // Watching alone needs the directories only.
+                if !listing && !e.file_type().is_dir() {
+                    return false;
+                }
                 let rel = wire_path(&root, e.path()).unwrap_or_default();
                 !filter.skips(rel.trim_start_matches('/'), depth + e.depth())
             });
