@@ -106,10 +106,10 @@ fn stop(agent: &mut Child) {
     let _ = agent.wait();
 }
 
-/// The `weir-agent` binary as a file server installs it: built alone
-/// (`cargo build --release -p weir-agent`, into `agent-alone` of the target
-/// directory), so that the features this bench's dev-dependencies turn on
-/// (the whole host) are not linked into it. Falls back to the binary cargo
+/// The `weir-agent` binary as a file server installs it: built alone with
+/// its profile (`cargo build --profile agent -p weir-agent`, into
+/// `agent-alone` of the target directory), so that the features this
+/// bench's dev-dependencies turn on (the whole host) are not linked into it. Falls back to the binary cargo
 /// built for this bench, said so.
 fn agent_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -119,7 +119,8 @@ fn agent_binary() -> PathBuf {
     let built = Command::new(env!("CARGO"))
         .args([
             "build",
-            "--release",
+            "--profile",
+            "agent",
             "--quiet",
             "-p",
             "weir-agent",
@@ -129,7 +130,7 @@ fn agent_binary() -> PathBuf {
         .status()
         .is_ok_and(|s| s.success());
     if built {
-        return target.join("release/weir-agent");
+        return target.join("agent/weir-agent");
     }
     println!("  (could not build weir-agent alone; measuring the bench's build of it)");
     PathBuf::from(env!("CARGO_BIN_EXE_weir-agent"))

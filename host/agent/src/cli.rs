@@ -63,7 +63,11 @@ pub fn command(
             config.task_id
         )?;
     }
-    let runtime = tokio::runtime::Runtime::new()?;
+    // One thread: the agent waits on the network; the walks have threads
+    // of their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(crate::run_all(configs, shutdown_signal()))?;
     Ok(0)
 }

@@ -412,7 +412,8 @@ fn walk(
         }
         false => (None, None),
     };
-    let (tx, rx) = mpsc::channel(4);
+    // Two batches ahead of the sender: enough to keep it busy.
+    let (tx, rx) = mpsc::channel(2);
     std::thread::Builder::new()
         .name("weir-agent-walk".into())
         .spawn(move || {

@@ -411,6 +411,11 @@ impl DeadLetters {
     fn insert(&self, letter: DeadLetter, write: bool) {
         let mut q = self.lock();
         let at = q.letters.partition_point(|d| d.id < letter.id);
+        if q.letters.get(at).is_some_and(|d| d.id == letter.id) {
+            // The cluster's watch handed it over already (its record was
+            // made before this lock was taken).
+            return;
+        }
         q.bytes += size_of(&letter);
         let mut evicted = Vec::new();
         if write {
