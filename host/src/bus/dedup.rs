@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct DedupFilter {
     /// Id -> when it was (last) inserted.
-    seen: HashMap<String, Instant>,
+    /// Keyed with foldhash (seeded per process): SipHash was a tenth of
+    /// publishing a datastore's changes.
+    seen: HashMap<String, Instant, foldhash::fast::RandomState>,
     /// Insertion order, with the insertion time so that a stale ring entry
     /// (the id was re-inserted after its TTL) does not evict the fresh one.
     ring: VecDeque<(String, Instant)>,
@@ -25,7 +27,10 @@ impl DedupFilter {
     /// disables deduplication.
     pub fn new(size: usize, ttl: Duration) -> Self {
         Self {
-            seen: HashMap::with_capacity(size.min(1 << 16)),
+            seen: HashMap::with_capacity_and_hasher(
+                size.min(1 << 16),
+                foldhash::fast::RandomState::default(),
+            ),
             ring: VecDeque::with_capacity(size.min(1 << 16)),
             size,
             ttl,

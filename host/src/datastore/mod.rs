@@ -64,15 +64,34 @@ impl FeedChange {
             ChangeKind::Delete => "fs.delete",
         };
         let m = &c.change.meta;
-        let payload = serde_json::json!({
-            "datastore": c.datastore,
-            "path": c.change.path,
-            "is_dir": m.is_dir,
-            "size": m.size,
-            "mtime": m.mtime,
-            "ctime": m.ctime,
-            "origin": c.change.source,
+        // Written straight into the payload string (one per applied row:
+        // a `Value` map and its serialization cost more than the apply).
+        let mut payload = Vec::with_capacity(96 + c.datastore.len() + c.change.path.len());
+        let num = |out: &mut Vec<u8>, v: f64| {
+            let _ = match serde_json::Number::from_f64(v) {
+                Some(n) => serde_json::to_writer(&mut *out, &n),
+                None => serde_json::to_writer(&mut *out, &serde_json::Value::Null),
+            };
+        };
+        payload.extend_from_slice(b"{\"datastore\":");
+        let _ = serde_json::to_writer(&mut payload, &c.datastore);
+        payload.extend_from_slice(b",\"path\":");
+        let _ = serde_json::to_writer(&mut payload, &c.change.path);
+        payload.extend_from_slice(if m.is_dir {
+            b",\"is_dir\":true,\"size\":"
+        } else {
+            b",\"is_dir\":false,\"size\":"
         });
+        payload.extend_from_slice(m.size.to_string().as_bytes());
+        payload.extend_from_slice(b",\"mtime\":");
+        num(&mut payload, m.mtime);
+        payload.extend_from_slice(b",\"ctime\":");
+        num(&mut payload, m.ctime);
+        payload.extend_from_slice(b",\"origin\":");
+        let _ = serde_json::to_writer(&mut payload, &c.change.source);
+        payload.push(b'}');
+        // Only JSON text was written.
+        let payload = String::from_utf8(payload).unwrap_or_default();
         let source_time =
             (m.mtime.is_finite() && m.mtime > 0.0).then(|| rfc3339_ms((m.mtime * 1000.0) as u64));
         NewEvent {
@@ -84,7 +103,7 @@ impl FeedChange {
             source: format!("datastore/{}", c.datastore),
             source_time,
             correlation_id: None,
-            payload: payload.to_string(),
+            payload,
             scope: Some(c.datastore.clone()),
         }
     }
@@ -694,6 +713,37 @@ mod tests {
             ds.push(&s, snapshot(&[], true)).unwrap()
         });
         wait_ready(&ds).unwrap();
+    }
+
+    #[test]
+    fn a_change_is_an_event_with_its_payload_in_json() {
+        let c = FeedChange {
+            datastore: "d\"s".into(),
+            change: Change {
+                kind: ChangeKind::Update,
+                path: "/a \\ \u{e9}\n".into(),
+                meta: crate::index::Meta {
+                    is_dir: false,
+                    size: 12,
+                    mtime: 2.0,
+                    ctime: 1.5,
+                },
+                source: crate::index::Source::OnDemandJob,
+            },
+            event_id: Some("id-1".into()),
+        };
+        let e = c.to_event();
+        assert_eq!(
+            (e.event_type.as_str(), e.id.as_str()),
+            ("fs.update", "id-1")
+        );
+        let payload: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+        assert_eq!(
+            payload,
+            json!({"datastore": "d\"s", "path": "/a \\ \u{e9}\n", "is_dir": false, "size": 12,
+                "mtime": 2.0, "ctime": 1.5, "origin": "on_demand_job"})
+        );
+        assert_eq!(e.source_time.as_deref(), Some("1970-01-01T00:00:02.000Z"));
     }
 
     #[test]
