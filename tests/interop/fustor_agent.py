@@ -297,6 +297,33 @@ def main():
         # Also after an early return from the checks above.
         sys.exit(code)
 
+def stop(proc, timeout=15):
+    """SIGTERM to `proc`; its exit code, or "timed out" (then it is killed)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return "timed out"
+
+
+def change_files(data):
+    """The realtime changes the agent tests make in a tree from make_tree:
+    create, modify (append), rename, delete, a new directory with a file
+    inside, and a removed directory tree."""
+    with open(os.path.join(data, "proj_0", "run_0", "created.txt"), "w") as fh:
+        fh.write("new file\n")
+    with open(os.path.join(data, "proj_1", "run_1", "file_001.dat"), "ab") as fh:
+        fh.write(b"appended bytes")
+    os.rename(os.path.join(data, "proj_2", "run_2", "file_002.dat"),
+              os.path.join(data, "proj_2", "run_2", "renamed.dat"))
+    os.remove(os.path.join(data, "proj_0", "run_3", "file_003.dat"))
+    os.makedirs(os.path.join(data, "fresh", "deeper"))
+    with open(os.path.join(data, "fresh", "deeper", "inner.txt"), "w") as fh:
+        fh.write("inside\n")
+    shutil.rmtree(os.path.join(data, "proj_4", "run_4"))
+
+
 def finish(work, servers, logs, label):
     """Ends a run: SIGTERM each `(name, process)` of `servers` and checks it
     exits 0; on failure prints the last lines of each log file in `logs`

@@ -23,8 +23,6 @@ Prints `weir agent interop: N passed, N failed`; exits non-zero on failure.
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,8 +30,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fustor_agent import (  # noqa: E402  (the Python agent test's helpers)
-    INGEST, QUERY, ADMIN, RESULTS, check, compare, disk_state, finish, free_port, get, make_tree,
-    tree_state, wait_for)
+    INGEST, QUERY, ADMIN, RESULTS, change_files, check, compare, disk_state, finish, free_port, get, make_tree,
+    stop, tree_state, wait_for)
 
 
 def main():
@@ -82,17 +80,7 @@ def main():
         check(f"weir agent's snapshot of {files} files equals the directory "
               f"({time.time() - started:.1f}s to READY)", ok, str(last))
 
-        with open(os.path.join(data, "proj_0", "run_0", "created.txt"), "w") as fh:
-            fh.write("new file\n")
-        with open(os.path.join(data, "proj_1", "run_1", "file_001.dat"), "ab") as fh:
-            fh.write(b"appended bytes")
-        os.rename(os.path.join(data, "proj_2", "run_2", "file_002.dat"),
-                  os.path.join(data, "proj_2", "run_2", "renamed.dat"))
-        os.remove(os.path.join(data, "proj_0", "run_3", "file_003.dat"))
-        os.makedirs(os.path.join(data, "fresh", "deeper"))
-        with open(os.path.join(data, "fresh", "deeper", "inner.txt"), "w") as fh:
-            fh.write("inside\n")
-        shutil.rmtree(os.path.join(data, "proj_4", "run_4"))
+        change_files(data)
         ok, last = follows("realtime", 20)
         check("the tree follows create, modify, rename, delete, mkdir and rmtree within seconds", ok, str(last))
 
@@ -118,12 +106,7 @@ def main():
         ok, last = wait_for("status", status_shows, 10)  # it is written every 2 s
         check("weir agent status shows it in realtime after two sessions", ok, str(last))
 
-        agent.send_signal(signal.SIGTERM)
-        try:
-            code = agent.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            code = "timed out"
+        code = stop(agent)
         agent = None
         check("weir agent exits 0 on SIGTERM", code == 0, str(code))
         status, body = get(base, "/api/v1/views/default/stats")
@@ -174,12 +157,7 @@ def main():
         log = open(os.path.join(work, "agent.log")).read()
         check("the agent log names the unreadable directory", "secret" in log and "ermission denied" in log,
               log[-2000:])
-        agent.send_signal(signal.SIGTERM)
-        try:
-            code = agent.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            code = "timed out"
+        code = stop(agent)
         agent = None
         check("that agent exits 0 on SIGTERM", code == 0, str(code))
     except Exception as e:  # a crash of the test itself is a failure, reported as one

@@ -33,7 +33,6 @@ non-zero on failure.
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,8 +42,8 @@ import time
 sys.dont_write_bytecode = True  # nothing written outside the scratch directory
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fustor_agent import (  # noqa: E402  (the Python agent test's helpers)
-    INGEST, QUERY, RESULTS, check, compare, disk_state, finish, free_port, get, make_tree, tree_state,
-    wait_for)
+    INGEST, QUERY, RESULTS, change_files, check, compare, disk_state, finish, free_port, get, make_tree, tree_state,
+    stop, wait_for)
 
 # The view (and the pipe: see above) that `tree_state` and `get` query, with
 # QUERY as the view's API key.
@@ -163,17 +162,7 @@ def main():
         check(f"weir agent's snapshot of {files} files in Fusion's tree equals the directory "
               f"({time.time() - started:.1f}s)", ok, str(last))
 
-        with open(os.path.join(data, "proj_0", "run_0", "created.txt"), "w") as fh:
-            fh.write("new file\n")
-        with open(os.path.join(data, "proj_1", "run_1", "file_001.dat"), "ab") as fh:
-            fh.write(b"appended bytes")
-        os.rename(os.path.join(data, "proj_2", "run_2", "file_002.dat"),
-                  os.path.join(data, "proj_2", "run_2", "renamed.dat"))
-        os.remove(os.path.join(data, "proj_0", "run_3", "file_003.dat"))
-        os.makedirs(os.path.join(data, "fresh", "deeper"))
-        with open(os.path.join(data, "fresh", "deeper", "inner.txt"), "w") as fh:
-            fh.write("inside\n")
-        shutil.rmtree(os.path.join(data, "proj_4", "run_4"))
+        change_files(data)
         ok, last = follows("realtime", 20)
         check("Fusion's tree follows create, modify, rename, delete, mkdir and rmtree within seconds",
               ok, str(last))
@@ -194,12 +183,7 @@ def main():
         ok, last = follows("after the scan", 20)
         check("after the on-demand scan Fusion's tree still equals the directory", ok, str(last))
 
-        agent.send_signal(signal.SIGTERM)
-        try:
-            code = agent.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            code = "timed out"
+        code = stop(agent)
         agent = None
         check("weir agent exits 0 on SIGTERM", code == 0, str(code))
         # Deleted, not expired: at once, well before the session timeout.
