@@ -507,14 +507,6 @@ mod tests {
         std::fs::write(root.join("a/b/c/g"), b"xy").unwrap();
         std::fs::write(root.join("h"), b"x").unwrap();
         let filter = Filter::new(&[], Some(3), false).unwrap();
-        let paths = |rows: Vec<Value>| {
-            let mut p: Vec<String> = rows
-                .iter()
-                .map(|r| r["path"].as_str().unwrap().to_string())
-                .collect();
-            p.sort();
-            p
-        };
         let all = collect(&mut scan(
             root.clone(),
             root.join("a"),
@@ -545,14 +537,6 @@ mod tests {
         std::fs::create_dir_all(root.join("a/b")).unwrap();
         std::fs::write(root.join("a/b/f"), b"x").unwrap();
         std::os::unix::fs::symlink(root.join("a"), root.join("a/b/up")).unwrap();
-        let paths = |rows: Vec<Value>| {
-            let mut p: Vec<String> = rows
-                .iter()
-                .map(|r| r["path"].as_str().unwrap().to_string())
-                .collect();
-            p.sort();
-            p
-        };
         let plain = Filter::new(&[], None, false).unwrap();
         let rows = collect(&mut snapshot(root.clone(), plain, 10)).await;
         assert_eq!(paths(rows), ["/", "/a", "/a/b", "/a/b/f", "/a/b/up"]);
@@ -560,6 +544,16 @@ mod tests {
         let rows = collect(&mut snapshot(root.clone(), follow, 10)).await;
         // The link is a directory row; what it leads to was listed already.
         assert_eq!(paths(rows), ["/", "/a", "/a/b", "/a/b/f", "/a/b/up"]);
+    }
+
+    /// The rows' paths, sorted.
+    fn paths(rows: Vec<Value>) -> Vec<String> {
+        let mut p: Vec<String> = rows
+            .iter()
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .collect();
+        p.sort();
+        p
     }
 
     async fn collect(rx: &mut mpsc::Receiver<Rows>) -> Vec<Value> {
