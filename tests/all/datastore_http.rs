@@ -286,7 +286,16 @@ async fn on_demand_scans_are_asked_handed_out_once_and_completed() {
             json!({"status": "ok", "phase": "job_complete"})
         )
     );
-    let (_, listed) = s.view(&format!("jobs/{job}")).await;
+    // Completed once applied, after the scan's rows (the queue drains
+    // asynchronously).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let listed = loop {
+        let (_, listed) = s.view(&format!("jobs/{job}")).await;
+        if listed["status"] == "COMPLETED" || Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(listed["status"], "COMPLETED", "{listed}");
     assert_eq!(listed["progress"]["percentage"], 100.0);
     assert!(listed["completed_at"].as_f64().unwrap() >= listed["created_at"].as_f64().unwrap());
