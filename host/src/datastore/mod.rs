@@ -705,7 +705,9 @@ mod tests {
                 refused += 1;
             }
         }
-        assert_eq!(refused, 7);
+        // Three fit the queue; the apply thread may have taken one more
+        // out of it before it blocked on the index (a race, not a leak).
+        assert!((6..=7).contains(&refused), "{refused} refused");
         assert!(ds.queued_rows() <= 3);
         drop(guard);
         ds.push(&s, snapshot(&[], true)).unwrap_or_else(|_| {
