@@ -290,6 +290,13 @@ impl Datastore {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The jobs, with those past their time failed or forgotten as of `now`.
+    fn live_jobs(&self, now: f64) -> std::sync::MutexGuard<'_, Jobs> {
+        let mut jobs = self.jobs();
+        jobs.expire(now);
+        jobs
+    }
+
     /// Shares this datastore with the hosts of a cluster from now on:
     /// sessions are decided by `replication`, and accepted work goes to its
     /// ingest log, which the cluster feeds back through
@@ -365,8 +372,7 @@ impl Datastore {
             return Ok(None);
         };
         let now = now_secs();
-        let mut jobs = self.jobs();
-        jobs.expire(now);
+        let mut jobs = self.live_jobs(now);
         if let Some(j) = jobs.pending(&session.id, path, recursive) {
             return Ok(Some(j.job_id.clone()));
         }
@@ -393,24 +399,20 @@ impl Datastore {
 
     /// The on-demand scan jobs, oldest first.
     pub fn jobs_list(&self) -> Vec<ScanJob> {
-        let mut jobs = self.jobs();
-        jobs.expire(now_secs());
-        jobs.list()
+        self.live_jobs(now_secs()).list()
     }
 
     /// On-demand scan job `id`.
     pub fn job(&self, id: &str) -> Option<ScanJob> {
-        let mut jobs = self.jobs();
-        jobs.expire(now_secs());
-        jobs.get(id)
+        self.live_jobs(now_secs()).get(id)
     }
 
     /// The id of a pending job that rescans `path` (for it or a directory
     /// above it), if any.
     pub fn pending_job(&self, path: &str) -> Option<String> {
-        let mut jobs = self.jobs();
-        jobs.expire(now_secs());
-        jobs.covering(path).map(|j| j.job_id.clone())
+        self.live_jobs(now_secs())
+            .covering(path)
+            .map(|j| j.job_id.clone())
     }
 
     /// Ends session `id`; idempotent.
