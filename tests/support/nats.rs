@@ -100,7 +100,24 @@ pub fn nats_server() -> PathBuf {
 
 impl NatsCluster {
     /// Starts three nodes and waits until JetStream has a meta leader.
+    ///
+    /// Ports are picked free and then released, so another process may take
+    /// one before its node binds it: a node that exits while the cluster
+    /// forms makes a fresh attempt on fresh ports (three in all). A cluster
+    /// that still does not form fails naming what each node logged.
     pub async fn start() -> Self {
+        let mut last_logs = String::new();
+        for _attempt in 0..3 {
+            let mut cluster = Self::spawn_all();
+            match cluster.wait_ready().await {
+                Ok(()) => return cluster,
+                Err(logs) => last_logs = logs,
+            }
+        }
+        panic!("the NATS cluster did not form; its nodes logged:\n{last_logs}");
+    }
+
+    fn spawn_all() -> Self {
         let bin = nats_server();
         let dir = tempfile::tempdir().expect("a temp dir");
         let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -147,29 +164,65 @@ impl NatsCluster {
             let child = cluster.spawn(i);
             cluster.nodes.push(Some(child));
         }
-        cluster.wait_ready().await;
         cluster
+    }
+
+    /// Where node `i` logs (appended to across restarts).
+    fn log_path(&self, i: usize) -> PathBuf {
+        self._dir.path().join(format!("n{i}.log"))
+    }
+
+    /// The last lines each node logged, for a failure message.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.commands.len() {
+            let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- n{i}\n"));
+            for line in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     fn spawn(&self, i: usize) -> Child {
         let cmd = &self.commands[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("a node log in the temp dir");
         Command::new(&cmd[0])
             .args(&cmd[1..])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("nats-server starts")
     }
 
     /// Waits until a replicated stream can be made (the cluster has formed
-    /// and elected a JetStream meta leader).
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    /// and elected a JetStream meta leader). Gives up early when a node has
+    /// exited (its port was taken), answering what the nodes logged.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if self.answers().await {
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "the NATS cluster did not form");
+            let exited = self
+                .nodes
+                .iter_mut()
+                .flatten()
+                .any(|c| c.try_wait().ok().flatten().is_some());
+            if exited || Instant::now() >= deadline {
+                let logs = self.log_tails();
+                for i in 0..self.nodes.len() {
+                    self.kill(i);
+                }
+                return Err(logs);
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
