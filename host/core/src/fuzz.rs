@@ -20,6 +20,7 @@ pub fn push(data: &[u8]) {
         max_depth: 16,
         max_name_bytes: 32,
     };
+    readers_agree(data, &limits);
     let Ok(batch) = parse_batch(data, NOW, &limits) else {
         return;
     };
@@ -70,6 +71,21 @@ pub fn push(data: &[u8]) {
         serde_json::from_slice::<serde_json::Value>(&out).expect("the tree is JSON");
     }
     let _ = search_json(&ix, "*a*", 10_000, 1 << 20, NOW);
+}
+
+/// The one-pass push reader and the `Value` one
+/// ([`crate::rows::reference`]) agree on `data`: the same batch, or the
+/// same shape error, or both find it is not JSON.
+pub fn readers_agree(data: &[u8], limits: &RowLimits) {
+    use crate::rows::BatchError;
+    let plain = crate::rows::reference::parse_batch(data, NOW, limits);
+    let fast = parse_batch(data, NOW, limits);
+    match (&plain, &fast) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "the readers disagree"),
+        (Err(BatchError::Shape(a)), Err(BatchError::Shape(b))) => assert_eq!(a, b),
+        (Err(BatchError::NotJson(_)), Err(BatchError::NotJson(_))) => {}
+        _ => panic!("the readers disagree: {plain:?} against {fast:?}"),
+    }
 }
 
 /// Sentinel feedback, any bytes, against an index with a few suspects:

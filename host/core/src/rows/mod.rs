@@ -6,6 +6,11 @@
 //! `is_end`/`is_snapshot_end`, and a per-event `message_source` with the
 //! batch's `source_type` as fallback.
 
+pub mod reference;
+mod stream;
+
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -102,10 +107,9 @@ pub struct JobComplete {
 }
 
 /// Reads the `metadata` of a `job_complete` push.
-fn job_complete(obj: &Map<String, Value>, limits: &RowLimits) -> Result<JobComplete, BatchError> {
+fn job_complete(meta: Option<&Value>, limits: &RowLimits) -> Result<JobComplete, BatchError> {
     let shape = |m: String| BatchError::Shape(m);
-    let meta = obj
-        .get("metadata")
+    let meta = meta
         .and_then(Value::as_object)
         .ok_or_else(|| shape("a `job_complete` push needs a `metadata` object".into()))?;
     let job_id = match meta.get("job_id") {
@@ -156,14 +160,104 @@ fn source_of(name: &str) -> Option<Source> {
     }
 }
 
-fn field<'a>(row: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
+/// One JSON value of a push where the rules read it: scalars as they are,
+/// objects and arrays as `Other` (no rule reads inside them). Strings
+/// borrow from the body unless they had escapes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Str(Cow<'a, str>),
+    Other,
+}
+
+impl<'a> Scalar<'a> {
+    fn of(value: &'a Value) -> Self {
+        match value {
+            Value::Null => Self::Null,
+            Value::Bool(b) => Self::Bool(*b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => Self::U64(u),
+                (None, Some(i)) => Self::I64(i),
+                _ => n.as_f64().map_or(Self::Other, Self::F64),
+            },
+            Value::String(s) => Self::Str(Cow::Borrowed(s)),
+            Value::Array(_) | Value::Object(_) => Self::Other,
+        }
+    }
+
+    /// The same value, borrowed (no copy of an owned string).
+    fn view(&self) -> Scalar<'_> {
+        match self {
+            Self::Str(s) => Scalar::Str(Cow::Borrowed(s)),
+            Self::Null => Scalar::Null,
+            Self::Bool(b) => Scalar::Bool(*b),
+            Self::U64(u) => Scalar::U64(*u),
+            Self::I64(i) => Scalar::I64(*i),
+            Self::F64(f) => Scalar::F64(*f),
+            Self::Other => Scalar::Other,
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(self, Self::Null)
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Self::U64(u) => Some(u as f64),
+            Self::I64(i) => Some(i as f64),
+            Self::F64(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Self::U64(u) => Some(u),
+            Self::I64(i) => u64::try_from(i).ok(),
+            _ => None,
+        }
+    }
+
+    fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Self::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A row's fields by name, however they were read.
+pub(crate) trait Fields {
+    /// The field `name`, if the row has it (`Null` when it is null).
+    fn get(&self, name: &str) -> Option<Scalar<'_>>;
+}
+
+impl Fields for Map<String, Value> {
+    fn get(&self, name: &str) -> Option<Scalar<'_>> {
+        Map::get(self, name).map(Scalar::of)
+    }
+}
+
+fn field<'a>(row: &'a impl Fields, names: &[&str]) -> Option<Scalar<'a>> {
     names
         .iter()
-        .find_map(|n| row.get(*n))
+        .find_map(|n| row.get(n))
         .filter(|v| !v.is_null())
 }
 
-fn number(row: &Map<String, Value>, names: &[&str]) -> Result<Option<f64>, String> {
+fn number(row: &impl Fields, names: &[&str]) -> Result<Option<f64>, String> {
     match field(row, names) {
         None => Ok(None),
         Some(v) => v
@@ -174,7 +268,7 @@ fn number(row: &Map<String, Value>, names: &[&str]) -> Result<Option<f64>, Strin
     }
 }
 
-fn flag(row: &Map<String, Value>, names: &[&str]) -> Result<Option<bool>, String> {
+fn flag(row: &impl Fields, names: &[&str]) -> Result<Option<bool>, String> {
     match field(row, names) {
         None => Ok(None),
         Some(v) => v
@@ -184,14 +278,10 @@ fn flag(row: &Map<String, Value>, names: &[&str]) -> Result<Option<bool>, String
     }
 }
 
-fn row_path(row: &Map<String, Value>, limits: &RowLimits) -> Result<String, String> {
-    let raw = field(row, &["path", "file_path"])
-        .ok_or("missing `path`")?
-        .as_str()
-        .ok_or("`path` is not a string")?;
-    clean_path(raw, limits)
+fn row_path(row: &impl Fields, limits: &RowLimits) -> Result<String, String> {
+    let raw = field(row, &["path", "file_path"]).ok_or("missing `path`")?;
+    clean_path(raw.as_str().ok_or("`path` is not a string")?, limits)
 }
-
 /// `raw` normalized, within `limits`.
 fn clean_path(raw: &str, limits: &RowLimits) -> Result<String, String> {
     // Checked before normalizing, so that a hostile path costs no copy.
@@ -233,7 +323,7 @@ fn clean_path(raw: &str, limits: &RowLimits) -> Result<String, String> {
 }
 
 /// The `size` field (0 when absent), within 0 ..= [`MAX_SIZE`].
-fn size(row: &Map<String, Value>) -> Result<u64, String> {
+fn size(row: &impl Fields) -> Result<u64, String> {
     match field(row, &["size"]) {
         None => Ok(0),
         Some(v) => v
@@ -244,7 +334,7 @@ fn size(row: &Map<String, Value>) -> Result<u64, String> {
 }
 
 /// A time field in seconds within 0 ..= [`MAX_TIME_SECS`].
-fn time(row: &Map<String, Value>, names: &[&str]) -> Result<Option<f64>, String> {
+fn time(row: &impl Fields, names: &[&str]) -> Result<Option<f64>, String> {
     match number(row, names)? {
         Some(t) if !(0.0..=MAX_TIME_SECS).contains(&t) => Err(format!(
             "`{}` {t:?} is outside 0 ..= {MAX_TIME_SECS} (the years 1970 to 9999)",
@@ -254,96 +344,183 @@ fn time(row: &Map<String, Value>, names: &[&str]) -> Result<Option<f64>, String>
     }
 }
 
-fn upsert_row(row: &Map<String, Value>, limits: &RowLimits) -> Result<Upsert, String> {
-    let path = row_path(row, limits)?;
+/// A row read before its event says whether it upserts or deletes (an
+/// event's keys come in any order): both readings, checked once.
+#[derive(Debug)]
+pub(crate) enum PreRow {
+    /// Valid as an upsert (and so as a delete of its path).
+    Upsert(Upsert),
+    /// A valid path (a delete may use it), but no valid upsert: why.
+    PathOnly(String, String),
+    /// Neither: why.
+    Bad(String),
+}
+
+impl PreRow {
+    /// Reads one row object within `limits`.
+    pub(crate) fn read(row: &impl Fields, limits: &RowLimits) -> Self {
+        let path = match row_path(row, limits) {
+            Ok(path) => path,
+            Err(reason) => return Self::Bad(reason),
+        };
+        match upsert_fields(row) {
+            Ok((meta, is_atomic_write, audit_skipped, parent_mtime)) => Self::Upsert(Upsert {
+                path,
+                meta,
+                is_atomic_write,
+                audit_skipped,
+                parent_mtime,
+            }),
+            Err(reason) => Self::PathOnly(path, reason),
+        }
+    }
+
+    /// A row that is not an object.
+    pub(crate) fn not_an_object() -> Self {
+        Self::Bad("row is not an object".into())
+    }
+}
+
+type UpsertFields = (Meta, Option<bool>, bool, Option<f64>);
+
+fn upsert_fields(row: &impl Fields) -> Result<UpsertFields, String> {
     let size = size(row)?;
     let mtime = time(row, &["modified_time", "mtime"])?.ok_or("missing `modified_time`")?;
     let ctime = time(row, &["created_time", "ctime"])?.unwrap_or(mtime);
     let is_dir = flag(row, &["is_directory", "is_dir"])?.unwrap_or(false);
-    Ok(Upsert {
-        path,
-        meta: Meta {
+    Ok((
+        Meta {
             is_dir,
             size,
             mtime,
             ctime,
         },
-        is_atomic_write: flag(row, &["is_atomic_write"])?,
-        audit_skipped: flag(row, &["audit_skipped"])?.unwrap_or(false),
-        parent_mtime: time(row, &["parent_mtime"])?,
-    })
+        flag(row, &["is_atomic_write"])?,
+        flag(row, &["audit_skipped"])?.unwrap_or(false),
+        time(row, &["parent_mtime"])?,
+    ))
+}
+
+/// One event of a push as read, before the push's own fields are known.
+#[derive(Debug)]
+pub(crate) enum PreEvent<'a> {
+    /// An object: the fields the rules read (`rows` is `None` when it is
+    /// missing or not a list).
+    Event {
+        event_type: Option<Scalar<'a>>,
+        message_source: Option<Scalar<'a>>,
+        index: Option<Scalar<'a>>,
+        rows: Option<Vec<PreRow>>,
+    },
+    /// Not an object.
+    NotAnObject,
+}
+
+/// A push as read: its own fields and its events.
+#[derive(Debug, Default)]
+pub(crate) struct PrePush<'a> {
+    /// `None` when missing or not a list.
+    pub(crate) events: Option<Vec<PreEvent<'a>>>,
+    pub(crate) source_type: Option<Scalar<'a>>,
+    pub(crate) session_id: Option<Scalar<'a>>,
+    pub(crate) is_end: Option<Scalar<'a>>,
+    pub(crate) is_snapshot_end: Option<Scalar<'a>>,
+    pub(crate) metadata: Option<Value>,
+}
+
+impl PrePush<'_> {
+    /// The push the rules make of it.
+    fn into_batch(self, now: f64, limits: &RowLimits) -> Result<Batch, BatchError> {
+        let events = self
+            .events
+            .ok_or_else(|| BatchError::Shape("`events` must be a list".into()))?;
+        let source_type = self.source_type.as_ref().and_then(Scalar::as_str);
+        let completes = matches!(
+            source_type,
+            Some("job_complete" | "scan_complete" | "find_complete")
+        );
+        let source = match source_type {
+            None => Source::Realtime,
+            Some(_) if completes => Source::OnDemandJob,
+            Some(s) => source_of(s).ok_or_else(|| {
+                BatchError::Shape(format!(
+                    "`source_type` `{}` is not snapshot, message, audit, on_demand_job or job_complete",
+                    echo(s)
+                ))
+            })?,
+        };
+        let job_complete = if completes {
+            Some(job_complete(self.metadata.as_ref(), limits)?)
+        } else {
+            None
+        };
+        let is_end = [&self.is_end, &self.is_snapshot_end]
+            .iter()
+            .any(|v| v.as_ref().and_then(Scalar::as_bool) == Some(true));
+        let rows = events
+            .iter()
+            .map(|e| match e {
+                PreEvent::Event { rows: Some(r), .. } => r.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut batch = Batch {
+            session_id: self
+                .session_id
+                .as_ref()
+                .and_then(Scalar::as_str)
+                .map(str::to_string),
+            source,
+            is_end,
+            ops: Vec::with_capacity(rows),
+            rejected: Vec::new(),
+            job_complete,
+        };
+        for (e, event) in events.into_iter().enumerate() {
+            if let Err(reason) = add_event(event, e, source, now, &mut batch) {
+                batch.rejected.push(Rejected {
+                    event: e,
+                    row: None,
+                    reason,
+                });
+            }
+        }
+        Ok(batch)
+    }
 }
 
 /// Parses a push body, each row within `limits`. `now` (seconds) stands in
 /// for a missing event index.
+///
+/// One pass over the body with no JSON tree: strings borrow from it, and a
+/// row costs one allocation (its path). [`reference::parse_batch`] reads
+/// the same body through a `serde_json::Value` and must agree (the fuzz
+/// target `push` checks it).
 pub fn parse_batch(body: &[u8], now: f64, limits: &RowLimits) -> Result<Batch, BatchError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| BatchError::NotJson(e.to_string()))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| BatchError::Shape("expected a JSON object".into()))?;
-    let events = obj
-        .get("events")
-        .and_then(Value::as_array)
-        .ok_or_else(|| BatchError::Shape("`events` must be a list".into()))?;
-    let source_type = obj.get("source_type").and_then(Value::as_str);
-    let completes = matches!(
-        source_type,
-        Some("job_complete" | "scan_complete" | "find_complete")
-    );
-    let source = match source_type {
-        None => Source::Realtime,
-        Some(_) if completes => Source::OnDemandJob,
-        Some(s) => source_of(s).ok_or_else(|| {
-            BatchError::Shape(format!(
-                "`source_type` `{}` is not snapshot, message, audit, on_demand_job or job_complete",
-                echo(s)
-            ))
-        })?,
-    };
-    let job_complete = if completes {
-        Some(job_complete(obj, limits)?)
-    } else {
-        None
-    };
-    let is_end = ["is_end", "is_snapshot_end"]
-        .iter()
-        .any(|k| obj.get(*k).and_then(Value::as_bool) == Some(true));
-    let mut batch = Batch {
-        session_id: obj
-            .get("session_id")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        source,
-        is_end,
-        ops: Vec::new(),
-        rejected: Vec::new(),
-        job_complete,
-    };
-    for (e, event) in events.iter().enumerate() {
-        if let Err(reason) = parse_event(event, e, source, now, limits, &mut batch) {
-            batch.rejected.push(Rejected {
-                event: e,
-                row: None,
-                reason,
-            });
-        }
-    }
-    Ok(batch)
+    let pre = stream::read(body, limits).map_err(|e| BatchError::NotJson(e.to_string()))?;
+    pre.ok_or_else(|| BatchError::Shape("expected a JSON object".into()))?
+        .into_batch(now, limits)
 }
 
-fn parse_event(
-    event: &Value,
+fn add_event(
+    event: PreEvent<'_>,
     e: usize,
     fallback: Source,
     now: f64,
-    limits: &RowLimits,
     batch: &mut Batch,
 ) -> Result<(), String> {
-    let event = event.as_object().ok_or("event is not an object")?;
-    let kind = event
-        .get("event_type")
-        .and_then(Value::as_str)
+    let PreEvent::Event {
+        event_type,
+        message_source,
+        index,
+        rows,
+    } = event
+    else {
+        return Err("event is not an object".into());
+    };
+    let kind = event_type
+        .as_ref()
+        .and_then(Scalar::as_str)
         .ok_or("missing `event_type`")?;
     let delete = match kind {
         "insert" | "update" | "INSERT" | "UPDATE" => false,
@@ -355,35 +532,29 @@ fn parse_event(
             ));
         }
     };
-    let source = match event.get("message_source").and_then(Value::as_str) {
+    let source = match message_source.as_ref().and_then(Scalar::as_str) {
         None => fallback,
         Some(s) => {
             source_of(s).ok_or_else(|| format!("`message_source` `{}` is unknown", echo(s)))?
         }
     };
-    let observed_at = event
-        .get("index")
-        .and_then(Value::as_f64)
+    let observed_at = index
+        .as_ref()
+        .and_then(Scalar::as_f64)
         .map_or(now, |ms| ms / 1000.0);
-    let rows = event
-        .get("rows")
-        .and_then(Value::as_array)
-        .ok_or("`rows` must be a list")?;
-    for (r, row) in rows.iter().enumerate() {
-        let parsed = row
-            .as_object()
-            .ok_or_else(|| "row is not an object".to_string())
-            .and_then(|row| {
-                if delete {
-                    row_path(row, limits).map(|path| Op::Delete {
-                        source,
-                        path,
-                        observed_at,
-                    })
-                } else {
-                    upsert_row(row, limits).map(|u| Op::Upsert(source, u))
-                }
-            });
+    let rows = rows.ok_or("`rows` must be a list")?;
+    for (r, row) in rows.into_iter().enumerate() {
+        let parsed = match (row, delete) {
+            (PreRow::Upsert(u), false) => Ok(Op::Upsert(source, u)),
+            (PreRow::Upsert(Upsert { path, .. }) | PreRow::PathOnly(path, _), true) => {
+                Ok(Op::Delete {
+                    source,
+                    path,
+                    observed_at,
+                })
+            }
+            (PreRow::PathOnly(_, reason), false) | (PreRow::Bad(reason), _) => Err(reason),
+        };
         match parsed {
             Ok(op) => batch.ops.push(op),
             Err(reason) => batch.rejected.push(Rejected {
@@ -443,10 +614,8 @@ pub fn parse_feedback(
 fn feedback_update(u: &Map<String, Value>, limits: &RowLimits) -> Result<FeedbackUpdate, String> {
     use crate::index::Feedback;
     let path = row_path(u, limits)?;
-    let status = field(u, &["status"])
-        .ok_or("missing `status`")?
-        .as_str()
-        .ok_or("`status` is not a string")?;
+    let status = field(u, &["status"]).ok_or("missing `status`")?;
+    let status = status.as_str().ok_or("`status` is not a string")?;
     let feedback = match status {
         "missing" => Feedback::Missing,
         "exists" => {
@@ -714,6 +883,60 @@ mod tests {
         assert_eq!(reasons[1], (3, "`exists` needs `mtime`"));
         assert_eq!(reasons[4], (6, "update is not an object"));
         assert!(parse_feedback(b"{}", &RowLimits::default()).is_err());
+    }
+
+    #[test]
+    fn the_one_pass_reader_agrees_with_the_value_reader() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let deep_row = format!(
+            r#"{{"events": [{{"event_type": "update", "rows": [{{"path": "/d", "x": {deep}, "modified_time": 1}}]}}]}}"#
+        );
+        let deep_skipped = format!(r#"{{"x": {deep}, "events": []}}"#);
+        let bodies: Vec<&[u8]> = vec![
+            // Keys in any order: rows before the event says what they are.
+            br#"{"events": [{"rows": [{"path": "/a", "size": 1}, {"modified_time": 2, "path": "b"}], "event_type": "delete", "index": 3000}], "source_type": "audit"}"#,
+            br#"{"events": [{"rows": [{"path": "/a", "size": -1, "mtime": 1}], "event_type": "update"}]}"#,
+            // Duplicate keys: the last one wins, in both.
+            br#"{"events": [], "events": [{"event_type": "update", "event_type": "delete", "rows": [{"path": "/x", "path": 5}]}]}"#,
+            br#"{"events": [{"event_type": "insert", "rows": 1, "rows": [{"path": "/p", "mtime": 1, "modified_time": null}]}]}"#,
+            br#"{"events": [{"event_type": "insert", "rows": [{"path": null, "file_path": "/q", "mtime": 1}]}]}"#,
+            // Escapes in keys and values; unknown keys holding anything.
+            br#"{"ev\u0065nts": [{"event_type": "upd\u0061te", "message_source": "snap\u0073hot", "rows": [{"pa\u0074h": "/\u00e9\n", "modified_time": 1e2, "x": {"y": [1, {"z": null}]}}]}], "session_id": "s\"1"}"#,
+            // Numbers of every kind where each rule reads one.
+            br#"{"events": [{"event_type": "update", "index": -5, "rows": [{"path": "/n", "size": 3.0, "modified_time": 1}, {"path": "/m", "size": 18446744073709551615, "modified_time": 0}, {"path": "/o", "size": 1e400}]}]}"#,
+            br#"{"events": [{"event_type": "update", "rows": [{"path": "/n", "modified_time": -0, "ctime": 1, "is_dir": 1, "is_atomic_write": "yes"}]}]}"#,
+            // Wrong shapes at every level.
+            br#"{"events": [1, "e", null, [], {"event_type": ["update"]}, {"event_type": "update", "rows": {"path": "/a"}}, {"event_type": "update", "rows": [[], 1, null]}]}"#,
+            br#"{"events": {}, "source_type": "snapshot"}"#,
+            br#"{"source_type": 7, "is_end": "true", "is_snapshot_end": true, "session_id": 1, "events": []}"#,
+            br#"{"source_type": "job_complete", "metadata": {"job_id": "j", "scan_path": "/s"}, "metadata": 1, "events": []}"#,
+            br#"{"source_type": "scan_complete", "metadata": {"scan_path": "/s/"}, "events": []}"#,
+            br#"{"source_type": "tape", "events": []}"#,
+            br#"[]"#,
+            br#""push""#,
+            br#"{"events": []} x"#,
+            br#"{"events": [}"#,
+            b"",
+            deep_row.as_bytes(),
+            deep_skipped.as_bytes(),
+        ];
+        for body in bodies {
+            crate::fuzz::readers_agree(body, &RowLimits::default());
+        }
+        for fixture in std::fs::read_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/fustor-wire"
+        ))
+        .expect("the recorded traffic")
+        {
+            let text = std::fs::read(fixture.unwrap().path()).unwrap();
+            let Ok(exchange) = serde_json::from_slice::<Value>(&text) else {
+                continue;
+            };
+            if let Some(body) = exchange.pointer("/request/body") {
+                crate::fuzz::readers_agree(body.to_string().as_bytes(), &RowLimits::default());
+            }
+        }
     }
 
     #[test]
