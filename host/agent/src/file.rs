@@ -48,6 +48,7 @@ struct Shared {
     audit_interval_secs: Option<f64>,
     sentinel_interval_secs: Option<f64>,
     queue_paths: Option<usize>,
+    walk_threads: Option<usize>,
 }
 
 /// One `[[roots]]` entry.
@@ -132,6 +133,7 @@ fn lay(a: &mut AgentArgs, s: Shared) {
         audit_interval_secs,
         sentinel_interval_secs,
         queue_paths,
+        walk_threads,
     } = s;
     a.url = url.unwrap_or(std::mem::take(&mut a.url));
     a.key_env = key_env.unwrap_or(std::mem::take(&mut a.key_env));
@@ -143,4 +145,5 @@ fn lay(a: &mut AgentArgs, s: Shared) {
     a.audit_interval_secs = audit_interval_secs.or(a.audit_interval_secs);
     a.sentinel_interval_secs = sentinel_interval_secs.or(a.sentinel_interval_secs);
     a.queue_paths = queue_paths.unwrap_or(a.queue_paths);
+    a.walk_threads = walk_threads.or(a.walk_threads);
 }

@@ -81,6 +81,10 @@ pub struct AgentArgs {
     /// beyond, the agent rescans the tree.
     #[arg(long, default_value_t = realtime::QUEUE)]
     pub queue_paths: usize,
+    /// Threads that walk the tree (1 to 64; default: one per CPU, at most
+    /// 8). More help on network file systems, where each lookup waits.
+    #[arg(long)]
+    pub walk_threads: Option<usize>,
 }
 
 /// `weir agent` subcommands.
@@ -155,6 +159,8 @@ pub struct AgentConfig {
     pub batch_rows: usize,
     /// What is left out.
     pub filter: Filter,
+    /// Threads per walk.
+    pub walk_threads: usize,
     /// Audit and sentinel intervals that override the server's.
     pub audit_every: Option<Duration>,
     /// See `audit_every`.
@@ -168,6 +174,15 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// How this agent's walks go.
+    fn walking(&self) -> walk::Walking {
+        walk::Walking {
+            filter: self.filter.clone(),
+            batch: self.batch_rows,
+            threads: self.walk_threads,
+        }
+    }
+
     /// Resolves `args` (reading the key from the environment through `env`,
     /// and the agent id from the state directory, made on first use).
     pub fn resolve(args: &AgentArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
@@ -208,6 +223,17 @@ impl AgentConfig {
             task_id: format!("{id}:{}", args.pipe),
             batch_rows: args.batch_rows,
             filter: Filter::new(&args.ignore, args.max_depth, args.follow_symlinks)?,
+            walk_threads: match args.walk_threads {
+                Some(n) => {
+                    anyhow::ensure!(
+                        (1..=walk::MAX_WALK_THREADS).contains(&n),
+                        "--walk-threads must be 1 to {}",
+                        walk::MAX_WALK_THREADS
+                    );
+                    n
+                }
+                None => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            },
             audit_every: interval(args.audit_interval_secs, "--audit-interval-secs")?,
             sentinel_every: interval(args.sentinel_interval_secs, "--sentinel-interval-secs")?,
             datastore: match &args.datastore {
@@ -598,12 +624,7 @@ impl Client {
     /// `is_end` batch, `audit/end`. Answers the updated mtime cache.
     async fn audit(&mut self, sid: &str, cache: walk::MtimeCache) -> Result<walk::MtimeCache, End> {
         self.signal("/api/v1/pipe/consistency/audit/start").await?;
-        let (mut rows, done) = walk::audit(
-            self.config.root.clone(),
-            self.config.filter.clone(),
-            self.config.batch_rows,
-            cache,
-        );
+        let (mut rows, done) = walk::audit(self.config.root.clone(), self.config.walking(), cache);
         let mut n = 0usize;
         while let Some(batch) = rows.recv().await {
             n += batch.n;
@@ -650,8 +671,7 @@ impl Client {
                         self.config.root.clone(),
                         local,
                         cmd.recursive,
-                        self.config.filter.clone(),
-                        self.config.batch_rows,
+                        self.config.walking(),
                     );
                     while let Some(batch) = rows.recv().await {
                         n += batch.n;
@@ -1077,11 +1097,7 @@ async fn serve_session(client: &mut Client, sid: &str, timing: Timing) -> End {
     tokio::pin!(heartbeat);
     let work = async {
         let mut progress = Progress::new("snapshot");
-        let mut walk = walk::snapshot(
-            client.config.root.clone(),
-            client.config.filter.clone(),
-            client.config.batch_rows,
-        );
+        let mut walk = walk::snapshot(client.config.root.clone(), client.config.walking());
         let mut files = 0u64;
         while let Some(batch) = walk.recv().await {
             files += batch.n as u64;

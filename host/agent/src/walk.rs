@@ -162,24 +162,33 @@ pub fn json_f64(out: &mut Vec<u8>, v: f64) {
 /// directory only when its mtime moved.
 pub type MtimeCache = std::collections::HashMap<String, f64>;
 
-/// Walks `root` on a thread of its own; batches of at most `batch` rows
-/// come out of the receiver, which ends when the walk does. Unreadable
-/// entries are logged (at most 100 lines per walk) and skipped.
-pub fn snapshot(root: PathBuf, filter: Filter, batch: usize) -> mpsc::Receiver<Rows> {
-    walk(root.clone(), root, true, filter, batch, None).0
+/// Most threads one walk may use.
+pub const MAX_WALK_THREADS: usize = 64;
+
+/// How a walk goes: what it leaves out, rows per batch, and threads.
+#[derive(Debug, Clone)]
+pub struct Walking {
+    /// What is left out.
+    pub filter: Filter,
+    /// Rows per batch (at least 1).
+    pub batch: usize,
+    /// Threads listing directories (1 to [`MAX_WALK_THREADS`]).
+    pub threads: usize,
+}
+
+/// Walks `root` on threads of its own; batches of at most `batch` rows
+/// come out of the receiver, which ends when the walk does. A directory's
+/// row comes before its entries' rows. Unreadable entries are logged (at
+/// most 100 lines per walk) and skipped.
+pub fn snapshot(root: PathBuf, opts: Walking) -> mpsc::Receiver<Rows> {
+    walk(root.clone(), root, true, opts, None).0
 }
 
 /// An on-demand scan: like [`snapshot`], from `start` (a directory or a
 /// file below `root`), with its subdirectories when `recursive` and its
 /// direct entries only otherwise.
-pub fn scan(
-    root: PathBuf,
-    start: PathBuf,
-    recursive: bool,
-    filter: Filter,
-    batch: usize,
-) -> mpsc::Receiver<Rows> {
-    walk(root, start, recursive, filter, batch, None).0
+pub fn scan(root: PathBuf, start: PathBuf, recursive: bool, opts: Walking) -> mpsc::Receiver<Rows> {
+    walk(root, start, recursive, opts, None).0
 }
 
 /// The depth of a wire path below the root (the root is 0).
@@ -198,14 +207,13 @@ pub fn depth(wire: &str) -> usize {
 /// the walk ends.
 pub fn audit(
     root: PathBuf,
-    filter: Filter,
-    batch: usize,
+    opts: Walking,
     cache: MtimeCache,
 ) -> (
     mpsc::Receiver<Rows>,
     tokio::sync::oneshot::Receiver<MtimeCache>,
 ) {
-    let (rows, cache) = walk(root.clone(), root, true, filter, batch, Some(cache));
+    let (rows, cache) = walk(root.clone(), root, true, opts, Some(cache));
     (rows, cache.expect("an audit walk returns its cache"))
 }
 
@@ -225,31 +233,126 @@ struct Pending {
     mtime: f64,
 }
 
-/// What one walk does with what it finds: rows into batches, the audit's
-/// mtime cache, the log of what it skipped.
-struct Walker {
+/// What the walk's threads share: the directories handed out for any of
+/// them to list, and what every thread reads or counts.
+struct Shared {
     filter: Filter,
     batch: usize,
-    rows: Rows,
-    tx: mpsc::Sender<Rows>,
+    /// The last depth listed (`None`: all of them).
+    deepest: Option<usize>,
     /// The previous audit's directory mtimes (audits only).
     old: Option<MtimeCache>,
-    next_cache: MtimeCache,
-    logged: usize,
+    queue: std::sync::Mutex<Queue>,
+    /// Signalled when directories are handed out or the walk ends.
+    wake: std::sync::Condvar,
+    /// How many threads wait for work (read without the lock to decide
+    /// whether to hand some out).
+    idle: std::sync::atomic::AtomicUsize,
+    /// Set when the walk ends early (the receiver is gone).
+    stop: std::sync::atomic::AtomicBool,
+    /// Lines logged about skipped entries (at most 100 per walk).
+    logged: std::sync::atomic::AtomicUsize,
     /// Directories already listed, by device and inode, when links are
     /// followed (a link loop is listed once).
-    seen: std::collections::HashSet<(u64, u64)>,
+    seen: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
-impl Walker {
-    fn skip(&mut self, why: std::fmt::Arguments) {
-        if self.logged < 100 {
+/// The directories handed out, and who is still walking.
+struct Queue {
+    dirs: Vec<Pending>,
+    /// Threads still running (a thread that panicked leaves the count, so
+    /// the others never wait for it).
+    running: usize,
+    waiting: usize,
+    done: bool,
+}
+
+impl Shared {
+    fn skip(&self, why: std::fmt::Arguments) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.logged.fetch_add(1, Relaxed) < 100 {
             tracing::warn!("skipped during the walk: {why}");
-            self.logged += 1;
         }
     }
 
-    /// Adds a row; `false` when the receiver is gone (stop walking).
+    /// Whether directory `meta` was listed already (links followed only).
+    fn listed_before(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.filter.follows()
+            && !self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((meta.dev(), meta.ino()))
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Ends the walk for every thread.
+    fn end(&self, queue: &mut Queue) {
+        queue.done = true;
+        self.wake.notify_all();
+    }
+
+    /// A directory to list, waiting while others may still hand some out;
+    /// `None` when the walk is over (every thread waits, or it stopped).
+    fn next(&self) -> Option<Pending> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if queue.done || self.stopped() {
+                return None;
+            }
+            if let Some(dir) = queue.dirs.pop() {
+                return Some(dir);
+            }
+            if queue.waiting + 1 == queue.running {
+                self.end(&mut queue);
+                return None;
+            }
+            queue.waiting += 1;
+            self.idle.fetch_add(1, Relaxed);
+            queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+            queue.waiting -= 1;
+            self.idle.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Hands `dirs` out to the waiting threads.
+    fn hand_out(&self, dirs: impl Iterator<Item = Pending>) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.dirs.extend(dirs);
+        self.wake.notify_all();
+    }
+}
+
+/// Leaves the running count when its thread ends, however it ends.
+struct Running<'a>(&'a Shared);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.running -= 1;
+        if queue.waiting == queue.running {
+            self.0.end(&mut queue);
+        }
+    }
+}
+
+/// One thread of a walk: its batch being filled, its own directories to
+/// list (depth first), and its part of the audit's next mtime cache.
+struct Walker<'a> {
+    shared: &'a Shared,
+    rows: Rows,
+    tx: mpsc::Sender<Rows>,
+    mine: Vec<Pending>,
+    next_cache: MtimeCache,
+}
+
+impl Walker<'_> {
+    /// Adds a row; `false` when the walk is to stop.
     fn row(
         &mut self,
         wire: &str,
@@ -257,7 +360,7 @@ impl Walker {
         parent: Option<&Pending>,
         parent_skipped: bool,
     ) -> bool {
-        match self.old.as_ref() {
+        match self.shared.old.as_ref() {
             None => self.rows.push(wire, meta, |_| {}),
             Some(old) => {
                 let mtime = secs(meta.modified());
@@ -283,126 +386,175 @@ impl Walker {
                 }
             }
         }
-        if self.rows.n >= self.batch {
-            let full = std::mem::replace(&mut self.rows, Rows::with_capacity(self.batch));
-            return self.tx.blocking_send(full).is_ok();
+        self.rows.n < self.shared.batch || self.flush()
+    }
+
+    /// Sends the rows so far; `false` (and the walk stops) when the
+    /// receiver is gone.
+    fn flush(&mut self) -> bool {
+        if self.rows.n == 0 {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.rows, Rows::with_capacity(self.shared.batch));
+        if self.tx.blocking_send(full).is_err() {
+            self.shared
+                .stop
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.shared.hand_out(std::iter::empty());
+            return false;
         }
         true
     }
 
-    /// Whether directory `meta` was listed already (links followed only).
-    fn listed_before(&mut self, meta: &std::fs::Metadata) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        self.filter.follows() && !self.seen.insert((meta.dev(), meta.ino()))
-    }
-
-    /// Walks from `start`: its row, then each directory's entries before
-    /// what is below them (parents always before children), with an
-    /// explicit stack. Entries are looked at relative to their directory's
-    /// open handle (no path lookup per file) and wire paths are built as it
-    /// descends. `deepest`: the last depth listed.
-    fn walk(&mut self, root: &Path, start: PathBuf, deepest: Option<usize>) {
+    /// The first row of the walk, `start`'s, and `start` to list when it
+    /// is a directory.
+    fn begin(&mut self, root: &Path, start: PathBuf) {
         let Some(wire) = wire_path(root, &start) else {
-            self.skip(format_args!("{}: not UTF-8", start.display()));
-            return;
+            return self
+                .shared
+                .skip(format_args!("{}: not UTF-8", start.display()));
         };
-        let meta = if self.filter.follows() {
+        let meta = if self.shared.filter.follows() {
             std::fs::metadata(&start)
         } else {
             std::fs::symlink_metadata(&start)
         };
         let meta = match meta {
             Ok(m) => m,
-            Err(e) => return self.skip(format_args!("{}: {e}", start.display())),
+            Err(e) => return self.shared.skip(format_args!("{}: {e}", start.display())),
         };
-        let depth = depth(&wire);
         if !self.row(&wire, &meta, None, false) || !meta.is_dir() {
             return;
         }
-        self.listed_before(&meta);
-        let mut stack = vec![Pending {
+        self.shared.listed_before(&meta);
+        self.mine.push(Pending {
             path: start,
+            depth: depth(&wire),
             wire,
-            depth,
             mtime: secs(meta.modified()),
-        }];
-        while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir.path) {
+        });
+    }
+
+    /// Lists directories until the walk is over: its own, depth first,
+    /// and those other threads hand out. While another thread waits, it
+    /// hands out the shallower half of its own, after sending its rows so
+    /// far: a directory's row always reaches the wire before its entries'
+    /// rows do, whoever lists them.
+    fn run(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            let dir = match self.mine.pop() {
+                Some(dir) => dir,
+                None => {
+                    // Nothing of its own: what it has goes out while it
+                    // waits for more.
+                    if !self.flush() {
+                        return;
+                    }
+                    match self.shared.next() {
+                        Some(dir) => dir,
+                        None => return,
+                    }
+                }
+            };
+            if !self.list(dir) {
+                return;
+            }
+            if self.mine.len() > 1 && self.shared.idle.load(Relaxed) > 0 {
+                if !self.flush() {
+                    return;
+                }
+                let half = self.mine.len() / 2;
+                self.shared.hand_out(self.mine.drain(..half));
+            }
+        }
+    }
+
+    /// Lists directory `dir`: a row per entry, its subdirectories kept to
+    /// list next. Entries are looked at relative to the directory's open
+    /// handle (no path lookup per file) and wire paths are built as the
+    /// walk descends. `false` when the walk is to stop.
+    fn list(&mut self, dir: Pending) -> bool {
+        let shared = self.shared;
+        if shared.stopped() {
+            return false;
+        }
+        let entries = match std::fs::read_dir(&dir.path) {
+            Ok(e) => e,
+            Err(e) => {
+                shared.skip(format_args!("{}: {e}", dir.path.display()));
+                return true;
+            }
+        };
+        let files_skipped = shared
+            .old
+            .as_ref()
+            .is_some_and(|old| old.get(&dir.wire) == Some(&dir.mtime));
+        // Subdirectories are listed only above the deepest level.
+        let descend = shared.deepest.is_none_or(|d| dir.depth + 1 < d);
+        let below = self.mine.len();
+        for entry in entries {
+            let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    self.skip(format_args!("{}: {e}", dir.path.display()));
+                    shared.skip(format_args!("{}: {e}", dir.path.display()));
                     continue;
                 }
             };
-            let files_skipped = self
-                .old
-                .as_ref()
-                .is_some_and(|old| old.get(&dir.wire) == Some(&dir.mtime));
-            // Subdirectories are listed only above the deepest level.
-            let descend = deepest.is_none_or(|d| dir.depth + 1 < d);
-            let below = stack.len();
-            for entry in entries {
-                let entry = match entry {
-                    Ok(e) => e,
-                    Err(e) => {
-                        self.skip(format_args!("{}: {e}", dir.path.display()));
-                        continue;
-                    }
-                };
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else {
-                    self.skip(format_args!("{}: not UTF-8", entry.path().display()));
-                    continue;
-                };
-                let mut wire = String::with_capacity(dir.wire.len() + name.len() + 1);
-                wire.push_str(&dir.wire);
-                if dir.wire != "/" {
-                    wire.push('/');
-                }
-                wire.push_str(name);
-                if self.filter.skips(&wire[1..], dir.depth + 1) {
-                    continue;
-                }
-                // `DirEntry::metadata` looks at the entry relative to its
-                // directory's handle, without following a link.
-                let meta = if self.filter.follows() {
-                    std::fs::metadata(entry.path())
-                } else {
-                    entry.metadata()
-                };
-                let meta = match meta {
-                    Ok(m) => m,
-                    Err(e) => {
-                        self.skip(format_args!("{}: {e}", entry.path().display()));
-                        continue;
-                    }
-                };
-                if !self.row(&wire, &meta, Some(&dir), files_skipped) {
-                    return;
-                }
-                if meta.is_dir() && descend && !self.listed_before(&meta) {
-                    stack.push(Pending {
-                        path: entry.path(),
-                        wire,
-                        depth: dir.depth + 1,
-                        mtime: secs(meta.modified()),
-                    });
-                }
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                shared.skip(format_args!("{}: not UTF-8", entry.path().display()));
+                continue;
+            };
+            let mut wire = String::with_capacity(dir.wire.len() + name.len() + 1);
+            wire.push_str(&dir.wire);
+            if dir.wire != "/" {
+                wire.push('/');
             }
-            // Depth first, in the order the directory listed them.
-            stack[below..].reverse();
+            wire.push_str(name);
+            if shared.filter.skips(&wire[1..], dir.depth + 1) {
+                continue;
+            }
+            // `DirEntry::metadata` looks at the entry relative to its
+            // directory's handle, without following a link.
+            let meta = if shared.filter.follows() {
+                std::fs::metadata(entry.path())
+            } else {
+                entry.metadata()
+            };
+            let meta = match meta {
+                Ok(m) => m,
+                Err(e) => {
+                    shared.skip(format_args!("{}: {e}", entry.path().display()));
+                    continue;
+                }
+            };
+            if !self.row(&wire, &meta, Some(&dir), files_skipped) {
+                return false;
+            }
+            if meta.is_dir() && descend && !shared.listed_before(&meta) {
+                self.mine.push(Pending {
+                    path: entry.path(),
+                    wire,
+                    depth: dir.depth + 1,
+                    mtime: secs(meta.modified()),
+                });
+            }
         }
+        // Depth first, in the order the directory listed them.
+        self.mine[below..].reverse();
+        true
     }
 }
 
-/// Walks `start` (below `root`; rows carry paths relative to `root`) on a
-/// thread of its own: all of it when `recursive`, else its direct entries.
+/// Walks `start` (below `root`; rows carry paths relative to `root`) on
+/// `threads` threads of its own: all of it when `recursive`, else its
+/// direct entries.
 fn walk(
     root: PathBuf,
     start: PathBuf,
     recursive: bool,
-    filter: Filter,
-    batch: usize,
+    opts: Walking,
     cache: Option<MtimeCache>,
 ) -> Walk {
     let (done_tx, done_rx) = match cache.is_some() {
@@ -412,33 +564,86 @@ fn walk(
         }
         false => (None, None),
     };
+    let threads = opts.threads.clamp(1, MAX_WALK_THREADS);
     // Two batches ahead of the sender: enough to keep it busy.
     let (tx, rx) = mpsc::channel(2);
     std::thread::Builder::new()
         .name("weir-agent-walk".into())
         .spawn(move || {
-            let deepest = if recursive {
-                None
-            } else {
-                wire_path(&root, &start).map(|w| depth(&w) + 1)
-            };
-            let mut w = Walker {
-                filter,
-                batch,
-                rows: Rows::with_capacity(batch),
-                tx,
+            let shared = Shared {
+                deepest: if recursive {
+                    None
+                } else {
+                    wire_path(&root, &start).map(|w| depth(&w) + 1)
+                },
+                filter: opts.filter,
+                batch: opts.batch,
                 old: cache,
-                next_cache: MtimeCache::new(),
-                logged: 0,
+                queue: std::sync::Mutex::new(Queue {
+                    dirs: Vec::new(),
+                    running: threads,
+                    waiting: 0,
+                    done: false,
+                }),
+                wake: std::sync::Condvar::new(),
+                idle: Default::default(),
+                stop: Default::default(),
+                logged: Default::default(),
                 seen: Default::default(),
             };
-            w.walk(&root, start, deepest);
-            let rows = std::mem::take(&mut w.rows);
-            if rows.n > 0 && w.tx.blocking_send(rows).is_err() {
-                return;
-            }
-            if let Some(done) = done_tx {
-                let _ = done.send(w.next_cache);
+            let walker = |first: bool| {
+                let (shared, tx) = (&shared, tx.clone());
+                let (root, start) = (&root, start.clone());
+                move || {
+                    let _running = Running(shared);
+                    let mut w = Walker {
+                        shared,
+                        rows: Rows::with_capacity(shared.batch),
+                        tx,
+                        mine: Vec::new(),
+                        next_cache: MtimeCache::new(),
+                    };
+                    if first {
+                        w.begin(root, start);
+                    }
+                    w.run();
+                    w.flush();
+                    w.next_cache
+                }
+            };
+            let caches: Vec<MtimeCache> = std::thread::scope(|scope| {
+                let helpers: Vec<_> = (1..threads)
+                    .filter_map(|_| {
+                        let spawned = std::thread::Builder::new()
+                            .name("weir-agent-walk".into())
+                            .spawn_scoped(scope, walker(false));
+                        if spawned.is_err() {
+                            // It never runs: it leaves the count now.
+                            drop(Running(&shared));
+                        }
+                        spawned.ok()
+                    })
+                    .collect();
+                let mut caches = vec![walker(true)()];
+                for h in helpers {
+                    match h.join() {
+                        Ok(cache) => caches.push(cache),
+                        Err(_) => tracing::error!(
+                            "a walk thread panicked; its directories were not listed"
+                        ),
+                    }
+                }
+                caches
+            });
+            drop(tx);
+            if let Some(done) = done_tx
+                && !shared.stopped()
+            {
+                let mut all = MtimeCache::new();
+                for c in caches {
+                    all.extend(c);
+                }
+                let _ = done.send(all);
             }
         })
         .ok();
@@ -448,6 +653,81 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Three threads: the tests walk in parallel.
+    fn opts(filter: Filter, batch: usize) -> Walking {
+        Walking {
+            filter,
+            batch,
+            threads: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn threads_share_the_walk_and_parents_come_before_their_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        // Wide and deep: directories to hand out at every level.
+        for a in 0..8 {
+            for b in 0..6 {
+                let d = root.join(format!("a{a}/b{b}/c"));
+                std::fs::create_dir_all(&d).unwrap();
+                for f in 0..5 {
+                    std::fs::write(d.join(format!("f{f}")), b"x").unwrap();
+                    std::fs::write(root.join(format!("a{a}/b{b}/g{f}")), b"xy").unwrap();
+                }
+            }
+        }
+        let filter = Filter::new(&[], None, false).unwrap();
+        let mut one = None;
+        for threads in [1, 2, 4, 16] {
+            let mut rx = snapshot(
+                root.clone(),
+                Walking {
+                    filter: filter.clone(),
+                    batch: 9,
+                    threads,
+                },
+            );
+            let mut order = Vec::new();
+            while let Some(b) = rx.recv().await {
+                assert!(b.n <= 9 && b.n > 0, "{} rows in a batch", b.n);
+                order.extend(b.values());
+            }
+            let mut sent = std::collections::HashSet::new();
+            for row in &order {
+                let path = row["path"].as_str().unwrap();
+                if path != "/" {
+                    let parent = path.rsplit_once('/').unwrap().0;
+                    let parent = if parent.is_empty() { "/" } else { parent };
+                    assert!(sent.contains(parent), "{path} came before {parent}");
+                }
+                assert!(sent.insert(path.to_string()), "{path} twice");
+            }
+            let all = paths(order);
+            assert_eq!(all.len(), 1 + 8 + 48 * 2 + 48 * 10);
+            match &one {
+                None => one = Some(all),
+                Some(one) => assert_eq!(&all, one, "{threads} threads"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_parallel_walk_stops_when_its_receiver_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for a in 0..50 {
+            std::fs::create_dir_all(root.join(format!("d{a}/e"))).unwrap();
+            std::fs::write(root.join(format!("d{a}/e/f")), b"x").unwrap();
+        }
+        let filter = Filter::new(&[], None, false).unwrap();
+        let (rx, done) = audit(root, opts(filter, 1), MtimeCache::new());
+        drop(rx);
+        // Every thread ends, and an unfinished audit returns no cache.
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), done).await;
+        assert!(matches!(waited, Ok(Err(_))), "{waited:?}");
+    }
 
     #[test]
     fn paths_filters_and_rows() {
@@ -481,7 +761,7 @@ mod tests {
         }
         std::fs::write(dir.path().join("skip.tmp"), b"x").unwrap();
         let filter = Filter::new(&["*.tmp".into()], None, false).unwrap();
-        let mut rx = snapshot(dir.path().canonicalize().unwrap(), filter, 7);
+        let mut rx = snapshot(dir.path().canonicalize().unwrap(), opts(filter, 7));
         let mut rows = Vec::new();
         while let Some(b) = rx.recv().await {
             assert!(b.n <= 7);
@@ -511,8 +791,7 @@ mod tests {
             root.clone(),
             root.join("a"),
             true,
-            filter.clone(),
-            2,
+            opts(filter.clone(), 2),
         ))
         .await;
         // max_depth 3 counts from the root, not from the scan's start.
@@ -521,12 +800,17 @@ mod tests {
             root.clone(),
             root.join("a"),
             false,
-            filter.clone(),
-            2,
+            opts(filter.clone(), 2),
         ))
         .await;
         assert_eq!(paths(one), ["/a", "/a/b", "/a/f"]);
-        let file = collect(&mut scan(root.clone(), root.join("h"), true, filter, 2)).await;
+        let file = collect(&mut scan(
+            root.clone(),
+            root.join("h"),
+            true,
+            opts(filter, 2),
+        ))
+        .await;
         assert_eq!(paths(file), ["/h"]);
     }
 
@@ -538,10 +822,10 @@ mod tests {
         std::fs::write(root.join("a/b/f"), b"x").unwrap();
         std::os::unix::fs::symlink(root.join("a"), root.join("a/b/up")).unwrap();
         let plain = Filter::new(&[], None, false).unwrap();
-        let rows = collect(&mut snapshot(root.clone(), plain, 10)).await;
+        let rows = collect(&mut snapshot(root.clone(), opts(plain, 10))).await;
         assert_eq!(paths(rows), ["/", "/a", "/a/b", "/a/b/f", "/a/b/up"]);
         let follow = Filter::new(&[], None, true).unwrap();
-        let rows = collect(&mut snapshot(root.clone(), follow, 10)).await;
+        let rows = collect(&mut snapshot(root.clone(), opts(follow, 10))).await;
         // The link is a directory row; what it leads to was listed already.
         assert_eq!(paths(rows), ["/", "/a", "/a/b", "/a/b/f", "/a/b/up"]);
     }
@@ -573,7 +857,7 @@ mod tests {
             std::fs::write(root.join(d).join("f"), b"x").unwrap();
         }
         let filter = Filter::new(&[], None, false).unwrap();
-        let (mut rx, done) = audit(root.clone(), filter.clone(), 100, MtimeCache::new());
+        let (mut rx, done) = audit(root.clone(), opts(filter.clone(), 100), MtimeCache::new());
         let first = collect(&mut rx).await;
         let cache = done.await.unwrap();
         assert_eq!(first.len(), 5, "root, two directories, two files");
@@ -581,7 +865,7 @@ mod tests {
         assert_eq!(f["parent_path"], "/a");
         assert!(f["parent_mtime"].as_f64().unwrap() > 0.0);
         // Nothing moved: every directory is skipped and no file listed.
-        let (mut rx, done) = audit(root.clone(), filter.clone(), 100, cache);
+        let (mut rx, done) = audit(root.clone(), opts(filter.clone(), 100), cache);
         let second = collect(&mut rx).await;
         assert_eq!(second.len(), 3, "{second:?}");
         assert!(second.iter().all(|r| r["audit_skipped"] == true));
@@ -589,7 +873,7 @@ mod tests {
         let cache = done.await.unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(root.join("b/g"), b"y").unwrap();
-        let (mut rx, _) = audit(root, filter, 100, cache);
+        let (mut rx, _) = audit(root, opts(filter, 100), cache);
         let mut third: Vec<String> = collect(&mut rx)
             .await
             .iter()
