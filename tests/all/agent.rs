@@ -286,6 +286,8 @@ fn agent_args(
         audit_interval_secs: Some(every),
         sentinel_interval_secs: Some(every),
         queue_paths: 100_000,
+        // More threads than these machines have CPUs: the walks share work.
+        walk_threads: Some(3),
     }
 }
 
@@ -510,7 +512,7 @@ async fn a_config_file_syncs_several_roots_into_their_datastores() {
         format!(
             "url = {url:?}\nkey_env = \"INGEST\"\nbatch_rows = 20\n\n\
              [[roots]]\npath = {a:?}\npipe = \"one\"\n\n\
-             [[roots]]\npath = {b:?}\npipe = \"two\"\ndatastore = \"lab\"\nkey_env = \"ADMIN\"\n",
+             [[roots]]\npath = {b:?}\npipe = \"two\"\ndatastore = \"lab\"\nkey_env = \"ADMIN\"\nwalk_threads = 5\n",
             url = s.base,
             a = roots[0].display().to_string(),
             b = roots[1].display().to_string(),
@@ -528,6 +530,7 @@ async fn a_config_file_syncs_several_roots_into_their_datastores() {
     let configs = weir_host::agent::resolve_all(&args, &env).unwrap();
     assert_eq!(configs.len(), 2);
     assert_eq!(configs[1].datastore.as_deref(), Some("lab"));
+    assert_eq!((configs[0].walk_threads, configs[1].walk_threads), (3, 5));
     assert!(configs[0].task_id.ends_with(":one") && configs[1].task_id.ends_with(":two"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(weir_host::agent::run_all(configs, async move {
@@ -661,6 +664,7 @@ fn a_bad_setting_is_named() {
         audit_interval_secs: None,
         sentinel_interval_secs: Some(0.0),
         queue_paths: 100_000,
+        walk_threads: None,
     };
     let err = AgentConfig::resolve(&args, &|_| Some("k".into()))
         .unwrap_err()
@@ -692,5 +696,11 @@ fn a_bad_setting_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--queue-paths must be 16 to"), "{err}");
+    args.queue_paths = 100;
+    args.walk_threads = Some(0);
+    let err = AgentConfig::resolve(&args, &|_| Some("k".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--walk-threads must be 1 to 64"), "{err}");
     let _ = Filter::new(&[], None, false).unwrap();
 }

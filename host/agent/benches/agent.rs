@@ -137,8 +137,9 @@ fn agent_binary() -> PathBuf {
 }
 
 /// `weir-agent` (`bin`) syncing `root` into the host at `base`.
-fn weir_agent(bin: &Path, base: &str, root: &Path, state: &Path) -> Child {
+fn weir_agent(bin: &Path, base: &str, root: &Path, state: &Path, extra: &[&str]) -> Child {
     Command::new(bin)
+        .args(extra)
         .args(["--url", base, "--root"])
         .arg(root)
         .arg("--state-dir")
@@ -194,11 +195,24 @@ fn main() {
             "agents: {files} files to READY against weir serve (one run each); weir-agent: {:.1} MB",
             std::fs::metadata(&bin).map_or(0.0, |m| m.len() as f64 / 1e6)
         );
-        let weir = weir_agent(&bin, &base, &root, &work.path().join("weir-state"));
+        let weir = weir_agent(&bin, &base, &root, &work.path().join("weir-state"), &[]);
         let (w_secs, w_cpu, w_rss) = until_ready(weir, &base, files).await;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         println!(
-            "  weir-agent:             {w_secs:>8.2} s to READY   {w_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
+            "  weir-agent ({cpus} walk threads): {w_secs:>6.2} s to READY   {w_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
             w_rss as f64 / 1048576.0
+        );
+        let one = weir_agent(
+            &bin,
+            &base,
+            &root,
+            &work.path().join("weir-state"),
+            &["--walk-threads", "1"],
+        );
+        let (o_secs, o_cpu, o_rss) = until_ready(one, &base, files).await;
+        println!(
+            "  weir-agent (1 walk thread):  {o_secs:>6.2} s to READY   {o_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
+            o_rss as f64 / 1048576.0
         );
         match fustor_agent() {
             None => println!("  fustor-agent 0.8.17:    skipped (set WEIR_FUSTOR_AGENT or run .ci/run once)"),
@@ -236,7 +250,7 @@ fn main() {
         }
 
         // Realtime latency: a file written until it is visible.
-        let mut weir = weir_agent(&bin, &base, &root, &work.path().join("weir-state"));
+        let mut weir = weir_agent(&bin, &base, &root, &work.path().join("weir-state"), &[]);
         let client = reqwest::Client::new();
         while stats(&client, &base)
             .await

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 /// What the agent leaves out.
@@ -72,18 +72,35 @@ fn secs(t: std::io::Result<std::time::SystemTime>) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The upsert row of `path` (wire path `wire`) with metadata `meta`.
+/// The upsert row of an entry in the Fustor shape: written by
+/// [`Rows::push`] and made a value by [`row`], so its shape is in one place.
+#[derive(serde::Serialize)]
+struct RowOut<'a> {
+    path: &'a str,
+    file_name: &'a str,
+    size: u64,
+    modified_time: f64,
+    created_time: f64,
+    is_directory: bool,
+}
+
+impl<'a> RowOut<'a> {
+    fn of(wire: &'a str, meta: &std::fs::Metadata) -> Self {
+        Self {
+            path: wire,
+            file_name: wire.rsplit('/').next().unwrap_or(""),
+            size: meta.len(),
+            modified_time: secs(meta.modified()),
+            created_time: secs(meta.created()).max(0.0),
+            is_directory: meta.is_dir(),
+        }
+    }
+}
+
+/// The upsert row of wire path `wire` with metadata `meta`, as a value
+/// (realtime and sentinel rows).
 pub fn row(wire: &str, meta: &std::fs::Metadata) -> Value {
-    let name = wire.rsplit('/').next().unwrap_or("");
-    let mtime = secs(meta.modified());
-    json!({
-        "path": wire,
-        "file_name": name,
-        "size": meta.len(),
-        "modified_time": mtime,
-        "created_time": secs(meta.created()).max(0.0),
-        "is_directory": meta.is_dir(),
-    })
+    serde_json::to_value(RowOut::of(wire, meta)).unwrap_or(Value::Null)
 }
 
 /// Rows of a walk, already written as JSON (the objects, comma-separated,
@@ -108,26 +125,15 @@ impl Rows {
     /// Appends the row of `wire` with `meta`; `extra` writes more fields
     /// (each starting with a comma) before the object closes.
     fn push(&mut self, wire: &str, meta: &std::fs::Metadata, extra: impl FnOnce(&mut Vec<u8>)) {
-        use std::io::Write;
         let out = &mut self.json;
         if self.n > 0 {
             out.push(b',');
         }
         self.n += 1;
-        let name = wire.rsplit('/').next().unwrap_or("");
-        out.extend_from_slice(b"{\"path\":");
-        json_str(out, wire);
-        out.extend_from_slice(b",\"file_name\":");
-        json_str(out, name);
-        let _ = write!(out, ",\"size\":{},\"modified_time\":", meta.len());
-        json_f64(out, secs(meta.modified()));
-        out.extend_from_slice(b",\"created_time\":");
-        json_f64(out, secs(meta.created()).max(0.0));
-        out.extend_from_slice(if meta.is_dir() {
-            b",\"is_directory\":true"
-        } else {
-            b",\"is_directory\":false"
-        });
+        // Writing into a Vec cannot fail; the object is reopened for the
+        // extra fields.
+        let _ = serde_json::to_writer(&mut *out, &RowOut::of(wire, meta));
+        out.pop();
         extra(out);
         out.push(b'}');
     }
