@@ -197,21 +197,26 @@ fn main() {
         );
         let weir = weir_agent(&bin, &base, &root, &work.path().join("weir-state"), &[]);
         let (w_secs, w_cpu, w_rss) = until_ready(weir, &base, files).await;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let threads = weir_agent::default_walk_threads();
         println!(
-            "  weir-agent ({cpus} walk threads): {w_secs:>6.2} s to READY   {w_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
+            "  weir-agent (default, {threads} walk thread(s)): {w_secs:>6.2} s to READY   {w_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
             w_rss as f64 / 1048576.0
         );
-        let one = weir_agent(
+        // The parallel walk, with one thread per CPU (or twice the default).
+        let more = std::thread::available_parallelism()
+            .map_or(2, |n| n.get().min(8))
+            .max(threads * 2)
+            .to_string();
+        let other = weir_agent(
             &bin,
             &base,
             &root,
             &work.path().join("weir-state"),
-            &["--walk-threads", "1"],
+            &["--walk-threads", &more],
         );
-        let (o_secs, o_cpu, o_rss) = until_ready(one, &base, files).await;
+        let (o_secs, o_cpu, o_rss) = until_ready(other, &base, files).await;
         println!(
-            "  weir-agent (1 walk thread):  {o_secs:>6.2} s to READY   {o_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
+            "  weir-agent ({more} walk threads):              {o_secs:>6.2} s to READY   {o_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
             o_rss as f64 / 1048576.0
         );
         match fustor_agent() {
@@ -237,7 +242,7 @@ fn main() {
                     .unwrap();
                 let (f_secs, f_cpu, f_rss) = until_ready(py, &base, files).await;
                 println!(
-                    "  fustor-agent 0.8.17:    {f_secs:>8.2} s to READY   {f_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
+                    "  fustor-agent 0.8.17:                         {f_secs:>6.2} s to READY   {f_cpu:>7.2} CPU-s   peak RSS {:>7.1} MiB",
                     f_rss as f64 / 1048576.0
                 );
                 println!(

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-pub use walk::Filter;
+pub use walk::{Filter, default_threads as default_walk_threads};
 
 /// `weir agent` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,8 +81,9 @@ pub struct AgentArgs {
     /// beyond, the agent rescans the tree.
     #[arg(long, default_value_t = realtime::QUEUE)]
     pub queue_paths: usize,
-    /// Threads that walk the tree (1 to 64; default: one per CPU, at most
-    /// 8). More help on network file systems, where each lookup waits.
+    /// Threads that walk the tree (1 to 64; default: half the CPUs, 1 to
+    /// 8, leaving the rest to the file server's clients). More can help
+    /// on network file systems, where each lookup waits on the server.
     #[arg(long)]
     pub walk_threads: Option<usize>,
 }
@@ -232,7 +233,7 @@ impl AgentConfig {
                     );
                     n
                 }
-                None => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+                None => walk::default_threads(),
             },
             audit_every: interval(args.audit_interval_secs, "--audit-interval-secs")?,
             sentinel_every: interval(args.sentinel_interval_secs, "--sentinel-interval-secs")?,

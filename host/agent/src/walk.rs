@@ -171,6 +171,14 @@ pub type MtimeCache = std::collections::HashMap<String, f64>;
 /// Most threads one walk may use.
 pub const MAX_WALK_THREADS: usize = 64;
 
+/// Walk threads when not told: half the CPUs, 1 to 8. The agent is a
+/// guest on a file server, whose clients need the rest; network file
+/// systems, where each lookup waits on the server, may want more
+/// (`--walk-threads`).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).clamp(1, 8))
+}
+
 /// How a walk goes: what it leaves out, rows per batch, and threads.
 #[derive(Debug, Clone)]
 pub struct Walking {
