@@ -123,6 +123,9 @@ async fn agent_session_snapshot_and_views() {
         body["detail"].as_str().unwrap().contains("snapshot"),
         "{body}"
     );
+    // A dry run is checked like the tree (here: not READY yet).
+    let (status, _) = s.view("tree?dry_run=true").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 
     let (status, hb) = s
         .post(
@@ -165,6 +168,22 @@ async fn agent_session_snapshot_and_views() {
     let (status, body) = s.view("tree?path=/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "not_found");
+    // Fusion's dry run: checked, not written (fustor-benchmark's column).
+    let (status, body) = s.view("tree?path=/&dry_run=true").await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            json!({"message": "dry-run", "view_id": "default"})
+        )
+    );
+    let resp = s
+        .client
+        .get(format!("{}/api/v1/views/default/tree?dry_run=true", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
     // Realtime: the captured mkdir/append/delete/rename batch, then rmtree.
     let (status, _) = s

@@ -26,6 +26,21 @@ async fn healthz_is_public() {
 }
 
 #[tokio::test]
+async fn the_root_is_public_and_names_the_service() {
+    let s = start().await;
+    let (status, body) = get(&s, "/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (body["name"].as_str(), body["openapi"].as_str()),
+        (Some("weir"), Some("/openapi.json"))
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn keys_need_a_query_or_admin_key() {
     let s = start().await;
     let (status, body) = get(&s, "/v1/keys", None).await;
@@ -149,7 +164,8 @@ async fn a_bearer_token_works_like_x_api_key() {
 }
 
 /// Paths clients count on: each must be in `/openapi.json`.
-const KNOWN_PATHS: [&str; 40] = [
+const KNOWN_PATHS: [&str; 41] = [
+    "/",
     "/healthz",
     "/readyz",
     "/openapi.json",

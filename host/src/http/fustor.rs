@@ -359,6 +359,10 @@ pub(super) struct TreeParams {
     /// `.../jobs`); default false. The answer is the tree as it is now,
     /// with the job's `job_id` and `job_pending`.
     on_demand_scan: Option<bool>,
+    /// Answer `{"message": "dry-run", "view_id"}` once the key and the
+    /// views' readiness are checked, without writing the tree (as Fusion
+    /// does, for benchmarks of everything around the tree); default false.
+    dry_run: Option<bool>,
 }
 
 /// The parts of a Fustor view's annotation every view shares (tag, the
@@ -423,6 +427,9 @@ view_doc! {
         params: Result<Query<TreeParams>, QueryRejection>,
     ) -> Result<Response, AppError> {
         let params = query(params)?;
+        if params.dry_run == Some(true) {
+            return Ok(Json(json!({"message": "dry-run", "view_id": ds.name()})).into_response());
+        }
         let on_demand = params.on_demand_scan.unwrap_or(false);
         let query = TreeQuery::from_params(
             params.path,

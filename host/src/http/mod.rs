@@ -3,12 +3,12 @@
 //! Every handler carries a `#[utoipa::path]` annotation, and the router is
 //! built from those annotations (`OpenApiRouter` + `routes!`), so the
 //! OpenAPI 3.1 document served at `GET /openapi.json` describes exactly the
-//! routes served. That document is public, like `/healthz` and `/readyz`:
+//! routes served. That document is public, like `/`, `/healthz` and `/readyz`:
 //! it is documentation and tells no secret. Every other route needs a key of
 //! the right role (`X-API-Key`, or `Authorization: Bearer`; `admin` fits
 //! every role). The route groups (see `/openapi.json` for each route):
 //!
-//! - `/healthz`, `/readyz`, `/openapi.json` (public), `/metrics` (query);
+//! - `/`, `/healthz`, `/readyz`, `/openapi.json` (public), `/metrics` (query);
 //! - `/v1/keys/...` (query; `resume`: admin), `POST /v1/events` (ingest),
 //!   `/v1/consumers` (query; delete: admin), `/v1/subscriptions`,
 //!   `/v1/dlq...`, `/v1/plugins`,
@@ -131,6 +131,7 @@ impl Modify for SecuritySchemes {
 /// name.
 fn api() -> OpenApiRouter<Arc<Host>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::root))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(system::openapi_json))
@@ -445,6 +446,7 @@ mod tests {
         assert_eq!(
             public,
             BTreeSet::from([
+                "get /".to_string(),
                 "get /healthz".to_string(),
                 "get /openapi.json".to_string(),
                 "get /readyz".to_string(),

@@ -1,5 +1,5 @@
-//! The host's own routes: liveness, readiness, the OpenAPI document (all
-//! three public), `/metrics`, and the JSON 404 for everything else.
+//! The host's own routes: the service root, liveness, readiness, the
+//! OpenAPI document (all four public), `/metrics`, and the JSON 404 for everything else.
 
 use std::sync::Arc;
 
@@ -16,6 +16,26 @@ use crate::runtime::Host;
 /// The document `GET /openapi.json` serves: the one made with the router.
 #[derive(Clone)]
 pub(super) struct Document(pub(super) Arc<utoipa::openapi::OpenApi>);
+
+/// The service root: what answers here, and where its API is described.
+///
+/// Public, like Fusion's `GET /` (which tools such as `fustor-benchmark`
+/// call for a network-only baseline): no names, no counts.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "system",
+    responses((status = 200, description = "`{\"message\", \"name\": \"weir\", \"version\", \"openapi\": \"/openapi.json\"}`.", body = Object)),
+    extensions(("x-weir-role" = json!("public"))),
+)]
+pub(super) async fn root() -> Json<Value> {
+    Json(json!({
+        "message": "Weir: WebAssembly-pluggable event processing; the API is described at /openapi.json",
+        "name": "weir",
+        "version": env!("CARGO_PKG_VERSION"),
+        "openapi": "/openapi.json",
+    }))
+}
 
 /// Liveness.
 ///
