@@ -30,8 +30,10 @@
 //! - [`http`]: the axum router over the runtime (built with its OpenAPI
 //!   document, served at `/openapi.json`), the connection layer, and [`run`].
 //! - [`config`]: what `weir serve` runs with (flags over `weir.toml`).
-//! - [`cli`]: the `weir` command line; [`consume`]: its consumer client.
+//! - [`cli`]: the `weir` command line; [`consume`]: its consumer client;
+//!   [`bench`]: `weir bench`, which measures a `weir serve` it starts.
 
+pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod cluster;

@@ -7,6 +7,7 @@
 //! Run one topic with `cargo test -p weir-host --test integration TOPIC::`.
 
 mod agent;
+mod bench;
 mod cluster;
 mod config_cli;
 mod consume_cli;

@@ -39,6 +39,10 @@ enum Command {
     /// Check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Measure this machine: snapshot ingest to READY, the full tree,
+    /// stats and memory per file of a `weir serve` it starts (and of
+    /// fustor-fusion, with `--against-fustor`).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +82,9 @@ pub fn run(
         Command::Consume(args) => crate::consume::consume(&args, out, err),
         Command::Agent(args) => crate::agent::cli::command(&args, out, err),
         Command::Config(ConfigCommand::Check { config }) => config_check(&config, out),
+        Command::Bench(args) => std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|weir| crate::bench::bench(&args, &weir, out)),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,222 @@
+//! `weir bench`: what a user runs on their own machine to see how fast
+//! Weir is, beside fustor-fusion if asked. It starts what it measures
+//! itself (`weir serve` from this binary, and with `--against-fustor`
+//! fustor-fusion 0.8.17 from a virtualenv it makes from PyPI in the cache
+//! directory), runs the same workloads on each (`workload.rs`), and prints
+//! a table of figures and ratios, or JSON (`--json`). A progress bar shows
+//! on a terminal.
+
+mod server;
+mod workload;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::json;
+
+pub use server::FUSION_VERSION;
+pub use workload::Measured;
+
+/// `weir bench` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Files in the snapshot (1 to 10,000,000).
+    #[arg(long, default_value_t = 200_000)]
+    pub files: usize,
+    /// Also measure fustor-fusion 0.8.17, installed from PyPI into a
+    /// virtualenv in the cache directory on first use (needs python3).
+    #[arg(long)]
+    pub against_fustor: bool,
+    /// Where the fustor-fusion virtualenv is kept; default
+    /// `$XDG_CACHE_HOME/weir` or `~/.cache/weir`.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The results of one `weir bench` run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// The machine it ran on.
+    pub machine: serde_json::Value,
+    /// Files in the snapshot.
+    pub files: usize,
+    /// Weir's figures.
+    pub weir: Measured,
+    /// fustor-fusion's, with `--against-fustor`.
+    pub fusion: Option<Measured>,
+}
+
+/// Runs `weir bench` with `weir` as the `weir` binary to serve.
+pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Result<i32> {
+    anyhow::ensure!(
+        (1..=10_000_000).contains(&args.files),
+        "--files must be 1 to 10000000"
+    );
+    let work = tempfile::Builder::new()
+        .prefix("weir-bench-")
+        .tempdir()
+        .context("a scratch directory")?;
+    let fusion_bin = if args.against_fustor {
+        let cache = match &args.cache_dir {
+            Some(dir) => dir.clone(),
+            None => cache_dir()?,
+        };
+        Some(server::fusion_bin(&cache)?)
+    } else {
+        None
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let step = |server: &str| {
+        let bar = bar.clone();
+        let server = server.to_string();
+        move |what: &str| bar.set_message(format!("{server}: {what}"))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    bar.set_message("weir: starting");
+    let weir_dir = work.path().join("weir");
+    std::fs::create_dir_all(&weir_dir)?;
+    let weir_measured = {
+        let server = server::Server::weir(weir, &weir_dir, args.files)?;
+        runtime.block_on(workload::measure(&server, args.files, &step("weir")))?
+    };
+    let fusion = match fusion_bin {
+        None => None,
+        Some(bin) => {
+            bar.set_message("fustor-fusion: starting");
+            let dir = work.path().join("fusion");
+            std::fs::create_dir_all(&dir)?;
+            let server = server::Server::fusion(&bin, &dir)?;
+            Some(runtime.block_on(workload::measure(
+                &server,
+                args.files,
+                &step("fustor-fusion"),
+            ))?)
+        }
+    };
+    bar.finish_and_clear();
+    let report = Report {
+        machine: machine(),
+        files: args.files,
+        weir: weir_measured,
+        fusion,
+    };
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        table(&report, out)?;
+    }
+    Ok(0)
+}
+
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("weir"));
+    }
+    let home = std::env::var_os("HOME").context("no cache directory: set --cache-dir or HOME")?;
+    Ok(PathBuf::from(home).join(".cache/weir"))
+}
+
+/// CPUs, their model and the memory of this machine, from `/proc`.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|kib| kib * 1024);
+    json!({
+        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "cpu_model": model,
+        "memory_bytes": mem,
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+/// The report as a table: one row per measure, a column per server, and
+/// Weir's ratio to fustor-fusion (above 1: Weir is better).
+fn table(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
+    let m = &r.machine;
+    writeln!(
+        out,
+        "weir bench: {} files ({} rows); {} CPUs ({}), {:.1} GiB",
+        r.files,
+        r.weir.rows,
+        m["cpus"],
+        m["cpu_model"].as_str().unwrap_or("unknown model"),
+        m["memory_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64
+    )?;
+    // (name, value, unit, higher is better)
+    type Row = (&'static str, fn(&Measured) -> f64, &'static str, bool);
+    let rows: [Row; 5] = [
+        (
+            "snapshot ingest to READY",
+            |x| x.ingest_rows_per_sec / 1e3,
+            "k rows/s",
+            true,
+        ),
+        (
+            "full tree over HTTP",
+            |x| x.tree_bytes_per_sec / 1e6,
+            "MB/s",
+            true,
+        ),
+        ("stats, one answer", |x| x.stats_secs * 1e3, "ms", false),
+        ("memory per file", |x| x.bytes_per_file, "B", false),
+        (
+            "peak over settled memory",
+            |x| x.peak_over_settled,
+            "x",
+            false,
+        ),
+    ];
+    let fusion_label = format!("fustor-fusion {FUSION_VERSION}");
+    writeln!(
+        out,
+        "{:<28} {:>16} {:>22} {:>10}",
+        "measure",
+        r.weir.server,
+        if r.fusion.is_some() {
+            fusion_label.as_str()
+        } else {
+            ""
+        },
+        if r.fusion.is_some() { "weir vs it" } else { "" }
+    )?;
+    for (name, value, unit, higher_better) in rows {
+        let w = value(&r.weir);
+        write!(out, "{name:<28} {:>16}", format!("{w:.1} {unit}"))?;
+        if let Some(f) = &r.fusion {
+            let f = value(f);
+            let ratio = if higher_better { w / f } else { f / w };
+            write!(out, " {:>22} {:>9.1}x", format!("{f:.1} {unit}"), ratio)?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(
+        out,
+        "full tree: {:.1} MB in {:.0} ms (weir){}",
+        r.weir.tree_bytes as f64 / 1e6,
+        r.weir.tree_secs * 1e3,
+        r.fusion.as_ref().map_or(String::new(), |f| format!(
+            ", {:.1} MB in {:.0} ms (fustor-fusion)",
+            f.tree_bytes as f64 / 1e6,
+            f.tree_secs * 1e3
+        ))
+    )?;
+    Ok(())
+}
