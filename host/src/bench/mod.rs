@@ -175,7 +175,7 @@ fn table(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
             "MB/s",
             true,
         ),
-        ("stats, one answer", |x| x.stats_secs * 1e3, "ms", false),
+        ("stats, one answer", |x| x.stats_secs * 1e6, "µs", false),
         ("memory per file", |x| x.bytes_per_file, "B", false),
         (
             "peak over settled memory",

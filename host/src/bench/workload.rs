@@ -134,7 +134,10 @@ impl Client {
         if let Some(body) = body {
             req = req.header("content-type", "application/json").body(body);
         }
-        let resp = req.send().await.with_context(|| format!("{} {path}", self.base))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{} {path}", self.base))?;
         let status = resp.status().as_u16();
         Ok((status, resp.bytes().await?))
     }
