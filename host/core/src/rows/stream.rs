@@ -182,7 +182,7 @@ impl<'de> Visitor<'de> for PushSeed<'_> {
         let mut pre = PrePush::default();
         while let Some(key) = map.next_key_seed(Key(PUSH_KEYS))? {
             match key {
-                Some(0) => pre.events = map.next_value_seed(EventsSeed(self.0))?,
+                Some(0) => pre.events = map.next_value_seed(ListOf(EventSeed(self.0)))?,
                 Some(1) => pre.source_type = Some(map.next_value()?),
                 Some(2) => pre.session_id = Some(map.next_value()?),
                 Some(3) => pre.is_end = Some(map.next_value()?),
@@ -197,30 +197,30 @@ impl<'de> Visitor<'de> for PushSeed<'_> {
     }
 }
 
-/// `events`: `None` when not a list.
+/// A list of what `S` reads (`events`, `rows`): `None` when not a list.
 #[derive(Clone, Copy)]
-struct EventsSeed<'l>(&'l RowLimits);
+struct ListOf<S>(S);
 
-impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
-    type Value = Option<Vec<PreEvent<'de>>>;
+impl<'de, S: DeserializeSeed<'de> + Copy> DeserializeSeed<'de> for ListOf<S> {
+    type Value = Option<Vec<S::Value>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for EventsSeed<'_> {
-    type Value = Option<Vec<PreEvent<'de>>>;
+impl<'de, S: DeserializeSeed<'de> + Copy> Visitor<'de> for ListOf<S> {
+    type Value = Option<Vec<S::Value>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of events")
+        f.write_str("a list")
     }
     scalars_are!(None);
     map_is!(None);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut events = Vec::new();
-        while let Some(event) = seq.next_element_seed(EventSeed(self.0))? {
-            events.push(event);
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self.0)? {
+            items.push(item);
         }
-        Ok(Some(events))
+        Ok(Some(items))
     }
 }
 
@@ -251,7 +251,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                 Some(0) => event_type = Some(map.next_value()?),
                 Some(1) => message_source = Some(map.next_value()?),
                 Some(2) => index = Some(map.next_value()?),
-                Some(_) => rows = map.next_value_seed(RowsSeed(self.0))?,
+                Some(_) => rows = map.next_value_seed(ListOf(RowSeed(self.0)))?,
                 None => {
                     map.next_value::<Skip>()?;
                 }
@@ -263,33 +263,6 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             index,
             rows,
         })
-    }
-}
-
-/// `rows`: `None` when not a list.
-#[derive(Clone, Copy)]
-struct RowsSeed<'l>(&'l RowLimits);
-
-impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
-    type Value = Option<Vec<PreRow>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RowsSeed<'_> {
-    type Value = Option<Vec<PreRow>>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of rows")
-    }
-    scalars_are!(None);
-    map_is!(None);
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut rows = Vec::new();
-        while let Some(row) = seq.next_element_seed(RowSeed(self.0))? {
-            rows.push(row);
-        }
-        Ok(Some(rows))
     }
 }
 
