@@ -935,3 +935,76 @@ async fn oversized_bodies_are_413_json() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "too_large");
 }
+
+/// The tree is sent as it is written (chunks of 1 MiB) when its byte bound
+/// fits `max_tree_bytes`, and written whole first when it does not: either
+/// way the answer is the same JSON, with the job fields on the root, and a
+/// tree over the limit is a 400 naming it, never a cut answer.
+#[tokio::test]
+async fn large_trees_stream_and_the_byte_limit_holds() {
+    let mut ds = DatastoreConfig::named("default");
+    ds.max_tree_bytes = 8 << 20;
+    let s = start_with(ds).await;
+    let (_, grant) = s
+        .post(SESSION, Role::Ingest, Some(json!({"task_id": "a:p"})))
+        .await;
+    let sid = grant["session_id"].as_str().unwrap().to_string();
+    // 12,000 files with long names: about 4.4 MB of tree, 5 chunks.
+    let name = "n".repeat(100);
+    let rows: Vec<Value> = (0..12_000)
+        .map(|i| json!({"path": format!("/d{}/{name}{i}", i % 7), "size": i, "modified_time": 1.5e9 + i as f64}))
+        .collect();
+    for chunk in rows.chunks(4000) {
+        let (status, body) = s
+            .push(&sid, rows_push("snapshot", "update", json!(chunk)))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(
+        s.push(&sid, snapshot_end(json!([]))).await.0,
+        StatusCode::OK
+    );
+    let (status, tree) = s.view("tree?path=/").await;
+    assert_eq!(status, StatusCode::OK, "{}", tree["detail"]);
+    let files: usize = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["children"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(files, 12_000);
+    assert_eq!(
+        (tree["job_id"].clone(), tree["job_pending"].clone()),
+        (Value::Null, json!(false))
+    );
+
+    // Over the limit: refused before any byte, naming it.
+    let long = "x".repeat(245);
+    let rows: Vec<Value> = (0..14_000)
+        .map(|i| json!({"path": format!("/big/{long}{i}"), "size": i, "modified_time": 1.5e9}))
+        .collect();
+    for chunk in rows.chunks(4000) {
+        let (status, body) = s
+            .push(&sid, rows_push("message", "update", json!(chunk)))
+            .await;
+        assert_eq!((status, &body["rejected"]), (StatusCode::OK, &json!([])));
+    }
+    // Realtime rows are applied a moment after they are accepted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.view("stats").await.1["total_files"] != 26_000 {
+        assert!(Instant::now() < deadline, "the rows were not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = s.view("tree?path=/").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", body["detail"]);
+    assert!(
+        body["detail"].as_str().unwrap().contains("8388608 bytes"),
+        "{}",
+        body["detail"]
+    );
+    // Within the limit by its bytes, though not by its bound (only_path
+    // leaves the metadata out): written whole, then sent.
+    let (status, tree) = s.view("tree?path=/big&only_path=true").await;
+    assert_eq!(status, StatusCode::OK, "{}", tree["detail"]);
+    assert_eq!(tree["children"].as_array().unwrap().len(), 14_000);
+}

@@ -3,7 +3,7 @@
 //! takes any bytes and panics when an invariant breaks.
 
 use crate::index::view::glob;
-use crate::index::view::{TreeQuery, search_json, tree_json};
+use crate::index::view::{TreeQuery, bound_tree, search_json, tree_json};
 use crate::index::{FsIndex, IndexConfig, Meta, Source, Upsert, normalize};
 use crate::rows::{Op, RowLimits, parse_batch, parse_feedback};
 use crate::text::clip;
@@ -69,6 +69,12 @@ pub fn push(data: &[u8]) {
     };
     if let Ok(out) = tree_json(&ix, &q, 10_000, 1 << 20, NOW) {
         serde_json::from_slice::<serde_json::Value>(&out).expect("the tree is JSON");
+        let (_, bound) = bound_tree(&ix, &q, 10_000).expect("the tree was written");
+        assert!(
+            out.len() <= bound,
+            "{} bytes over a bound of {bound}",
+            out.len()
+        );
     }
     let _ = search_json(&ix, "*a*", 10_000, 1 << 20, NOW);
 }

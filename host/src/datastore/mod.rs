@@ -530,6 +530,33 @@ impl Datastore {
         self.read_index(|ix| crate::index::view::tree_json(ix, query, items, bytes, now_secs()))
     }
 
+    /// The tree view `query` asks for, streamed as the index is written:
+    /// `send` gets chunks of about `chunk` bytes, and the last, partial one
+    /// is answered (for the caller to finish and send). An answer is
+    /// streamed only when its byte bound fits `max_tree_bytes`, so that it
+    /// cannot pass it; otherwise it is written whole first (and answered
+    /// as the last chunk). Either way every error comes before the first
+    /// chunk, and the index is read under its lock only while writing.
+    pub fn tree_chunks(
+        &self,
+        query: &TreeQuery,
+        chunk: usize,
+        send: impl FnMut(Vec<u8>),
+    ) -> Result<Vec<u8>, ViewError> {
+        use crate::index::view::{Chunks, bound_tree, tree_json, write_tree};
+        let (items, bytes) = (self.config.max_tree_items, self.config.max_tree_bytes);
+        self.read_index(|ix| {
+            let now = now_secs();
+            let (root, bound) = bound_tree(ix, query, items)?;
+            if bound > bytes {
+                return tree_json(ix, query, items, bytes, now);
+            }
+            let mut chunks = Chunks::new(chunk, send);
+            write_tree(ix, query, root, now, &mut chunks)?;
+            Ok(std::mem::take(&mut chunks.buf))
+        })
+    }
+
     /// The nodes matching `pattern` (see [`crate::index::view::search_json`]), as JSON, at
     /// most `max_tree_items` and `max_tree_bytes`. Call [`Self::readiness`]
     /// first.

@@ -382,9 +382,9 @@ macro_rules! view_doc {
     };
 }
 
-/// A tree answer with Fusion's `job_id` and `job_pending` added to its
-/// root object.
-fn with_job(mut body: Vec<u8>, job: Option<&str>) -> Response {
+/// The end of a tree answer with Fusion's `job_id` and `job_pending`
+/// added to its root object (the answer's last `}`).
+fn with_job(mut body: Vec<u8>, job: Option<&str>) -> Vec<u8> {
     if body.last() == Some(&b'}') {
         body.pop();
         let fields = json!({"job_id": job, "job_pending": job.is_some()}).to_string();
@@ -392,7 +392,7 @@ fn with_job(mut body: Vec<u8>, job: Option<&str>) -> Response {
         body.push(b',');
         body.extend_from_slice(&fields.as_bytes()[1..]);
     }
-    ([(CONTENT_TYPE, "application/json")], body).into_response()
+    body
 }
 
 /// A view rendered on a blocking thread (it walks the index under its read
@@ -438,27 +438,71 @@ view_doc! {
             params.only_path,
         )
         .map_err(AppError::BadRequest)?;
-        blocking(move || {
-            let asked = if on_demand {
-                ds.request_scan(&query.path, query.recursive)?
-            } else {
-                None
-            };
-            let job = asked.or_else(|| ds.pending_job(&query.path));
-            match ds.tree_json(&query) {
-                Ok(body) => Ok(with_job(body, job.as_deref())),
-                Err(ViewError::NotFound(_)) if job.is_some() => Ok(Json(json!({
-                    "job_id": job,
-                    "job_pending": true,
-                    "message": "the path is not in the index; an on-demand scan of it is pending",
-                }))
-                .into_response()),
-                Err(e) => Err(e.into()),
+        // The tree is written on a blocking thread and sent as it is
+        // written (chunks through a channel, so writing never waits for the
+        // client while it holds the index); the first message says whether
+        // the answer is a tree or not.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<TreePart>();
+        tokio::task::spawn_blocking(move || {
+            let answer = (|| {
+                let asked = if on_demand {
+                    ds.request_scan(&query.path, query.recursive)?
+                } else {
+                    None
+                };
+                let job = asked.or_else(|| ds.pending_job(&query.path));
+                let chunks = tx.clone();
+                let sent = ds.tree_chunks(&query, TREE_CHUNK_BYTES, move |c| {
+                    let _ = chunks.send(TreePart::Chunk(c));
+                });
+                Ok::<_, AppError>(match sent {
+                    Ok(last) => TreePart::Chunk(with_job(last, job.as_deref())),
+                    Err(ViewError::NotFound(_)) if job.is_some() => TreePart::Pending(json!({
+                        "job_id": job,
+                        "job_pending": true,
+                        "message": "the path is not in the index; an on-demand scan of it is pending",
+                    })),
+                    Err(e) => TreePart::Failed(e.into()),
+                })
+            })();
+            let _ = tx.send(answer.unwrap_or_else(TreePart::Failed));
+        });
+        let first = match rx.recv().await {
+            Some(TreePart::Chunk(chunk)) => chunk,
+            Some(TreePart::Pending(body)) => return Ok(Json(body).into_response()),
+            Some(TreePart::Failed(e)) => return Err(e),
+            None => return Err(AppError::Internal(anyhow::anyhow!("the tree writer stopped"))),
+        };
+        let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await? {
+                TreePart::Chunk(chunk) => Some((Ok(bytes::Bytes::from(chunk)), rx)),
+                // Errors come before the first chunk only.
+                _ => Some((Err(std::io::Error::other("the tree writer failed")), rx)),
             }
+        });
+        use futures_util::StreamExt;
+        let body = futures_util::stream::once(async move {
+            Ok::<_, std::io::Error>(bytes::Bytes::from(first))
         })
-        .await?
+        .chain(rest);
+        Ok((
+            [(CONTENT_TYPE, "application/json")],
+            axum::body::Body::from_stream(body),
+        )
+            .into_response())
     }
 }
+
+/// What the tree writer sends the handler: a chunk of the answer, or
+/// (first and alone) a pending job's note or an error.
+enum TreePart {
+    Chunk(Vec<u8>),
+    Pending(Value),
+    Failed(AppError),
+}
+
+/// Bytes per chunk of a streamed tree answer.
+const TREE_CHUNK_BYTES: usize = 1 << 20;
 
 view_doc! {
     "/api/v1/views/{datastore}/stats",

@@ -290,6 +290,97 @@ fn bounded(
     }
 }
 
+/// Bytes of a node's JSON beyond its name and path: the keys and
+/// punctuation, the size (20 digits at most), two times (24 characters at
+/// most each), and a comma.
+const NODE_BYTES_BEYOND_STRINGS: usize = r#"{"name":,"content_type":"directory","path":,"size":,"modified_time":,"created_time":,"integrity_suspect":false,"children":[]}"#.len()
+    + 20
+    + 2 * 24
+    + 1;
+
+/// Bytes `s` takes as a JSON string at most: escaping makes a quote or a
+/// backslash two bytes and a control character at most six.
+fn json_str_bound(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// [`check_tree`], also answering an upper bound of the answer's bytes
+/// (exact for names and paths, the most digits numbers can take).
+pub fn bound_tree(ix: &FsIndex, q: &TreeQuery, limit: usize) -> Result<(NodeId, usize), ViewError> {
+    let tree = ix.tree();
+    let id = tree
+        .get(&q.path)
+        .ok_or_else(|| ViewError::NotFound(crate::text::echo(&q.path).into_owned()))?;
+    let depth = if q.recursive { q.max_depth } else { Some(0) };
+    let root_path = json_str_bound(&tree.path(id));
+    let mut count = 1usize;
+    let mut bytes = NODE_BYTES_BEYOND_STRINGS + json_str_bound(tree.name(id)) + root_path;
+    // (node, depth, bound of its path's JSON string without the quotes).
+    let mut stack: Vec<(NodeId, u32, usize)> = vec![(id, 0, root_path - 2)];
+    while let Some((n, d, path)) = stack.pop() {
+        if depth.is_some_and(|max| d >= max) {
+            continue;
+        }
+        for &child in tree.children(n) {
+            count += 1;
+            if count > limit {
+                return Err(ViewError::TooLarge {
+                    path: crate::text::echo(&q.path).into_owned(),
+                    limit,
+                });
+            }
+            let name = json_str_bound(tree.name(child)) - 2;
+            let child_path = path + 1 + name;
+            bytes = bytes.saturating_add(NODE_BYTES_BEYOND_STRINGS + 2 * (name + 2) + child_path);
+            stack.push((child, d + 1, child_path));
+        }
+    }
+    Ok((id, bytes))
+}
+
+/// A writer that hands `send` chunks of about `chunk` bytes as it fills
+/// them (an answer streamed while it is written); the last, partial one
+/// stays in `buf` for the caller.
+pub struct Chunks<F: FnMut(Vec<u8>)> {
+    /// The chunk being filled.
+    pub buf: Vec<u8>,
+    chunk: usize,
+    send: F,
+}
+
+impl<F: FnMut(Vec<u8>)> Chunks<F> {
+    /// Chunks of about `chunk` bytes, each given to `send`.
+    pub fn new(chunk: usize, send: F) -> Self {
+        Self {
+            buf: Vec::with_capacity(chunk + 4096),
+            chunk,
+            send,
+        }
+    }
+}
+
+impl<F: FnMut(Vec<u8>)> Write for Chunks<F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        if self.buf.len() >= self.chunk {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk + 4096));
+            (self.send)(full);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The tree `q` asks for as JSON, within `limit_items` nodes (checked
 /// before writing) and `limit_bytes` bytes.
 pub fn tree_json(
@@ -624,6 +715,64 @@ mod tests {
             max_depth: None,
             only_path: false,
         }
+    }
+
+    #[test]
+    fn the_byte_bound_holds_and_chunks_make_the_same_answer() {
+        let mut ix = ix();
+        for (i, name) in ["q\"uo\\te", "ctl\u{1}\n", "é✓", "plain"]
+            .iter()
+            .enumerate()
+        {
+            let row = Upsert {
+                path: format!("/a/{name}/{name}{i}"),
+                meta: Meta {
+                    is_dir: false,
+                    size: u64::MAX >> 1,
+                    mtime: 253_402_300_799.0 - 0.123_456_7,
+                    ctime: 1e-7,
+                },
+                is_atomic_write: None,
+                audit_skipped: false,
+                parent_mtime: None,
+            };
+            ix.upsert(&row, Source::Snapshot, NOW);
+        }
+        for query in [q("/"), q("/a"), q("/b.txt")].into_iter().chain([
+            TreeQuery {
+                max_depth: Some(1),
+                ..q("/")
+            },
+            TreeQuery {
+                recursive: false,
+                ..q("/a")
+            },
+            TreeQuery {
+                only_path: true,
+                ..q("/")
+            },
+        ]) {
+            let (root, bound) = bound_tree(&ix, &query, 100).unwrap();
+            let mut whole = Vec::new();
+            write_tree(&ix, &query, root, NOW, &mut whole).unwrap();
+            assert!(
+                whole.len() <= bound,
+                "{} > {bound} for {}",
+                whole.len(),
+                query.path
+            );
+            let mut sent = Vec::new();
+            let mut chunks = Chunks::new(16, |c: Vec<u8>| sent.push(c));
+            write_tree(&ix, &query, root, NOW, &mut chunks).unwrap();
+            let rest = std::mem::take(&mut chunks.buf);
+            drop(chunks);
+            assert!(sent.len() > 1);
+            assert_eq!([sent.concat(), rest].concat(), whole);
+        }
+        assert!(matches!(
+            bound_tree(&ix, &q("/"), 3),
+            Err(ViewError::TooLarge { limit: 3, .. })
+        ));
     }
 
     #[test]
