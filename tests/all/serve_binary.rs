@@ -40,9 +40,35 @@ fn get(addr: &str, path: &str, key: &str) -> (String, String) {
     request(addr, "GET", path, key, None)
 }
 
+/// A child process killed and reaped when dropped, so that no test leaves
+/// a `weir serve` running after it (one on a cluster whose NATS is gone
+/// would otherwise keep retrying for as long as the machine runs).
+pub(crate) struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // Already ended (the test stopped it): both are no-ops.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `weir serve`.
 pub(crate) struct Served {
-    pub child: std::process::Child,
+    pub child: Reaped,
     /// Its address.
     pub addr: String,
     /// Its JSON start line.
@@ -98,7 +124,7 @@ pub(crate) fn serve_with(args: &[&str], env: &[(&str, &str)]) -> Served {
         .expect("the host logs its address")
         .to_string();
     Served {
-        child,
+        child: Reaped(child),
         addr,
         start,
         before,
