@@ -543,13 +543,13 @@ impl Datastore {
         chunk: usize,
         send: impl FnMut(Vec<u8>),
     ) -> Result<Vec<u8>, ViewError> {
-        use crate::index::view::{Chunks, bound_tree, tree_json, write_tree};
+        use crate::index::view::{Chunks, bound_tree, tree_json_at, write_tree};
         let (items, bytes) = (self.config.max_tree_items, self.config.max_tree_bytes);
         self.read_index(|ix| {
             let now = now_secs();
             let (root, bound) = bound_tree(ix, query, items)?;
             if bound > bytes {
-                return tree_json(ix, query, items, bytes, now);
+                return tree_json_at(ix, query, root, bytes, now);
             }
             let mut chunks = Chunks::new(chunk, send);
             write_tree(ix, query, root, now, &mut chunks)?;

@@ -86,29 +86,7 @@ pub enum ViewError {
 /// Checks the query against the index and the size guard (`limit` items in
 /// the part of the subtree the query would write).
 pub fn check_tree(ix: &FsIndex, q: &TreeQuery, limit: usize) -> Result<NodeId, ViewError> {
-    let id = ix
-        .tree()
-        .get(&q.path)
-        .ok_or_else(|| ViewError::NotFound(crate::text::echo(&q.path).into_owned()))?;
-    let depth = if q.recursive { q.max_depth } else { Some(0) };
-    let mut count = 1usize;
-    let mut stack: Vec<(NodeId, u32)> = vec![(id, 0)];
-    while let Some((n, d)) = stack.pop() {
-        if depth.is_some_and(|max| d >= max) {
-            continue;
-        }
-        for &child in ix.tree().children(n) {
-            count += 1;
-            if count > limit {
-                return Err(ViewError::TooLarge {
-                    path: crate::text::echo(&q.path).into_owned(),
-                    limit,
-                });
-            }
-            stack.push((child, d + 1));
-        }
-    }
-    Ok(id)
+    bound_tree(ix, q, limit).map(|(id, _)| id)
 }
 
 /// Writes the subtree `q` asks for as JSON. Call [`check_tree`] first.
@@ -312,7 +290,8 @@ fn json_str_bound(s: &str) -> usize {
 }
 
 /// [`check_tree`], also answering an upper bound of the answer's bytes
-/// (exact for names and paths, the most digits numbers can take).
+/// (exact for names and paths, the most digits numbers can take): one walk
+/// of the part of the subtree the query would write.
 pub fn bound_tree(ix: &FsIndex, q: &TreeQuery, limit: usize) -> Result<(NodeId, usize), ViewError> {
     let tree = ix.tree();
     let id = tree
@@ -338,7 +317,8 @@ pub fn bound_tree(ix: &FsIndex, q: &TreeQuery, limit: usize) -> Result<(NodeId, 
             }
             let name = json_str_bound(tree.name(child)) - 2;
             let child_path = path + 1 + name;
-            bytes = bytes.saturating_add(NODE_BYTES_BEYOND_STRINGS + 2 * (name + 2) + child_path);
+            // The name and the path, each quoted.
+            bytes = bytes.saturating_add(NODE_BYTES_BEYOND_STRINGS + (name + 2) + (child_path + 2));
             stack.push((child, d + 1, child_path));
         }
     }
@@ -391,6 +371,18 @@ pub fn tree_json(
     now: f64,
 ) -> Result<Vec<u8>, ViewError> {
     let root = check_tree(ix, q, limit_items)?;
+    tree_json_at(ix, q, root, limit_bytes, now)
+}
+
+/// [`tree_json`] from `root`, already checked ([`check_tree`] or
+/// [`bound_tree`]), within `limit_bytes` bytes.
+pub fn tree_json_at(
+    ix: &FsIndex,
+    q: &TreeQuery,
+    root: NodeId,
+    limit_bytes: usize,
+    now: f64,
+) -> Result<Vec<u8>, ViewError> {
     bounded(
         || format!("the subtree at `{}`", crate::text::echo(&q.path)),
         limit_bytes,
