@@ -29,6 +29,9 @@ use weir_host::registry::{KeyDefinition, Runner};
 use weir_host::runtime::{Host, HostConfig};
 use weir_sdk::EventKey;
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const BATCH: usize = 1000;
 const QUERY: &str = "bench-query";
 const INGEST: &str = "bench-ingest";
