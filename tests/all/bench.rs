@@ -1,6 +1,8 @@
 //! `weir bench`: it starts the `weir` binary as a server of its own, pushes
-//! a snapshot as an agent does until READY, and reports figures that hang
-//! together (rows, the tree's size, memory), as JSON and as a table.
+//! a snapshot as an agent does until READY, runs the example key as a
+//! component and natively, pushes events end to end through a key to a
+//! consumer, and reports figures that hang together (rows, the tree's
+//! size, memory, every path's rate), as JSON and as a table.
 
 use std::path::Path;
 
@@ -9,6 +11,7 @@ use weir_host::bench::{BenchArgs, bench};
 fn args(files: usize, json: bool) -> BenchArgs {
     BenchArgs {
         files,
+        events: 2000,
         against_fustor: false,
         cache_dir: None,
         json,
@@ -40,6 +43,30 @@ fn weir_bench_measures_a_server_it_starts() {
     assert_eq!(report["fusion"], serde_json::Value::Null);
     assert!(report["machine"]["cpus"].as_u64().unwrap() >= 1);
 
+    // The key paths: every event through matches, a quarter of those under
+    // /data/ kept for process (the bench checks both sides agree).
+    let k = &report["keys"];
+    assert_eq!(k["events"], 2000, "{report}");
+    let kept = k["processed"].as_u64().unwrap();
+    assert!(kept > 0 && kept < 2000, "{report}");
+    for field in [
+        "matches_native",
+        "matches_wasm_single",
+        "matches_wasm_batch",
+        "process_native",
+        "process_wasm_single",
+        "process_wasm_batch",
+    ] {
+        assert!(k[field].as_f64().unwrap() > 0.0, "{field}: {report}");
+    }
+    // The pipeline delivered every event to its consumer (or said which it
+    // lost).
+    let p = &report["pipeline"];
+    assert_eq!(p["events"], 2000, "{report}");
+    assert!(p["events_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(p["lost"].as_u64().is_some(), "{report}");
+    assert_eq!(report["tool"], serde_json::Value::Null);
+
     // The table names each measure and the machine.
     let mut out = Vec::new();
     bench(&args(500, false), weir, &mut out).unwrap();
@@ -49,6 +76,9 @@ fn weir_bench_measures_a_server_it_starts() {
         "snapshot ingest to READY",
         "full tree over HTTP",
         "memory per file",
+        "matches, wasm, batches of 1000",
+        "process, native",
+        "end to end: POST batches of 1000 -> fs.large_files (wasm)",
     ] {
         assert!(table.contains(line), "{line}: {table}");
     }
@@ -60,4 +90,14 @@ fn weir_bench_names_a_bad_size() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--files must be 1 to 10000000"), "{err}");
+}
+
+#[test]
+fn weir_bench_names_a_bad_event_count() {
+    let mut a = args(10, false);
+    a.events = 10;
+    let err = bench(&a, Path::new("/nonexistent"), &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--events must be 1000 to 10000000"), "{err}");
 }

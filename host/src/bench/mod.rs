@@ -6,6 +6,9 @@
 //! a table of figures and ratios, or JSON (`--json`). A progress bar shows
 //! on a terminal.
 
+mod fbench;
+mod keys;
+mod pipeline;
 mod server;
 mod workload;
 
@@ -15,6 +18,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::json;
 
+pub use fbench::{Column, ToolRun};
+pub use keys::KeyPaths;
+pub use pipeline::PipelineRun;
 pub use server::FUSION_VERSION;
 pub use workload::Measured;
 
@@ -24,8 +30,13 @@ pub struct BenchArgs {
     /// Files in the snapshot (1 to 10,000,000).
     #[arg(long, default_value_t = 200_000)]
     pub files: usize,
-    /// Also measure fustor-fusion 0.8.17, installed from PyPI into a
-    /// virtualenv in the cache directory on first use (needs python3).
+    /// Events through the key paths and the end-to-end pipeline (1,000 to
+    /// 10,000,000).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Also measure fustor-fusion 0.8.17, and run fustor-benchmark 0.8.17
+    /// against both servers; each is installed from PyPI into a virtualenv
+    /// in the cache directory on first use (needs python3).
     #[arg(long)]
     pub against_fustor: bool,
     /// Where the fustor-fusion virtualenv is kept; default
@@ -48,7 +59,26 @@ pub struct Report {
     pub weir: Measured,
     /// fustor-fusion's, with `--against-fustor`.
     pub fusion: Option<Measured>,
+    /// The example key as a component and natively, in this process.
+    pub keys: KeyPaths,
+    /// Events end to end through `weir serve`.
+    pub pipeline: PipelineRun,
+    /// fustor-benchmark's table for each server, with `--against-fustor`.
+    pub tool: Option<ToolTables>,
 }
+
+/// fustor-benchmark's `query` against each server, on the same directory.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ToolTables {
+    /// Files in the directory.
+    pub files: usize,
+    pub weir: ToolRun,
+    pub fusion: ToolRun,
+}
+
+/// Files in the directory fustor-benchmark queries (it walks the whole
+/// directory with `find` and `stat` for its OS columns).
+const TOOL_FILES: usize = 20_000;
 
 /// Runs `weir bench` with `weir` as the `weir` binary to serve.
 pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Result<i32> {
@@ -56,16 +86,20 @@ pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Resu
         (1..=10_000_000).contains(&args.files),
         "--files must be 1 to 10000000"
     );
+    anyhow::ensure!(
+        (1_000..=10_000_000).contains(&args.events),
+        "--events must be 1000 to 10000000"
+    );
     let work = tempfile::Builder::new()
         .prefix("weir-bench-")
         .tempdir()
         .context("a scratch directory")?;
-    let fusion_bin = if args.against_fustor {
+    let python = if args.against_fustor {
         let cache = match &args.cache_dir {
             Some(dir) => dir.clone(),
             None => cache_dir()?,
         };
-        Some(server::fusion_bin(&cache)?)
+        Some((server::fusion_bin(&cache)?, fbench::tool_bin(&cache)?))
     } else {
         None
     };
@@ -79,16 +113,20 @@ pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Resu
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // In this process, before any server runs beside it.
+    let keys = keys::measure(args.events, &step("weir"))?;
     bar.set_message("weir: starting");
     let weir_dir = work.path().join("weir");
     std::fs::create_dir_all(&weir_dir)?;
-    let weir_measured = {
+    let (weir_measured, pipeline) = {
         let server = server::Server::weir(weir, &weir_dir, args.files)?;
-        runtime.block_on(workload::measure(&server, args.files, &step("weir")))?
+        let measured = runtime.block_on(workload::measure(&server, args.files, &step("weir")))?;
+        let pipeline = runtime.block_on(pipeline::measure(&server, args.events, &step("weir")))?;
+        (measured, pipeline)
     };
-    let fusion = match fusion_bin {
+    let fusion = match &python {
         None => None,
-        Some(bin) => {
+        Some((bin, _)) => {
             bar.set_message("fustor-fusion: starting");
             let dir = work.path().join("fusion");
             std::fs::create_dir_all(&dir)?;
@@ -100,12 +138,58 @@ pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Resu
             ))?)
         }
     };
+    let tool = match &python {
+        None => None,
+        Some((fusion_bin, tool_bin)) => {
+            // A real directory, synced by an agent into a fresh server each.
+            let files = args.files.min(TOOL_FILES);
+            bar.set_message(format!("fustor-benchmark: making {files} files"));
+            let data = work.path().join("tool-data");
+            fbench::make_tree(&data, files)?;
+            let dir = work.path().join("tool-weir");
+            std::fs::create_dir_all(&dir)?;
+            let weir_run = {
+                let server = server::Server::weir(weir, &dir, files)?;
+                runtime.block_on(fbench::measure(
+                    tool_bin,
+                    weir,
+                    &server,
+                    &data,
+                    files,
+                    &dir,
+                    &step("weir"),
+                ))?
+            };
+            let dir = work.path().join("tool-fusion");
+            std::fs::create_dir_all(&dir)?;
+            let fusion_run = {
+                let server = server::Server::fusion(fusion_bin, &dir)?;
+                runtime.block_on(fbench::measure(
+                    tool_bin,
+                    weir,
+                    &server,
+                    &data,
+                    files,
+                    &dir,
+                    &step("fustor-fusion"),
+                ))?
+            };
+            Some(ToolTables {
+                files,
+                weir: weir_run,
+                fusion: fusion_run,
+            })
+        }
+    };
     bar.finish_and_clear();
     let report = Report {
         machine: machine(),
         files: args.files,
         weir: weir_measured,
         fusion,
+        keys,
+        pipeline,
+        tool,
     };
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
@@ -217,6 +301,113 @@ fn table(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
             f.tree_bytes as f64 / 1e6,
             f.tree_secs * 1e3
         ))
+    )?;
+    keys_table(r, out)?;
+    if let Some(t) = &r.tool {
+        tool_table(t, out)?;
+    }
+    Ok(())
+}
+
+/// The key paths and the pipeline.
+fn keys_table(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
+    let k = &r.keys;
+    writeln!(
+        out,
+        "\nkey {}: {} events, {} kept for process; its component against the same Rust compiled natively, in this process",
+        keys::KEY,
+        k.events,
+        k.processed
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>14} {:>12} {:>10}",
+        "path", "events/s", "per event", "vs native"
+    )?;
+    let rows = [
+        ("matches, native", k.matches_native, k.matches_native),
+        (
+            "matches, wasm, one call each",
+            k.matches_wasm_single,
+            k.matches_native,
+        ),
+        (
+            "matches, wasm, batches of 1000",
+            k.matches_wasm_batch,
+            k.matches_native,
+        ),
+        ("process, native", k.process_native, k.process_native),
+        (
+            "process, wasm, one call each",
+            k.process_wasm_single,
+            k.process_native,
+        ),
+        (
+            "process, wasm, batches of 1000",
+            k.process_wasm_batch,
+            k.process_native,
+        ),
+    ];
+    for (name, rate, native) in rows {
+        writeln!(
+            out,
+            "{name:<34} {:>14} {:>12} {:>9.1}x",
+            format!("{:.0}", rate),
+            format!("{:.0} ns", 1e9 / rate.max(1e-9)),
+            native / rate.max(1e-9)
+        )?;
+    }
+    let p = &r.pipeline;
+    writeln!(
+        out,
+        "end to end: POST batches of {} -> {} (wasm) -> one NDJSON consumer: {:.0} events/s over {} events ({} lost)",
+        pipeline::BATCH,
+        keys::KEY,
+        p.events_per_sec,
+        p.events,
+        p.lost
+    )?;
+    Ok(())
+}
+
+/// fustor-benchmark's columns for both servers.
+fn tool_table(t: &ToolTables, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "\n{} query: {} files synced by weir agent, {} requests per column, {} workers",
+        fbench::label(),
+        t.files,
+        fbench::REQUESTS,
+        fbench::CONCURRENCY
+    )?;
+    writeln!(
+        out,
+        "{:<28} {:>24} {:>24}",
+        "column (mean latency, QPS)",
+        "weir",
+        format!("fustor-fusion {FUSION_VERSION}")
+    )?;
+    type Pick = fn(&ToolRun) -> &Column;
+    let rows: [(&str, Pick); 5] = [
+        ("OS baseline (find)", |r| &r.os),
+        ("OS integrity (find, stat)", |r| &r.os_integrity),
+        ("dry-net (GET /)", |r| &r.fusion_dry_net),
+        ("dry-run (tree, dry_run)", |r| &r.fusion_dry),
+        ("API (tree)", |r| &r.fusion),
+    ];
+    for (name, pick) in rows {
+        let cell = |c: &Column| format!("{:.2} ms, {:.1}", c.avg, c.qps);
+        writeln!(
+            out,
+            "{name:<28} {:>24} {:>24}",
+            cell(pick(&t.weir)),
+            cell(pick(&t.fusion))
+        )?;
+    }
+    writeln!(
+        out,
+        "(the tool is a Python client, {} workers on this machine: its columns measure the client as much as the server; the OS columns do not involve a server)",
+        fbench::CONCURRENCY
     )?;
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The servers `weir bench` measures, each a process of its own started
-//! here: `weir serve` (this binary, ephemeral, no plugins) and, with
+//! here: `weir serve` (this binary, ephemeral, with the example plugins) and, with
 //! `--against-fustor`, fustor-fusion 0.8.17 from a virtualenv made from
 //! PyPI in the cache directory. Each runs in its own process group, so its
 //! memory is read from `/proc` for the whole group and stopping it leaves
@@ -33,11 +33,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `weir serve` from `weir` with a datastore sized for `files`.
+    /// Starts `weir serve` from `weir` with a datastore sized for `files`
+    /// and the example plugins.
     pub fn weir(weir: &Path, work: &Path, files: usize) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let plugins = work.join("no-plugins");
-        std::fs::create_dir_all(&plugins)?;
+        let plugins = Path::new(crate::EXAMPLE_PLUGIN_DIR);
         let config = work.join("weir.toml");
         std::fs::write(
             &config,
@@ -232,8 +232,15 @@ fn free_port() -> anyhow::Result<u16> {
 /// The `fustor-fusion` executable of a virtualenv in `cache`, made (with
 /// `python3 -m venv` and pip, from PyPI) on first use.
 pub fn fusion_bin(cache: &Path) -> anyhow::Result<PathBuf> {
-    let venv = cache.join(format!("fustor-fusion-{FUSION_VERSION}"));
-    let bin = venv.join("bin/fustor-fusion");
+    venv_bin(cache, "fustor-fusion", "fustor-fusion")
+}
+
+/// The executable `exe` of `package` [`FUSION_VERSION`] from PyPI, in a
+/// virtualenv of its own in `cache`, made on first use with `python3 -m
+/// venv` and pip.
+pub fn venv_bin(cache: &Path, package: &str, exe: &str) -> anyhow::Result<PathBuf> {
+    let venv = cache.join(format!("{package}-{FUSION_VERSION}"));
+    let bin = venv.join("bin").join(exe);
     if bin.exists() {
         return Ok(bin);
     }
@@ -243,19 +250,15 @@ pub fn fusion_bin(cache: &Path) -> anyhow::Result<PathBuf> {
         .args(["-m", "venv"])
         .arg(&venv)
         .status()
-        .context("--against-fustor needs python3 (with venv) to install fustor-fusion")?;
+        .with_context(|| format!("--against-fustor needs python3 (with venv) to install {package}"))?;
     anyhow::ensure!(made.success(), "python3 -m venv {} failed", venv.display());
     let installed = Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            &format!("fustor-fusion=={FUSION_VERSION}"),
-        ])
+        .args(["install", "--quiet", &format!("{package}=={FUSION_VERSION}")])
         .status()
         .context("pip did not run")?;
     anyhow::ensure!(
         installed.success() && bin.exists(),
-        "pip install fustor-fusion=={FUSION_VERSION} into {} failed",
+        "pip install {package}=={FUSION_VERSION} into {} failed",
         venv.display()
     );
     Ok(bin)

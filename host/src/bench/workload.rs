@@ -143,7 +143,7 @@ impl Client {
     }
 
     /// `stats` of the view, once it answers 200.
-    async fn stats(&self) -> anyhow::Result<Option<Value>> {
+    pub(super) async fn stats(&self) -> anyhow::Result<Option<Value>> {
         let (status, body) = self
             .send(
                 reqwest::Method::GET,
