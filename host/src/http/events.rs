@@ -57,7 +57,7 @@ pub(super) async fn publish(
     State(host): State<Arc<Host>>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     let key = caller.key;
     // Once shutdown began, nothing more is accepted: an `accepted` answer
     // now could not be kept.
@@ -79,12 +79,18 @@ pub(super) async fn publish(
         .map_err(|e| AppError::Internal(e.into()))??;
     let mut accepted = Vec::new();
     let mut duplicates = Vec::new();
-    for ((index, id), result) in positions.into_iter().zip(ids).zip(results) {
+    for ((index, event_id), result) in positions.into_iter().zip(&ids).zip(results) {
         match result {
-            Published::Accepted(seq) => {
-                accepted.push(json!({ "index": index, "event_id": id, "seq": seq }))
-            }
-            Published::Duplicate => duplicates.push(json!({ "index": index, "event_id": id })),
+            Published::Accepted(seq) => accepted.push(AcceptedEvent {
+                index,
+                event_id,
+                seq: Some(seq),
+            }),
+            Published::Duplicate => duplicates.push(AcceptedEvent {
+                index,
+                event_id,
+                seq: None,
+            }),
         }
     }
     if accepted.is_empty() && duplicates.is_empty() && !parsed.rejected.is_empty() {
@@ -98,11 +104,36 @@ pub(super) async fn publish(
                 .map_err(|e| AppError::Internal(e.into()))?,
         });
     }
-    Ok(Json(json!({
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "rejected": parsed.rejected,
-    })))
+    let answer = PublishAnswer {
+        accepted,
+        duplicates,
+        rejected: &parsed.rejected,
+    };
+    // Written straight from borrowed parts: a `Value` per event cost more
+    // than the rest of the answer (measured with 1000-event batches).
+    let body = serde_json::to_vec(&answer).map_err(|e| AppError::Internal(e.into()))?;
+    Ok((
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response())
+}
+
+/// The answer of [`publish`].
+#[derive(serde::Serialize)]
+struct PublishAnswer<'a> {
+    accepted: Vec<AcceptedEvent<'a>>,
+    duplicates: Vec<AcceptedEvent<'a>>,
+    rejected: &'a [crate::producer::RejectedEvent],
+}
+
+/// An accepted event (with its sequence number) or a duplicate (without).
+#[derive(serde::Serialize)]
+struct AcceptedEvent<'a> {
+    index: usize,
+    event_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
 }
 
 /// How the stream is written.

@@ -8,6 +8,7 @@
 
 pub mod reference;
 mod stream;
+pub(crate) use stream::Skip;
 
 use std::borrow::Cow;
 

@@ -76,7 +76,7 @@ macro_rules! map_is {
 /// skips nesting of any depth without counting it), this goes through
 /// `deserialize_any`, so serde_json's recursion limit (128) holds here as
 /// it does for a `Value`: the same bodies are refused as too deep.
-struct Skip;
+pub(crate) struct Skip;
 
 impl<'de> Deserialize<'de> for Skip {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -1,10 +1,15 @@
 //! Events from producers (`POST /v1/events`): one JSON object or an array
 //! of them, each checked on its own so that one bad event costs only
-//! itself. A missing id gets a UUID. The body's OpenAPI schema is built
+//! itself (a payload that is not usable JSON included). A missing id gets
+//! a UUID. The body's OpenAPI schema is built
 //! beside the parser (feature `openapi`), so that the two cannot drift.
 
+pub mod reference;
+mod stream;
+
+use std::borrow::Cow;
+
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 use crate::event::NewEvent;
 use crate::text::echo;
@@ -55,25 +60,25 @@ pub struct ParsedEvents {
 }
 
 /// Parses a request body. Errors only when the body as a whole is unusable.
+///
+/// One pass over the body ([`stream`]): no `Value` is built for the request
+/// or its events, and each payload is rewritten as compact JSON straight
+/// from its text. [`reference::parse_events`] reads the same body through a
+/// `serde_json::Value`; whatever it accepts, this reads the same (tested,
+/// and fuzzed by the `events` target).
 pub fn parse_events(body: &[u8]) -> Result<ParsedEvents, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
-    let items = match value {
-        Value::Array(items) => items,
-        obj @ Value::Object(_) => vec![obj],
-        _ => {
-            return Err("body must be one event (a JSON object) or an array of events".to_string());
-        }
-    };
-    if items.len() > MAX_EVENTS_PER_REQUEST {
-        return Err(format!(
-            "{} events in one request; at most {MAX_EVENTS_PER_REQUEST}",
-            items.len()
-        ));
-    }
+    stream::read(body)
+}
+
+/// The events of a body, each read into [`EventFields`], in order.
+fn parsed_from<'a>(events: impl IntoIterator<Item = Read<'a>>) -> ParsedEvents {
     let mut out = ParsedEvents::default();
-    for (index, item) in items.into_iter().enumerate() {
-        match event(item) {
+    for (index, read) in events.into_iter().enumerate() {
+        let checked = match read {
+            Read::NotAnObject => Err((None, "an event must be a JSON object".to_string())),
+            Read::Object(fields) => check(fields),
+        };
+        match checked {
             Ok(e) => out.valid.push((index, e)),
             Err((event_id, reason)) => out.rejected.push(RejectedEvent {
                 index,
@@ -82,25 +87,53 @@ pub fn parse_events(body: &[u8]) -> Result<ParsedEvents, String> {
             }),
         }
     }
-    Ok(out)
+    out
+}
+
+/// One item of the body as a reader found it.
+pub(crate) enum Read<'a> {
+    /// Not a JSON object.
+    NotAnObject,
+    Object(EventFields<'a>),
+}
+
+/// The value of a text field as the event gave it.
+pub(crate) enum Text<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    /// Any other JSON value: what it is, for the reason (`a number`).
+    Other(&'static str),
+}
+
+/// The fields of one event object, as read: the last value of each named
+/// field, and the unknown key the reason names (the first, in the order a
+/// `serde_json::Map` keeps once `event_id` is taken out of it).
+#[derive(Default)]
+pub(crate) struct EventFields<'a> {
+    pub event_id: Option<Text<'a>>,
+    pub event_type: Option<Text<'a>>,
+    pub source: Option<Text<'a>>,
+    pub source_time: Option<Text<'a>>,
+    pub correlation_id: Option<Text<'a>>,
+    /// The payload as compact JSON, or why it cannot be.
+    pub payload: Option<Result<String, String>>,
+    pub unknown: Option<Cow<'a, str>>,
 }
 
 type Refusal = (Option<String>, String);
 
-fn event(item: Value) -> Result<NewEvent, Refusal> {
-    let Value::Object(mut obj) = item else {
-        return Err((None, "an event must be a JSON object".into()));
-    };
-    let event_id = optional_text(&mut obj, "event_id").map_err(|r| (None, r))?;
+/// The rules every event meets, in the order their reasons are given.
+fn check(f: EventFields<'_>) -> Result<NewEvent, Refusal> {
+    let event_id = text("event_id", f.event_id).map_err(|r| (None, r))?;
     let id_for = |r: String| (event_id.clone(), r);
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+    if let Some(unknown) = f.unknown {
         return Err(id_for(format!(
             "unknown field `{}` (allowed: {})",
-            echo(unknown),
+            echo(&unknown),
             FIELDS.join(", ")
         )));
     }
-    let event_type = optional_text(&mut obj, "event_type")
+    let event_type = text("event_type", f.event_type)
         .map_err(id_for)?
         .ok_or_else(|| id_for("`event_type` is required".into()))?;
     if let Some(c) = event_type
@@ -112,7 +145,7 @@ fn event(item: Value) -> Result<NewEvent, Refusal> {
             echo(&event_type)
         )));
     }
-    let source = optional_text(&mut obj, "source")
+    let source = text("source", f.source)
         .map_err(id_for)?
         .ok_or_else(|| id_for("`source` is required".into()))?;
     if source.starts_with(RESERVED_SOURCE) {
@@ -120,7 +153,7 @@ fn event(item: Value) -> Result<NewEvent, Refusal> {
             "`source` `{source}` is reserved: `{RESERVED_SOURCE}*` sources are the host's datastore change events"
         )));
     }
-    let source_time = optional_text(&mut obj, "source_time").map_err(id_for)?;
+    let source_time = text("source_time", f.source_time).map_err(id_for)?;
     if let Some(t) = &source_time
         && let Err(e) = humantime::parse_rfc3339_weak(t)
     {
@@ -128,10 +161,11 @@ fn event(item: Value) -> Result<NewEvent, Refusal> {
             "`source_time` `{t}` is not an RFC 3339 time ({e})"
         )));
     }
-    let correlation_id = optional_text(&mut obj, "correlation_id").map_err(id_for)?;
-    let payload = match obj.remove("payload") {
+    let correlation_id = text("correlation_id", f.correlation_id).map_err(id_for)?;
+    let payload = match f.payload {
         None => return Err(id_for("`payload` is required".into())),
-        Some(p) => p.to_string(),
+        Some(Err(reason)) => return Err(id_for(reason)),
+        Some(Ok(p)) => p,
     };
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(id_for(format!(
@@ -153,10 +187,10 @@ fn event(item: Value) -> Result<NewEvent, Refusal> {
 
 /// A string field that is absent, null, or a non-empty string of at most
 /// [`MAX_FIELD_BYTES`] without control characters.
-fn optional_text(obj: &mut Map<String, Value>, name: &str) -> Result<Option<String>, String> {
-    match obj.remove(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
+fn text(name: &str, value: Option<Text<'_>>) -> Result<Option<String>, String> {
+    match value {
+        None | Some(Text::Null) => Ok(None),
+        Some(Text::Str(s)) => {
             if s.trim().is_empty() {
                 Err(format!("`{name}` is empty"))
             } else if s.len() > MAX_FIELD_BYTES {
@@ -167,18 +201,10 @@ fn optional_text(obj: &mut Map<String, Value>, name: &str) -> Result<Option<Stri
             } else if s.chars().any(char::is_control) {
                 Err(format!("`{name}` contains control characters"))
             } else {
-                Ok(Some(s))
+                Ok(Some(s.into_owned()))
             }
         }
-        Some(other) => Err(format!(
-            "`{name}` must be a string, not {}",
-            match other {
-                Value::Bool(_) => "a boolean",
-                Value::Number(_) => "a number",
-                Value::Array(_) => "an array",
-                _ => "an object",
-            }
-        )),
+        Some(Text::Other(what)) => Err(format!("`{name}` must be a string, not {what}")),
     }
 }
 
@@ -330,6 +356,96 @@ mod tests {
             (None, "`event_id` must be a string, not a number")
         );
         assert_eq!(reasons[7].2, "an event must be a JSON object");
+    }
+
+    /// Bodies the reference reader accepts are read the same by the
+    /// one-pass reader: field shapes, repeats, escapes, unknown keys in
+    /// every place around `event_id`, every number kind, payload shapes.
+    #[test]
+    fn the_one_pass_reader_agrees_with_the_reference() {
+        let bodies = [
+            r#"{"event_type":"a.b","source":"s","payload":{"x":1}}"#,
+            r#"[{"event_id":"1","event_type":"a","source":"s","payload":1,"source_time":"2026-01-02T03:04:05Z","correlation_id":"c"},{"event_id":"2","event_type":"a","source":"s","payload":null}]"#,
+            r#"[{"event_id":"ok","event_type":"a","source":"s","payload":{}},{"event_id":"e1","source":"s","payload":{}},{"event_id":7,"event_type":"a","source":"s","payload":{}},"nope",[1,[2]],3,null]"#,
+            // Repeated fields: the last value counts.
+            r#"{"event_type":"a","event_type":"b","source":"s","payload":1,"payload":{"y":[1,2]}}"#,
+            // Repeated keys in the payload, at several depths.
+            r#"{"event_type":"a","source":"s","payload":{"k":1,"j":2,"k":3,"n":{"a":1,"a":[{"b":1,"b":2}]}}}"#,
+            // Unknown keys before, after and around event_id, repeated.
+            r#"{"x":1,"event_id":"i","event_type":"a","source":"s","payload":1,"y":2}"#,
+            r#"{"event_id":"i","event_type":"a","x":1,"source":"s","payload":1,"y":2}"#,
+            r#"{"event_type":"a","event_id":"i","source":"s","payload":1,"y":2,"x":3}"#,
+            r#"{"event_type":"a","x":0,"event_id":"i","source":"s","payload":1,"y":2,"x":3}"#,
+            r#"{"event_type":"a","source":"s","payload":1,"event_id":"i","z":1}"#,
+            r#"{"event_type":"a","source":"s","payload":1,"z":1,"event_id":"i"}"#,
+            r#"{"event_id":"i","z":1}"#,
+            r#"{"z":1,"event_id":"i","event_id":"j","w":2}"#,
+            r#"{"a\u0062":1,"event_id":"\u0069","event_type":"a","source":"s","payload":"x"}"#,
+            // Escapes and unicode in strings and keys.
+            r#"{"event_type":"a","source":"s\u00e9","payload":{"\n\"k":"\u00e9\ud83d\ude00\t\\ \/"}}"#,
+            // Every number kind.
+            r#"{"event_type":"a","source":"s","payload":[0,-0,1,-1,18446744073709551615,-9223372036854775808,1.5,-1e-7,1E+300,0.1,123456789012345678901234567890,2.5e-324]}"#,
+            // Whitespace everywhere.
+            " [ { \"event_type\" : \"a\" , \"source\" : \"s\" , \"payload\" : { \"a\" : [ 1 , 2 , { } , [ ] ] } } ] ",
+            // Field shapes.
+            r#"{"event_type":null,"source":true,"payload":1}"#,
+            r#"{"event_type":"a","source":{"x":[1]},"payload":1}"#,
+            r#"{"event_type":"a","source":"s","payload":1,"correlation_id":[]}"#,
+            r#"{"event_type":"a","source":" ","payload":1}"#,
+            r#"{"event_type":"a","source":"datastore/x","payload":1}"#,
+            r#"[]"#,
+            r#"{}"#,
+        ];
+        for body in bodies {
+            crate::fuzz::events_agree(body.as_bytes());
+            assert!(parse_events(body.as_bytes()).is_ok(), "{body}");
+        }
+        // The unknown key named, in every place around `event_id`.
+        let named = |body: &str| parse(body).rejected[0].reason.clone();
+        assert!(
+            named(r#"{"event_id":"i","event_type":"a","x":1,"source":"s","payload":1,"y":2}"#)
+                .starts_with("unknown field `y`")
+        );
+        assert!(
+            named(r#"{"x":1,"event_id":"i","event_type":"a","source":"s","payload":1,"y":2}"#)
+                .starts_with("unknown field `x`")
+        );
+        // Too many events, counted without being read.
+        let many = format!("[{}]", vec!["1"; MAX_EVENTS_PER_REQUEST + 5].join(","));
+        assert_eq!(
+            parse_events(many.as_bytes()).unwrap_err(),
+            reference::parse_events(many.as_bytes()).unwrap_err()
+        );
+        // Bodies both refuse whole.
+        for body in ["{", "3", "[1,", r#"{"a":1}x"#, "", "\u{feff}[]"] {
+            assert!(parse_events(body.as_bytes()).is_err(), "{body}");
+            assert!(reference::parse_events(body.as_bytes()).is_err(), "{body}");
+        }
+    }
+
+    /// A payload the reference refuses with the whole body costs only its
+    /// own event here.
+    #[test]
+    fn an_unusable_payload_costs_only_its_event() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let body = format!(
+            r#"[{{"event_id":"deep","event_type":"a","source":"s","payload":{deep}}},{{"event_id":"big","event_type":"a","source":"s","payload":1e400}},{{"event_id":"ok","event_type":"a","source":"s","payload":1}}]"#
+        );
+        assert!(reference::parse_events(body.as_bytes()).is_err());
+        let got = parse(&body);
+        assert_eq!(got.valid.len(), 1);
+        assert_eq!(got.valid[0].1.id, "ok");
+        assert_eq!(got.rejected.len(), 2);
+        assert!(
+            got.rejected[0].reason.contains("recursion limit"),
+            "{:?}",
+            got.rejected
+        );
+        assert!(
+            got.rejected[1].reason.contains("number out of range"),
+            "{:?}",
+            got.rejected
+        );
     }
 
     #[test]
