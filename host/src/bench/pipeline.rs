@@ -71,7 +71,10 @@ async fn run(
         );
     }
     let mut lines = crate::consume::NdjsonLines::new(resp);
-    let first = lines.next_line().await?.context("the stream ended at once")?;
+    let first = lines
+        .next_line()
+        .await?
+        .context("the stream ended at once")?;
     anyhow::ensure!(
         first.windows(12).any(|w| w == b"\"subscribed\""),
         "the stream did not start with its subscribed notice: {}",

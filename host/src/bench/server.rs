@@ -250,10 +250,16 @@ pub fn venv_bin(cache: &Path, package: &str, exe: &str) -> anyhow::Result<PathBu
         .args(["-m", "venv"])
         .arg(&venv)
         .status()
-        .with_context(|| format!("--against-fustor needs python3 (with venv) to install {package}"))?;
+        .with_context(|| {
+            format!("--against-fustor needs python3 (with venv) to install {package}")
+        })?;
     anyhow::ensure!(made.success(), "python3 -m venv {} failed", venv.display());
     let installed = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", &format!("{package}=={FUSION_VERSION}")])
+        .args([
+            "install",
+            "--quiet",
+            &format!("{package}=={FUSION_VERSION}"),
+        ])
         .status()
         .context("pip did not run")?;
     anyhow::ensure!(

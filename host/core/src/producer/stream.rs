@@ -176,6 +176,8 @@ struct KeyOrder<'a> {
 }
 
 impl<'a> KeyOrder<'a> {
+    // A `&Cow`, not a `&str`: cloning it keeps a borrowed key borrowed.
+    #[allow(clippy::ptr_arg)]
     fn note(&mut self, key: &Cow<'a, str>) {
         match FIELDS.iter().position(|f| *f == key.as_ref()) {
             Some(i) => {
