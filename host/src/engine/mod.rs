@@ -361,6 +361,11 @@ fn build_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
     let mut wasm = Config::new();
     wasm.epoch_interruption(true);
     wasm.wasm_component_model(true);
+    // For developers profiling plugins with `perf`: names for the compiled
+    // guest code in /tmp/perf-PID.map (see ARCHITECTURE.md, "Profiling").
+    if std::env::var_os("WEIR_PERF_MAP").is_some_and(|v| v == "1") {
+        wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if config.pooling {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(512);
