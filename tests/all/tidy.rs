@@ -15,7 +15,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("supervise", 1),
     ("wire", 1),
     ("consume", 1),
-    ("bench", 1),
+    ("bench", 4),
     ("engine", 2),
     ("datastore", 2),
     ("store", 2),
