@@ -130,7 +130,7 @@ pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Resu
             bar.set_message("fustor-fusion: starting");
             let dir = work.path().join("fusion");
             std::fs::create_dir_all(&dir)?;
-            let server = server::Server::fusion(&bin, &dir)?;
+            let server = server::Server::fusion(bin, &dir)?;
             Some(runtime.block_on(workload::measure(
                 &server,
                 args.files,
