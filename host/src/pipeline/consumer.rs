@@ -345,10 +345,10 @@ impl Call<'_> {
     /// The envelope around `output`; an error when a custom schema rejects
     /// it (or it is not JSON).
     fn envelope(&self, event: &Event, output: String) -> Result<String, String> {
-        let data: Box<RawValue> = match self.output {
-            OutputCheck::Native => {
-                RawValue::from_string(output).map_err(|e| format!("output is not JSON: {e}"))?
-            }
+        let data = match self.output {
+            OutputCheck::Native => Data::Raw(
+                RawValue::from_string(output).map_err(|e| format!("output is not JSON: {e}"))?,
+            ),
             OutputCheck::Schema(v) => {
                 let value: serde_json::Value = serde_json::from_str(&output)
                     .map_err(|e| format!("output is not JSON: {e}"))?;
@@ -368,8 +368,9 @@ impl Call<'_> {
                         ));
                     }
                 }
-                // Re-serialized compact: one envelope stays on one line.
-                RawValue::from_string(value.to_string()).map_err(|e| e.to_string())?
+                // Written compact from the checked value, inside the
+                // envelope: one envelope stays on one line.
+                Data::Checked(value)
             }
         };
         serde_json::to_string(&Envelope {
@@ -427,7 +428,16 @@ struct Envelope<'a> {
     source: &'a str,
     source_time: Option<&'a str>,
     timestamp: String,
-    data: &'a RawValue,
+    data: &'a Data,
+}
+
+/// An envelope's `data`: the event's own JSON, or a key's output as its
+/// schema check read it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Data {
+    Raw(Box<RawValue>),
+    Checked(serde_json::Value),
 }
 
 fn letter(
