@@ -97,21 +97,49 @@ pub fn write_tree(
     now: f64,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    let mut w = NodeWriter {
-        ix,
-        q,
-        now,
-        path: ix.tree().path(root),
-    };
-    w.node(root, 0, out)
+    NodeWriter::new(ix, q, now, &ix.tree().path(root)).node(root, 0, out)
 }
 
 struct NodeWriter<'a> {
     ix: &'a FsIndex,
     q: &'a TreeQuery,
     now: f64,
-    /// Path of the node being written; children push and pop their names.
-    path: String,
+    /// Path of the node being written, JSON-escaped without its quotes;
+    /// children push and pop their escaped names. Escaping is per
+    /// character, so the escaped path is the escaped names joined by `/`,
+    /// and no path is escaped again for each node below it.
+    path: Vec<u8>,
+    /// The name of the node being written, JSON-escaped with its quotes.
+    name: Vec<u8>,
+}
+
+impl<'a> NodeWriter<'a> {
+    fn new(ix: &'a FsIndex, q: &'a TreeQuery, now: f64, path: &str) -> Self {
+        let mut w = Self {
+            ix,
+            q,
+            now,
+            path: Vec::with_capacity(256),
+            name: Vec::with_capacity(64),
+        };
+        escape_into(&mut w.path, path);
+        // Without its quotes.
+        w.path.pop();
+        w.path.remove(0);
+        w
+    }
+
+    /// Escapes the name of `id` into `self.name`.
+    fn set_name(&mut self, id: NodeId) {
+        self.name.clear();
+        escape_into(&mut self.name, self.ix.tree().name(id));
+    }
+}
+
+/// `s` as a JSON string, quoted, appended to `out`.
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 fn json_str(out: &mut impl Write, s: &str) -> io::Result<()> {
@@ -127,7 +155,8 @@ struct Frame {
     id: NodeId,
     depth: u32,
     next_child: usize,
-    /// Length of `NodeWriter::path` before this node's name was added.
+    /// Length of `NodeWriter::path` before this node's escaped name was
+    /// added.
     path_len: usize,
 }
 
@@ -137,6 +166,7 @@ impl NodeWriter<'_> {
     fn node(&mut self, root: NodeId, depth: u32, out: &mut impl Write) -> io::Result<()> {
         let mut stack: Vec<Frame> = Vec::new();
         let root_len = self.path.len();
+        self.set_name(root);
         if let Some(frame) = self.open(root, depth, root_len, out)? {
             stack.push(frame);
         }
@@ -156,10 +186,12 @@ impl NodeWriter<'_> {
             frame.next_child += 1;
             let depth = frame.depth + 1;
             let len = self.path.len();
-            if !self.path.ends_with('/') {
-                self.path.push('/');
+            if self.path.last() != Some(&b'/') {
+                self.path.push(b'/');
             }
-            self.path.push_str(tree.name(child));
+            self.set_name(child);
+            self.path
+                .extend_from_slice(&self.name[1..self.name.len() - 1]);
             match self.open(child, depth, len, out)? {
                 Some(frame) => stack.push(frame),
                 None => self.path.truncate(len),
@@ -181,15 +213,19 @@ impl NodeWriter<'_> {
         let tree = self.ix.tree();
         let meta = tree.meta(id);
         out.write_all(b"{\"name\":")?;
-        json_str(out, tree.name(id))?;
+        out.write_all(&self.name)?;
         out.write_all(if meta.is_dir {
-            b",\"content_type\":\"directory\",\"path\":"
+            b",\"content_type\":\"directory\",\"path\":\""
         } else {
-            b",\"content_type\":\"file\",\"path\":"
+            b",\"content_type\":\"file\",\"path\":\""
         })?;
-        json_str(out, &self.path)?;
+        out.write_all(&self.path)?;
+        out.write_all(b"\"")?;
         if !self.q.only_path {
-            write!(out, ",\"size\":{},\"modified_time\":", meta.size)?;
+            out.write_all(b",\"size\":")?;
+            // itoa, not `core::fmt`.
+            serde_json::to_writer(&mut *out, &meta.size).map_err(io::Error::other)?;
+            out.write_all(b",\"modified_time\":")?;
             json_f64(out, meta.mtime)?;
             out.write_all(b",\"created_time\":")?;
             json_f64(out, meta.ctime)?;
@@ -500,13 +536,7 @@ pub fn write_search(
         if found > 1 {
             out.write_all(b",")?;
         }
-        let mut w = NodeWriter {
-            ix,
-            q: &q,
-            now,
-            path: tree.path(id),
-        };
-        w.node(id, 0, out)?;
+        NodeWriter::new(ix, &q, now, &tree.path(id)).node(id, 0, out)?;
     }
     out.write_all(b"]")?;
     Ok(())
@@ -556,13 +586,9 @@ pub fn blind_spots_json(ix: &FsIndex, limit_items: usize, limit_bytes: usize, no
         let Some(id) = ix.tree().get(path) else {
             return false;
         };
-        let mut w = NodeWriter {
-            ix,
-            q: &q,
-            now,
-            path: path.clone(),
-        };
-        w.node(id, 0, out).is_ok()
+        NodeWriter::new(ix, &q, now, path)
+            .node(id, 0, out)
+            .is_ok()
     });
     let deletions = ix.blind_deletions();
     let (dels, deleted) = list(deletions.iter(), limit_items, half, |path, out| {
@@ -760,6 +786,28 @@ mod tests {
             drop(chunks);
             assert!(sent.len() > 1);
             assert_eq!([sent.concat(), rest].concat(), whole);
+            // Names and paths read back as they were given, escapes and
+            // all, and each path is its parent's with its name.
+            let tree: serde_json::Value = serde_json::from_slice(&whole).unwrap();
+            let mut stack = vec![(tree, None::<String>)];
+            while let Some((node, parent)) = stack.pop() {
+                let path = node["path"].as_str().unwrap().to_string();
+                let name = node["name"].as_str().unwrap();
+                if let Some(parent) = parent {
+                    let sep = if parent.ends_with('/') { "" } else { "/" };
+                    assert_eq!(path, format!("{parent}{sep}{name}"));
+                }
+                for child in node["children"].as_array().into_iter().flatten() {
+                    stack.push((child.clone(), Some(path.clone())));
+                }
+            }
+        }
+        let mut all = Vec::new();
+        write_tree(&ix, &q("/"), super::super::ROOT, NOW, &mut all).unwrap();
+        let all = String::from_utf8(all).unwrap();
+        for (i, name) in ["q\"uo\\te", "ctl\u{1}\n", "é✓", "plain"].iter().enumerate() {
+            let path = serde_json::to_string(&format!("/a/{name}/{name}{i}")).unwrap();
+            assert!(all.contains(&format!("\"path\":{path}")), "{path} in {all}");
         }
         assert!(matches!(
             bound_tree(&ix, &q("/"), 3),
