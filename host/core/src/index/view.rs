@@ -586,9 +586,7 @@ pub fn blind_spots_json(ix: &FsIndex, limit_items: usize, limit_bytes: usize, no
         let Some(id) = ix.tree().get(path) else {
             return false;
         };
-        NodeWriter::new(ix, &q, now, path)
-            .node(id, 0, out)
-            .is_ok()
+        NodeWriter::new(ix, &q, now, path).node(id, 0, out).is_ok()
     });
     let deletions = ix.blind_deletions();
     let (dels, deleted) = list(deletions.iter(), limit_items, half, |path, out| {
@@ -805,7 +803,10 @@ mod tests {
         let mut all = Vec::new();
         write_tree(&ix, &q("/"), super::super::ROOT, NOW, &mut all).unwrap();
         let all = String::from_utf8(all).unwrap();
-        for (i, name) in ["q\"uo\\te", "ctl\u{1}\n", "é✓", "plain"].iter().enumerate() {
+        for (i, name) in ["q\"uo\\te", "ctl\u{1}\n", "é✓", "plain"]
+            .iter()
+            .enumerate()
+        {
             let path = serde_json::to_string(&format!("/a/{name}/{name}{i}")).unwrap();
             assert!(all.contains(&format!("\"path\":{path}")), "{path} in {all}");
         }
