@@ -146,10 +146,14 @@ pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Resu
             bar.set_message(format!("fustor-benchmark: making {files} files"));
             let data = work.path().join("tool-data");
             fbench::make_tree(&data, files)?;
-            let dir = work.path().join("tool-weir");
-            std::fs::create_dir_all(&dir)?;
-            let weir_run = {
-                let server = server::Server::weir(weir, &dir, files)?;
+            // The tool against a fresh server `start`ed in `name`'s own
+            // directory.
+            let run = |name: &str,
+                       start: &dyn Fn(&Path) -> anyhow::Result<server::Server>|
+             -> anyhow::Result<ToolRun> {
+                let dir = work.path().join(format!("tool-{name}"));
+                std::fs::create_dir_all(&dir)?;
+                let server = start(&dir)?;
                 runtime.block_on(fbench::measure(
                     tool_bin,
                     weir,
@@ -157,23 +161,13 @@ pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Resu
                     &data,
                     files,
                     &dir,
-                    &step("weir"),
-                ))?
+                    &step(name),
+                ))
             };
-            let dir = work.path().join("tool-fusion");
-            std::fs::create_dir_all(&dir)?;
-            let fusion_run = {
-                let server = server::Server::fusion(fusion_bin, &dir)?;
-                runtime.block_on(fbench::measure(
-                    tool_bin,
-                    weir,
-                    &server,
-                    &data,
-                    files,
-                    &dir,
-                    &step("fustor-fusion"),
-                ))?
-            };
+            let weir_run = run("weir", &|dir| server::Server::weir(weir, dir, files))?;
+            let fusion_run = run("fustor-fusion", &|dir| {
+                server::Server::fusion(fusion_bin, dir)
+            })?;
             Some(ToolTables {
                 files,
                 weir: weir_run,

@@ -20,7 +20,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::value::RawValue;
 
 use super::{EventFields, FIELDS, MAX_EVENTS_PER_REQUEST, ParsedEvents, Read, Text};
-use crate::rows::Skip;
+use crate::rows::{Skip, scalars_are};
 
 /// Reads `body` (see [`super::parse_events`]).
 pub(super) fn read(body: &[u8]) -> Result<ParsedEvents, String> {
@@ -59,30 +59,6 @@ impl<'de> DeserializeSeed<'de> for BodySeed {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
-}
-
-/// Visitor methods for the scalar shapes, each answering `$other`.
-macro_rules! scalars_are {
-    ($other:expr) => {
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-    };
 }
 
 impl<'de> Visitor<'de> for BodySeed {

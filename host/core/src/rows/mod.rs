@@ -8,7 +8,7 @@
 
 pub mod reference;
 mod stream;
-pub(crate) use stream::Skip;
+pub(crate) use stream::{Skip, scalars_are};
 
 use std::borrow::Cow;
 

@@ -52,6 +52,8 @@ macro_rules! scalars_are {
     };
 }
 
+pub(crate) use scalars_are;
+
 /// `visit_seq` reading the array through and answering `$other`.
 macro_rules! seq_is {
     ($other:expr) => {
