@@ -4,7 +4,7 @@
 /// about a quarter of the CPU of the event pipeline (`perf`); with jemalloc
 /// the pipeline ran 30-50% faster in the same run, ingest and the tree a
 /// little faster. (mimalloc was as fast on the pipeline but made the
-/// snapshot ingest four times slower.)
+/// snapshot ingest five times slower.)
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

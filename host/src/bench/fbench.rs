@@ -70,7 +70,8 @@ pub fn make_tree(root: &Path, files: usize) -> anyhow::Result<()> {
 }
 
 /// Syncs `data` (of `files` files) into `server` with `weir agent`, then
-/// runs the tool against it; `work` is this run's scratch directory.
+/// runs the tool against it; `work` is this run's scratch directory (the
+/// server's, already made).
 pub async fn measure(
     tool: &Path,
     weir: &Path,
@@ -82,7 +83,6 @@ pub async fn measure(
 ) -> anyhow::Result<ToolRun> {
     use std::os::unix::process::CommandExt;
     step("fustor-benchmark: syncing the directory with weir agent");
-    std::fs::create_dir_all(work)?;
     let agent_log = work.join("agent.log");
     let log = std::fs::File::create(&agent_log)?;
     let mut agent = Command::new(weir)

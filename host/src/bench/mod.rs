@@ -116,10 +116,8 @@ pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Resu
     // In this process, before any server runs beside it.
     let keys = keys::measure(args.events, &step("weir"))?;
     bar.set_message("weir: starting");
-    let weir_dir = work.path().join("weir");
-    std::fs::create_dir_all(&weir_dir)?;
     let (weir_measured, pipeline) = {
-        let server = server::Server::weir(weir, &weir_dir, args.files)?;
+        let server = server::Server::weir(weir, &work.path().join("weir"), args.files)?;
         let measured = runtime.block_on(workload::measure(&server, args.files, &step("weir")))?;
         let pipeline = runtime.block_on(pipeline::measure(&server, args.events, &step("weir")))?;
         (measured, pipeline)
@@ -128,9 +126,7 @@ pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Resu
         None => None,
         Some((bin, _)) => {
             bar.set_message("fustor-fusion: starting");
-            let dir = work.path().join("fusion");
-            std::fs::create_dir_all(&dir)?;
-            let server = server::Server::fusion(bin, &dir)?;
+            let server = server::Server::fusion(bin, &work.path().join("fusion"))?;
             Some(runtime.block_on(workload::measure(
                 &server,
                 args.files,
@@ -147,12 +143,11 @@ pub fn bench(args: &BenchArgs, weir: &Path, out: &mut dyn Write) -> anyhow::Resu
             let data = work.path().join("tool-data");
             fbench::make_tree(&data, files)?;
             // The tool against a fresh server `start`ed in `name`'s own
-            // directory.
+            // directory (which the server makes).
             let run = |name: &str,
                        start: &dyn Fn(&Path) -> anyhow::Result<server::Server>|
              -> anyhow::Result<ToolRun> {
                 let dir = work.path().join(format!("tool-{name}"));
-                std::fs::create_dir_all(&dir)?;
                 let server = start(&dir)?;
                 runtime.block_on(fbench::measure(
                     tool_bin,

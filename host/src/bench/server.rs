@@ -37,6 +37,7 @@ impl Server {
     /// and the example plugins.
     pub fn weir(weir: &Path, work: &Path, files: usize) -> anyhow::Result<Self> {
         let port = free_port()?;
+        std::fs::create_dir_all(work)?;
         let plugins = Path::new(crate::EXAMPLE_PLUGIN_DIR);
         let config = work.join("weir.toml");
         std::fs::write(

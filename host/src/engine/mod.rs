@@ -362,7 +362,7 @@ fn build_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
     wasm.epoch_interruption(true);
     wasm.wasm_component_model(true);
     // For developers profiling plugins with `perf`: names for the compiled
-    // guest code in /tmp/perf-PID.map (see ARCHITECTURE.md, "Profiling").
+    // guest code in /tmp/perf-PID.map (see the README's "Benchmarks").
     if std::env::var_os("WEIR_PERF_MAP").is_some_and(|v| v == "1") {
         wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }

@@ -429,13 +429,13 @@ mod tests {
     fn an_unusable_payload_costs_only_its_event() {
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         let body = format!(
-            r#"[{{"event_id":"deep","event_type":"a","source":"s","payload":{deep}}},{{"event_id":"big","event_type":"a","source":"s","payload":1e400}},{{"event_id":"ok","event_type":"a","source":"s","payload":1}}]"#
+            r#"[{{"event_id":"deep","event_type":"a","source":"s","payload":{deep}}},{{"event_id":"big","event_type":"a","source":"s","payload":1e400}},{{"event_id":"ok","event_type":"a","source":"s","payload":1}},{{"event_id":"lone","event_type":"a","source":"s","payload":"\ud800"}}]"#
         );
         assert!(reference::parse_events(body.as_bytes()).is_err());
         let got = parse(&body);
         assert_eq!(got.valid.len(), 1);
         assert_eq!(got.valid[0].1.id, "ok");
-        assert_eq!(got.rejected.len(), 2);
+        assert_eq!(got.rejected.len(), 3);
         assert!(
             got.rejected[0].reason.contains("recursion limit"),
             "{:?}",
@@ -443,6 +443,11 @@ mod tests {
         );
         assert!(
             got.rejected[1].reason.contains("number out of range"),
+            "{:?}",
+            got.rejected
+        );
+        assert!(
+            got.rejected[2].reason.contains("escape"),
             "{:?}",
             got.rejected
         );

@@ -20,7 +20,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::value::RawValue;
 
 use super::{EventFields, FIELDS, MAX_EVENTS_PER_REQUEST, ParsedEvents, Read, Text};
-use crate::rows::{Skip, scalars_are};
+use crate::rows::{Skip, map_is, scalars_are, seq_is};
 
 /// Reads `body` (see [`super::parse_events`]).
 pub(super) fn read(body: &[u8]) -> Result<ParsedEvents, String> {
@@ -104,10 +104,7 @@ impl<'de> Visitor<'de> for EventSeed {
         f.write_str("an event")
     }
     scalars_are!(Read::NotAnObject);
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<Skip>()?.is_some() {}
-        Ok(Read::NotAnObject)
-    }
+    seq_is!(Read::NotAnObject);
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut f = EventFields::default();
         let mut order = KeyOrder::default();
@@ -251,14 +248,8 @@ impl<'de> Deserialize<'de> for TextValue<'de> {
             fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
                 Ok(TextValue(Text::Str(Cow::Owned(s))))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<Skip>()?.is_some() {}
-                Ok(TextValue(Text::Other("an array")))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<Skip, Skip>()?.is_some() {}
-                Ok(TextValue(Text::Other("an object")))
-            }
+            seq_is!(TextValue(Text::Other("an array")));
+            map_is!(TextValue(Text::Other("an object")));
         }
         d.deserialize_any(V)
     }

@@ -8,7 +8,7 @@
 
 pub mod reference;
 mod stream;
-pub(crate) use stream::{Skip, scalars_are};
+pub(crate) use stream::{Skip, map_is, scalars_are, seq_is};
 
 use std::borrow::Cow;
 

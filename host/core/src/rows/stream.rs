@@ -64,6 +64,8 @@ macro_rules! seq_is {
     };
 }
 
+pub(crate) use seq_is;
+
 /// `visit_map` reading the object through and answering `$other`.
 macro_rules! map_is {
     ($other:expr) => {
@@ -73,6 +75,8 @@ macro_rules! map_is {
         }
     };
 }
+
+pub(crate) use map_is;
 
 /// A value nobody reads, read through. Unlike serde's `IgnoredAny` (which
 /// skips nesting of any depth without counting it), this goes through
